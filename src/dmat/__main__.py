@@ -1,0 +1,3 @@
+from dmat.cli import main
+
+main()

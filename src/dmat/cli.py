@@ -1,0 +1,96 @@
+"""The `dmat` command line: thin wrappers that parse options and call the library.
+
+Options are generated from the config dataclasses, so a new config field is a new option with the
+same name everywhere (CLI, MLproject parameter, MLflow param). Every DmatError becomes one line on
+stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+import typing
+
+import click
+
+from dmat.config import TrainConfig, replace
+from dmat.diffusion import DiffusionConfig
+from dmat.errors import DmatError
+from dmat.unet import UNetConfig
+
+ARCHITECTURE_FIELDS = ("base_channels", "channel_mults", "num_res_blocks", "attention_resolutions", "dropout")
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in str(text).split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+
+
+def config_options(cls, only: tuple[str, ...] | None = None, exclude: tuple[str, ...] = ()):
+    """Add one `--field-name` option per dataclass field; unset options stay None (= the default)."""
+    hints = typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if (only is None or f.name in only) and f.name not in exclude]
+
+    def decorate(command):
+        for f in reversed(fields):
+            kind = hints[f.name]
+            tuple_field = typing.get_origin(kind) is tuple
+            command = click.option(
+                "--" + f.name.replace("_", "-"),
+                f.name,
+                type=str if tuple_field else kind,
+                callback=(lambda ctx, param, v: None if v is None else _int_tuple(v)) if tuple_field else None,
+                default=None,
+                help=f"default: {','.join(map(str, f.default)) if tuple_field else f.default}",
+            )(command)
+        return command
+
+    return decorate
+
+
+def pick(cls, options: dict):
+    """The options that belong to `cls`, applied over its defaults."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return replace(cls(), **{k: v for k, v in options.items() if k in names})
+
+
+def friendly_errors(func):
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except DmatError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+experiment_option = click.option("--experiment", default=None, help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME or dmat)")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+def cli():
+    """dmat: how does model size change the quality, cost and behaviour of a diffusion model?"""
+
+
+@cli.command()
+@config_options(TrainConfig)
+@config_options(UNetConfig, only=ARCHITECTURE_FIELDS)
+@config_options(DiffusionConfig)
+@experiment_option
+@friendly_errors
+def teacher(experiment, **options):
+    """Train the teacher (size factor 1.0) on a data set, as one MLflow run."""
+    from dmat.teacher import train_teacher
+
+    run_id = train_teacher(pick(TrainConfig, options), pick(UNetConfig, options), pick(DiffusionConfig, options),
+                           experiment)
+    click.echo(f"teacher run {run_id}")
+
+
+def main():
+    cli()

@@ -1,0 +1,116 @@
+"""Every default in one place.
+
+Three plain dataclasses: what the network looks like (`UNetConfig`, in unet.py), what the noise
+process is (`DiffusionConfig`, in diffusion.py) and how a run trains (`TrainConfig`, here). The CLI
+and the MLproject entry points override fields by name; `validate` turns bad values into one clear
+error before anything is written to MLflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from dmat.errors import DmatError
+
+
+@dataclass(frozen=True)
+class DatasetPreset:
+    image_size: int
+    channels: int
+
+
+# Native resolution and channels of each data set; `image_size` may override the resolution.
+DATASET_PRESETS: dict[str, DatasetPreset] = {
+    "digits": DatasetPreset(image_size=16, channels=1),
+    "mnist": DatasetPreset(image_size=28, channels=1),
+    "fashion-mnist": DatasetPreset(image_size=28, channels=1),
+    "cifar10": DatasetPreset(image_size=32, channels=3),
+    "folder": DatasetPreset(image_size=32, channels=3),
+}
+
+# The prototype's student sizes; `make students` trains these unless SIZES overrides them.
+DEFAULT_SIZE_FACTORS: tuple[float, ...] = (0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
+MIN_SIZE_FACTOR, MAX_SIZE_FACTOR = 0.01, 1.0
+
+
+def dataset_kind(dataset: str) -> str:
+    """`folder:/some/path` -> `folder`; every other name is its own kind."""
+    return dataset.split(":", 1)[0] if dataset.startswith("folder:") else dataset
+
+
+def preset_for(dataset: str) -> DatasetPreset:
+    kind = dataset_kind(dataset)
+    if kind not in DATASET_PRESETS or dataset == "folder":
+        known = ", ".join(k for k in DATASET_PRESETS if k != "folder")
+        raise DmatError(f"unknown dataset {dataset!r}: use one of {known}, or folder:PATH for an image folder")
+    return DATASET_PRESETS[kind]
+
+
+@dataclass
+class TrainConfig:
+    """How one model (teacher or student) is trained. Defaults suit the bundled digits on a CPU."""
+
+    dataset: str = "digits"
+    image_size: int = 0  # 0: the data set's native size (DATASET_PRESETS)
+    batch_size: int = 64
+    epochs: int = 60
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.995
+    val_fraction: float = 0.1
+    split_seed: int = 0  # fixed, so every model of a study is validated on the same held-out images
+    seed: int = 0
+    early_stopping_patience: int = 10
+    save_interval: int = 5
+    device: str = "auto"
+    num_workers: int = 0
+    # sampling used for the sample grid logged at the end of training
+    sample_steps: int = 50
+    sampler: str = "ddim"
+    num_sample_images: int = 64
+
+    @property
+    def channels(self) -> int:
+        return preset_for(self.dataset).channels
+
+    def resolved_image_size(self) -> int:
+        return self.image_size or preset_for(self.dataset).image_size
+
+    def validate(self) -> "TrainConfig":
+        preset_for(self.dataset)
+        positive = ("epochs", "batch_size", "save_interval", "sample_steps", "num_sample_images")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise DmatError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if self.early_stopping_patience < 0:
+            raise DmatError("early-stopping-patience must be >= 0 (0 turns early stopping off)")
+        if not 0.0 < self.lr < 1.0:
+            raise DmatError(f"lr must be in (0, 1), got {self.lr}")
+        if not 0.0 < self.val_fraction < 0.5:
+            raise DmatError(f"val-fraction must be in (0, 0.5), got {self.val_fraction}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise DmatError(f"ema-decay must be in [0, 1), got {self.ema_decay}")
+        if self.image_size < 0:
+            raise DmatError(f"image-size must be positive, got {self.image_size}")
+        if self.sampler not in ("ddim", "ddpm"):
+            raise DmatError(f"sampler must be ddim or ddpm, got {self.sampler!r}")
+        return self
+
+
+def replace(cfg, **overrides):
+    """`dataclasses.replace` that ignores None, so unset CLI options keep the defaults."""
+    return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def flat_params(prefix: str, cfg) -> dict[str, object]:
+    """A config as MLflow params: `{prefix}{field}` -> value (tuples as comma lists)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, tuple):
+            value = ",".join(str(v) for v in value)
+        out[f"{prefix}{f.name}"] = value
+    return out
+

@@ -1,0 +1,149 @@
+"""The Gaussian diffusion process of DDPM (Ho et al. 2020) and its samplers.
+
+The noise schedule is part of a model's config (`DiffusionConfig`, saved in every checkpoint), so
+training, sampling and every analysis read the same schedule from the run. Samplers are plain
+functions in the style of k-diffusion: `sample_ddim(model, diffusion, x_T, steps, callback=...)`;
+the callback sees every state x_T, ..., x_0 the sampler visits, which is what a trajectory is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from dmat.errors import DmatError
+
+# callback(step_index, timestep, x): step_index 0 is x_T, the last call is the returned sample.
+StepCallback = Callable[[int, int, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    timesteps: int = 1000
+    schedule: str = "cosine"  # "linear" (DDPM) or "cosine" (Nichol & Dhariwal 2021)
+    prediction: str = "eps"  # "eps" or "v" (Salimans & Ho 2022)
+
+    def validate(self) -> "DiffusionConfig":
+        if self.timesteps < 2:
+            raise DmatError(f"timesteps must be at least 2, got {self.timesteps}")
+        if self.schedule not in ("linear", "cosine"):
+            raise DmatError(f"schedule must be linear or cosine, got {self.schedule!r}")
+        if self.prediction not in ("eps", "v"):
+            raise DmatError(f"prediction must be eps or v, got {self.prediction!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_betas(schedule: str, timesteps: int) -> torch.Tensor:
+    """beta_1..beta_T in float64. Linear: DDPM's 1e-4..0.02 scaled to T. Cosine: Nichol & Dhariwal eq. 17."""
+    if schedule == "linear":
+        scale = 1000.0 / timesteps
+        return torch.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=torch.float64)
+    s = 0.008
+    steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+    alpha_bar = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
+
+
+class GaussianDiffusion:
+    """q(x_t | x_0), the training loss and the conversions between eps, v and x_0 predictions."""
+
+    def __init__(self, config: DiffusionConfig):
+        self.config = config.validate()
+        self.timesteps = config.timesteps
+        self.betas = make_betas(config.schedule, config.timesteps)
+        self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
+
+    def _abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return self.alphas_cumprod.to(like.device)[t].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (DDPM eq. 4)."""
+        abar = self._abar(t, x0)
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+    def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        if self.config.prediction == "eps":
+            return noise
+        abar = self._abar(t, x0)
+        return abar.sqrt() * noise - (1 - abar).sqrt() * x0
+
+    def eps_from_output(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network's output as an epsilon prediction, whatever it was trained to predict."""
+        if self.config.prediction == "eps":
+            return output
+        abar = self._abar(t, x_t)
+        return abar.sqrt() * output + (1 - abar).sqrt() * x_t
+
+    def predict_eps(self, model, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.eps_from_output(model(x_t, t), x_t, t)
+
+    def sample_timesteps(self, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.randint(0, self.timesteps, (n,), device=device, generator=generator)
+
+    def training_loss(self, model, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Simple DDPM loss (eq. 14): MSE between the network output and its target at a random t."""
+        t = self.sample_timesteps(x0.shape[0], x0.device, generator)
+        noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+        x_t = self.q_sample(x0, t, noise)
+        return F.mse_loss(model(x_t, t), self.target(x0, t, noise))
+
+    def sampling_timesteps(self, steps: int) -> list[int]:
+        """`steps` evenly spaced timesteps from T-1 down to 0 (the DDIM sub-sequence tau)."""
+        if not 1 <= steps <= self.timesteps:
+            raise DmatError(f"sampling steps must be between 1 and timesteps={self.timesteps}, got {steps}")
+        return sorted({round(x) for x in torch.linspace(0, self.timesteps - 1, steps).tolist()}, reverse=True)
+
+
+@torch.no_grad()
+def _sample(model, diffusion: GaussianDiffusion, x_T, steps, eta, callback, generator, clip_x0=True):
+    """Generalised DDIM update (Song et al. 2021, eq. 12) over a sub-sequence of timesteps.
+
+    eta=0 is deterministic DDIM; eta=1 is DDPM's ancestral sampler with the posterior variance
+    (over all T steps it is exactly DDPM's Algorithm 2).
+    """
+    taus = diffusion.sampling_timesteps(steps)
+    abar = diffusion.alphas_cumprod
+    x = x_T
+    if callback is not None:
+        callback(0, taus[0], x)
+    for i, t in enumerate(taus):
+        a_t = abar[t].item()
+        a_prev = abar[taus[i + 1]].item() if i + 1 < len(taus) else 1.0
+        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        eps = diffusion.predict_eps(model, x, t_batch)
+        x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+        if clip_x0:
+            x0 = x0.clamp(-1, 1)
+            eps = (x - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
+        sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+        x = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
+        if sigma > 0:
+            x = x + sigma * torch.randn(x.shape, device=x.device, generator=generator, dtype=x.dtype)
+        if callback is not None:
+            callback(i + 1, taus[i + 1] if i + 1 < len(taus) else -1, x)
+    return x
+
+
+def sample_ddim(model, diffusion, x_T, steps=50, eta=0.0, callback: StepCallback | None = None, generator=None):
+    return _sample(model, diffusion, x_T, steps, eta, callback, generator)
+
+
+def sample_ddpm(model, diffusion, x_T, steps=None, callback: StepCallback | None = None, generator=None):
+    return _sample(model, diffusion, x_T, steps or diffusion.timesteps, 1.0, callback, generator)
+
+
+SAMPLERS = {"ddim": sample_ddim, "ddpm": sample_ddpm}
+
+
+def sample(model, diffusion, x_T, sampler="ddim", steps=50, callback=None, generator=None):
+    """Run the named sampler from the given starting noise x_T."""
+    if sampler not in SAMPLERS:
+        raise DmatError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    return SAMPLERS[sampler](model, diffusion, x_T, steps=steps, callback=callback, generator=generator)

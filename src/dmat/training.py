@@ -1,0 +1,209 @@
+"""The one training loop, shared by the teacher and every student.
+
+What is trained is decided by an `Objective` (the DDPM loss for the teacher, distillation losses
+for a student); the loop owns everything else: device, smoke check, EMA weights, validation on the
+held-out split with fixed noise, best model by validation loss, early stopping, checkpoints, the
+sample grid, progress and per-epoch metrics in MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import mlflow
+import torch
+from torch.optim.swa_utils import AveragedModel
+from torchvision.utils import save_image
+from tqdm.auto import tqdm
+
+from dmat import tracking
+from dmat.config import TrainConfig
+from dmat.data import DataSplits, loader
+from dmat.diffusion import GaussianDiffusion, sample
+from dmat.errors import DmatError
+from dmat.unet import UNet
+
+VALIDATION_SEED = 1234  # the same noise and timesteps for every epoch's validation
+
+
+class Objective(Protocol):
+    def loss(self, model: torch.nn.Module, x0: torch.Tensor, generator=None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss on a batch of clean images, plus its named components."""
+
+
+@dataclass
+class DiffusionObjective:
+    """The DDPM training loss: what the teacher (and a student trained from scratch) minimises."""
+
+    diffusion: GaussianDiffusion
+
+    def loss(self, model, x0, generator=None):
+        loss = self.diffusion.training_loss(model, x0, generator)
+        return loss, {"task_loss": loss.item()}
+
+
+def resolve_device(name: str) -> torch.device:
+    """CUDA > MPS > CPU when `name` is "auto"; otherwise exactly the device asked for."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DmatError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DmatError("device cuda was asked for but CUDA is not available: use --device cpu or auto")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def ema_average(decay: float):
+    """EMA with the usual warm-up (decay grows as (1+n)/(10+n)) so early epochs are not stuck at init."""
+
+    def avg_fn(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        d = min(decay, (1 + num_averaged.item()) / (10 + num_averaged.item()))
+        return d * averaged + (1 - d) * current
+
+    return avg_fn
+
+
+@dataclass
+class TrainResult:
+    best_val_loss: float
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    ema_model: UNet
+
+
+@torch.no_grad()
+def validate(model, objective: Objective, val_loader, device) -> dict[str, float]:
+    """Mean loss components on the held-out split, with noise fixed across epochs."""
+    model.eval()
+    generator = torch.Generator(device=device).manual_seed(VALIDATION_SEED)
+    totals: dict[str, float] = {}
+    count = 0
+    for batch in val_loader:
+        x0 = batch.to(device)
+        loss, parts = objective.loss(model, x0, generator)
+        for key, value in {"loss": loss.item(), **parts}.items():
+            totals[key] = totals.get(key, 0.0) + value * x0.shape[0]
+        count += x0.shape[0]
+    return {f"val_{k}": v / count for k, v in totals.items()}
+
+
+def smoke_check(model, objective: Objective, batch: torch.Tensor, device) -> None:
+    """One forward/backward pass before the long run, so a wrong shape or OOM fails in seconds."""
+    try:
+        loss, _ = objective.loss(model, batch.to(device))
+        loss.backward()
+    except torch.OutOfMemoryError:
+        raise DmatError(f"one batch of {batch.shape[0]} does not fit in {device} memory: lower --batch-size") from None
+    model.zero_grad(set_to_none=True)
+    if not math.isfinite(loss.item()):
+        raise DmatError("the first batch already gives a non-finite loss: check the data and learning rate")
+
+
+def fit(model: UNet, diffusion: GaussianDiffusion, objective: Objective, splits: DataSplits, cfg: TrainConfig,
+        device: torch.device, checkpoint_extra: dict | None = None) -> TrainResult:
+    """Train `model` under `objective`, logging to the active MLflow run."""
+    seed_everything(cfg.seed)
+    model.to(device)
+    train_loader = loader(splits.train, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.num_workers)
+    val_loader = loader(splits.val, cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
+    smoke_check(model, objective, next(iter(train_loader)), device)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = AveragedModel(model, avg_fn=ema_average(cfg.ema_decay), use_buffers=True)
+    extra = checkpoint_extra or {}
+    best_val, best_epoch, since_best, epoch = math.inf, 0, 0, 0
+    progress = tqdm(range(1, cfg.epochs + 1), desc="epochs", unit="epoch", dynamic_ncols=True)
+    for epoch in progress:
+        model.train()
+        start, sums, n = time.perf_counter(), {}, 0
+        for batch in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, unit="batch", dynamic_ncols=True):
+            x0 = batch.to(device)
+            loss, parts = objective.loss(model, x0)
+            if not math.isfinite(loss.item()):
+                raise DmatError(f"loss became {loss.item()} at epoch {epoch}: lower --lr; the last good checkpoint is kept")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            ema.update_parameters(model)
+            for key, value in {"loss": loss.item(), **parts}.items():
+                sums[key] = sums.get(key, 0.0) + value * x0.shape[0]
+            n += x0.shape[0]
+        seconds = time.perf_counter() - start
+        metrics = {f"train_{k}": v / n for k, v in sums.items()}
+        metrics.update(validate(ema.module, objective, val_loader, device))
+        metrics.update(epoch_seconds=seconds, train_images_per_s=n / seconds)
+        mlflow.log_metrics(metrics, step=epoch)
+        progress.set_postfix(train=f"{metrics['train_loss']:.4f}", val=f"{metrics['val_loss']:.4f}")
+
+        if metrics["val_loss"] < best_val:
+            best_val, best_epoch, since_best = metrics["val_loss"], epoch, 0
+            tracking.save_checkpoint(
+                tracking.model_checkpoint(model, diffusion, ema.module.state_dict(), epoch=epoch,
+                                          val_loss=best_val, **extra), tracking.BEST)
+        else:
+            since_best += 1
+        stop = cfg.early_stopping_patience and since_best >= cfg.early_stopping_patience
+        if epoch % cfg.save_interval == 0 or stop or epoch == cfg.epochs:
+            tracking.save_checkpoint(
+                tracking.model_checkpoint(
+                    model, diffusion, ema.module.state_dict(), epoch=epoch, val_loss=metrics["val_loss"], **extra,
+                    train_state={"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "ema": ema.state_dict(), "best_val_loss": best_val, "best_epoch": best_epoch,
+                                 "epochs_since_best": since_best, "torch_rng": torch.get_rng_state()}),
+                tracking.LAST)
+        if stop:
+            break
+    progress.close()
+    mlflow.log_metrics({"best_val_loss": best_val, "best_epoch": best_epoch, "epochs_run": epoch})
+    ckpt = tracking.load_checkpoint(mlflow.active_run().info.run_id, tracking.BEST)
+    ema.module.load_state_dict(ckpt["model"])
+    return TrainResult(best_val, best_epoch, epoch, bool(stop), ema.module.eval())
+
+
+def log_sample_grid(model: UNet, diffusion: GaussianDiffusion, cfg: TrainConfig, device) -> None:
+    """Sample a grid from fixed noise with the model's own sampler settings and log it as a PNG."""
+    c = model.config
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    noise = torch.randn((cfg.num_sample_images, c.in_channels, c.image_size, c.image_size), generator=generator,
+                        device=device)
+    images = sample(model.eval(), diffusion, noise, cfg.sampler, cfg.sample_steps, generator=generator)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "grid.png"
+        save_image((images + 1) / 2, path, nrow=int(math.sqrt(cfg.num_sample_images)) or 1)
+        mlflow.log_artifact(str(path), artifact_path="samples")
+
+
+def run_training(role: str, run_name: str, tags: dict[str, str], params: dict[str, object], model: UNet,
+                 diffusion: GaussianDiffusion, objective: Objective, splits: DataSplits, cfg: TrainConfig,
+                 device: torch.device, checkpoint_extra: dict | None = None) -> str:
+    """Train one model as its own MLflow run (teacher or student); returns the run id."""
+    c = model.config
+    all_tags = {tracking.ROLE: role, tracking.DATASET: cfg.dataset, tracking.IMAGE_SIZE: str(c.image_size),
+                tracking.SIZE_FACTOR: str(c.size_factor), **tags}
+    with tracking.tracked_run(run_name, all_tags) as run:
+        tracking.log_params(params)
+        mlflow.log_metrics({"num_parameters": model.num_parameters, "train_images": len(splits.train),
+                            "val_images": len(splits.val)})
+        result = fit(model, diffusion, objective, splits, cfg, device, checkpoint_extra)
+        log_sample_grid(result.ema_model, diffusion, cfg, device)
+        return run.info.run_id

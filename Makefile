@@ -1,0 +1,40 @@
+# dmat: every target that runs code depends on `setup`, which builds .venv once (stamp file).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.stamp-setup
+export PATH := $(BIN):$(PATH)
+export MLFLOW_EXPERIMENT_NAME ?= dmat
+HOST ?= 127.0.0.1
+PORT ?= 5000
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-fast teacher ui clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet -e '.[dev,fidelity,server]'
+	touch $@
+
+## test: the whole suite, slow end-to-end tests included (what CI runs)
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+## test-fast: skip the slow end-to-end tests
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+## teacher: train the default teacher on the bundled digits (ARGS="--epochs 5" to override)
+teacher: setup
+	$(BIN)/dmat teacher $(ARGS)
+
+## ui: the MLflow UI on $(HOST):$(PORT) over the local store
+ui: setup
+	$(BIN)/mlflow ui --host $(HOST) --port $(PORT) --backend-store-uri sqlite:///mlflow.db
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache reports

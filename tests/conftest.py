@@ -1,0 +1,96 @@
+"""Shared fixtures: a temporary MLflow store per test, and one tiny real teacher per session.
+
+Everything runs the real code path on the bundled digits at 8x8 with a tiny UNet, so a whole
+train/evaluate cycle takes seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from dmat.config import TrainConfig
+from dmat.diffusion import DiffusionConfig
+from dmat.unet import UNetConfig
+
+TINY_TRAIN = dict(dataset="digits", image_size=8, epochs=2, batch_size=128, sample_steps=4, num_sample_images=4,
+                  save_interval=1, device="cpu")
+TINY_UNET = dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(4,), dropout=0.0)
+TINY_DIFFUSION = dict(timesteps=20)
+# the same settings as CLI / MLproject arguments
+TINY_CLI_ARGS = ["--image-size", "8", "--epochs", "2", "--batch-size", "128", "--sample-steps", "4",
+                 "--num-sample-images", "4", "--base-channels", "8", "--channel-mults", "1,2",
+                 "--num-res-blocks", "1", "--timesteps", "20", "--device", "cpu"]
+
+
+def tiny_train(**overrides) -> TrainConfig:
+    return TrainConfig(**{**TINY_TRAIN, **overrides})
+
+
+def tiny_unet(**overrides) -> UNetConfig:
+    return UNetConfig(**{**TINY_UNET, **overrides})
+
+
+def tiny_diffusion(**overrides) -> DiffusionConfig:
+    return DiffusionConfig(**{**TINY_DIFFUSION, **overrides})
+
+
+def _point_at(path: Path, mp: pytest.MonkeyPatch) -> str:
+    uri = f"sqlite:///{path}/mlflow.db"
+    mp.chdir(path)
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.setenv("MLFLOW_EXPERIMENT_NAME", "dmat-test")
+    mp.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def _end_active_runs():
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> str:
+    """An empty MLflow store in a temporary folder (also the working directory); yields its URI."""
+    uri = _point_at(tmp_path, monkeypatch)
+    yield uri
+    _end_active_runs()
+
+
+@pytest.fixture(scope="session")
+def _study_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("study")
+
+
+@pytest.fixture(scope="session")
+def teacher_run_id(_study_dir) -> str:
+    """A tiny teacher trained once per session in the shared study store."""
+    from dmat.teacher import train_teacher
+
+    with pytest.MonkeyPatch.context() as mp:
+        _point_at(_study_dir, mp)
+        run_id = train_teacher(tiny_train(), tiny_unet(), tiny_diffusion())
+        _end_active_runs()
+    return run_id
+
+
+@pytest.fixture
+def study(_study_dir, teacher_run_id, monkeypatch) -> str:
+    """The shared session store holding the tiny teacher; yields its URI."""
+    uri = _point_at(_study_dir, monkeypatch)
+    yield uri
+    _end_active_runs()
+
+
+@pytest.fixture
+def project_env() -> dict:
+    """Environment for subprocesses (`mlflow run`, `dmat`): the venv first on PATH."""
+    import sys
+
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env

@@ -35,7 +35,7 @@ def train_teacher(train: TrainConfig, unet: UNetConfig, diffusion: DiffusionConf
     return run_training(
         role="teacher",
         run_name=f"teacher-{train.dataset}-{unet.image_size}px",
-        tags={},
+        tags={tracking.METHOD: "teacher"},
         params=model_params(train, unet, diffusion),
         model=model,
         diffusion=process,

@@ -1,0 +1,1 @@
+"""Evaluating a model: sample quality against real data, behaviour against the teacher, cost."""

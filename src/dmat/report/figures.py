@@ -1,0 +1,222 @@
+"""Matplotlib figures of the report (Agg backend, no display needed).
+
+Each function takes tables from `query`/`tables` and returns a Figure, or None when there is
+nothing to plot; missing values are left out of a plot, never drawn as 0. Colour encodes the size
+factor (the same in every figure), line style the method.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+
+from dmat.report.tables import mean_curves, pareto_mask  # noqa: E402
+
+LINESTYLE = {"distill": "-", "scratch": "--", "teacher": ":"}
+MARKER = {"distill": "o", "scratch": "s", "teacher": "*"}
+STUDENT_METHODS = ("distill", "scratch")
+
+
+def size_color(size: float):
+    return "black" if size >= 1.0 else plt.cm.viridis(0.9 * float(size))
+
+
+def _students(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table.method != "teacher"]
+
+
+def _teacher_value(table: pd.DataFrame, column: str) -> float:
+    teacher = table[table.method == "teacher"][column].dropna()
+    return float(teacher.iloc[0]) if len(teacher) else np.nan
+
+
+def _errorbar_by_method(ax, table: pd.DataFrame, x: str, y: str) -> None:
+    for method, group in _students(table).groupby("method"):
+        group = group.dropna(subset=[x, y]).sort_values(x)
+        if group.empty:
+            continue
+        ax.errorbar(group[x], group[y], yerr=group[f"{y}_ci95"].fillna(0), marker=MARKER.get(method, "^"),
+                    linestyle=LINESTYLE.get(method, "-."), capsize=3, label=method)
+
+
+def _reference_lines(ax, table: pd.DataFrame, metric: str, floor: str | None) -> None:
+    teacher = _teacher_value(table, metric)
+    if np.isfinite(teacher):
+        ax.axhline(teacher, color="black", linestyle=":", label=f"teacher ({teacher:.3g})")
+    if floor and floor in table.columns and table[floor].notna().any():
+        value = float(table[floor].mean())
+        ax.axhline(value, color="grey", linestyle="-.", label=f"real-data floor ({value:.3g})")
+
+
+def quality_figure(table: pd.DataFrame):
+    """FID and KID against parameters (log x): distill vs scratch, teacher line, real-data floor."""
+    if not table[["fid", "kid_mean"]].notna().any().any():
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric, floor, label in ((axes[0], "fid", "fid_floor", "FID"), (axes[1], "kid_mean", "kid_floor", "KID")):
+        _errorbar_by_method(ax, table, "num_parameters", metric)
+        _reference_lines(ax, table, metric, floor)
+        ax.set(xscale="log", xlabel="parameters", ylabel=f"{label} (lower is better)", title=f"{label} vs size")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def efficiency_figure(table: pd.DataFrame):
+    """FID against parameters and against latency; Pareto-optimal sizes ringed and labelled."""
+    if not table.fid.notna().any():
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, cost, label, scale in ((axes[0], "num_parameters", "parameters", "log"),
+                                   (axes[1], "latency_ms_per_image", "latency (ms / image)", "linear")):
+        _errorbar_by_method(ax, table, cost, "fid")
+        teacher = table[table.method == "teacher"].dropna(subset=[cost, "fid"])
+        ax.scatter(teacher[cost], teacher.fid, marker="*", s=150, color="black", label="teacher", zorder=3)
+        points = table.dropna(subset=[cost, "fid"])
+        front = points[pareto_mask(points[cost], points.fid)].sort_values(cost)
+        ax.plot(front[cost], front.fid, color="red", linestyle=":", linewidth=1)
+        ax.scatter(front[cost], front.fid, s=180, facecolors="none", edgecolors="red", label="Pareto-optimal", zorder=4)
+        for _, row in front.iterrows():
+            ax.annotate(f"{row.size_factor:g} {row.method}", (row[cost], row.fid), textcoords="offset points", xytext=(6, 6),
+                        fontsize=8, color="red")
+        ax.set(xscale=scale, xlabel=label, ylabel="FID", title=f"quality vs {label}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def mse_heatmap(histories: pd.DataFrame, evaluations: pd.DataFrame, sizes: list[float]):
+    """Size factor x timestep heatmap of the epsilon-prediction MSE against the teacher (log colour)."""
+    runs = evaluations[evaluations.size_factor.isin(sizes) & evaluations.method.isin(STUDENT_METHODS)]
+    curves = mean_curves(histories, runs, "eps_mse_teacher")
+    if curves.empty:
+        return None
+    grid = curves.pivot_table(index=["method", "size_factor"], columns="step", values="value")
+    values = np.ma.masked_invalid(grid.to_numpy(dtype=float))
+    positive = values[values > 0]
+    fig, ax = plt.subplots(figsize=(11, 1.2 + 0.35 * len(grid)))
+    norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
+    image = ax.imshow(values, aspect="auto", cmap="magma", norm=norm, interpolation="nearest")
+    ax.set_yticks(range(len(grid)), [f"{s:g} {m}" for m, s in grid.index])
+    ticks = np.linspace(0, grid.shape[1] - 1, min(10, grid.shape[1])).round().astype(int)
+    ax.set_xticks(ticks, [str(grid.columns[i]) for i in ticks])
+    ax.set(xlabel="timestep t", ylabel="size factor, method", title="epsilon MSE against the teacher")
+    fig.colorbar(image, ax=ax, label="MSE (log scale)")
+    fig.tight_layout()
+    return fig
+
+
+def _to_image(state: np.ndarray) -> np.ndarray:
+    """[C, H, W] in [-1, 1] -> an imshow-able array in [0, 1]."""
+    image = np.clip((state + 1) / 2, 0, 1)
+    return image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+
+
+def denoising_figure(panels: list[tuple[str, np.ndarray, np.ndarray]]):
+    """Rows of (label, states [n_images, n_shown, C, H, W], timesteps): the first image of each model."""
+    if not panels:
+        return None
+    cols = max(states.shape[1] for _, states, _ in panels)
+    fig, axes = plt.subplots(len(panels), cols, figsize=(1.3 * cols, 1.4 * len(panels)), squeeze=False)
+    for row, (label, states, timesteps) in enumerate(panels):
+        for col in range(cols):
+            ax = axes[row, col]
+            ax.axis("off")
+            if col < states.shape[1]:
+                ax.imshow(_to_image(states[0, col]), cmap="gray", vmin=0, vmax=1)
+                if row == 0 or not np.array_equal(timesteps, panels[0][2]):
+                    ax.set_title(f"t={int(timesteps[col])}", fontsize=7)
+        axes[row, 0].text(-0.1, 0.5, label, transform=axes[row, 0].transAxes, ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _curve_lines(ax, curves: pd.DataFrame) -> None:
+    for (method, size), curve in curves.groupby(["method", "size_factor"]):
+        ax.plot(curve.step, curve.value, color=size_color(size), linestyle=LINESTYLE.get(method, "-."),
+                label=f"{size:g} {method}")
+
+
+def time_figure(histories: pd.DataFrame, evaluations: pd.DataFrame, table: pd.DataFrame, sizes: list[float]):
+    """Per-timestep error curves per size (vs data noise and vs teacher) and latency against size."""
+    runs = evaluations[evaluations.size_factor.isin(sizes)]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, key, title in ((axes[0], "eps_mse_true", "epsilon MSE vs the true noise"),
+                           (axes[1], "eps_mse_teacher", "epsilon MSE vs the teacher")):
+        curves = mean_curves(histories, runs, key)
+        curves = curves[curves.value > 0]  # the teacher against itself is exactly 0: nothing to show on log y
+        if curves.empty:
+            ax.text(0.5, 0.5, "n/a: no history logged", ha="center", transform=ax.transAxes)
+        else:
+            _curve_lines(ax, curves)
+            ax.set_yscale("log")
+            ax.legend(fontsize=7, ncol=2)
+        ax.set(xlabel="timestep t", ylabel="MSE", title=title)
+    _errorbar_by_method(axes[2], table, "size_factor", "latency_ms_per_image")
+    teacher = _teacher_value(table, "latency_ms_per_image")
+    if np.isfinite(teacher):
+        axes[2].scatter([1.0], [teacher], marker="*", s=150, color="black", label="teacher", zorder=3)
+    axes[2].set(xlabel="size factor", ylabel="latency (ms / image)", title="latency vs size")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def trajectory_divergence_figure(histories: pd.DataFrame, evaluations: pd.DataFrame, sizes: list[float]):
+    """MSE between student and teacher sampler states against sampling step, per size."""
+    runs = evaluations[evaluations.size_factor.isin(sizes) & evaluations.method.isin(STUDENT_METHODS)]
+    curves = mean_curves(histories, runs, "traj_mse")
+    if curves.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    _curve_lines(ax, curves)
+    ax.set(xlabel="sampling step (0 = x_T)", ylabel="MSE to the teacher's state", yscale="symlog",
+           title="trajectory divergence from the teacher (same noise)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def trajectory_pca_figure(teacher: np.ndarray, students: list[tuple[str, float, np.ndarray]]):
+    """2-D PCA of sampler paths from shared noise: teacher [steps+1, ...] and students (label, size, path)."""
+    from sklearn.decomposition import PCA
+
+    if teacher is None or not students:
+        return None
+    flat = [teacher.reshape(len(teacher), -1)] + [p.reshape(len(p), -1) for _, _, p in students]
+    pca = PCA(n_components=2).fit(np.concatenate(flat))
+    fig, ax = plt.subplots(figsize=(7, 5))
+    paths = [("teacher", 1.0, flat[0])] + [(label, size, f) for (label, size, _), f in zip(students, flat[1:])]
+    for label, size, path in paths:
+        xy = pca.transform(path)
+        ax.plot(xy[:, 0], xy[:, 1], color=size_color(size), marker=".", markersize=3,
+                linewidth=2.5 if label == "teacher" else 1.2, label=label)
+        ax.scatter(*xy[-1], color=size_color(size), marker="X", s=60)
+    ax.scatter(*pca.transform(flat[0][:1])[0], color="red", marker="o", s=60, label="x_T (shared)", zorder=4)
+    ratio = pca.explained_variance_ratio_
+    ax.set(xlabel=f"PC1 ({ratio[0]:.0%})", ylabel=f"PC2 ({ratio[1]:.0%})", title="sampler trajectories, 2-D PCA (X = x_0)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def training_figure(histories: pd.DataFrame, models: pd.DataFrame):
+    """Per-epoch train and validation loss of the teacher and the students, per size."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    drawn = False
+    for ax, key in zip(axes, ("train_loss", "val_loss")):
+        curves = mean_curves(histories, models, key)
+        drawn |= not curves.empty
+        _curve_lines(ax, curves)
+        ax.set(xlabel="epoch", ylabel=key, yscale="log", title=key.replace("_", " "))
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    if not drawn:
+        plt.close(fig)
+        return None
+    return fig

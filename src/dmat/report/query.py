@@ -1,0 +1,144 @@
+"""Reading a study back from MLflow as tidy pandas DataFrames; the report re-runs no model.
+
+One `mlflow.search_runs` call gives every run's tags, params and latest metric values. Metric
+histories cost one request per run and key, so they are fetched only for the runs a figure needs,
+in parallel; artifacts are downloaded only for the few runs the denoising and PCA figures show.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from dmat import tracking
+from dmat.errors import DmatError
+
+MODEL_ROLES = tracking.MODEL_ROLES
+EVALUATION = "evaluation"
+# an evaluation without these cannot be placed on the quality or cost figures
+CORE_EVALUATION_METRICS = ("fid", "kid_mean", "latency_ms_per_image")
+STATUS_PROBLEMS = {"FAILED": "failed", "KILLED": "killed", "RUNNING": "unfinished (running or crashed)",
+                   "SCHEDULED": "unfinished (scheduled)"}
+HISTORY_WORKERS = 16
+
+
+@dataclass
+class Study:
+    """A study as tables: `models` (teacher/student runs, any status), `evaluations` (the latest
+    finished evaluation per model and evaluation seed) and `problems` (runs the report cannot use)."""
+
+    experiment: str
+    models: pd.DataFrame
+    evaluations: pd.DataFrame
+    problems: pd.DataFrame
+
+
+def resolve_experiment(name: str | None):
+    """The named experiment, else $MLFLOW_EXPERIMENT_NAME, else the one `mlflow run` runs in, else dmat."""
+    client = MlflowClient()
+    if not name and not os.environ.get("MLFLOW_EXPERIMENT_NAME") and os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        return client.get_experiment(os.environ["MLFLOW_EXPERIMENT_ID"])
+    name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or tracking.DEFAULT_EXPERIMENT
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        raise DmatError(f"no experiment {name!r} in {tracking.tracking_uri()}: run the study first (make pipeline) "
+                        "or pass --experiment / --tracking-uri")
+    return experiment
+
+
+def _column(runs: pd.DataFrame, name: str) -> pd.Series:
+    return runs[name] if name in runs.columns else pd.Series([None] * len(runs), index=runs.index, dtype=object)
+
+
+def tidy_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """search_runs output -> one row per run: lineage tags, a few params and every metric by its own name."""
+    frame = pd.DataFrame({
+        "run_id": runs["run_id"],
+        "run_name": _column(runs, "tags.mlflow.runName"),
+        "status": runs["status"],
+        "start_time": runs["start_time"],
+        "role": _column(runs, f"tags.{tracking.ROLE}"),
+        "method": _column(runs, f"tags.{tracking.METHOD}"),
+        "size_factor": pd.to_numeric(_column(runs, f"tags.{tracking.SIZE_FACTOR}"), errors="coerce"),
+        "dataset": _column(runs, f"tags.{tracking.DATASET}"),
+        "image_size": pd.to_numeric(_column(runs, f"tags.{tracking.IMAGE_SIZE}"), errors="coerce"),
+        "teacher_run_id": _column(runs, f"tags.{tracking.TEACHER_RUN_ID}"),
+        "model_run_id": _column(runs, f"tags.{tracking.MODEL_RUN_ID}"),
+        "model_role": _column(runs, "tags.dmat.model_role"),
+        "seed": _column(runs, "params.seed"),
+    })
+    metrics = runs[[c for c in runs.columns if c.startswith("metrics.")]]
+    metrics = metrics.rename(columns=lambda c: c.removeprefix("metrics."))
+    return pd.concat([frame, metrics.astype(float)], axis=1).reset_index(drop=True)
+
+
+def load_study(experiment: str | None = None) -> Study:
+    """Every teacher, student and evaluation run of an experiment, plus the list of problem runs."""
+    exp = resolve_experiment(experiment)
+    runs = mlflow.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
+    runs = tidy_runs(runs) if not runs.empty else runs
+    if runs.empty or not runs.role.isin((*MODEL_ROLES, EVALUATION)).any():
+        raise DmatError(f"experiment {exp.name!r} has no teacher, student or evaluation runs: train and evaluate "
+                        "models first (make teacher students evaluate)")
+    models = runs[runs.role.isin(MODEL_ROLES)].reset_index(drop=True)
+    all_evals = runs[runs.role == EVALUATION]
+    finished = all_evals[all_evals.status == "FINISHED"]
+    # newest first, so a re-evaluation with the same seed replaces the older one
+    evaluations = finished.drop_duplicates(["model_run_id", "seed"], keep="first").reset_index(drop=True)
+    evaluations["method"] = evaluations.method.fillna(evaluations.model_role)
+    return Study(exp.name, models, evaluations, find_problems(models, all_evals, evaluations))
+
+
+def find_problems(models: pd.DataFrame, all_evals: pd.DataFrame, evaluations: pd.DataFrame) -> pd.DataFrame:
+    """Runs that are failed, unfinished, not evaluated or evaluated without a core metric."""
+    columns = ["run_id", "run_name", "role", "method", "size_factor", "status", "problem"]
+    rows = []
+    for _, run in pd.concat([models, all_evals]).iterrows():
+        if run.status in STATUS_PROBLEMS:
+            rows.append({**run, "problem": STATUS_PROBLEMS[run.status]})
+    evaluated = set(evaluations.model_run_id)
+    for _, run in models[(models.status == "FINISHED") & ~models.run_id.isin(evaluated)].iterrows():
+        rows.append({**run, "problem": "not evaluated"})
+    for _, run in evaluations.iterrows():
+        missing = [m for m in CORE_EVALUATION_METRICS if pd.isna(run.get(m, np.nan))]
+        if missing:
+            rows.append({**run, "problem": "incomplete evaluation: no " + ", ".join(missing)})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def metric_histories(run_ids, keys, workers: int = HISTORY_WORKERS) -> pd.DataFrame:
+    """Histories of `keys` for `run_ids` as rows (run_id, key, step, value), fetched in parallel.
+
+    A step logged twice keeps its latest value; a run without the key contributes no rows.
+    """
+    client = MlflowClient()
+    jobs = [(run_id, key) for run_id in dict.fromkeys(run_ids) for key in keys]
+
+    def fetch(job):
+        run_id, key = job
+        return [(run_id, key, m.step, m.value, m.timestamp) for m in client.get_metric_history(run_id, key)]
+
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
+        rows = [row for result in pool.map(fetch, jobs) for row in result]
+    frame = pd.DataFrame(rows, columns=["run_id", "key", "step", "value", "timestamp"])
+    frame = frame.sort_values("timestamp").drop_duplicates(["run_id", "key", "step"], keep="last")
+    return frame.drop(columns="timestamp").sort_values(["run_id", "key", "step"]).reset_index(drop=True)
+
+
+def load_npz(run_id: str, artifact_path: str) -> dict[str, np.ndarray] | None:
+    """Arrays of an .npz artifact, or None when the run did not log it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp)
+        except (MlflowException, OSError):
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}

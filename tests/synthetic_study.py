@@ -1,0 +1,120 @@
+"""A synthetic but real MLflow study: runs logged with the contract's tags, params, metrics, histories
+and artifacts through MlflowClient.log_batch, so report tests and the report bench need no training.
+
+Values follow simple known formulas, so tests can compare the report's numbers with what was logged.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+TIMESTEPS, STEPS, EPOCHS, IMAGE = 20, 10, 4, 8
+
+
+def fid_of(size: float, method: str, seed: int) -> float:
+    penalty = {"teacher": 1.0, "distill": 1.0, "scratch": 1.4}[method]
+    return 5.0 + 30.0 * (1.0 - size) ** 2 * penalty + 0.3 * seed
+
+
+def _batch(client, run_id, metrics=None, histories=None, params=None, tags=None):
+    now = int(time.time() * 1000)
+    entries = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
+    entries += [Metric(k, float(v), now, int(step)) for k, series in (histories or {}).items() for step, v in series]
+    for i in range(0, max(len(entries), 1), 1000):
+        client.log_batch(run_id, metrics=entries[i:i + 1000], params=[Param(k, str(v)) for k, v in (params or {}).items()]
+                         if i == 0 else [], tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()] if i == 0 else [],
+                         synchronous=True)
+
+
+def _model_run(client, exp_id, role, method, size, seed, status="FINISHED"):
+    tags = {"dmat.role": role, "dmat.method": method, "dmat.size_factor": size, "dmat.dataset": "digits",
+            "dmat.image_size": IMAGE}
+    run = client.create_run(exp_id, run_name=f"{role}-{method}-{size:g}-s{seed}", tags=tags)
+    params = {"size_factor": size, "method": method, "seed": seed, "kd_weight": 1.0, "task_weight": 0.0,
+              "feature_weight": 0.0, "student_steps": TIMESTEPS}
+    history = {"train_loss": [(e, 0.5 * (2 - size) / e) for e in range(1, EPOCHS + 1)],
+               "val_loss": [(e, 0.55 * (2 - size) / e) for e in range(1, EPOCHS + 1)]}
+    _batch(client, run.info.run_id, {"num_parameters": params_of(size), "flops_per_forward": 1e6 * size},
+           history, params)
+    client.set_terminated(run.info.run_id, status)
+    return run.info.run_id
+
+
+def params_of(size: float) -> int:
+    return int(2_000_000 * size ** 2 + 10_000)
+
+
+def _arrays(seed: int, size: float, folder: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(seed)
+    teacher = np.cumsum(rng.normal(size=(2, STEPS + 1, 1, IMAGE, IMAGE)), axis=1).astype(np.float32) / 4
+    model = teacher + (1 - size) * rng.normal(size=teacher.shape).astype(np.float32) / 4
+    states = np.clip(model[:1, ::2], -1, 1)
+    (folder / "denoising").mkdir(parents=True, exist_ok=True)
+    (folder / "trajectories").mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "denoising" / "states.npz", states=states, timesteps=np.arange(TIMESTEPS, -1, -4)[: states.shape[1]])
+    np.savez(folder / "trajectories" / "trajectories.npz", model=model, teacher=teacher,
+             timesteps=np.linspace(TIMESTEPS, 0, STEPS + 1).astype(int))
+    return folder / "denoising" / "states.npz", folder / "trajectories" / "trajectories.npz"
+
+
+def _evaluation_run(client, exp_id, model_run_id, teacher_id, role, method, size, seed, artifacts=True,
+                    drop=(), status="FINISHED"):
+    tags = {"dmat.role": "evaluation", "dmat.model_run_id": model_run_id, "dmat.model_role": role,
+            "dmat.method": method, "dmat.size_factor": size, "dmat.dataset": "digits", "dmat.image_size": IMAGE,
+            "dmat.teacher_run_id": teacher_id, "dmat.feature_extractor_run_id": "none"}
+    run = client.create_run(exp_id, run_name=f"eval-{method}-{size:g}-s{seed}", tags=tags)
+    gap = 0.0 if role == "teacher" else (1 - size) + 0.05
+    metrics = {"fid": fid_of(size, method, seed), "fid_floor": 2.0, "kid_mean": fid_of(size, method, seed) / 100,
+               "kid_std": 0.001, "kid_floor": 0.01, "precision": 0.5 + size / 3, "recall": 0.4 + size / 3,
+               "num_parameters": params_of(size), "flops_per_forward": 1e6 * size, "checkpoint_mb": size,
+               "latency_ms_per_image": 1.0 + 4 * size, "throughput_images_per_s": 1000 / (1 + 4 * size),
+               "peak_memory_mb": 10 * size, "final_mse": gap / 10, "traj_mse_mean": gap / 20,
+               "traj_cosine_mean": 1 - gap / 10, "path_length": 3.0, "teacher_path_length": 3.0}
+    metrics = {k: v for k, v in metrics.items() if k not in drop}
+    histories = {"traj_mse": [(s, gap * s / STEPS) for s in range(STEPS + 1)],
+                 "traj_cosine": [(s, 1 - gap * s / STEPS / 10) for s in range(STEPS + 1)],
+                 "eps_mse_teacher": [(t, gap * (0.1 + t / TIMESTEPS)) for t in range(TIMESTEPS)],
+                 "eps_mse_true": [(t, 0.05 + gap / 10 + 1 / (t + 1)) for t in range(TIMESTEPS)]}
+    _batch(client, run.info.run_id, metrics, histories,
+           {"sampler": "ddim", "steps": STEPS, "num_samples": 64, "features": "classifier", "seed": seed})
+    if artifacts:
+        with tempfile.TemporaryDirectory() as tmp:
+            states, trajectories = _arrays(seed, size, Path(tmp))
+            client.log_artifact(run.info.run_id, str(states), "denoising")
+            client.log_artifact(run.info.run_id, str(trajectories), "trajectories")
+    client.set_terminated(run.info.run_id, status)
+    return run.info.run_id
+
+
+def log_synthetic_study(experiment: str, sizes=(0.2, 0.5), methods=("distill", "scratch"), seeds=(0,),
+                        artifacts=True, problems=True) -> dict:
+    """Log a teacher, students of `sizes` x `methods` x `seeds` and their evaluations.
+
+    With `problems`, also a FAILED student, a finished student without an evaluation and an
+    evaluation without FID. Returns the run ids by kind.
+    """
+    client = MlflowClient()
+    exp_id = client.create_experiment(experiment)
+    teacher = _model_run(client, exp_id, "teacher", "teacher", 1.0, 0)
+    ids = {"teacher": teacher, "students": [], "evaluations": [
+        _evaluation_run(client, exp_id, teacher, teacher, "teacher", "teacher", 1.0, 0, artifacts)]}
+    for size in sizes:
+        for method in methods:
+            for seed in seeds:
+                student = _model_run(client, exp_id, "student", method, size, seed)
+                ids["students"].append(student)
+                ids["evaluations"].append(
+                    _evaluation_run(client, exp_id, student, teacher, "student", method, size, seed, artifacts))
+    if problems:
+        ids["failed"] = _model_run(client, exp_id, "student", "distill", 0.3, 0, status="FAILED")
+        ids["unevaluated"] = _model_run(client, exp_id, "student", "distill", 0.7, 0)
+        no_fid = _model_run(client, exp_id, "student", "scratch", 0.7, 0)
+        ids["no_fid"] = _evaluation_run(client, exp_id, no_fid, teacher, "student", "scratch", 0.7, 0, artifacts,
+                                        drop=("fid",))
+    return ids

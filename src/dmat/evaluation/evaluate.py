@@ -1,0 +1,230 @@
+"""Evaluate one teacher or student run, the same way for every model, as an evaluation run.
+
+Quality against real data (FID/KID/precision/recall beside the real-vs-real floor), behaviour
+against the teacher (shared-noise sampler trajectories, per-timestep epsilon errors) and cost.
+Real data for FID is the model's own train split, at the model's own resolution; epsilon errors use
+its held-out validation split. A student is compared with its teacher (tag dmat.teacher_run_id); a
+teacher's own evaluation leaves the vs-teacher metrics out (absent, not 0), since against itself
+they are zero by construction.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from torchvision.utils import save_image
+from tqdm.auto import tqdm
+
+from dmat import tracking
+from dmat.config import TrainConfig, replace
+from dmat.data import load_splits
+from dmat.diffusion import sample
+from dmat.errors import DmatError
+from dmat.evaluation import cost, features, quality, trajectories
+from dmat.evaluation.settings import STUDENT_STEPS, EvalConfig
+from dmat.training import resolve_device
+
+ROLE = "evaluation"
+MODEL_ROLE = "dmat.model_role"
+FEATURE_EXTRACTOR_RUN_ID = "dmat.feature_extractor_run_id"
+SETTINGS = ("sampler", "steps", "num_samples", "features", "seed")  # what makes two evaluations comparable
+SAVED_TRAJECTORIES, DENOISING_IMAGES, DENOISING_STEPS = 4, 8, 8
+
+
+def _images(ds) -> torch.Tensor:
+    return torch.stack([ds[i] for i in range(len(ds))])
+
+
+def _model_data(loaded: tracking.LoadedModel):
+    """The model's own train (real data for FID) and validation images, at its own resolution."""
+    p, defaults = loaded.params, TrainConfig()
+    cfg = TrainConfig(dataset=loaded.tags[tracking.DATASET], image_size=loaded.model.config.image_size,
+                      val_fraction=float(p.get("val_fraction", defaults.val_fraction)),
+                      split_seed=int(float(p.get("split_seed", defaults.split_seed))))
+    splits = load_splits(cfg)
+    return _images(splits.train), _images(splits.val)
+
+
+def _teacher_of(loaded: tracking.LoadedModel, device) -> tracking.LoadedModel | None:
+    """The student's teacher, checked to share the student's resolution and noise schedule."""
+    if loaded.role == "teacher":
+        return None
+    teacher_id = loaded.tags.get(tracking.TEACHER_RUN_ID)
+    if not teacher_id:
+        raise DmatError(f"student run {loaded.run_id} has no {tracking.TEACHER_RUN_ID} tag: it cannot be compared")
+    teacher = tracking.load_model(teacher_id, device=device)
+    a, b = loaded.model.config, teacher.model.config
+    if (a.image_size, a.in_channels) != (b.image_size, b.in_channels):
+        raise DmatError(f"student {loaded.run_id} works at {a.image_size}px, its teacher at {b.image_size}px: "
+                        "trajectories need the same resolution")
+    sa, sb = loaded.diffusion.config, teacher.diffusion.config
+    if (sa.timesteps, sa.schedule) != (sb.timesteps, sb.schedule):
+        raise DmatError(f"student {loaded.run_id} and its teacher use different noise schedules")
+    return teacher
+
+
+def _extractor(cfg: EvalConfig, loaded, feature_extractor_run_id, inception_weights, device):
+    if cfg.features == "inception":
+        return None, features.InceptionFeatures(features.inception_weights_path(inception_weights)).to(device)
+    return features.feature_extractor_for(loaded.tags[tracking.DATASET], loaded.model.config.image_size,
+                                          feature_extractor_run_id, device)
+
+
+def _log_history(name: str, values: dict[int, float]) -> None:
+    """A metric series in as few calls as the store allows (log_batch takes 1000 values at a time)."""
+    run_id, now = mlflow.active_run().info.run_id, int(time.time() * 1000)
+    items = [Metric(name, float(v), now, int(step)) for step, v in values.items()]
+    for i in range(0, len(items), 1000):
+        MlflowClient().log_batch(run_id, metrics=items[i : i + 1000])
+
+
+def _log_npz(path: str, **arrays) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / Path(path).name
+        np.savez_compressed(file, **arrays)
+        mlflow.log_artifact(str(file), artifact_path=str(Path(path).parent))
+
+
+def _log_denoising(traj: trajectories.Trajectory) -> None:
+    """About 8 evenly spaced states of the first few shared-noise trajectories, as arrays and a grid."""
+    shown = torch.linspace(0, traj.states.shape[1] - 1, DENOISING_STEPS).round().long().unique()
+    states = traj.states[:DENOISING_IMAGES, shown]
+    _log_npz("denoising/states.npz", states=states.numpy().astype(np.float16),
+             timesteps=np.array(traj.timesteps)[shown.numpy()])
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / "grid.png"
+        save_image(((states.flatten(0, 1) + 1) / 2).clamp(0, 1), file, nrow=len(shown))
+        mlflow.log_artifact(str(file), artifact_path="denoising")
+
+
+@torch.inference_mode()
+def _generate(model, diffusion, cfg: EvalConfig, steps: int, device) -> tuple[torch.Tensor, list[float]]:
+    """`num_samples` images from seeded noise, in batches; also each full batch's wall time."""
+    c = model.config
+    noise_gen = torch.Generator().manual_seed(cfg.seed)
+    step_gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    images, seconds = [], []
+    for start in tqdm(range(0, cfg.num_samples, cfg.batch_size), desc="sampling", unit="batch", dynamic_ncols=True):
+        n = min(cfg.batch_size, cfg.num_samples - start)
+        x_T = torch.randn((n, c.in_channels, c.image_size, c.image_size), generator=noise_gen).to(device)
+        x, s = cost.timed(lambda: sample(model, diffusion, x_T, cfg.sampler, steps, generator=step_gen), device)
+        images.append(x.cpu())
+        if n == cfg.batch_size:
+            seconds.append(s)
+    return torch.cat(images), seconds
+
+
+def _cost_metrics(loaded, cfg: EvalConfig, steps: int, device) -> dict[str, float]:
+    model, c = loaded.model, loaded.model.config
+    one = torch.randn((1, c.in_channels, c.image_size, c.image_size), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        latency = cost.median_seconds(lambda: sample(model, loaded.diffusion, one.to(device), cfg.sampler, steps),
+                                      device, repeats=3)
+    return {"num_parameters": model.num_parameters, "flops_per_forward": cost.flops_per_forward(model),
+            "checkpoint_mb": cost.checkpoint_mb(loaded.run_id), "latency_ms_per_image": 1000 * latency}
+
+
+def _behaviour(loaded, teacher, cfg: EvalConfig, steps: int, held_out: torch.Tensor, device) -> None:
+    """Shared-noise trajectories and per-timestep epsilon errors, logged to the active run."""
+    c = loaded.model.config
+    x_T = torch.randn((cfg.num_trajectories, c.in_channels, c.image_size, c.image_size),
+                      generator=torch.Generator().manual_seed(cfg.seed + 1)).to(device)
+    own = trajectories.record(loaded.model, loaded.diffusion, x_T, cfg.sampler, steps, cfg.seed + 1)
+    mlflow.log_metric("path_length", trajectories.path_length(own))
+    ref = own
+    if teacher is not None:
+        ref = trajectories.record(teacher.model, teacher.diffusion, x_T, cfg.sampler, steps, cfg.seed + 1)
+        vs = trajectories.compare(own, ref)
+        for name in ("traj_mse", "traj_cosine"):
+            _log_history(name, dict(enumerate(vs.pop(name))))
+        mlflow.log_metrics({**vs, "teacher_path_length": trajectories.path_length(ref)})
+    _log_npz("trajectories/trajectories.npz", model=own.states[:SAVED_TRAJECTORIES].numpy().astype(np.float16),
+             teacher=ref.states[:SAVED_TRAJECTORIES].numpy().astype(np.float16), timesteps=np.array(own.timesteps))
+    _log_denoising(own)
+
+    timesteps = sorted(loaded.diffusion.sampling_timesteps(min(cfg.eps_timesteps, loaded.diffusion.timesteps)))
+    errors = trajectories.eps_errors(loaded.model, loaded.diffusion, held_out, timesteps, cfg.seed,
+                                     teacher=teacher and teacher.model, teacher_diffusion=teacher and teacher.diffusion,
+                                     batch_size=cfg.batch_size)
+    for name, series in errors.items():
+        _log_history(name, series)
+
+
+def evaluate_run(model_run_id: str, config: EvalConfig | None = None, feature_extractor_run_id: str | None = None,
+                 inception_weights: str | None = None, experiment: str | None = None, **overrides) -> str:
+    """Evaluate a teacher or student run as a new evaluation run; returns its id.
+
+    Settings come from `config` and keyword overrides (`num_samples=300`, `steps="20"`, ...).
+    Everything that can be wrong (settings, run, checkpoint, data, extractor, sample counts) is
+    checked before the evaluation run is created.
+    """
+    cfg = replace(config or EvalConfig(), **overrides).validate()
+    device = resolve_device(cfg.device)
+    tracking.check_tracking_reachable()
+    loaded = tracking.load_model(model_run_id, device=device)
+    steps = cfg.resolved_steps(loaded.role, loaded.params)
+    loaded.diffusion.sampling_timesteps(steps)
+    teacher = _teacher_of(loaded, device)
+    real, held_out = _model_data(loaded)
+    extractor_run_id, extractor = _extractor(cfg, loaded, feature_extractor_run_id, inception_weights, device)
+    quality.check_sample_count(cfg.num_samples, extractor.num_features, f"num-samples={cfg.num_samples}")
+    quality.check_sample_count(len(real) // 2, extractor.num_features, "each half of the real train split (floor)")
+
+    tags = {tracking.ROLE: ROLE, tracking.MODEL_RUN_ID: loaded.run_id, MODEL_ROLE: loaded.role,
+            tracking.TEACHER_RUN_ID: teacher.run_id if teacher else loaded.run_id,
+            **{k: loaded.tags[k] for k in (tracking.METHOD, tracking.SIZE_FACTOR, tracking.DATASET,
+                                           tracking.IMAGE_SIZE) if k in loaded.tags}}
+    if extractor_run_id:
+        tags[FEATURE_EXTRACTOR_RUN_ID] = extractor_run_id
+    tracking.use_experiment(experiment)
+    name = f"eval-{loaded.role}-{loaded.tags.get(tracking.SIZE_FACTOR, '')}-{loaded.run_id[:8]}"
+    with tracking.tracked_run(name, tags) as run, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+        tracking.log_params({**{k: getattr(cfg, k) for k in ("sampler", "num_samples", "features", "seed",
+                                                            "batch_size", "num_trajectories", "eps_timesteps")},
+                             "steps": steps, "real_data": "train split", "held_out_data": "validation split"})
+        cost.reset_peak_memory(device)
+        mlflow.log_metrics(_cost_metrics(loaded, cfg, steps, device))
+        fake, seconds = _generate(loaded.model, loaded.diffusion, cfg, steps, device)
+        if seconds:  # full batches only; a single short batch is not a throughput
+            mlflow.log_metric("throughput_images_per_s", cfg.batch_size / float(np.median(seconds)))
+        mlflow.log_metrics(quality.quality_metrics(extractor, real, fake, cfg.batch_size, cfg.seed))
+        mlflow.log_metrics(quality.floor_metrics(extractor, real, cfg.batch_size, cfg.seed))
+        _behaviour(loaded, teacher, cfg, steps, held_out, device)
+        mlflow.log_metric("peak_memory_mb", cost.peak_memory_mb(device))
+        return run.info.run_id
+
+
+def _comparable(value) -> str:
+    try:
+        return repr(float(value))
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _settings_of(params: dict) -> tuple:
+    """An evaluation's settings as logged (a value resolved beside a `mlflow run -P` one wins)."""
+    return tuple(_comparable(params.get(f"resolved.{k}", params.get(k))) for k in SETTINGS)
+
+
+def evaluate_all(config: EvalConfig | None = None, experiment: str | None = None, **kwargs) -> list[str]:
+    """Evaluate every finished teacher and student run not yet evaluated with these settings."""
+    cfg = (config or EvalConfig()).validate()
+    tracking.check_tracking_reachable()
+    roles = ("student",) if cfg.steps == STUDENT_STEPS else tracking.MODEL_ROLES
+    done = {(r.data.tags.get(tracking.MODEL_RUN_ID), _settings_of(r.data.params)) for r in tracking.find_runs(ROLE)}
+    new = []
+    for role in roles:
+        for run in tracking.find_runs(role):
+            wanted = {**{k: getattr(cfg, k) for k in SETTINGS}, "steps": cfg.resolved_steps(role, run.data.params)}
+            if (run.info.run_id, _settings_of(wanted)) not in done:
+                new.append(evaluate_run(run.info.run_id, cfg, experiment=experiment, **kwargs))
+    return new

@@ -1,0 +1,45 @@
+"""Evaluation settings: the same for every model compared, and logged as the evaluation run's params.
+
+Kept free of heavy imports so the CLI can build its options from it cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dmat.errors import DmatError
+
+STUDENT_STEPS = "student"  # --steps student: a student's own `student_steps` param
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    num_samples: int = 2000  # generated images for FID/KID/precision/recall
+    sampler: str = "ddim"
+    steps: str = "50"  # sampling steps, or "student" for each student's own student_steps
+    features: str = "classifier"  # "classifier" (trained on the data set) or "inception"
+    seed: int = 0
+    batch_size: int = 500  # images per sampling batch
+    num_trajectories: int = 64  # shared-noise trajectories compared with the teacher
+    eps_timesteps: int = 20  # timesteps of the per-timestep epsilon errors
+    device: str = "auto"
+
+    def validate(self) -> "EvalConfig":
+        for name in ("num_samples", "batch_size", "num_trajectories", "eps_timesteps"):
+            if getattr(self, name) <= 0:
+                raise DmatError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if self.sampler not in ("ddim", "ddpm"):
+            raise DmatError(f"sampler must be ddim or ddpm, got {self.sampler!r}")
+        if self.features not in ("classifier", "inception"):
+            raise DmatError(f"features must be classifier or inception, got {self.features!r}")
+        if self.steps != STUDENT_STEPS and not (str(self.steps).isdigit() and int(self.steps) > 0):
+            raise DmatError(f"steps must be a positive integer or {STUDENT_STEPS!r}, got {self.steps!r}")
+        return self
+
+    def resolved_steps(self, role: str, params: dict) -> int:
+        """The sampling steps for one model: the setting, or a student's own student_steps param."""
+        if self.steps != STUDENT_STEPS:
+            return int(self.steps)
+        if role != "student" or "student_steps" not in params:
+            raise DmatError(f"--steps {STUDENT_STEPS} needs a student run with a student_steps param: give a number")
+        return int(float(params["student_steps"]))

@@ -1,10 +1,18 @@
-"""What a model costs: parameters and FLOPs per forward pass (measured, never assumed)."""
+"""What a model costs: parameters, FLOPs, checkpoint size, sampling time and memory (measured, never assumed)."""
 
 from __future__ import annotations
 
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import mlflow
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from dmat import tracking
 from dmat.unet import UNet
 
 
@@ -17,3 +25,40 @@ def flops_per_forward(model: UNet) -> int:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x, t)
     return counter.get_total_flops()
+
+
+def checkpoint_mb(run_id: str, name: str = tracking.BEST) -> float:
+    """Size on disk of the run's checkpoint (weights + configs), in MiB."""
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{tracking.CHECKPOINT_DIR}/{name}")
+    return Path(path).stat().st_size / 2**20
+
+
+def timed(fn, device: torch.device):
+    """(fn(), seconds), waiting for queued GPU work so the time is the real one."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return result, time.perf_counter() - start
+
+
+def median_seconds(fn, device: torch.device, repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of `fn` over `repeats` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    return statistics.median(timed(fn, device)[1] for _ in range(repeats))
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: peak allocated since `reset_peak_memory`. Otherwise the process's peak RSS (whole process)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)

@@ -44,6 +44,7 @@ def _point_at(path: Path, mp: pytest.MonkeyPatch) -> str:
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     mp.setenv("MLFLOW_EXPERIMENT_NAME", "dmat-test")
     mp.delenv("MLFLOW_RUN_ID", raising=False)
+    mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # mlflow.set_experiment exports it for child processes
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -91,6 +92,6 @@ def project_env() -> dict:
     """Environment for subprocesses (`mlflow run`, `dmat`): the venv first on PATH."""
     import sys
 
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")}
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return env

@@ -1,0 +1,88 @@
+"""Data sets: the bundled digits, torchvision's on-disk formats written by the test, image folders."""
+
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dmat.config import TrainConfig
+from dmat.data import load_dataset, load_splits
+from dmat.errors import DmatError
+
+
+def test_digits_default_is_16px_in_range_with_a_fixed_disjoint_split():
+    splits = load_splits(TrainConfig())
+    assert splits.image_size == 16 and splits.channels == 1
+    x = splits.train[0]
+    assert x.shape == (1, 16, 16) and x.min() >= -1 and x.max() <= 1
+    assert len(splits.train) + len(splits.val) == 1797
+    assert not set(splits.train.indices) & set(splits.val.indices)
+    again = load_splits(TrainConfig(seed=5))  # the training seed does not move the held-out split
+    assert again.val.indices == splits.val.indices
+    other = load_splits(TrainConfig(split_seed=1))
+    assert other.val.indices != splits.val.indices
+
+
+def _write_idx(path, array: np.ndarray, gz: bool = False):
+    dtype_code = 0x08
+    header = struct.pack(">HBB", 0, dtype_code, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    (gzip.open if gz else open)(path, "wb").write(data)
+
+
+@pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
+def test_mnist_formats_are_read_by_torchvision(tmp_path, monkeypatch, name, folder):
+    raw = tmp_path / folder / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("t10k", 4)):
+        _write_idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(raw / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, (n,)))
+    monkeypatch.setenv("DMAT_DATA_DIR", str(tmp_path))
+    ds = load_dataset(name, 28)
+    assert len(ds) == 12
+    first = ds[0]
+    expected = torch.tensor(np.frombuffer((raw / "train-images-idx3-ubyte").read_bytes()[16:16 + 784], np.uint8))
+    assert torch.allclose((first[0] + 1) / 2 * 255, expected.view(28, 28).float(), atol=0.5)
+    assert load_dataset(name, 16)[0].shape == (1, 16, 16)
+
+
+def test_cifar10_python_batches_are_read_by_torchvision(tmp_path, monkeypatch):
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        batch = {"data": rng.integers(0, 256, (3, 3072)).astype(np.uint8), "labels": [0, 1, 2]}
+        (base / name).write_bytes(pickle.dumps(batch))
+    (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}))
+    monkeypatch.setenv("DMAT_DATA_DIR", str(tmp_path))
+    ds = load_dataset("cifar10", 32)
+    assert len(ds) == 15
+    x = ds[0]
+    first = pickle.loads((base / "data_batch_1").read_bytes())["data"][0].reshape(3, 32, 32)
+    assert x.shape == (3, 32, 32)
+    assert torch.allclose((x + 1) / 2 * 255, torch.tensor(first).float(), atol=0.5)
+
+
+def test_image_folder(tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(tmp_path / cls / f"{i}.png")
+    ds = load_dataset(f"folder:{tmp_path}", 32)
+    assert len(ds) == 6 and ds[0].shape == (3, 32, 32)
+
+
+def test_missing_data_says_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("DMAT_DATA_DIR", str(tmp_path))
+    with pytest.raises(DmatError, match=r"put the original files in .*MNIST/raw"):
+        load_dataset("mnist", 28)
+    with pytest.raises(DmatError, match="does not exist"):
+        load_dataset(f"folder:{tmp_path}/nope", 32)
+    with pytest.raises(DmatError, match="unknown dataset 'imagenet'"):
+        load_dataset("imagenet", 32)

@@ -1,0 +1,64 @@
+"""Continuing an interrupted (KILLED or FAILED) training run in the same MLflow run.
+
+The run's `checkpoints/last.pt` holds the model, optimizer, EMA, early-stopping state and RNG after
+its last finished epoch; its params hold the options it was started with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+from mlflow.entities import RunStatus
+
+from dmat import tracking
+from dmat.diffusion import DiffusionConfig, GaussianDiffusion
+from dmat.errors import DmatError
+from dmat.unet import UNet, UNetConfig
+
+RESUMABLE = (RunStatus.to_string(RunStatus.KILLED), RunStatus.to_string(RunStatus.FAILED))
+
+
+def checkpoint_to_resume(run_id: str, role: str, model: UNet, diffusion: GaussianDiffusion) -> dict:
+    """`last.pt` of a run that may be resumed as `role` with this model, or one clear error why not."""
+    run = tracking.get_run(run_id)
+    if run.data.tags.get(tracking.ROLE) != role:
+        raise DmatError(f"run {run_id} is a {run.data.tags.get(tracking.ROLE) or 'non-dmat'} run, not a {role}: "
+                        f"resume it with the command that started it")
+    status = run.info.status
+    if status not in RESUMABLE:
+        hint = (" (if its process is gone, mark it with MlflowClient().set_terminated(run_id, 'KILLED'))"
+                if status == "RUNNING" else "")
+        raise DmatError(f"run {run_id} is {status}: only KILLED or FAILED runs can be resumed{hint}")
+    ckpt = tracking.load_checkpoint(run_id, tracking.LAST)
+    if "train_state" not in ckpt:
+        raise DmatError(f"checkpoints/last.pt of run {run_id} holds no training state: it cannot be resumed")
+    if UNetConfig.from_dict(ckpt["unet_config"]) != model.config or \
+            DiffusionConfig(**ckpt["diffusion_config"]) != diffusion.config:
+        raise DmatError(f"run {run_id} was trained with another architecture or noise schedule: "
+                        "resume it without architecture or diffusion options")
+    return ckpt
+
+
+def config_from_params(cls, params: dict[str, str]):
+    """A config dataclass rebuilt from a run's params (`resolved.<name>` wins), defaults for the rest."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for field in dataclasses.fields(cls):
+        text = params.get(f"resolved.{field.name}", params.get(field.name))
+        if text is None:
+            continue
+        kind = hints[field.name]
+        if typing.get_origin(kind) is tuple:
+            values[field.name] = tuple(int(part) for part in text.split(",") if part.strip())
+        elif kind is int:
+            values[field.name] = int(float(text))
+        else:
+            values[field.name] = kind(text)
+    return cls(**values)
+
+
+def configs_from_run(run_id: str, classes: tuple) -> tuple:
+    """The configs a run was started with, so `--resume RUN_ID` needs no other option."""
+    params = tracking.get_run(run_id).data.params
+    return tuple(config_from_params(cls, params) for cls in classes)

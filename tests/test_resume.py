@@ -1,0 +1,113 @@
+"""Resume and no-lost-data: a run killed mid-epoch continues in the same MLflow run exactly where it
+stopped; a non-finite loss ends the run FAILED with the last good epoch kept as checkpoints/last.pt."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import TINY_CLI_ARGS, tiny_diffusion, tiny_train, tiny_unet
+from mlflow.tracking import MlflowClient
+
+from dmat import tracking
+from dmat.cli import cli
+from dmat.data import load_splits
+from dmat.diffusion import GaussianDiffusion
+from dmat.errors import DmatError
+from dmat.teacher import train_teacher
+from dmat.training import DiffusionObjective, run_training
+from dmat.unet import UNet
+
+EPOCHS = 6
+
+
+def val_history(run_id: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in MlflowClient().get_metric_history(run_id, "val_loss"))
+
+
+def only_run_id() -> str:
+    runs = tracking.find_runs("teacher", status=None)
+    assert len(runs) == 1
+    return runs[0].info.run_id
+
+
+def wait_for_epochs(proc: subprocess.Popen, epochs: int, timeout: float = 120) -> str:
+    """Poll the store until the subprocess's run has logged `epochs` epochs; return its run id."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        runs = tracking.find_runs("teacher", status=None)
+        if runs and len(val_history(runs[0].info.run_id)) >= epochs:
+            return runs[0].info.run_id
+        time.sleep(0.2)
+    raise AssertionError("the run never reached the epoch to interrupt")
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_run_then_resume_continues_the_same_run(store, project_env):
+    args = [*TINY_CLI_ARGS, "--epochs", str(EPOCHS), "--save-interval", "4"]
+    proc = subprocess.Popen([sys.executable, "-m", "dmat", "teacher", *args], env=project_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_id = wait_for_epochs(proc, 2)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C, somewhere inside epoch 3 (or its validation)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    killed = MlflowClient().get_run(run_id)
+    assert killed.info.status == "KILLED"
+    logged = val_history(run_id)
+    assert 2 <= len(logged) < EPOCHS
+    # save_interval 4 > epochs finished: last.pt was written on the way out, at the last logged epoch
+    assert tracking.load_checkpoint(run_id, tracking.LAST)["epoch"] == logged[-1][0]
+
+    result = CliRunner().invoke(cli, ["teacher", "--resume", run_id])
+    assert result.exit_code == 0, result.output
+    assert run_id in result.output
+    resumed = MlflowClient().get_run(run_id)
+    assert resumed.info.status == "FINISHED"
+    history = val_history(run_id)
+    assert [step for step, _ in history] == list(range(1, EPOCHS + 1))  # continuous, nothing twice
+    assert history[: len(logged)] == logged
+    assert resumed.data.metrics["epochs_run"] == EPOCHS
+    assert len(tracking.find_runs("teacher", status=None)) == 1  # no second run
+
+    # the same options uninterrupted give the same numbers: nothing was lost or repeated
+    reference = train_teacher(tiny_train(epochs=EPOCHS, save_interval=4), tiny_unet(dropout=0.1), tiny_diffusion())
+    assert [v for _, v in val_history(reference)] == pytest.approx([v for _, v in history], rel=1e-5)
+
+    again = CliRunner().invoke(cli, ["teacher", "--resume", run_id])
+    assert again.exit_code == 2 and "FINISHED" in again.output and "only KILLED or FAILED" in again.output
+
+
+class NanAfter:
+    """The DDPM loss until `good_steps` training steps have run, then NaN (as a diverging run gives)."""
+
+    def __init__(self, diffusion: GaussianDiffusion, good_steps: int):
+        self.inner, self.good_steps, self.steps = DiffusionObjective(diffusion), good_steps, 0
+
+    def loss(self, model, x0, generator=None):
+        loss, parts = self.inner.loss(model, x0, generator)
+        if model.training:
+            self.steps += 1
+            if self.steps > self.good_steps:
+                loss = loss * float("nan")
+        return loss, parts
+
+
+def test_non_finite_loss_fails_the_run_and_keeps_the_last_good_epoch(store):
+    cfg = tiny_train(epochs=5, save_interval=5, batch_size=512)  # 4 steps per epoch
+    unet = tiny_unet(image_size=8, in_channels=1)
+    diffusion = GaussianDiffusion(tiny_diffusion())
+    objective = NanAfter(diffusion, good_steps=4 * 2 + 1)  # NaN one step into epoch 3
+    with pytest.raises(DmatError, match="non-finite at epoch 3"):
+        run_training("teacher", "nan", {}, {}, UNet(unet), diffusion, objective, load_splits(cfg), cfg,
+                     torch.device("cpu"))
+    run = tracking.find_runs("teacher", status="FAILED")[0]
+    assert [step for step, _ in val_history(run.info.run_id)] == [1, 2]
+    last = tracking.load_checkpoint(run.info.run_id, tracking.LAST)
+    assert last["epoch"] == 2 and all(torch.isfinite(v).all() for v in last["model"].values())
+    assert tracking.load_model(run.info.run_id).model.config == UNet(unet).config

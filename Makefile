@@ -38,3 +38,8 @@ ui: setup
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache reports
+
+.PHONY: report
+## report: the cross-size HTML report from the tracking store into reports/<timestamp>/, logged as a run (ARGS="--full-mse")
+report: setup
+	$(BIN)/dmat report --all $(ARGS)

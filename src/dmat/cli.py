@@ -92,5 +92,36 @@ def teacher(experiment, **options):
     click.echo(f"teacher run {run_id}")
 
 
+@cli.command()
+@click.option("--mse", is_flag=True, help="add the size x timestep MSE heatmap")
+@click.option("--denoising", is_flag=True, help="add the denoising process of teacher and students")
+@click.option("--time", "time_", is_flag=True, help="add per-timestep error curves and latency vs size")
+@click.option("--trajectory", is_flag=True, help="add trajectory divergence and the 2-D PCA of trajectories")
+@click.option("--all", "all_sections", is_flag=True, help="every section (also what no section flag gives)")
+@click.option("--full-mse", is_flag=True, help="heatmap rows for every size, not a readable subset")
+@click.option("--out-dir", default=None, help="output folder (default: reports/<timestamp>)")
+@click.option("--verbose", is_flag=True, help="log progress and timings; show artifact download progress")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+@experiment_option
+@friendly_errors
+def report(mse, denoising, time_, trajectory, all_sections, full_mse, out_dir, verbose, tracking_uri, experiment):
+    """Cross-size comparison report from the tracking store (re-runs no model), logged as a report run."""
+    import logging
+    import os
+
+    import mlflow
+
+    from dmat.report import build_report, choose_sections
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    else:
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    path = build_report(experiment, choose_sections(mse, denoising, time_, trajectory, all_sections), full_mse, out_dir)
+    click.echo(f"report {path}")
+
+
 def main():
     cli()

@@ -1,7 +1,8 @@
 """Every default in one place.
 
-Three plain dataclasses: what the network looks like (`UNetConfig`, in unet.py), what the noise
-process is (`DiffusionConfig`, in diffusion.py) and how a run trains (`TrainConfig`, here). The CLI
+Plain dataclasses: what the network looks like (`UNetConfig`, in unet.py), what the noise
+process is (`DiffusionConfig`, in diffusion.py), how a run trains (`TrainConfig`, here) and how a
+student learns from its teacher (`DistillConfig`, here). The CLI
 and the MLproject entry points override fields by name; `validate` turns bad values into one clear
 error before anything is written to MLflow.
 """
@@ -97,6 +98,62 @@ class TrainConfig:
         if self.sampler not in ("ddim", "ddpm"):
             raise DmatError(f"sampler must be ddim or ddpm, got {self.sampler!r}")
         return self
+
+
+METHODS = ("distill", "scratch")
+# Student training defaults: 25 epochs keep the default `make students` (six sizes, digits 16x16,
+# default teacher) within 20 minutes on a 2-thread CPU (bench/bench_students.py measures it).
+STUDENT_TRAIN = TrainConfig(epochs=25)
+
+
+@dataclass
+class DistillConfig:
+    """How a student learns from its teacher; logged as params with these names."""
+
+    size_factor: float = 1.0
+    method: str = "distill"  # "distill" or "scratch" (task loss only: the baseline)
+    kd_weight: float = 1.0  # output-level KD: student eps vs teacher eps
+    task_weight: float = 1.0  # student eps vs the true noise
+    feature_weight: float = 0.0  # feature-level KD (BK-SDM); 0 turns it off
+    student_steps: int = 50  # sampling steps the student uses at evaluation (when asked for)
+
+    def validate(self) -> "DistillConfig":
+        self.size_factor = parse_size_factor(self.size_factor)
+        if self.method not in METHODS:
+            raise DmatError(f"method must be distill or scratch, got {self.method!r}")
+        for name in ("kd_weight", "task_weight", "feature_weight"):
+            if not getattr(self, name) >= 0:
+                raise DmatError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.method == "distill" and self.kd_weight == 0 and self.feature_weight == 0:
+            raise DmatError("method distill needs kd-weight or feature-weight > 0: use --method scratch for the task loss alone")
+        if self.method == "scratch" and self.task_weight == 0:
+            raise DmatError("method scratch trains on the task loss alone: task-weight must be > 0")
+        if self.student_steps < 1:
+            raise DmatError(f"student-steps must be a positive integer, got {self.student_steps}")
+        return self
+
+    def effective(self) -> "DistillConfig":
+        """The weights actually used: a scratch student has no teacher terms."""
+        if self.method == "scratch":
+            return dataclasses.replace(self, kd_weight=0.0, feature_weight=0.0)
+        return self
+
+
+def parse_size_factor(value) -> float:
+    """A size factor as a float in [0.01, 1.0], or one clear error."""
+    try:
+        factor = float(value)
+    except (TypeError, ValueError):
+        raise DmatError(f"size factor must be a number between {MIN_SIZE_FACTOR} and {MAX_SIZE_FACTOR}, got {value!r}") from None
+    if not MIN_SIZE_FACTOR <= factor <= MAX_SIZE_FACTOR:
+        raise DmatError(f"size factor must be between {MIN_SIZE_FACTOR} and {MAX_SIZE_FACTOR}, got {value}")
+    return factor
+
+
+def parse_sizes(text: str | None) -> list[float]:
+    """`"0.2 0.4,0.5"` -> [0.2, 0.4, 0.5]; empty -> the study's default sizes. All checked up front."""
+    parts = (text or "").replace(",", " ").split()
+    return [parse_size_factor(p) for p in parts] if parts else list(DEFAULT_SIZE_FACTORS)
 
 
 def replace(cfg, **overrides):

@@ -17,6 +17,7 @@ import click
 from dmat.config import TrainConfig, replace
 from dmat.diffusion import DiffusionConfig
 from dmat.errors import DmatError
+from dmat.evaluation.settings import EvalConfig
 from dmat.unet import UNetConfig
 
 ARCHITECTURE_FIELDS = ("base_channels", "channel_mults", "num_res_blocks", "attention_resolutions", "dropout")
@@ -121,6 +122,30 @@ def report(mse, denoising, time_, trajectory, all_sections, full_mse, out_dir, v
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     path = build_report(experiment, choose_sections(mse, denoising, time_, trajectory, all_sections), full_mse, out_dir)
     click.echo(f"report {path}")
+
+
+@cli.command()
+@click.option("--run-id", default=None, help="the teacher or student run to evaluate")
+@click.option("--all", "all_runs", is_flag=True, help="every teacher and student run not yet evaluated with these settings")
+@config_options(EvalConfig)
+@click.option("--feature-extractor-run-id", default=None,
+              help="classifier features of this run (default: the newest of the data set and size, else trained once)")
+@click.option("--inception-weights", default=None, metavar="PATH",
+              help="torch-fidelity Inception weights for --features inception (default: $DMAT_INCEPTION_WEIGHTS or torch's hub cache)")
+@experiment_option
+@friendly_errors
+def evaluate(run_id, all_runs, feature_extractor_run_id, inception_weights, experiment, **options):
+    """Evaluate a model (quality vs real data, behaviour vs its teacher, cost) as an evaluation run."""
+    from dmat.evaluation.evaluate import evaluate_all, evaluate_run
+
+    if bool(run_id) == all_runs:
+        raise DmatError("give either --run-id RUN_ID or --all")
+    args = (pick(EvalConfig, options), feature_extractor_run_id, inception_weights, experiment)
+    run_ids = evaluate_all(*args) if all_runs else [evaluate_run(run_id, *args)]
+    for new in run_ids:
+        click.echo(f"evaluation run {new}")
+    if all_runs:
+        click.echo(f"{len(run_ids)} model(s) evaluated; the others already had an evaluation with these settings")
 
 
 def main():

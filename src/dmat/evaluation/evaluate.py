@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import mlflow
@@ -186,8 +185,7 @@ def evaluate_run(model_run_id: str, config: EvalConfig | None = None, feature_ex
         tags[FEATURE_EXTRACTOR_RUN_ID] = extractor_run_id
     tracking.use_experiment(experiment)
     name = f"eval-{loaded.role}-{loaded.tags.get(tracking.SIZE_FACTOR, '')}-{loaded.run_id[:8]}"
-    with tracking.tracked_run(name, tags) as run, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+    with tracking.tracked_run(name, tags) as run:
         tracking.log_params({**{k: getattr(cfg, k) for k in ("sampler", "num_samples", "features", "seed",
                                                             "batch_size", "num_trajectories", "eps_timesteps")},
                              "steps": steps, "real_data": "train split", "held_out_data": "validation split"})
@@ -215,9 +213,13 @@ def _settings_of(params: dict) -> tuple:
     return tuple(_comparable(params.get(f"resolved.{k}", params.get(k))) for k in SETTINGS)
 
 
-def evaluate_all(config: EvalConfig | None = None, experiment: str | None = None, **kwargs) -> list[str]:
-    """Evaluate every finished teacher and student run not yet evaluated with these settings."""
-    cfg = (config or EvalConfig()).validate()
+def evaluate_all(config: EvalConfig | None = None, feature_extractor_run_id: str | None = None,
+                 inception_weights: str | None = None, experiment: str | None = None, **overrides) -> list[str]:
+    """Evaluate every finished teacher and student run not yet evaluated with these settings.
+
+    With steps "student" only students are evaluated (a teacher has no student_steps).
+    """
+    cfg = replace(config or EvalConfig(), **overrides).validate()
     tracking.check_tracking_reachable()
     roles = ("student",) if cfg.steps == STUDENT_STEPS else tracking.MODEL_ROLES
     done = {(r.data.tags.get(tracking.MODEL_RUN_ID), _settings_of(r.data.params)) for r in tracking.find_runs(ROLE)}
@@ -226,5 +228,5 @@ def evaluate_all(config: EvalConfig | None = None, experiment: str | None = None
         for run in tracking.find_runs(role):
             wanted = {**{k: getattr(cfg, k) for k in SETTINGS}, "steps": cfg.resolved_steps(role, run.data.params)}
             if (run.info.run_id, _settings_of(wanted)) not in done:
-                new.append(evaluate_run(run.info.run_id, cfg, experiment=experiment, **kwargs))
+                new.append(evaluate_run(run.info.run_id, cfg, feature_extractor_run_id, inception_weights, experiment))
     return new

@@ -8,6 +8,8 @@ data, the best a model could do at that sample size.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
@@ -65,7 +67,9 @@ def fid_kid(extractor: nn.Module, real: torch.Tensor, fake: torch.Tensor, batch_
     device = next(extractor.parameters()).device
     fid = FrechetInceptionDistance(feature=extractor).to(device)
     subset = min(KID_SUBSET_SIZE, len(real), len(fake))
-    kid = KernelInceptionDistance(feature=extractor, subsets=KID_SUBSETS, subset_size=subset).to(device)
+    with warnings.catch_warnings():  # its memory warning is about feature buffers far larger than ours
+        warnings.simplefilter("ignore", UserWarning)
+        kid = KernelInceptionDistance(feature=extractor, subsets=KID_SUBSETS, subset_size=subset).to(device)
     for images, is_real in ((real, True), (fake, False)):
         for x in _batches(images, batch_size, device):
             fid.update(x, real=is_real)

@@ -1,0 +1,163 @@
+"""`evaluate_run`, `evaluate_all` and `dmat evaluate` end to end on a tiny teacher and student.
+
+The module has a store of its own (a tiny teacher, a student-like run tagged with its teacher, and
+one feature extractor), so its evaluation runs never show up in other modules' shared study.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import _end_active_runs, _point_at, tiny_diffusion, tiny_train, tiny_unet
+
+from dmat import tracking
+from dmat.cli import cli
+from dmat.diffusion import GaussianDiffusion
+from dmat.errors import DmatError
+from dmat.evaluation import features
+from dmat.evaluation.evaluate import evaluate_all, evaluate_run
+from dmat.unet import UNet
+
+FAST = dict(num_samples=80, steps="4", batch_size=40, num_trajectories=3, eps_timesteps=5, device="cpu")
+FAST_CLI = ["--num-samples", "80", "--steps", "4", "--batch-size", "40", "--num-trajectories", "3",
+            "--eps-timesteps", "5", "--device", "cpu"]
+SINGLE = ("fid", "fid_floor", "kid_mean", "kid_std", "kid_floor", "precision", "recall", "num_parameters",
+          "flops_per_forward", "checkpoint_mb", "latency_ms_per_image", "throughput_images_per_s",
+          "peak_memory_mb", "path_length", "eps_mse_true")
+VS_TEACHER = ("final_mse", "traj_mse_mean", "traj_cosine_mean", "teacher_path_length", "eps_mse_teacher")
+
+
+def _student_like_run(teacher_id: str) -> str:
+    """A half-width student of the teacher (random weights): what distill.py logs, minus the training."""
+    unet = tiny_unet(image_size=8, in_channels=1, size_factor=0.5)
+    tags = {tracking.ROLE: "student", tracking.TEACHER_RUN_ID: teacher_id, tracking.METHOD: "scratch",
+            tracking.SIZE_FACTOR: "0.5", tracking.DATASET: "digits", tracking.IMAGE_SIZE: "8"}
+    with tracking.tracked_run("student-like", tags) as run:
+        mlflow.log_params({"student_steps": 3, "size_factor": 0.5})
+        torch.manual_seed(1)
+        model = UNet(unet)
+        diffusion = GaussianDiffusion(tiny_diffusion())
+        tracking.save_checkpoint(tracking.model_checkpoint(model, diffusion, model.state_dict()), tracking.BEST)
+        return run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    from dmat.teacher import train_teacher
+
+    with pytest.MonkeyPatch.context() as mp:
+        _point_at(tmp_path_factory.mktemp("evaluation"), mp)
+        teacher = train_teacher(tiny_train(), tiny_unet(), tiny_diffusion())
+        student = _student_like_run(teacher)
+        extractor = features.train_feature_extractor("digits", 8, epochs=2)
+        yield {"teacher": teacher, "student": student, "extractor": extractor, "store": mlflow.get_tracking_uri()}
+        _end_active_runs()
+
+
+@pytest.fixture
+def in_store(runs, monkeypatch) -> dict:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", runs["store"])
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "dmat-test")
+    mlflow.set_tracking_uri(runs["store"])
+    yield runs
+    _end_active_runs()
+
+
+def _history(run_id: str, key: str) -> dict[int, float]:
+    return {m.step: m.value for m in mlflow.MlflowClient().get_metric_history(run_id, key)}
+
+
+def _npz(run_id: str, path: str):
+    return np.load(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path))
+
+
+def test_student_evaluation_logs_the_contract(in_store):
+    run_id = evaluate_run(in_store["student"], **FAST)
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    assert tags["dmat.role"] == "evaluation" and tags["dmat.model_role"] == "student"
+    assert tags["dmat.model_run_id"] == in_store["student"]
+    assert tags["dmat.teacher_run_id"] == in_store["teacher"]
+    assert tags["dmat.feature_extractor_run_id"] == in_store["extractor"]
+    assert (tags["dmat.size_factor"], tags["dmat.method"], tags["dmat.dataset"], tags["dmat.image_size"]) == (
+        "0.5", "scratch", "digits", "8")
+    assert {k: params[k] for k in ("sampler", "steps", "num_samples", "features", "seed")} == {
+        "sampler": "ddim", "steps": "4", "num_samples": "80", "features": "classifier", "seed": "0"}
+    assert set(SINGLE + VS_TEACHER) <= set(metrics)
+    assert metrics["fid"] > metrics["fid_floor"] > 0
+    assert metrics["final_mse"] > 0 and metrics["num_parameters"] < 44969
+
+    traj_mse = _history(run_id, "traj_mse")
+    assert sorted(traj_mse) == [0, 1, 2, 3, 4] and traj_mse[0] == 0.0 and traj_mse[4] == metrics["final_mse"]
+    assert sorted(_history(run_id, "traj_cosine")) == [0, 1, 2, 3, 4]
+    assert len(_history(run_id, "eps_mse_teacher")) == 5 and max(_history(run_id, "eps_mse_true")) == 19
+
+    traj = _npz(run_id, "trajectories/trajectories.npz")
+    assert traj["model"].shape == traj["teacher"].shape == (3, 5, 1, 8, 8)
+    assert list(traj["timesteps"])[-1] == -1 and len(traj["timesteps"]) == 5
+    np.testing.assert_array_equal(traj["model"][:, 0], traj["teacher"][:, 0])  # the same starting noise
+    states = _npz(run_id, "denoising/states.npz")
+    assert states["states"].shape[:2] == (3, 5) and len(states["timesteps"]) == 5
+    assert "denoising/grid.png" in [a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "denoising")]
+
+
+def test_teacher_evaluation_leaves_vs_teacher_metrics_out_and_never_overwrites(in_store):
+    first = evaluate_run(in_store["teacher"], **FAST)
+    second = evaluate_run(in_store["teacher"], **FAST)
+    assert first != second
+    metrics = mlflow.get_run(second).data.metrics
+    assert set(SINGLE) <= set(metrics)
+    assert not set(VS_TEACHER + ("traj_mse", "traj_cosine")) & set(metrics)
+    assert mlflow.get_run(second).data.tags["dmat.teacher_run_id"] == in_store["teacher"]
+    assert metrics["fid"] == mlflow.get_run(first).data.metrics["fid"]  # seeded: the same numbers again
+
+
+def _evaluation_count() -> int:
+    return len(tracking.find_runs("evaluation", status=None))
+
+
+def test_bad_inputs_fail_before_any_evaluation_run(in_store):
+    before = _evaluation_count()
+    client = mlflow.MlflowClient()
+    killed = client.create_run(mlflow.set_experiment("dmat-test").experiment_id,
+                               tags={tracking.ROLE: "teacher", tracking.DATASET: "digits"})
+    client.set_terminated(killed.info.run_id, "KILLED")  # a teacher stopped before its first checkpoint
+    with pytest.raises(DmatError, match="has no checkpoint"):
+        evaluate_run(killed.info.run_id, **FAST)
+    with pytest.raises(DmatError, match="not a model"):
+        evaluate_run(in_store["extractor"], **FAST)
+    with pytest.raises(DmatError, match="more samples than feature dimensions"):
+        evaluate_run(in_store["teacher"], **{**FAST, "num_samples": 64})
+    tags = {tracking.ROLE: "feature-extractor", tracking.DATASET: "mnist", tracking.IMAGE_SIZE: "28"}
+    with tracking.tracked_run("mnist-features", tags) as other:
+        pass
+    with pytest.raises(DmatError, match="trained on mnist at 28px, but the model is digits at 8px"):
+        evaluate_run(in_store["teacher"], feature_extractor_run_id=other.info.run_id, **FAST)
+    with pytest.raises(DmatError, match="Inception weights .* not found"):
+        evaluate_run(in_store["teacher"], features="inception", inception_weights="/nowhere/inception.pth", **FAST)
+    assert _evaluation_count() == before
+
+
+def test_evaluate_all_evaluates_each_model_once_per_settings(in_store):
+    settings = {**FAST, "seed": 5}
+    new = evaluate_all(**settings)
+    assert sorted(mlflow.get_run(r).data.tags["dmat.model_run_id"] for r in new) == sorted(
+        [in_store["teacher"], in_store["student"]])
+    assert evaluate_all(**settings) == []
+    only_students = evaluate_all(**{**settings, "steps": "student"})
+    assert [mlflow.get_run(r).data.params["steps"] for r in only_students] == ["3"]
+
+
+def test_cli_evaluate(in_store):
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["evaluate", "--run-id", in_store["student"], "--seed", "9", *FAST_CLI])
+    assert ok.exit_code == 0, ok.output
+    assert "evaluation run" in ok.output
+    bad = runner.invoke(cli, ["evaluate", "--run-id", in_store["student"], *FAST_CLI, "--num-samples", "10"])
+    assert bad.exit_code == 2 and "more samples than feature dimensions" in bad.output
+    neither = runner.invoke(cli, ["evaluate"])
+    assert neither.exit_code == 2 and "--run-id" in neither.output

@@ -43,3 +43,8 @@ clean:
 ## report: the cross-size HTML report from the tracking store into reports/<timestamp>/, logged as a run (ARGS="--full-mse")
 report: setup
 	$(BIN)/dmat report --all $(ARGS)
+
+.PHONY: evaluate
+## evaluate: every teacher and student run not yet evaluated with these settings (ARGS="--num-samples 500 --steps 20")
+evaluate: setup
+	$(BIN)/dmat evaluate --all $(ARGS)

@@ -161,3 +161,35 @@ def test_cli_evaluate(in_store):
     assert bad.exit_code == 2 and "more samples than feature dimensions" in bad.output
     neither = runner.invoke(cli, ["evaluate"])
     assert neither.exit_code == 2 and "--run-id" in neither.output
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_mlproject_evaluate_defaults_equal_the_settings_defaults():
+    import yaml
+
+    from dmat.evaluation.settings import EvalConfig
+
+    params = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["evaluate"]["parameters"]
+    defaults = vars(EvalConfig())
+    assert "default" not in params["run_id"]
+    for name, param in params.items():
+        if name != "run_id":
+            assert str(param["default"]) == str(defaults[name]), name
+
+
+@pytest.mark.slow
+def test_mlflow_run_evaluate_entry_point(in_store, project_env):
+    import subprocess
+
+    cmd = ["mlflow", "run", str(ROOT), "-e", "evaluate", "--env-manager", "local", "--experiment-name", "e2e-eval",
+           "-P", f"run_id={in_store['student']}", "-P", "num_samples=80", "-P", "steps=student", "-P", "batch_size=40",
+           "-P", "device=cpu"]
+    env = {**project_env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run,) = [r for r in tracking.find_runs("evaluation", {tracking.MODEL_RUN_ID: in_store["student"]})
+              if r.data.params.get("steps") == "student"]
+    assert run.data.params["resolved.steps"] == "3" and "fid" in run.data.metrics
+    assert mlflow.get_experiment(run.info.experiment_id).name == "e2e-eval"

@@ -39,10 +39,28 @@ ui: setup
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache reports
 
+.PHONY: students
+SIZES ?=
+## students: one distilled student per size factor against the latest teacher (SIZES="0.05 0.1 0.3" overrides 0.2 0.4 0.5 0.6 0.8 1.0)
+students: setup
+	$(BIN)/dmat students $(if $(strip $(SIZES)),--sizes "$(SIZES)") $(ARGS)
+
 .PHONY: report
 ## report: the cross-size HTML report from the tracking store into reports/<timestamp>/, logged as a run (ARGS="--full-mse")
 report: setup
 	$(BIN)/dmat report --all $(ARGS)
+
+.PHONY: pipeline sweep
+## pipeline: the whole study on the bundled digits (teacher, students, evaluations, report); reruns reuse finished stages
+pipeline: setup
+	$(BIN)/dmat pipeline $(ARGS)
+
+N_TRIALS ?= 20
+STUDY ?= dmat-sweep
+OPTUNA_STORAGE ?= sqlite:///optuna.db
+## sweep: an Optuna study over distillation settings and size (N_TRIALS, STUDY, OPTUNA_STORAGE, ARGS="--workers 2 --multi-objective")
+sweep: setup
+	$(BIN)/dmat sweep --n-trials $(N_TRIALS) --study-name $(STUDY) --storage $(OPTUNA_STORAGE) $(ARGS)
 
 .PHONY: evaluate
 ## evaluate: every teacher and student run not yet evaluated with these settings (ARGS="--num-samples 500 --steps 20")

@@ -14,7 +14,7 @@ import typing
 
 import click
 
-from dmat.config import TrainConfig, replace
+from dmat.config import STUDENT_TRAIN, DistillConfig, PipelineConfig, SweepConfig, TrainConfig, parse_sizes, replace
 from dmat.diffusion import DiffusionConfig
 from dmat.errors import DmatError
 from dmat.evaluation.settings import EvalConfig
@@ -30,14 +30,15 @@ def _int_tuple(text: str) -> tuple[int, ...]:
         raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
 
 
-def config_options(cls, only: tuple[str, ...] | None = None, exclude: tuple[str, ...] = ()):
-    """Add one `--field-name` option per dataclass field; unset options stay None (= the default)."""
+def config_options(cls, only: tuple[str, ...] | None = None, exclude: tuple[str, ...] = (), defaults=None):
+    """Add one `--field-name` option per dataclass field; unset options stay None (= the default,
+    taken from `defaults` where given, e.g. the student training defaults)."""
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if (only is None or f.name in only) and f.name not in exclude]
 
     def decorate(command):
         for f in reversed(fields):
-            kind = hints[f.name]
+            kind, default = hints[f.name], getattr(defaults, f.name, f.default)
             tuple_field = typing.get_origin(kind) is tuple
             command = click.option(
                 "--" + f.name.replace("_", "-"),
@@ -45,17 +46,17 @@ def config_options(cls, only: tuple[str, ...] | None = None, exclude: tuple[str,
                 type=str if tuple_field else kind,
                 callback=(lambda ctx, param, v: None if v is None else _int_tuple(v)) if tuple_field else None,
                 default=None,
-                help=f"default: {','.join(map(str, f.default)) if tuple_field else f.default}",
+                help=f"default: {','.join(map(str, default)) if tuple_field else default}",
             )(command)
         return command
 
     return decorate
 
 
-def pick(cls, options: dict):
-    """The options that belong to `cls`, applied over its defaults."""
+def pick(cls, options: dict, base=None):
+    """The options that belong to `cls`, applied over its defaults (or over `base`)."""
     names = {f.name for f in dataclasses.fields(cls)}
-    return replace(cls(), **{k: v for k, v in options.items() if k in names})
+    return replace(base or cls(), **{k: v for k, v in options.items() if k in names})
 
 
 def friendly_errors(func):
@@ -71,6 +72,8 @@ def friendly_errors(func):
 
 
 experiment_option = click.option("--experiment", default=None, help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME or dmat)")
+resume_option = click.option("--resume", default=None, metavar="RUN_ID",
+                             help="continue this KILLED or FAILED run from its last checkpoint, with its own options")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -83,14 +86,65 @@ def cli():
 @config_options(UNetConfig, only=ARCHITECTURE_FIELDS)
 @config_options(DiffusionConfig)
 @experiment_option
+@resume_option
 @friendly_errors
-def teacher(experiment, **options):
+def teacher(experiment, resume, **options):
     """Train the teacher (size factor 1.0) on a data set, as one MLflow run."""
+    from dmat.resume import configs_from_run
     from dmat.teacher import train_teacher
 
-    run_id = train_teacher(pick(TrainConfig, options), pick(UNetConfig, options), pick(DiffusionConfig, options),
-                           experiment)
-    click.echo(f"teacher run {run_id}")
+    classes = (TrainConfig, UNetConfig, DiffusionConfig)
+    bases = configs_from_run(resume, classes) if resume else (None,) * len(classes)
+    run_id = train_teacher(*(pick(cls, options, base) for cls, base in zip(classes, bases)), experiment, resume)
+    if run_id:  # None on the other processes under torchrun
+        click.echo(f"teacher run {run_id}")
+
+
+teacher_option = click.option("--teacher-run-id", default=None,
+                              help="teacher run (default: the latest finished teacher for this data set and image size)")
+
+
+def _distill_settings(options: dict) -> dict:
+    """DistillConfig options other than the size factor, which each command supplies itself."""
+    return {k: v for k, v in dataclasses.asdict(pick(DistillConfig, options)).items() if k != "size_factor"}
+
+
+@cli.command()
+@click.option("--size-factor", required=True, help="student width relative to the teacher, 0.01 to 1.0")
+@teacher_option
+@config_options(DistillConfig, exclude=("size_factor",))
+@config_options(TrainConfig, defaults=STUDENT_TRAIN)
+@experiment_option
+@friendly_errors
+def distill(size_factor, teacher_run_id, experiment, **options):
+    """Train one student of the teacher at a size factor, as one MLflow run."""
+    from dmat.distill import train_student
+
+    settings = _distill_settings(options)
+    run_id = train_student(pick(TrainConfig, options, STUDENT_TRAIN), size_factor, teacher_run_id, experiment, **settings)
+    click.echo(f"student run {run_id}")
+
+
+@cli.command()
+@click.option("--sizes", default=None, help="size factors, space or comma separated (default: 0.2 0.4 0.5 0.6 0.8 1.0)")
+@teacher_option
+@config_options(DistillConfig, exclude=("size_factor",))
+@config_options(TrainConfig, defaults=STUDENT_TRAIN)
+@experiment_option
+@friendly_errors
+def students(sizes, teacher_run_id, experiment, **options):
+    """Train one student per size factor, one after another, against the same teacher."""
+    from dmat.distill import train_students
+
+    settings = _distill_settings(options)
+    outcomes = train_students(pick(TrainConfig, options, STUDENT_TRAIN), parse_sizes(sizes), teacher_run_id,
+                              experiment, **settings)
+    for o in outcomes:
+        click.echo(f"size {o.size_factor:<5g} {o.seconds:8.1f} s  " + (f"student run {o.run_id}" if o.run_id else f"FAILED {o.error}"))
+    failed = [o for o in outcomes if o.error]
+    click.echo(f"total {sum(o.seconds for o in outcomes):.1f} s; {len(outcomes) - len(failed)} of {len(outcomes)} students trained")
+    if failed:
+        raise DmatError(f"{len(failed)} size(s) failed: {', '.join(f'{o.size_factor:g}' for o in failed)} (see above)")
 
 
 @cli.command()
@@ -146,6 +200,52 @@ def evaluate(run_id, all_runs, feature_extractor_run_id, inception_weights, expe
         click.echo(f"evaluation run {new}")
     if all_runs:
         click.echo(f"{len(run_ids)} model(s) evaluated; the others already had an evaluation with these settings")
+
+
+@cli.command()
+@click.option("--sizes", default=None, help="student size factors, space or comma separated (default: 0.2 0.4 0.5 0.6 0.8 1.0)")
+@click.option("--methods", default="distill", help="student methods, space separated: distill and/or scratch")
+@config_options(PipelineConfig, exclude=("sizes", "methods"))
+@experiment_option
+@friendly_errors
+def pipeline(sizes, methods, experiment, **options):
+    """The whole study: teacher, students, evaluations, report; reuses finished stages with the same parameters."""
+    from dmat.pipeline import run_pipeline
+
+    cfg = replace(pick(PipelineConfig, options), sizes=tuple(parse_sizes(sizes)), methods=tuple(methods.split()))
+    result = run_pipeline(cfg, experiment)
+    for stage in result.stages:
+        how = "FAILED " + stage.error if stage.error else "reused" if stage.reused else f"{stage.seconds:7.1f} s"
+        click.echo(f"{stage.label:<32} {how:<12} run {stage.run_id}")
+    click.echo(f"pipeline run {result.run_id}")
+    if result.failed:
+        raise DmatError(f"{len(result.failed)} stage(s) failed: rerun the same command to retry them")
+
+
+@cli.command()
+@config_options(SweepConfig, exclude=("multi_objective",))
+@click.option("--multi-objective", is_flag=True, help="minimise (FID, parameters) and log the Pareto front")
+@click.option("--create-only", is_flag=True, help="create the study and exit: run this once before workers on other machines")
+@click.option("--worker-of", default=None, hidden=True, help="internal: run trials for this sweep parent run")
+@experiment_option
+@friendly_errors
+def sweep(multi_objective, create_only, worker_of, experiment, **options):
+    """Optuna study over distillation settings and size factor; each trial is a student + evaluation run."""
+    from dmat.sweep import create_study, run_sweep, work
+
+    cfg = replace(pick(SweepConfig, options), multi_objective=multi_objective).validate()
+    if worker_of:
+        work(cfg, cfg.n_trials, worker_of, experiment)
+        return
+    if create_only:
+        create_study(cfg)
+        click.echo(f"study {cfg.study_name} ready in {cfg.storage}")
+        return
+    study = run_sweep(cfg, experiment)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    click.echo(f"study {cfg.study_name}: {len(study.trials)} trials, {len(done)} complete")
+    if done and not multi_objective:
+        click.echo(f"best FID {study.best_value:.3f}: {study.best_params}")
 
 
 def main():

@@ -171,3 +171,64 @@ def flat_params(prefix: str, cfg) -> dict[str, object]:
         out[f"{prefix}{f.name}"] = value
     return out
 
+
+@dataclass
+class PipelineConfig:
+    """What the study varies and how long each stage trains; every other setting keeps its default."""
+
+    dataset: str = "digits"
+    image_size: int = 0
+    sizes: tuple[float, ...] = DEFAULT_SIZE_FACTORS
+    methods: tuple[str, ...] = ("distill",)
+    teacher_epochs: int = TrainConfig.epochs
+    student_epochs: int = STUDENT_TRAIN.epochs
+    base_channels: int = 32  # the teacher's UNetConfig default
+    timesteps: int = 1000
+    num_samples: int = 2000  # EvalConfig's default
+    steps: int = 50
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> "PipelineConfig":
+        self.sizes = tuple(parse_size_factor(s) for s in self.sizes)
+        if not self.sizes:
+            raise DmatError("sizes is empty: give at least one size factor, e.g. --sizes '0.2 0.5'")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise DmatError(f"methods must be among {', '.join(METHODS)}, got {' '.join(self.methods) or 'nothing'}")
+        for name in ("teacher_epochs", "student_epochs", "num_samples", "steps", "timesteps", "base_channels"):
+            if getattr(self, name) <= 0:
+                raise DmatError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        return self
+
+
+@dataclass
+class SweepConfig:
+    storage: str = "sqlite:///optuna.db"
+    study_name: str = "dmat-sweep"
+    n_trials: int = 20
+    multi_objective: bool = False
+    workers: int = 1
+    teacher_run_id: str = ""  # empty: the latest finished teacher of the data set
+    dataset: str = "digits"
+    image_size: int = 0
+    min_size_factor: float = 0.05
+    max_epochs: int = STUDENT_TRAIN.epochs
+    num_samples: int = 2000  # generated images per trial's FID
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> "SweepConfig":
+        if self.n_trials < 1:
+            raise DmatError(f"n-trials must be at least 1, got {self.n_trials}")
+        if self.workers < 1:
+            raise DmatError(f"workers must be at least 1, got {self.workers}")
+        if self.max_epochs < 1:
+            raise DmatError(f"max-epochs must be at least 1, got {self.max_epochs}")
+        if not 0.01 <= self.min_size_factor <= 1.0:
+            raise DmatError(f"min-size-factor must be between 0.01 and 1.0, got {self.min_size_factor}")
+        return self
+
+    @property
+    def directions(self) -> list[str]:
+        return ["minimize", "minimize"] if self.multi_objective else ["minimize"]

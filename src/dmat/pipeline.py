@@ -1,0 +1,135 @@
+"""The whole study in one command: teacher -> students -> evaluations -> report.
+
+Each stage is an `mlflow.projects.run` of this project's own entry point (env_manager="local"),
+as in mlflow/examples `multistep_workflow`: a stage whose entry point already has a FINISHED run
+with the same parameters is reused instead of run again, so a rerun after a crash continues where
+it stopped and a rerun of a finished study trains nothing. Stage runs are nested under one
+`dmat.role=pipeline` run that records which runs were reused and how long each stage took.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import ExecutionException
+from mlflow.tracking import MlflowClient
+from tqdm.auto import tqdm
+
+from dmat import tracking
+from dmat.config import PipelineConfig
+from dmat.errors import DmatError
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+ENTRY_POINT_TAG = "mlflow.project.entryPoint"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+@dataclass
+class Stage:
+    entry_point: str
+    label: str
+    run_id: str | None = None
+    reused: bool = False
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class PipelineResult:
+    run_id: str
+    stages: list[Stage] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Stage]:
+        return [s for s in self.stages if s.error]
+
+
+def _as_param(value) -> str:
+    """Parameters are compared as the strings MLflow logged, so they are always formatted one way."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def find_finished(entry_point: str, parameters: dict[str, str], experiment_id: str) -> str | None:
+    """The newest FINISHED run of an entry point with exactly these parameter values, if any."""
+    clauses = [f"tags.`{ENTRY_POINT_TAG}` = '{entry_point}'", "attributes.status = 'FINISHED'"]
+    clauses += [f"params.`{k}` = '{v}'" for k, v in parameters.items()]
+    runs = MlflowClient().search_runs([experiment_id], " and ".join(clauses),
+                                      order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def run_stage(stage: Stage, parameters: dict, experiment_id: str, parent_run_id: str, reuse: bool = True) -> Stage:
+    """Reuse a finished run with the same parameters (when `reuse`), or run the entry point now."""
+    parameters = {k: _as_param(v) for k, v in parameters.items()}
+    start = time.perf_counter()
+    stage.run_id = find_finished(stage.entry_point, parameters, experiment_id) if reuse else None
+    stage.reused = stage.run_id is not None
+    if not stage.reused:
+        try:
+            submitted = mlflow.projects.run(str(PROJECT_DIR), entry_point=stage.entry_point, parameters=parameters,
+                                            experiment_id=experiment_id, env_manager="local", synchronous=True)
+            stage.run_id = submitted.run_id
+        except ExecutionException as exc:
+            stage.error = str(exc).splitlines()[0]
+        if stage.run_id is None:
+            failed = MlflowClient().search_runs([experiment_id], f"tags.`{ENTRY_POINT_TAG}` = '{stage.entry_point}'",
+                                                order_by=["attributes.start_time DESC"], max_results=1)
+            stage.run_id = failed[0].info.run_id if failed else None
+        if stage.run_id:
+            MlflowClient().set_tag(stage.run_id, PARENT_TAG, parent_run_id)
+    stage.seconds = time.perf_counter() - start
+    return stage
+
+
+def run_pipeline(config: PipelineConfig, experiment: str | None = None) -> PipelineResult:
+    """Run (or resume) the whole study; returns the pipeline run and what each stage did."""
+    cfg = config.validate()
+    tracking.check_tracking_reachable()
+    with tracking.tracked_run(f"pipeline-{cfg.dataset}", {tracking.ROLE: "pipeline", tracking.DATASET: cfg.dataset},
+                              experiment) as run:
+        tracking.log_params({"dataset": cfg.dataset, "sizes": " ".join(map(_as_param, cfg.sizes)),
+                             "methods": " ".join(cfg.methods), "teacher_epochs": cfg.teacher_epochs,
+                             "student_epochs": cfg.student_epochs, "num_samples": cfg.num_samples,
+                             "steps": cfg.steps, "seed": cfg.seed})
+        result = PipelineResult(run.info.run_id)
+        experiment_id = run.info.experiment_id
+        common = {"dataset": cfg.dataset, "image_size": cfg.image_size, "seed": cfg.seed, "device": cfg.device}
+        progress = tqdm(total=1 + 2 * len(cfg.sizes) * len(cfg.methods) + 2, desc="pipeline", unit="stage")
+
+        def stage(entry_point: str, label: str, parameters: dict, reuse: bool = True) -> Stage:
+            progress.set_postfix_str(label)
+            done = run_stage(Stage(entry_point, label), parameters, experiment_id, run.info.run_id, reuse)
+            result.stages.append(done)
+            progress.update(1)
+            how = "failed" if done.error else "reused" if done.reused else f"{done.seconds:.0f} s"
+            tqdm.write(f"{label}: {how} (run {done.run_id})")
+            mlflow.log_metric(f"seconds_{label}", done.seconds)
+            return done
+
+        evaluate = {"num_samples": cfg.num_samples, "steps": cfg.steps, "device": cfg.device}
+        teacher = stage("teacher", "teacher", {**common, "epochs": cfg.teacher_epochs,
+                                               "base_channels": cfg.base_channels, "timesteps": cfg.timesteps})
+        if teacher.error:
+            progress.close()
+            raise DmatError(f"the teacher stage failed ({teacher.error}): see run {teacher.run_id} in the MLflow UI")
+        models = [teacher]
+        for method in cfg.methods:
+            for size in cfg.sizes:
+                models.append(stage("distill", f"student_{method}_{_as_param(size)}",
+                                    {**common, "size_factor": size, "method": method, "epochs": cfg.student_epochs,
+                                     "teacher_run_id": teacher.run_id}))
+        for model in models:
+            if model.error:
+                progress.update(1)
+                continue
+            stage("evaluate", f"evaluate_{model.label}", {**evaluate, "run_id": model.run_id})
+        # the report only reads the store, so it is rebuilt every time to include every run
+        stage("report", "report", {"experiment": mlflow.get_experiment(experiment_id).name}, reuse=False)
+        progress.close()
+        reused = sum(s.reused for s in result.stages)
+        mlflow.log_metrics({"stages": len(result.stages), "stages_reused": reused,
+                            "stages_failed": len(result.failed)})
+        return result

@@ -1,0 +1,196 @@
+"""Optuna sweeps over distillation settings and student size.
+
+Each trial distills one student (its MLflow run is the trial's run, nested under the study's
+`dmat.role=sweep` parent run and tagged with the trial number) and evaluates it; the objective is
+its FID, or (FID, parameters) for a multi-objective study whose Pareto front is logged with the
+parent run. Intermediate validation losses drive Optuna's pruner. Studies live in Optuna's RDB
+storage, so the same study name resumes a study and several workers (processes here, or machines
+sharing a PostgreSQL database) can work on one study; it is created once before workers start,
+since concurrent first creation races on sqlite.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import mlflow
+import optuna
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+from dmat import tracking
+from dmat.config import STUDENT_TRAIN, SweepConfig, replace
+from dmat.errors import DmatError
+
+SWEEP_ROLE = "sweep"
+STUDY_TAG = "dmat.study_name"
+TRIAL_TAG = "dmat.trial"
+PRUNED_TAG = "dmat.pruned"
+
+
+def _without_password(url: str) -> str:
+    """Logged params must not carry secrets: postgresql://user:secret@host -> postgresql://user:***@host."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage, with a lock timeout so sqlite tolerates concurrent workers."""
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0][:200]
+        raise DmatError(f"optuna storage {_without_password(url)} cannot be opened ({reason}): check the URL and that the database is up") from None
+
+
+def create_study(cfg: SweepConfig) -> optuna.Study:
+    """Create the study (or load it to resume), refusing one that optimises other objectives."""
+    store = storage(cfg.storage)
+    names = {s.study_name: s for s in optuna.get_all_study_summaries(store)}
+    if cfg.study_name in names and [d.name.lower() for d in names[cfg.study_name].directions] != cfg.directions:
+        kind = "multi-objective (FID, parameters)" if len(names[cfg.study_name].directions) == 2 else "FID-only"
+        raise DmatError(f"study {cfg.study_name!r} already exists as a {kind} study: use another --study-name "
+                        f"or {'add' if kind.startswith('multi') else 'drop'} --multi-objective")
+    sampler = optuna.samplers.NSGAIISampler(seed=cfg.seed) if cfg.multi_objective else optuna.samplers.TPESampler(seed=cfg.seed)
+    return optuna.create_study(storage=store, study_name=cfg.study_name, directions=cfg.directions,
+                               sampler=sampler, pruner=optuna.pruners.MedianPruner(n_warmup_steps=2),
+                               load_if_exists=True)
+
+
+def parent_run(cfg: SweepConfig, experiment: str | None) -> str:
+    """The study's parent MLflow run, created once and reopened when the study resumes."""
+    found = tracking.find_runs(SWEEP_ROLE, {STUDY_TAG: cfg.study_name}, status=None, max_results=1)
+    client = MlflowClient()
+    if found:
+        client.update_run(found[0].info.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        return found[0].info.run_id
+    tracking.use_experiment(experiment)
+    experiment_id = mlflow.get_experiment_by_name(
+        experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or tracking.DEFAULT_EXPERIMENT).experiment_id
+    run = client.create_run(experiment_id, run_name=f"sweep-{cfg.study_name}",
+                            tags={tracking.ROLE: SWEEP_ROLE, STUDY_TAG: cfg.study_name, tracking.DATASET: cfg.dataset})
+    for key, value in vars(cfg).items():
+        client.log_param(run.info.run_id, key, value if key != "storage" else _without_password(value))
+    return run.info.run_id
+
+
+def objective(cfg: SweepConfig, parent_run_id: str, experiment: str | None):
+    """The Optuna objective: distill one student with the trial's settings and return its FID (+ params)."""
+    from dmat.distill import train_student
+    from dmat.evaluation.evaluate import evaluate_run
+    from dmat.evaluation.settings import STUDENT_STEPS
+
+    base = replace(STUDENT_TRAIN, dataset=cfg.dataset, image_size=cfg.image_size, seed=cfg.seed, device=cfg.device)
+
+    def run_trial(trial: optuna.Trial):
+        size_factor = trial.suggest_float("size_factor", cfg.min_size_factor, 1.0, log=True)
+        train = replace(base, lr=trial.suggest_float("lr", 5e-5, 2e-3, log=True),
+                        epochs=trial.suggest_int("epochs", max(1, cfg.max_epochs // 4), cfg.max_epochs))
+        settings = dict(kd_weight=trial.suggest_float("kd_weight", 0.1, 2.0),
+                        task_weight=trial.suggest_float("task_weight", 0.0, 2.0),
+                        feature_weight=trial.suggest_float("feature_weight", 0.0, 1.0),
+                        student_steps=trial.suggest_categorical("student_steps", [10, 20, 50]))
+        pruned = []
+
+        def report(epoch: int, metrics: dict[str, float]) -> bool:
+            if cfg.multi_objective:  # Optuna prunes single-objective studies only
+                return False
+            trial.report(metrics["val_loss"], epoch)
+            if trial.should_prune():
+                pruned.append(epoch)
+                return True
+            return False
+
+        tags = {"mlflow.parentRunId": parent_run_id, STUDY_TAG: cfg.study_name, TRIAL_TAG: str(trial.number)}
+        student = train_student(train, size_factor, cfg.teacher_run_id or None, experiment, tags=tags,
+                                on_epoch_end=report, **settings)
+        trial.set_user_attr("student_run_id", student)
+        if pruned:
+            MlflowClient().set_tag(student, PRUNED_TAG, f"epoch {pruned[0]}")
+            raise optuna.TrialPruned(f"validation loss at epoch {pruned[0]} below the median of earlier trials")
+        evaluation = evaluate_run(student, num_samples=cfg.num_samples, steps=STUDENT_STEPS, seed=cfg.seed,
+                                  device=cfg.device, experiment=experiment)
+        trial.set_user_attr("evaluation_run_id", evaluation)
+        metrics = MlflowClient().get_run(evaluation).data.metrics
+        return (metrics["fid"], metrics["num_parameters"]) if cfg.multi_objective else metrics["fid"]
+
+    return run_trial
+
+
+def work(cfg: SweepConfig, n_trials: int, parent_run_id: str, experiment: str | None) -> None:
+    """One worker: run `n_trials` trials of the existing study."""
+    study = optuna.load_study(study_name=cfg.study_name, storage=storage(cfg.storage))
+    study.optimize(objective(cfg, parent_run_id, experiment), n_trials=n_trials, catch=())
+
+
+def _worker_command(cfg: SweepConfig, n_trials: int, parent_run_id: str, experiment: str | None) -> list[str]:
+    args = [sys.executable, "-m", "dmat", "sweep", "--worker-of", parent_run_id, "--n-trials", str(n_trials),
+            "--storage", cfg.storage, "--study-name", cfg.study_name, "--dataset", cfg.dataset,
+            "--image-size", str(cfg.image_size), "--min-size-factor", str(cfg.min_size_factor),
+            "--max-epochs", str(cfg.max_epochs), "--num-samples", str(cfg.num_samples), "--seed", str(cfg.seed),
+            "--device", cfg.device, "--teacher-run-id", cfg.teacher_run_id]
+    args += ["--multi-objective"] if cfg.multi_objective else []
+    return args + (["--experiment", experiment] if experiment else [])
+
+
+def run_sweep(cfg: SweepConfig, experiment: str | None = None) -> optuna.Study:
+    """Create (or resume) the study, run its trials over `workers` processes, log the outcome."""
+    cfg.validate()
+    tracking.check_tracking_reachable()
+    study = create_study(cfg)
+    parent = parent_run(cfg, experiment)
+    shares = [cfg.n_trials // cfg.workers + (i < cfg.n_trials % cfg.workers) for i in range(cfg.workers)]
+    status = RunStatus.FINISHED
+    try:
+        if cfg.workers == 1:
+            work(cfg, cfg.n_trials, parent, experiment)
+        else:
+            env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // cfg.workers))}
+            env.pop("MLFLOW_RUN_ID", None)
+            workers = [subprocess.Popen(_worker_command(cfg, n, parent, experiment), env=env) for n in shares if n]
+            failed = [w.args for w in workers if w.wait() != 0]
+            if failed:
+                status = RunStatus.FAILED
+                raise DmatError(f"{len(failed)} of {len(workers)} sweep workers failed: see their output above")
+    except KeyboardInterrupt:
+        status = RunStatus.KILLED
+        raise
+    except BaseException:
+        status = RunStatus.FAILED
+        raise
+    finally:
+        log_outcome(study, parent)
+        MlflowClient().set_terminated(parent, RunStatus.to_string(status))
+    return study
+
+
+def log_outcome(study: optuna.Study, parent_run_id: str) -> None:
+    """Trial table (and, multi-objective, the Pareto front) as artifacts of the sweep run."""
+    client = MlflowClient()
+    trials = study.trials_dataframe()
+    states = trials["state"].value_counts().to_dict() if len(trials) else {}
+    for state, count in states.items():
+        client.log_metric(parent_run_id, f"trials_{state.lower()}", count)
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    with tempfile.TemporaryDirectory() as tmp:
+        trials.to_csv(Path(tmp) / "trials.csv", index=False)
+        client.log_artifact(parent_run_id, str(Path(tmp) / "trials.csv"), "sweep")
+        if finished and len(study.directions) == 2:
+            front = Path(tmp) / "pareto_front.csv"
+            rows = ["trial,fid,num_parameters,student_run_id"] + [
+                f"{t.number},{t.values[0]},{t.values[1]},{t.user_attrs.get('student_run_id', '')}"
+                for t in study.best_trials]
+            front.write_text("\n".join(rows) + "\n")
+            client.log_artifact(parent_run_id, str(front), "sweep")
+        elif finished:
+            client.log_metric(parent_run_id, "best_fid", study.best_value)
+            client.set_tag(parent_run_id, "dmat.best_student_run_id", study.best_trial.user_attrs.get("student_run_id", ""))

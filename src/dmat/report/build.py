@@ -103,7 +103,7 @@ def trajectory_pca(study: Study, sizes: list[float]):
         if teacher is None:
             teacher = data["teacher"][0]
         if data["model"][0].shape == teacher.shape:
-            students.append((_label(row), row.size_factor, data["model"][0]))
+            students.append((_label(row), row.size_factor, row.method, data["model"][0]))
     return figures.trajectory_pca_figure(teacher, students)
 
 

@@ -130,7 +130,8 @@ def denoising_figure(panels: list[tuple[str, np.ndarray, np.ndarray]]):
             if col < states.shape[1]:
                 ax.imshow(_to_image(states[0, col]), cmap="gray", vmin=0, vmax=1)
                 if row == 0 or not np.array_equal(timesteps, panels[0][2]):
-                    ax.set_title(f"t={int(timesteps[col])}", fontsize=7)
+                    t = int(timesteps[col])
+                    ax.set_title(f"t={t}" if t >= 0 else "x_0", fontsize=7)
         axes[row, 0].text(-0.1, 0.5, label, transform=axes[row, 0].transAxes, ha="right", va="center", fontsize=8)
     fig.tight_layout()
     return fig
@@ -139,7 +140,7 @@ def denoising_figure(panels: list[tuple[str, np.ndarray, np.ndarray]]):
 def _curve_lines(ax, curves: pd.DataFrame) -> None:
     for (method, size), curve in curves.groupby(["method", "size_factor"]):
         ax.plot(curve.step, curve.value, color=size_color(size), linestyle=LINESTYLE.get(method, "-."),
-                label=f"{size:g} {method}")
+                marker="." if len(curve) < 10 else None, label=f"{size:g} {method}")
 
 
 def time_figure(histories: pd.DataFrame, evaluations: pd.DataFrame, table: pd.DataFrame, sizes: list[float]):
@@ -182,20 +183,21 @@ def trajectory_divergence_figure(histories: pd.DataFrame, evaluations: pd.DataFr
     return fig
 
 
-def trajectory_pca_figure(teacher: np.ndarray, students: list[tuple[str, float, np.ndarray]]):
-    """2-D PCA of sampler paths from shared noise: teacher [steps+1, ...] and students (label, size, path)."""
+def trajectory_pca_figure(teacher: np.ndarray, students: list[tuple[str, float, str, np.ndarray]]):
+    """2-D PCA of sampler paths from shared noise: teacher [steps+1, ...] and students (label, size, method, path)."""
     from sklearn.decomposition import PCA
 
     if teacher is None or not students:
         return None
-    flat = [teacher.reshape(len(teacher), -1)] + [p.reshape(len(p), -1) for _, _, p in students]
+    flat = [teacher.reshape(len(teacher), -1)] + [p.reshape(len(p), -1) for *_, p in students]
     pca = PCA(n_components=2).fit(np.concatenate(flat))
     fig, ax = plt.subplots(figsize=(7, 5))
-    paths = [("teacher", 1.0, flat[0])] + [(label, size, f) for (label, size, _), f in zip(students, flat[1:])]
-    for label, size, path in paths:
+    paths = [("teacher", 1.0, "teacher", flat[0])] + [(*s[:3], f) for s, f in zip(students, flat[1:])]
+    for label, size, method, path in paths:
         xy = pca.transform(path)
-        ax.plot(xy[:, 0], xy[:, 1], color=size_color(size), marker=".", markersize=3,
-                linewidth=2.5 if label == "teacher" else 1.2, label=label)
+        ax.plot(xy[:, 0], xy[:, 1], color=size_color(size), marker=".", markersize=3, label=label,
+                linestyle="-" if method == "teacher" else LINESTYLE.get(method, "-."),
+                linewidth=2.5 if method == "teacher" else 1.2)
         ax.scatter(*xy[-1], color=size_color(size), marker="X", s=60)
     ax.scatter(*pca.transform(flat[0][:1])[0], color="red", marker="o", s=60, label="x_T (shared)", zorder=4)
     ratio = pca.explained_variance_ratio_

@@ -72,7 +72,7 @@ def problem_summary(problems: pd.DataFrame) -> list[str]:
         return ["Every model run finished and has a complete evaluation."]
     counts = problems.problem.str.split(":").str[0].value_counts()
     return [f"{len(problems)} runs are listed under Problems ("
-            + ", ".join(f"{n} {kind}" for kind, n in counts.items()) + "); they are not in the figures."]
+            + ", ".join(f"{n} {kind}" for kind, n in counts.items()) + "); a value they lack is n/a, never 0."]
 
 
 def findings(table: pd.DataFrame, evaluations: pd.DataFrame, problems: pd.DataFrame) -> list[str]:

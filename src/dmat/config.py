@@ -101,9 +101,9 @@ class TrainConfig:
 
 
 METHODS = ("distill", "scratch")
-# Student training defaults: 25 epochs keep the default `make students` (six sizes, digits 16x16,
-# default teacher) within 20 minutes on a 2-thread CPU (bench/bench_students.py measures it).
-STUDENT_TRAIN = TrainConfig(epochs=25)
+# Student training defaults: 20 epochs keep the default `make students` (six sizes, digits 16x16,
+# default teacher) within 20 minutes on a 2-thread CPU (estimated ~17 min; bench/bench_students.py).
+STUDENT_TRAIN = TrainConfig(epochs=20)
 
 
 @dataclass

@@ -90,10 +90,14 @@ def efficiency_figure(table: pd.DataFrame):
     return fig
 
 
+def _student_curves(histories: pd.DataFrame, evaluations: pd.DataFrame, sizes: list[float], key: str):
+    runs = evaluations[evaluations.size_factor.isin(sizes) & evaluations.method.isin(STUDENT_METHODS)]
+    return mean_curves(histories, runs, key)
+
+
 def mse_heatmap(histories: pd.DataFrame, evaluations: pd.DataFrame, sizes: list[float]):
     """Size factor x timestep heatmap of the epsilon-prediction MSE against the teacher (log colour)."""
-    runs = evaluations[evaluations.size_factor.isin(sizes) & evaluations.method.isin(STUDENT_METHODS)]
-    curves = mean_curves(histories, runs, "eps_mse_teacher")
+    curves = _student_curves(histories, evaluations, sizes, "eps_mse_teacher")
     if curves.empty:
         return None
     grid = curves.pivot_table(index=["method", "size_factor"], columns="step", values="value")
@@ -170,8 +174,7 @@ def time_figure(histories: pd.DataFrame, evaluations: pd.DataFrame, table: pd.Da
 
 def trajectory_divergence_figure(histories: pd.DataFrame, evaluations: pd.DataFrame, sizes: list[float]):
     """MSE between student and teacher sampler states against sampling step, per size."""
-    runs = evaluations[evaluations.size_factor.isin(sizes) & evaluations.method.isin(STUDENT_METHODS)]
-    curves = mean_curves(histories, runs, "traj_mse")
+    curves = _student_curves(histories, evaluations, sizes, "traj_mse")
     if curves.empty:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -76,7 +76,7 @@ def format_table(table: pd.DataFrame) -> pd.DataFrame:
 def _format(mean: float, ci: float) -> str:
     if not np.isfinite(mean):
         return "n/a"
-    text = f"{mean:.4g}"
+    text = f"{mean:,.0f}" if abs(mean) >= 1e4 else f"{mean:.4g}"  # parameter and FLOP counts in full
     return f"{text} ± {ci:.2g}" if np.isfinite(ci) else text
 
 

@@ -104,41 +104,44 @@ teacher_option = click.option("--teacher-run-id", default=None,
                               help="teacher run (default: the latest finished teacher for this data set and image size)")
 
 
-def _distill_settings(options: dict) -> dict:
-    """DistillConfig options other than the size factor, which each command supplies itself."""
-    return {k: v for k, v in dataclasses.asdict(pick(DistillConfig, options)).items() if k != "size_factor"}
+def student_options(command):
+    """The options `distill` and `students` share: teacher, distillation settings, training, experiment."""
+    shared = (teacher_option, config_options(DistillConfig, exclude=("size_factor",)),
+              config_options(TrainConfig, defaults=STUDENT_TRAIN), experiment_option)
+    for decorate in reversed(shared):
+        command = decorate(command)
+    return command
+
+
+def _student_configs(options: dict) -> tuple[TrainConfig, dict]:
+    """The training config (student defaults) and the DistillConfig settings other than the size factor."""
+    settings = {k: v for k, v in dataclasses.asdict(pick(DistillConfig, options)).items() if k != "size_factor"}
+    return pick(TrainConfig, options, STUDENT_TRAIN), settings
 
 
 @cli.command()
 @click.option("--size-factor", required=True, help="student width relative to the teacher, 0.01 to 1.0")
-@teacher_option
-@config_options(DistillConfig, exclude=("size_factor",))
-@config_options(TrainConfig, defaults=STUDENT_TRAIN)
-@experiment_option
+@student_options
 @friendly_errors
 def distill(size_factor, teacher_run_id, experiment, **options):
     """Train one student of the teacher at a size factor, as one MLflow run."""
     from dmat.distill import train_student
 
-    settings = _distill_settings(options)
-    run_id = train_student(pick(TrainConfig, options, STUDENT_TRAIN), size_factor, teacher_run_id, experiment, **settings)
+    train, settings = _student_configs(options)
+    run_id = train_student(train, size_factor, teacher_run_id, experiment, **settings)
     click.echo(f"student run {run_id}")
 
 
 @cli.command()
 @click.option("--sizes", default=None, help="size factors, space or comma separated (default: 0.2 0.4 0.5 0.6 0.8 1.0)")
-@teacher_option
-@config_options(DistillConfig, exclude=("size_factor",))
-@config_options(TrainConfig, defaults=STUDENT_TRAIN)
-@experiment_option
+@student_options
 @friendly_errors
 def students(sizes, teacher_run_id, experiment, **options):
     """Train one student per size factor, one after another, against the same teacher."""
     from dmat.distill import train_students
 
-    settings = _distill_settings(options)
-    outcomes = train_students(pick(TrainConfig, options, STUDENT_TRAIN), parse_sizes(sizes), teacher_run_id,
-                              experiment, **settings)
+    train, settings = _student_configs(options)
+    outcomes = train_students(train, parse_sizes(sizes), teacher_run_id, experiment, **settings)
     for o in outcomes:
         click.echo(f"size {o.size_factor:<5g} {o.seconds:8.1f} s  " + (f"student run {o.run_id}" if o.run_id else f"FAILED {o.error}"))
     failed = [o for o in outcomes if o.error]

@@ -12,7 +12,7 @@ import pandas as pd
 from scipy import stats
 
 SUMMARY_METRICS = ("num_parameters", "flops_per_forward", "latency_ms_per_image", "fid", "kid_mean", "final_mse",
-                   "traj_mse_mean", "fid_floor", "quality_per_mparam", "quality_per_ms")
+                   "traj_mse_mean", "fid_floor", "kid_floor", "quality_per_mparam", "quality_per_ms")
 METHOD_ORDER = {"teacher": 0, "distill": 1, "scratch": 2}
 
 

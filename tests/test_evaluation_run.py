@@ -144,12 +144,14 @@ def test_bad_inputs_fail_before_any_evaluation_run(in_store):
 
 def test_evaluate_all_evaluates_each_model_once_per_settings(in_store):
     settings = {**FAST, "seed": 5}
+    models = [r.info.run_id for role in ("teacher", "student") for r in tracking.find_runs(role)]
+    assert {in_store["teacher"], in_store["student"]} <= set(models)
     new = evaluate_all(**settings)
-    assert sorted(mlflow.get_run(r).data.tags["dmat.model_run_id"] for r in new) == sorted(
-        [in_store["teacher"], in_store["student"]])
+    assert sorted(mlflow.get_run(r).data.tags["dmat.model_run_id"] for r in new) == sorted(models)
     assert evaluate_all(**settings) == []
     only_students = evaluate_all(**{**settings, "steps": "student"})
-    assert [mlflow.get_run(r).data.params["steps"] for r in only_students] == ["3"]
+    assert {mlflow.get_run(r).data.tags["dmat.model_role"] for r in only_students} == {"student"}
+    assert mlflow.get_run(only_students[-1]).data.params["steps"] == "3"
 
 
 def test_cli_evaluate(in_store):
@@ -193,3 +195,15 @@ def test_mlflow_run_evaluate_entry_point(in_store, project_env):
               if r.data.params.get("steps") == "student"]
     assert run.data.params["resolved.steps"] == "3" and "fid" in run.data.metrics
     assert mlflow.get_experiment(run.info.experiment_id).name == "e2e-eval"
+
+
+@pytest.mark.slow
+def test_a_distilled_student_is_evaluated_against_its_teacher(in_store):
+    from dmat.distill import train_student
+
+    student = train_student(tiny_train(epochs=1), 0.5, in_store["teacher"], student_steps=3)
+    run = mlflow.get_run(evaluate_run(student, **{**FAST, "steps": "student"}))
+    assert run.data.params["steps"] == "3" and run.data.tags["dmat.method"] == "distill"
+    assert run.data.tags["dmat.teacher_run_id"] == in_store["teacher"]
+    assert set(SINGLE + VS_TEACHER) <= set(run.data.metrics)
+    assert sorted(_history(run.info.run_id, "traj_mse")) == [0, 1, 2, 3]

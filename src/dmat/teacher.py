@@ -6,7 +6,7 @@ from dmat import tracking
 from dmat.config import TrainConfig, flat_params, replace
 from dmat.data import load_splits
 from dmat.diffusion import DiffusionConfig, GaussianDiffusion
-from dmat.training import DiffusionObjective, resolve_device, run_training
+from dmat.training import DiffusionObjective, resolve_device, run_training, seed_everything
 from dmat.unet import UNet, UNetConfig
 
 
@@ -16,8 +16,11 @@ def model_params(train: TrainConfig, unet: UNetConfig, diffusion: DiffusionConfi
     return {**flat_params("", train), "image_size": unet.image_size, **unet_fields, **flat_params("", diffusion)}
 
 
-def train_teacher(train: TrainConfig, unet: UNetConfig, diffusion: DiffusionConfig, experiment: str | None = None) -> str:
-    """Train a teacher as its own MLflow run and return the run id.
+def train_teacher(train: TrainConfig, unet: UNetConfig, diffusion: DiffusionConfig, experiment: str | None = None,
+                  resume: str | None = None) -> str | None:
+    """Train a teacher as its own MLflow run and return the run id (None on ranks > 0 under torchrun).
+
+    `resume` continues that KILLED or FAILED teacher run instead (see dmat.resume).
 
     `unet` gives the architecture; its image size and channels are set from the data set here.
     Everything is validated (config, device, tracking store, data) before the run is created.
@@ -29,7 +32,7 @@ def train_teacher(train: TrainConfig, unet: UNetConfig, diffusion: DiffusionConf
     device = resolve_device(train.device)
     tracking.check_tracking_reachable()
     splits = load_splits(train)
-    tracking.use_experiment(experiment)
+    seed_everything(train.seed)  # the seed fixes the initial weights too
     model = UNet(unet)
     process = GaussianDiffusion(diffusion)
     return run_training(
@@ -43,4 +46,6 @@ def train_teacher(train: TrainConfig, unet: UNetConfig, diffusion: DiffusionConf
         splits=splits,
         cfg=train,
         device=device,
+        experiment=experiment,
+        resume=resume,
     )

@@ -8,6 +8,7 @@ own run. So the embedded sqlite default and a remote tracking server behave the 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from urllib.parse import urlparse
 
 import mlflow
 import torch
+from filelock import FileLock
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -59,9 +61,19 @@ def check_tracking_reachable() -> None:
             ) from None
     else:
         try:
-            MlflowClient().search_experiments(max_results=1)
+            with _first_open_lock(uri):
+                MlflowClient().search_experiments(max_results=1)
         except Exception as exc:
             raise DmatError(f"tracking store {uri} cannot be opened: {exc}") from None
+
+
+def _first_open_lock(uri: str):
+    """Processes opening one new sqlite store at once race creating its tables: let them in one at a time."""
+    if urlparse(uri).scheme != "sqlite":
+        return contextlib.nullcontext()
+    path = os.path.abspath(uri[len("sqlite:///"):])
+    digest = hashlib.sha1(path.encode()).hexdigest()[:16]
+    return FileLock(os.path.join(tempfile.gettempdir(), f"dmat-store-{digest}.lock"))
 
 
 def use_experiment(name: str | None) -> None:
@@ -71,12 +83,17 @@ def use_experiment(name: str | None) -> None:
 
 
 @contextlib.contextmanager
-def tracked_run(run_name: str, tags: dict[str, str]):
+def tracked_run(run_name: str, tags: dict[str, str], experiment: str | None = None, run_id: str | None = None):
     """An MLflow run that ends FINISHED, FAILED on an exception, or KILLED on Ctrl-C.
 
-    Inside `mlflow run` it continues the run that MLflow created (MLFLOW_RUN_ID).
+    Inside `mlflow run` it continues the run that MLflow created (MLFLOW_RUN_ID); `run_id` reopens an
+    existing run (resume).
     """
-    run = mlflow.start_run(run_name=None if "MLFLOW_RUN_ID" in os.environ else run_name)
+    if run_id:
+        run = mlflow.start_run(run_id=run_id)
+    else:
+        use_experiment(experiment)
+        run = mlflow.start_run(run_name=None if "MLFLOW_RUN_ID" in os.environ else run_name)
     mlflow.set_tags({**tags, "mlflow.runName": run.info.run_name or run_name})
     try:
         yield run

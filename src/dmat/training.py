@@ -8,31 +8,39 @@ sample grid, progress and per-epoch metrics in MLflow.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import mlflow
 import torch
+from mlflow.tracking import MlflowClient
 from torch.optim.swa_utils import AveragedModel
 from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
-from dmat import tracking
+from dmat import distributed, tracking
 from dmat.config import TrainConfig
 from dmat.data import DataSplits, loader
 from dmat.diffusion import GaussianDiffusion, sample
 from dmat.errors import DmatError
+from dmat.resume import checkpoint_to_resume
+from dmat.evaluation.cost import flops_per_forward
 from dmat.unet import UNet
 
 VALIDATION_SEED = 1234  # the same noise and timesteps for every epoch's validation
+EpochCallback = Callable[[int, dict[str, float]], bool]  # (epoch, metrics) -> stop now?
 
 
 class Objective(Protocol):
+    """May also define `trainable_parameters()`: parameters of its own (e.g. distillation projections)
+    that the optimizer trains beside the model's."""
+
     def loss(self, model: torch.nn.Module, x0: torch.Tensor, generator=None) -> tuple[torch.Tensor, dict[str, float]]:
         """The training loss on a batch of clean images, plus its named components."""
 
@@ -52,7 +60,7 @@ def resolve_device(name: str) -> torch.device:
     """CUDA > MPS > CPU when `name` is "auto"; otherwise exactly the device asked for."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return distributed.local_device(torch.device("cuda"))
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -62,7 +70,7 @@ def resolve_device(name: str) -> torch.device:
         raise DmatError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DmatError("device cuda was asked for but CUDA is not available: use --device cpu or auto")
-    return device
+    return distributed.local_device(device)
 
 
 def seed_everything(seed: int) -> None:
@@ -118,66 +126,118 @@ def smoke_check(model, objective: Objective, batch: torch.Tensor, device) -> Non
 
 
 def fit(model: UNet, diffusion: GaussianDiffusion, objective: Objective, splits: DataSplits, cfg: TrainConfig,
-        device: torch.device, checkpoint_extra: dict | None = None) -> TrainResult:
-    """Train `model` under `objective`, logging to the active MLflow run."""
-    seed_everything(cfg.seed)
+        device: torch.device, checkpoint_extra: dict | None = None, resume: dict | None = None,
+        on_epoch_end: EpochCallback | None = None) -> TrainResult:
+    """Train `model` under `objective`, logging to the active MLflow run (rank 0 alone under torchrun).
+
+    `on_epoch_end(epoch, metrics)` returning True stops training after that epoch (e.g. an Optuna pruner).
+
+    `resume` is the `last.pt` of an interrupted run: training continues after its epoch. If the run is
+    interrupted (Ctrl-C, a non-finite loss, any error), the state after the last finished epoch is
+    saved as `last.pt` first, so a resume repeats no logged epoch and skips none.
+    """
+    main = distributed.is_main()
+    seed_everything(cfg.seed + distributed.rank())
     model.to(device)
-    train_loader = loader(splits.train, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.num_workers)
+    sampler = distributed.train_sampler(splits.train, cfg.seed)
+    train_loader = loader(splits.train, distributed.per_process_batch(cfg.batch_size), shuffle=True, sampler=sampler,
+                          num_workers=cfg.num_workers)
     val_loader = loader(splits.val, cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
     smoke_check(model, objective, next(iter(train_loader)), device)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    extras = list(getattr(objective, "trainable_parameters", list)())
+    trainable = [*model.parameters(), *extras]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = AveragedModel(model, avg_fn=ema_average(cfg.ema_decay), use_buffers=True)
     extra = checkpoint_extra or {}
     best_val, best_epoch, since_best, epoch = math.inf, 0, 0, 0
-    progress = tqdm(range(1, cfg.epochs + 1), desc="epochs", unit="epoch", dynamic_ncols=True)
-    for epoch in progress:
-        model.train()
-        start, sums, n = time.perf_counter(), {}, 0
-        for batch in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, unit="batch", dynamic_ncols=True):
-            x0 = batch.to(device)
-            loss, parts = objective.loss(model, x0)
-            if not math.isfinite(loss.item()):
-                raise DmatError(f"loss became {loss.item()} at epoch {epoch}: lower --lr; the last good checkpoint is kept")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            ema.update_parameters(model)
-            for key, value in {"loss": loss.item(), **parts}.items():
-                sums[key] = sums.get(key, 0.0) + value * x0.shape[0]
-            n += x0.shape[0]
-        seconds = time.perf_counter() - start
-        metrics = {f"train_{k}": v / n for k, v in sums.items()}
-        metrics.update(validate(ema.module, objective, val_loader, device))
-        metrics.update(epoch_seconds=seconds, train_images_per_s=n / seconds)
-        mlflow.log_metrics(metrics, step=epoch)
-        progress.set_postfix(train=f"{metrics['train_loss']:.4f}", val=f"{metrics['val_loss']:.4f}")
+    if resume:
+        epoch, state = resume["epoch"], resume["train_state"]
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        ema.load_state_dict(state["ema"])
+        with torch.no_grad():
+            for param, saved in zip(extras, state["objective_parameters"]):
+                param.copy_(saved)
+        best_val, best_epoch, since_best = state["best_val_loss"], state["best_epoch"], state["epochs_since_best"]
+        if main:
+            torch.set_rng_state(state["torch_rng"])
+            _log_if_missing(state["metrics"], epoch)
+    trainer = distributed.wrap(model, device)
+    saved_epoch, snapshot, stop = epoch, None, False
+    progress = tqdm(range(epoch + 1, cfg.epochs + 1), desc="epochs", unit="epoch", dynamic_ncols=True, disable=not main)
+    try:
+        for epoch in progress:
+            model.train()
+            sampler.set_epoch(epoch)
+            start, sums, n = time.perf_counter(), {}, 0
+            for batch in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, unit="batch", dynamic_ncols=True,
+                              disable=not main):
+                x0 = batch.to(device)
+                loss, parts = objective.loss(trainer, x0)
+                if not distributed.all_finite(loss):
+                    raise DmatError(f"loss became non-finite at epoch {epoch}: lower --lr; checkpoints/last.pt "
+                                    f"keeps the last good epoch ({epoch - 1}) for --resume")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                distributed.average_gradients(extras)
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+                optimizer.step()
+                ema.update_parameters(model)
+                for key, value in {"loss": loss.item(), **parts}.items():
+                    sums[key] = sums.get(key, 0.0) + value * x0.shape[0]
+                n += x0.shape[0]
+            seconds = time.perf_counter() - start
+            totals = distributed.sum_over_processes({**sums, "_images": n}, device)
+            n = totals.pop("_images")
+            metrics = {f"train_{k}": v / n for k, v in totals.items()}
+            metrics.update(distributed.from_main(validate(ema.module, objective, val_loader, device) if main else None))
+            metrics.update(epoch_seconds=seconds, train_images_per_s=n / seconds)
+            progress.set_postfix(train=f"{metrics['train_loss']:.4f}", val=f"{metrics['val_loss']:.4f}")
 
-        if metrics["val_loss"] < best_val:
-            best_val, best_epoch, since_best = metrics["val_loss"], epoch, 0
-            tracking.save_checkpoint(
-                tracking.model_checkpoint(model, diffusion, ema.module.state_dict(), epoch=epoch,
-                                          val_loss=best_val, **extra), tracking.BEST)
-        else:
-            since_best += 1
-        stop = cfg.early_stopping_patience and since_best >= cfg.early_stopping_patience
-        if epoch % cfg.save_interval == 0 or stop or epoch == cfg.epochs:
-            tracking.save_checkpoint(
-                tracking.model_checkpoint(
+            if metrics["val_loss"] < best_val:
+                best_val, best_epoch, since_best = metrics["val_loss"], epoch, 0
+                if main:
+                    tracking.save_checkpoint(
+                        tracking.model_checkpoint(model, diffusion, ema.module.state_dict(), epoch=epoch,
+                                                  val_loss=best_val, **extra), tracking.BEST)
+            else:
+                since_best += 1
+            stop = bool(cfg.early_stopping_patience and since_best >= cfg.early_stopping_patience)
+            if on_epoch_end is not None and on_epoch_end(epoch, metrics):
+                stop = True
+            if main:
+                snapshot = copy.deepcopy(tracking.model_checkpoint(
                     model, diffusion, ema.module.state_dict(), epoch=epoch, val_loss=metrics["val_loss"], **extra,
                     train_state={"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                  "ema": ema.state_dict(), "best_val_loss": best_val, "best_epoch": best_epoch,
-                                 "epochs_since_best": since_best, "torch_rng": torch.get_rng_state()}),
-                tracking.LAST)
-        if stop:
-            break
+                                 "epochs_since_best": since_best, "torch_rng": torch.get_rng_state(),
+                                 "objective_parameters": [p.detach() for p in extras], "metrics": metrics}))
+                if epoch % cfg.save_interval == 0 or stop or epoch == cfg.epochs:
+                    tracking.save_checkpoint(snapshot, tracking.LAST)
+                    saved_epoch = epoch
+                mlflow.log_metrics(metrics, step=epoch)
+            if stop:
+                break
+    except BaseException:
+        if snapshot is not None and snapshot["epoch"] > saved_epoch:
+            tracking.save_checkpoint(snapshot, tracking.LAST)
+        raise
     progress.close()
+    if not main:
+        return TrainResult(best_val, best_epoch, epoch, stop, ema.module.eval())
     mlflow.log_metrics({"best_val_loss": best_val, "best_epoch": best_epoch, "epochs_run": epoch})
     ckpt = tracking.load_checkpoint(mlflow.active_run().info.run_id, tracking.BEST)
     ema.module.load_state_dict(ckpt["model"])
-    return TrainResult(best_val, best_epoch, epoch, bool(stop), ema.module.eval())
+    return TrainResult(best_val, best_epoch, epoch, stop, ema.module.eval())
+
+
+def _log_if_missing(metrics: dict[str, float], epoch: int) -> None:
+    """A run killed between saving last.pt and logging that epoch's metrics gets them logged on resume."""
+    history = MlflowClient().get_metric_history(mlflow.active_run().info.run_id, "val_loss")
+    if all(m.step != epoch for m in history):
+        mlflow.log_metrics(metrics, step=epoch)
 
 
 def log_sample_grid(model: UNet, diffusion: GaussianDiffusion, cfg: TrainConfig, device) -> None:
@@ -195,15 +255,26 @@ def log_sample_grid(model: UNet, diffusion: GaussianDiffusion, cfg: TrainConfig,
 
 def run_training(role: str, run_name: str, tags: dict[str, str], params: dict[str, object], model: UNet,
                  diffusion: GaussianDiffusion, objective: Objective, splits: DataSplits, cfg: TrainConfig,
-                 device: torch.device, checkpoint_extra: dict | None = None) -> str:
-    """Train one model as its own MLflow run (teacher or student); returns the run id."""
+                 device: torch.device, checkpoint_extra: dict | None = None, experiment: str | None = None,
+                 resume: str | None = None, on_epoch_end: EpochCallback | None = None) -> str | None:
+    """Train one model as its own MLflow run (teacher or student); returns the run id (None on ranks > 0).
+
+    `resume` continues that KILLED or FAILED run from its last.pt, in the same MLflow run.
+    """
+    checkpoint = checkpoint_to_resume(resume, role, model, diffusion) if resume else None
+    distributed.per_process_batch(cfg.batch_size)  # an uneven split fails before the run exists
+    distributed.setup(device)
+    if not distributed.is_main():  # under torchrun, rank 0 alone logs to MLflow
+        fit(model, diffusion, objective, splits, cfg, device, checkpoint_extra, checkpoint, on_epoch_end)
+        return None
     c = model.config
     all_tags = {tracking.ROLE: role, tracking.DATASET: cfg.dataset, tracking.IMAGE_SIZE: str(c.image_size),
                 tracking.SIZE_FACTOR: str(c.size_factor), **tags}
-    with tracking.tracked_run(run_name, all_tags) as run:
+    with tracking.tracked_run(run_name, all_tags, experiment, run_id=resume) as run:
         tracking.log_params(params)
-        mlflow.log_metrics({"num_parameters": model.num_parameters, "train_images": len(splits.train),
-                            "val_images": len(splits.val)})
-        result = fit(model, diffusion, objective, splits, cfg, device, checkpoint_extra)
+        if not resume:
+            mlflow.log_metrics({"num_parameters": model.num_parameters, "flops_per_forward": flops_per_forward(model),
+                                "train_images": len(splits.train), "val_images": len(splits.val)})
+        result = fit(model, diffusion, objective, splits, cfg, device, checkpoint_extra, checkpoint, on_epoch_end)
         log_sample_grid(result.ema_model, diffusion, cfg, device)
         return run.info.run_id

@@ -183,9 +183,8 @@ def evaluate_run(model_run_id: str, config: EvalConfig | None = None, feature_ex
                                            tracking.IMAGE_SIZE) if k in loaded.tags}}
     if extractor_run_id:
         tags[FEATURE_EXTRACTOR_RUN_ID] = extractor_run_id
-    tracking.use_experiment(experiment)
     name = f"eval-{loaded.role}-{loaded.tags.get(tracking.SIZE_FACTOR, '')}-{loaded.run_id[:8]}"
-    with tracking.tracked_run(name, tags) as run:
+    with tracking.tracked_run(name, tags, experiment) as run:
         tracking.log_params({**{k: getattr(cfg, k) for k in ("sampler", "num_samples", "features", "seed",
                                                             "batch_size", "num_trajectories", "eps_timesteps")},
                              "steps": steps, "real_data": "train split", "held_out_data": "validation split"})

@@ -112,11 +112,14 @@ def _num_classes(ds: Dataset) -> int:
 
 
 @contextlib.contextmanager
-def _own_run_outside_project_run():
-    """Inside `mlflow run` MLFLOW_RUN_ID names the evaluation run; the extractor gets a run of its own."""
+def _own_run_outside_project_run(experiment: str | None):
+    """Inside `mlflow run` MLFLOW_RUN_ID names the evaluation run; the extractor gets a run of its own,
+    in the evaluation's experiment unless one is named. Yields the experiment name to use."""
     saved = os.environ.pop("MLFLOW_RUN_ID", None)
     try:
-        yield
+        if saved and not experiment:
+            experiment = mlflow.get_experiment(tracking.get_run(saved).info.experiment_id).name
+        yield experiment
     finally:
         if saved is not None:
             os.environ["MLFLOW_RUN_ID"] = saved
@@ -148,10 +151,9 @@ def train_feature_extractor(dataset: str, image_size: int, epochs: int = 15, fea
     optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
     train_loader = loader(train, 128, shuffle=True, seed=seed)
     val_loader = loader(val, 256, shuffle=False)
-    with _own_run_outside_project_run():
-        tracking.use_experiment(experiment)
+    with _own_run_outside_project_run(experiment) as experiment:
         tags = {tracking.ROLE: ROLE, tracking.DATASET: dataset, tracking.IMAGE_SIZE: str(image_size)}
-        with tracking.tracked_run(f"features-{dataset}-{image_size}px", tags) as run:
+        with tracking.tracked_run(f"features-{dataset}-{image_size}px", tags, experiment) as run:
             mlflow.log_params({**asdict(config), "epochs": epochs, "seed": seed, "trained_on": "train split"})
             for epoch in tqdm(range(1, epochs + 1), desc="feature extractor", unit="epoch", dynamic_ncols=True):
                 net.train()

@@ -207,3 +207,15 @@ def test_a_distilled_student_is_evaluated_against_its_teacher(in_store):
     assert run.data.tags["dmat.teacher_run_id"] == in_store["teacher"]
     assert set(SINGLE + VS_TEACHER) <= set(run.data.metrics)
     assert sorted(_history(run.info.run_id, "traj_mse")) == [0, 1, 2, 3]
+
+
+def test_feature_extractor_inside_mlflow_run_gets_its_own_run_in_that_experiment(store, monkeypatch):
+    outer = mlflow.MlflowClient().create_run(mlflow.set_experiment("project-run").experiment_id)
+    monkeypatch.setenv("MLFLOW_RUN_ID", outer.info.run_id)  # what `mlflow run` sets for its entry point
+    mlflow.set_experiment("elsewhere")
+    extractor = features.train_feature_extractor("digits", 8, epochs=1)
+    run = mlflow.get_run(extractor)
+    assert extractor != outer.info.run_id and run.data.tags["dmat.role"] == "feature-extractor"
+    assert run.info.experiment_id == outer.info.experiment_id
+    assert mlflow.get_run(outer.info.run_id).data.tags.get("dmat.role") is None
+    assert run.data.metrics["val_accuracy"] > 0.5 and run.data.metrics["feature_dim"] == 64

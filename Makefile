@@ -66,3 +66,10 @@ sweep: setup
 ## evaluate: every teacher and student run not yet evaluated with these settings (ARGS="--num-samples 500 --steps 20")
 evaluate: setup
 	$(BIN)/dmat evaluate --all $(ARGS)
+
+.PHONY: server
+BACKEND ?= sqlite:///mlflow.db
+ARTIFACTS ?= ./mlartifacts
+## server: a shared tracking server on $(HOST):$(PORT) (BACKEND=postgresql://user@host:5432/db, ARTIFACTS=dir); then export MLFLOW_TRACKING_URI=http://$(HOST):$(PORT)
+server: setup
+	$(BIN)/mlflow server --host $(HOST) --port $(PORT) --backend-store-uri $(BACKEND) --artifacts-destination $(ARTIFACTS) --serve-artifacts

@@ -13,7 +13,9 @@ from click.testing import CliRunner
 from conftest import TINY_CLI_ARGS, tiny_diffusion, tiny_unet
 from dmat import tracking
 from dmat.cli import cli
-from dmat.config import STUDENT_TRAIN, DistillConfig, TrainConfig
+from dmat.config import (DEFAULT_SIZE_FACTORS, STUDENT_TRAIN, DistillConfig, PipelineConfig, SweepConfig,
+                         TrainConfig)
+from dmat.evaluation.settings import EvalConfig
 from dmat.diffusion import DiffusionConfig, GaussianDiffusion
 from dmat.unet import UNet, UNetConfig
 
@@ -97,17 +99,28 @@ def test_unreachable_tracking_server_is_one_line_and_writes_nothing(store, monke
 
 
 def test_mlproject_defaults_equal_the_config_defaults():
+    """MLproject has to repeat the defaults; this keeps it from drifting away from config.py."""
     spec = yaml.safe_load((ROOT / "MLproject").read_text())
-    defaults = {**vars(UNetConfig()), **vars(DiffusionConfig()), **vars(TrainConfig())}  # train options win
-    own = {"distill": {**vars(STUDENT_TRAIN), **vars(DistillConfig())}}  # students train with their own defaults
-    for entry, body in spec["entry_points"].items():
-        expected = {**defaults, **own.get(entry, {})}
-        if entry != "teacher":
-            continue
-        for name, param in body.get("parameters", {}).items():
-            if name in expected and "default" in param:
-                assert str(param["default"]) == str(expected[name]) or float(param["default"]) == float(
-                    expected[name]), f"MLproject {entry}.{name} default {param['default']} != config {expected[name]}"
+    model = {**vars(UNetConfig()), **vars(DiffusionConfig())}
+    expected = {
+        "teacher": {**model, **vars(TrainConfig())},  # train options win (image_size 0 = native)
+        "distill": {**vars(STUDENT_TRAIN), **vars(DistillConfig())},
+        "evaluate": vars(EvalConfig()),
+        "main": {**vars(PipelineConfig()), "sizes": " ".join(map(str, DEFAULT_SIZE_FACTORS)),
+                 "methods": " ".join(PipelineConfig().methods)},
+        "sweep": vars(SweepConfig()),
+    }
+    checked = 0
+    for entry, defaults in expected.items():
+        for name, param in spec["entry_points"][entry].get("parameters", {}).items():
+            if name in defaults and isinstance(param, dict) and "default" in param and str(param["default"]) != "":
+                want = defaults[name]
+                assert str(param["default"]) == str(want) or float(param["default"]) == float(want), (
+                    f"MLproject {entry}.{name} default {param['default']} != config {want}")
+                checked += 1
+    assert checked > 30
+    assert PipelineConfig().base_channels == UNetConfig().base_channels
+    assert PipelineConfig().num_samples == EvalConfig().num_samples
 
 
 @pytest.mark.slow

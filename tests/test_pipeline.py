@@ -35,7 +35,8 @@ def test_pipeline_runs_every_stage_then_reuses_them(store, monkeypatch):
     after_second = _roles()
     # nothing is trained or evaluated again: one more pipeline run and a fresh report only
     assert after_second == {**after_first, "pipeline": 2, "report": 2}
-    assert second.output.count("reused") == 4
+    assert [line.split()[0] for line in second.output.splitlines() if line.split()[1:2] == ["reused"]] == [
+        "teacher", "student_distill_0.5", "evaluate_teacher", "evaluate_student_distill_0.5"]
 
     runs = mlflow.search_runs(search_all_experiments=True)
     pipelines = runs[runs["tags.dmat.role"] == "pipeline"].sort_values("start_time")

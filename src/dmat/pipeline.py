@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from dmat import tracking
-from dmat.config import PipelineConfig
+from dmat.config import DistillConfig, PipelineConfig, TrainConfig
 from dmat.errors import DmatError
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -96,7 +96,8 @@ def run_pipeline(config: PipelineConfig, experiment: str | None = None) -> Pipel
                              "steps": cfg.steps, "seed": cfg.seed})
         result = PipelineResult(run.info.run_id)
         experiment_id = run.info.experiment_id
-        common = {"dataset": cfg.dataset, "image_size": cfg.image_size, "seed": cfg.seed, "device": cfg.device}
+        common = {"dataset": cfg.dataset, "image_size": cfg.image_size, "seed": cfg.seed, "device": cfg.device,
+                  "sample_steps": min(TrainConfig.sample_steps, cfg.timesteps)}
         progress = tqdm(total=1 + 2 * len(cfg.sizes) * len(cfg.methods) + 2, desc="pipeline", unit="stage")
 
         def stage(entry_point: str, label: str, parameters: dict, reuse: bool = True) -> Stage:
@@ -120,6 +121,7 @@ def run_pipeline(config: PipelineConfig, experiment: str | None = None) -> Pipel
             for size in cfg.sizes:
                 models.append(stage("distill", f"student_{method}_{_as_param(size)}",
                                     {**common, "size_factor": size, "method": method, "epochs": cfg.student_epochs,
+                                     "student_steps": min(DistillConfig.student_steps, cfg.timesteps),
                                      "teacher_run_id": teacher.run_id}))
         for model in models:
             if model.error:

@@ -261,6 +261,7 @@ def run_training(role: str, run_name: str, tags: dict[str, str], params: dict[st
 
     `resume` continues that KILLED or FAILED run from its last.pt, in the same MLflow run.
     """
+    diffusion.sampling_timesteps(cfg.sample_steps)  # a sample grid it cannot draw fails now, not after training
     checkpoint = checkpoint_to_resume(resume, role, model, diffusion) if resume else None
     distributed.per_process_batch(cfg.batch_size)  # an uneven split fails before the run exists
     distributed.setup(device)

@@ -35,8 +35,10 @@ def test_pipeline_runs_every_stage_then_reuses_them(store, monkeypatch):
     after_second = _roles()
     # nothing is trained or evaluated again: one more pipeline run and a fresh report only
     assert after_second == {**after_first, "pipeline": 2, "report": 2}
-    assert [line.split()[0] for line in second.output.splitlines() if line.split()[1:2] == ["reused"]] == [
-        "teacher", "student_distill_0.5", "evaluate_teacher", "evaluate_student_distill_0.5"]
+    summary = [line.split() for line in second.output.splitlines() if line.split()[2:3] == ["run"]]
+    assert [(words[0], words[1]) for words in summary][:4] == [
+        ("teacher", "reused"), ("student_distill_0.5", "reused"), ("evaluate_teacher", "reused"),
+        ("evaluate_student_distill_0.5", "reused")]
 
     runs = mlflow.search_runs(search_all_experiments=True)
     pipelines = runs[runs["tags.dmat.role"] == "pipeline"].sort_values("start_time")

@@ -111,3 +111,17 @@ def test_non_finite_loss_fails_the_run_and_keeps_the_last_good_epoch(store):
     last = tracking.load_checkpoint(run.info.run_id, tracking.LAST)
     assert last["epoch"] == 2 and all(torch.isfinite(v).all() for v in last["model"].values())
     assert tracking.load_model(run.info.run_id).model.config == UNet(unet).config
+
+
+def test_a_failed_student_resumes_in_the_same_run_with_its_own_options(study, teacher_run_id):
+    from dmat.distill import train_student
+
+    run_id = train_student(tiny_train(epochs=1), 0.5, teacher_run_id, kd_weight=0.5, student_steps=10)
+    MlflowClient().set_terminated(run_id, "FAILED")  # as if the process had died after epoch 1
+    result = CliRunner().invoke(cli, ["distill", "--resume", run_id, "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert [step for step, _ in val_history(run_id)] == [1, 2]
+    assert run.data.params["kd_weight"] == "0.5" and run.data.params["size_factor"] == "0.5"
+    assert tracking.load_model(run_id).model.config.size_factor == 0.5

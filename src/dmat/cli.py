@@ -113,22 +113,34 @@ def student_options(command):
     return command
 
 
-def _student_configs(options: dict) -> tuple[TrainConfig, dict]:
+def _student_configs(options: dict, train_base=STUDENT_TRAIN, distill_base=None) -> tuple[TrainConfig, dict]:
     """The training config (student defaults) and the DistillConfig settings other than the size factor."""
-    settings = {k: v for k, v in dataclasses.asdict(pick(DistillConfig, options)).items() if k != "size_factor"}
-    return pick(TrainConfig, options, STUDENT_TRAIN), settings
+    settings = dataclasses.asdict(pick(DistillConfig, options, distill_base))
+    settings.pop("size_factor")
+    return pick(TrainConfig, options, train_base), settings
 
 
 @cli.command()
-@click.option("--size-factor", required=True, help="student width relative to the teacher, 0.01 to 1.0")
+@click.option("--size-factor", default=None, help="student width relative to the teacher, 0.01 to 1.0 (required unless --resume)")
 @student_options
+@resume_option
 @friendly_errors
-def distill(size_factor, teacher_run_id, experiment, **options):
+def distill(size_factor, teacher_run_id, experiment, resume, **options):
     """Train one student of the teacher at a size factor, as one MLflow run."""
     from dmat.distill import train_student
 
-    train, settings = _student_configs(options)
-    run_id = train_student(train, size_factor, teacher_run_id, experiment, **settings)
+    train_base, distill_base = STUDENT_TRAIN, None
+    if resume:  # the interrupted run's own options, unless given again
+        from dmat import tracking
+        from dmat.resume import configs_from_run
+
+        train_base, distill_base = configs_from_run(resume, (TrainConfig, DistillConfig))
+        size_factor = size_factor or distill_base.size_factor
+        teacher_run_id = teacher_run_id or tracking.get_run(resume).data.params.get("teacher_run_id")
+    if size_factor is None:
+        raise DmatError("--size-factor is required: a number between 0.01 and 1.0")
+    train, settings = _student_configs(options, train_base, distill_base)
+    run_id = train_student(train, size_factor, teacher_run_id, experiment, resume=resume, **settings)
     click.echo(f"student run {run_id}")
 
 

@@ -67,7 +67,7 @@ class TrainConfig:
     save_interval: int = 5
     device: str = "auto"
     num_workers: int = 0
-    # sampling used for the sample grid logged at the end of training
+    # sampling used for the sample grid logged at the end of training (at most the model's timesteps)
     sample_steps: int = 50
     sampler: str = "ddim"
     num_sample_images: int = 64

@@ -102,13 +102,14 @@ def resolve_teacher(train: TrainConfig, teacher_run_id: str | None) -> str:
 
 
 def train_student(train: TrainConfig, size_factor, teacher_run_id: str | None = None, experiment: str | None = None,
-                  tags: dict[str, str] | None = None, on_epoch_end: EpochCallback | None = None, **settings) -> str:
+                  tags: dict[str, str] | None = None, on_epoch_end: EpochCallback | None = None,
+                  resume: str | None = None, **settings) -> str:
     """Train one student as its own MLflow run and return the run id.
 
     `settings` are DistillConfig fields (method, kd_weight, task_weight, feature_weight,
     student_steps). `tags` are added to the run's (e.g. a sweep's parent run); `on_epoch_end` is
-    training.fit's (e.g. an Optuna pruner). Everything is checked (settings, device, store, teacher,
-    data) before the run is created.
+    training.fit's (e.g. an Optuna pruner); `resume` continues that KILLED or FAILED student run.
+    Everything is checked (settings, device, store, teacher, data) before the run is created.
     """
     config = DistillConfig(size_factor=size_factor, **settings).validate()
     train.validate()
@@ -139,6 +140,7 @@ def train_student(train: TrainConfig, size_factor, teacher_run_id: str | None = 
         device=device,
         experiment=experiment,
         on_epoch_end=on_epoch_end,
+        resume=resume,
     )
 
 

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from dmat import tracking
-from dmat.config import DistillConfig, PipelineConfig, TrainConfig
+from dmat.config import DistillConfig, PipelineConfig
 from dmat.errors import DmatError
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -96,8 +96,7 @@ def run_pipeline(config: PipelineConfig, experiment: str | None = None) -> Pipel
                              "steps": cfg.steps, "seed": cfg.seed})
         result = PipelineResult(run.info.run_id)
         experiment_id = run.info.experiment_id
-        common = {"dataset": cfg.dataset, "image_size": cfg.image_size, "seed": cfg.seed, "device": cfg.device,
-                  "sample_steps": min(TrainConfig.sample_steps, cfg.timesteps)}
+        common = {"dataset": cfg.dataset, "image_size": cfg.image_size, "seed": cfg.seed, "device": cfg.device}
         progress = tqdm(total=1 + 2 * len(cfg.sizes) * len(cfg.methods) + 2, desc="pipeline", unit="stage")
 
         def stage(entry_point: str, label: str, parameters: dict, reuse: bool = True) -> Stage:

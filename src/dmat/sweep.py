@@ -24,12 +24,16 @@ from mlflow.tracking import MlflowClient
 
 from dmat import tracking
 from dmat.config import STUDENT_TRAIN, SweepConfig, replace
+from dmat.distill import resolve_teacher, train_student
 from dmat.errors import DmatError
+from dmat.evaluation.evaluate import evaluate_run
+from dmat.evaluation.settings import STUDENT_STEPS
 
 SWEEP_ROLE = "sweep"
 STUDY_TAG = "dmat.study_name"
 TRIAL_TAG = "dmat.trial"
 PRUNED_TAG = "dmat.pruned"
+STUDENT_STEP_CHOICES = (10, 20, 50)  # sampling steps a trial's student may use (at most the teacher's T)
 
 
 def _without_password(url: str) -> str:
@@ -52,14 +56,19 @@ def storage(url: str) -> optuna.storages.RDBStorage:
         raise DmatError(f"optuna storage {_without_password(url)} cannot be opened ({reason}): check the URL and that the database is up") from None
 
 
-def create_study(cfg: SweepConfig) -> optuna.Study:
-    """Create the study (or load it to resume), refusing one that optimises other objectives."""
-    store = storage(cfg.storage)
+def check_objectives(cfg: SweepConfig, store: optuna.storages.RDBStorage) -> None:
+    """Refuse to resume a study of the same name that optimises other objectives."""
     names = {s.study_name: s for s in optuna.get_all_study_summaries(store)}
     if cfg.study_name in names and [d.name.lower() for d in names[cfg.study_name].directions] != cfg.directions:
         kind = "multi-objective (FID, parameters)" if len(names[cfg.study_name].directions) == 2 else "FID-only"
         raise DmatError(f"study {cfg.study_name!r} already exists as a {kind} study: use another --study-name "
                         f"or {'add' if kind.startswith('multi') else 'drop'} --multi-objective")
+
+
+def create_study(cfg: SweepConfig, store: optuna.storages.RDBStorage | None = None) -> optuna.Study:
+    """Create the study (or load it to resume)."""
+    store = store or storage(cfg.storage)
+    check_objectives(cfg, store)
     sampler = optuna.samplers.NSGAIISampler(seed=cfg.seed) if cfg.multi_objective else optuna.samplers.TPESampler(seed=cfg.seed)
     return optuna.create_study(storage=store, study_name=cfg.study_name, directions=cfg.directions,
                                sampler=sampler, pruner=optuna.pruners.MedianPruner(n_warmup_steps=2),
@@ -85,11 +94,9 @@ def parent_run(cfg: SweepConfig, experiment: str | None) -> str:
 
 def objective(cfg: SweepConfig, parent_run_id: str, experiment: str | None):
     """The Optuna objective: distill one student with the trial's settings and return its FID (+ params)."""
-    from dmat.distill import train_student
-    from dmat.evaluation.evaluate import evaluate_run
-    from dmat.evaluation.settings import STUDENT_STEPS
-
     base = replace(STUDENT_TRAIN, dataset=cfg.dataset, image_size=cfg.image_size, seed=cfg.seed, device=cfg.device)
+    timesteps = int(tracking.get_run(cfg.teacher_run_id).data.params["timesteps"])
+    step_choices = [s for s in STUDENT_STEP_CHOICES if s <= timesteps] or [timesteps]
 
     def run_trial(trial: optuna.Trial):
         size_factor = trial.suggest_float("size_factor", cfg.min_size_factor, 1.0, log=True)
@@ -98,7 +105,7 @@ def objective(cfg: SweepConfig, parent_run_id: str, experiment: str | None):
         settings = dict(kd_weight=trial.suggest_float("kd_weight", 0.1, 2.0),
                         task_weight=trial.suggest_float("task_weight", 0.0, 2.0),
                         feature_weight=trial.suggest_float("feature_weight", 0.0, 1.0),
-                        student_steps=trial.suggest_categorical("student_steps", [10, 20, 50]))
+                        student_steps=trial.suggest_categorical("student_steps", step_choices))
         pruned = []
 
         def report(epoch: int, metrics: dict[str, float]) -> bool:
@@ -111,7 +118,7 @@ def objective(cfg: SweepConfig, parent_run_id: str, experiment: str | None):
             return False
 
         tags = {"mlflow.parentRunId": parent_run_id, STUDY_TAG: cfg.study_name, TRIAL_TAG: str(trial.number)}
-        student = train_student(train, size_factor, cfg.teacher_run_id or None, experiment, tags=tags,
+        student = train_student(train, size_factor, cfg.teacher_run_id, experiment, tags=tags,
                                 on_epoch_end=report, **settings)
         trial.set_user_attr("student_run_id", student)
         if pruned:
@@ -146,7 +153,12 @@ def run_sweep(cfg: SweepConfig, experiment: str | None = None) -> optuna.Study:
     """Create (or resume) the study, run its trials over `workers` processes, log the outcome."""
     cfg.validate()
     tracking.check_tracking_reachable()
-    study = create_study(cfg)
+    store = storage(cfg.storage)
+    check_objectives(cfg, store)
+    # one teacher for every trial and worker, fixed before the first trial
+    cfg = replace(cfg, teacher_run_id=resolve_teacher(
+        replace(STUDENT_TRAIN, dataset=cfg.dataset, image_size=cfg.image_size), cfg.teacher_run_id or None))
+    study = create_study(cfg, store)
     parent = parent_run(cfg, experiment)
     shares = [cfg.n_trials // cfg.workers + (i < cfg.n_trials % cfg.workers) for i in range(cfg.workers)]
     status = RunStatus.FINISHED

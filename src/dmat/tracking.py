@@ -89,7 +89,8 @@ def tracked_run(run_name: str, tags: dict[str, str], experiment: str | None = No
     Inside `mlflow run` it continues the run that MLflow created (MLFLOW_RUN_ID); `run_id` reopens an
     existing run (resume).
     """
-    if run_id:
+    if run_id:  # the run's own experiment, whatever $MLFLOW_EXPERIMENT_NAME says
+        mlflow.set_experiment(experiment_id=get_run(run_id).info.experiment_id)
         run = mlflow.start_run(run_id=run_id)
     else:
         use_experiment(experiment)

@@ -246,7 +246,8 @@ def log_sample_grid(model: UNet, diffusion: GaussianDiffusion, cfg: TrainConfig,
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     noise = torch.randn((cfg.num_sample_images, c.in_channels, c.image_size, c.image_size), generator=generator,
                         device=device)
-    images = sample(model.eval(), diffusion, noise, cfg.sampler, cfg.sample_steps, generator=generator)
+    steps = min(cfg.sample_steps, diffusion.timesteps)  # a model with T < sample_steps samples all T steps
+    images = sample(model.eval(), diffusion, noise, cfg.sampler, steps, generator=generator)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "grid.png"
         save_image((images + 1) / 2, path, nrow=int(math.sqrt(cfg.num_sample_images)) or 1)
@@ -261,7 +262,6 @@ def run_training(role: str, run_name: str, tags: dict[str, str], params: dict[st
 
     `resume` continues that KILLED or FAILED run from its last.pt, in the same MLflow run.
     """
-    diffusion.sampling_timesteps(cfg.sample_steps)  # a sample grid it cannot draw fails now, not after training
     checkpoint = checkpoint_to_resume(resume, role, model, diffusion) if resume else None
     distributed.per_process_batch(cfg.batch_size)  # an uneven split fails before the run exists
     distributed.setup(device)

@@ -38,8 +38,8 @@ def _model_run(client, exp_id, role, method, size, seed, status="FINISHED"):
     run = client.create_run(exp_id, run_name=f"{role}-{method}-{size:g}-s{seed}", tags=tags)
     params = {"size_factor": size, "method": method, "seed": seed, "kd_weight": 1.0, "task_weight": 0.0,
               "feature_weight": 0.0, "student_steps": TIMESTEPS}
-    history = {"train_loss": [(e, 0.5 * (2 - size) / e) for e in range(1, EPOCHS + 1)],
-               "val_loss": [(e, 0.55 * (2 - size) / e) for e in range(1, EPOCHS + 1)]}
+    history = {"train_task_loss": [(e, 0.5 * (2 - size) / e) for e in range(1, EPOCHS + 1)],
+               "val_task_loss": [(e, 0.55 * (2 - size) / e) for e in range(1, EPOCHS + 1)]}
     _batch(client, run.info.run_id, {"num_parameters": params_of(size), "flops_per_forward": 1e6 * size},
            history, params)
     client.set_terminated(run.info.run_id, status)

@@ -10,6 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from dmat.cli import cli
+from dmat.report import build_report
+from dmat.report.query import load_study
 
 TINY_SWEEP = ["--image-size", "8", "--max-epochs", "1", "--num-samples", "80", "--device", "cpu"]
 
@@ -37,6 +39,13 @@ def test_two_workers_finish_every_trial_of_one_study(study, teacher_run_id, tmp_
             assert float(run.data.params["size_factor"]) == pytest.approx(trial.params["size_factor"])
             evaluation = mlflow.get_run(trial.user_attrs["evaluation_run_id"])
             assert evaluation.data.metrics["fid"] == pytest.approx(trial.value)
+
+    # the report draws each study apart from the size comparison
+    study_tables = load_study()
+    assert not study_tables.evaluations.model_run_id.isin(students.run_id).any()
+    assert sorted(study_tables.sweep_trials.query("study_name == 'two'").trial) == [0, 1, 2, 3]
+    report = build_report(sections=("summary", "sweep"), out_dir=tmp_path / "report", log_run=False)
+    assert (report.parent / "figures" / "sweep_two.png").exists()
 
 
 def test_zero_trials_is_refused(store):

@@ -30,9 +30,6 @@ from dmat.evaluation.evaluate import evaluate_run
 from dmat.evaluation.settings import STUDENT_STEPS
 
 SWEEP_ROLE = "sweep"
-STUDY_TAG = "dmat.study_name"
-TRIAL_TAG = "dmat.trial"
-PRUNED_TAG = "dmat.pruned"
 STUDENT_STEP_CHOICES = (10, 20, 50)  # sampling steps a trial's student may use (at most the teacher's T)
 
 
@@ -77,7 +74,7 @@ def create_study(cfg: SweepConfig, store: optuna.storages.RDBStorage | None = No
 
 def parent_run(cfg: SweepConfig, experiment: str | None) -> str:
     """The study's parent MLflow run, created once and reopened when the study resumes."""
-    found = tracking.find_runs(SWEEP_ROLE, {STUDY_TAG: cfg.study_name}, status=None, max_results=1)
+    found = tracking.find_runs(SWEEP_ROLE, {tracking.STUDY_NAME: cfg.study_name}, status=None, max_results=1)
     client = MlflowClient()
     if found:
         client.update_run(found[0].info.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
@@ -86,7 +83,7 @@ def parent_run(cfg: SweepConfig, experiment: str | None) -> str:
     experiment_id = mlflow.get_experiment_by_name(
         experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or tracking.DEFAULT_EXPERIMENT).experiment_id
     run = client.create_run(experiment_id, run_name=f"sweep-{cfg.study_name}",
-                            tags={tracking.ROLE: SWEEP_ROLE, STUDY_TAG: cfg.study_name, tracking.DATASET: cfg.dataset})
+                            tags={tracking.ROLE: SWEEP_ROLE, tracking.STUDY_NAME: cfg.study_name, tracking.DATASET: cfg.dataset})
     for key, value in vars(cfg).items():
         client.log_param(run.info.run_id, key, value if key != "storage" else _without_password(value))
     return run.info.run_id
@@ -117,12 +114,12 @@ def objective(cfg: SweepConfig, parent_run_id: str, experiment: str | None):
                 return True
             return False
 
-        tags = {"mlflow.parentRunId": parent_run_id, STUDY_TAG: cfg.study_name, TRIAL_TAG: str(trial.number)}
+        tags = {"mlflow.parentRunId": parent_run_id, tracking.STUDY_NAME: cfg.study_name, tracking.TRIAL: str(trial.number)}
         student = train_student(train, size_factor, cfg.teacher_run_id, experiment, tags=tags,
                                 on_epoch_end=report, **settings)
         trial.set_user_attr("student_run_id", student)
         if pruned:
-            MlflowClient().set_tag(student, PRUNED_TAG, f"epoch {pruned[0]}")
+            MlflowClient().set_tag(student, tracking.PRUNED, f"epoch {pruned[0]}")
             raise optuna.TrialPruned(f"validation loss at epoch {pruned[0]} below the median of earlier trials")
         evaluation = evaluate_run(student, num_samples=cfg.num_samples, steps=STUDENT_STEPS, seed=cfg.seed,
                                   device=cfg.device, experiment=experiment)

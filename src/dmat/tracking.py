@@ -39,6 +39,9 @@ SIZE_FACTOR = "dmat.size_factor"
 TEACHER_RUN_ID = "dmat.teacher_run_id"
 MODEL_RUN_ID = "dmat.model_run_id"
 METHOD = "dmat.method"
+STUDY_NAME = "dmat.study_name"  # an Optuna sweep's study, on its parent run and its trials' students
+TRIAL = "dmat.trial"  # the Optuna trial number of a sweep's student run
+PRUNED = "dmat.pruned"  # a sweep student stopped by the pruner (the epoch)
 MODEL_ROLES = ("teacher", "student")
 
 

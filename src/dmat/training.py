@@ -19,6 +19,7 @@ from typing import Callable, Protocol
 
 import mlflow
 import torch
+import torch.nn.functional as F
 from mlflow.tracking import MlflowClient
 from torch.optim.swa_utils import AveragedModel
 from torchvision.utils import save_image
@@ -250,6 +251,8 @@ def log_sample_grid(model: UNet, diffusion: GaussianDiffusion, cfg: TrainConfig,
     images = sample(model.eval(), diffusion, noise, cfg.sampler, steps, generator=generator)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "grid.png"
+        zoom = max(1, 64 // c.image_size)  # small images (16 px digits) are enlarged to be seen in the UI
+        images = F.interpolate(images, scale_factor=zoom, mode="nearest") if zoom > 1 else images
         save_image((images + 1) / 2, path, nrow=int(math.sqrt(cfg.num_sample_images)) or 1)
         mlflow.log_artifact(str(path), artifact_path="samples")
 

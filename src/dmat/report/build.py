@@ -25,14 +25,14 @@ from dmat.errors import DmatError
 from dmat.report import figures
 from dmat.report.findings import findings
 from dmat.report.query import Study, load_npz, load_study, metric_histories
-from dmat.report.tables import format_table, readable_subset, summary_table
+from dmat.report.tables import format_table, pareto_mask, readable_subset, summary_table
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("summary", "quality", "efficiency", "mse", "denoising", "time", "trajectory", "training", "findings",
-            "problems")
+SECTIONS = ("summary", "quality", "efficiency", "sweep", "mse", "denoising", "time", "trajectory", "training",
+            "findings", "problems")
 OPTIONAL_SECTIONS = ("mse", "denoising", "time", "trajectory")
-TITLES = {"summary": "Summary per size and method", "quality": "Quality against size", "efficiency": "Efficiency",
+TITLES = {"summary": "Summary per size and method", "quality": "Quality against size", "efficiency": "Efficiency", "sweep": "Optuna sweeps: FID against parameters",
           "mse": "Epsilon MSE against the teacher (size x timestep)", "denoising": "Denoising process",
           "time": "Time analysis", "trajectory": "Trajectory analysis", "training": "Training curves",
           "findings": "Findings", "problems": "Failed, unfinished and incomplete runs"}
@@ -107,6 +107,20 @@ def trajectory_pca(study: Study, sizes: list[float]):
     return figures.trajectory_pca_figure(teacher, students)
 
 
+def sweep_section(section: Section, trials: pd.DataFrame) -> None:
+    """Each study's evaluated trials with their Pareto front (FID, parameters); kept out of the size tables."""
+    if trials.empty:
+        section.notes.append("no Optuna sweep in this experiment (make sweep)")
+        return
+    for name, study in trials.groupby("study_name"):
+        counts = study.status.value_counts().to_dict()
+        section.notes.append(f"study {name}: {len(study)} trial runs ({', '.join(f'{n} {s}' for s, n in counts.items())}), "
+                             f"{int(study.fid.notna().sum())} evaluated; pruned and failed trials have no FID")
+        section.figure(f"sweep_{name}", figures.sweep_figure(study, name), f"no evaluated trial in study {name}")
+        front = study[pareto_mask(study.num_parameters, study.fid)].sort_values("num_parameters")
+        section.tables.append(front[["study_name", "trial", "size_factor", "num_parameters", "fid", "kid_mean", "run_id"]])
+
+
 def build_sections(study: Study, sections: tuple[str, ...], full_mse: bool) -> list[Section]:
     table = summary_table(study.evaluations)
     students = study.evaluations[study.evaluations.method != "teacher"]
@@ -119,7 +133,7 @@ def build_sections(study: Study, sections: tuple[str, ...], full_mse: bool) -> l
     wanted = {"mse": (evals if full_mse else shown_evals, ["eps_mse_teacher"]),
               "time": (shown_evals, ["eps_mse_true", "eps_mse_teacher"]),
               "trajectory": (shown_evals, ["traj_mse"]),
-              "training": (shown_models, ["train_loss", "val_loss"])}
+              "training": (shown_models, list(figures.TRAINING_KEYS))}
     start = time.perf_counter()
     histories = pd.concat([metric_histories(runs.run_id, keys) for key, (runs, keys) in wanted.items()
                            if key in sections] or [pd.DataFrame(columns=["run_id", "key", "step", "value"])])
@@ -137,6 +151,8 @@ def build_sections(study: Study, sections: tuple[str, ...], full_mse: bool) -> l
             section.figure("quality_vs_size", figures.quality_figure(table), "no evaluation has FID or KID")
         elif key == "efficiency":
             section.figure("efficiency", figures.efficiency_figure(table), "no evaluation has FID")
+        elif key == "sweep":
+            sweep_section(section, study.sweep_trials)
         elif key == "mse":
             sizes = sorted(set(students.size_factor.dropna())) if full_mse else subset
             section.notes.append(f"sizes shown: {', '.join(f'{s:g}' for s in sizes) or 'none'}"
@@ -152,7 +168,7 @@ def build_sections(study: Study, sections: tuple[str, ...], full_mse: bool) -> l
             section.figure("trajectory_pca", trajectory_pca(study, subset), f"no {TRAJECTORIES_NPZ} artifact")
         elif key == "training":
             section.figure("training_curves", figures.training_figure(histories, shown_models),
-                           "no finished model run logged train_loss / val_loss")
+                           "no finished model run logged train_task_loss / val_task_loss")
         elif key == "findings":
             section.items = findings(table, evals, study.problems)
         elif key == "problems":

@@ -90,6 +90,26 @@ def efficiency_figure(table: pd.DataFrame):
     return fig
 
 
+def sweep_figure(trials: pd.DataFrame, study_name: str):
+    """One Optuna study's evaluated trials, FID against parameters, with the Pareto front."""
+    points = trials.dropna(subset=["num_parameters", "fid"])
+    if points.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sc = ax.scatter(points.num_parameters, points.fid, c=points.size_factor, cmap="viridis", s=30, label="trial")
+    front = points[pareto_mask(points.num_parameters, points.fid)].sort_values("num_parameters")
+    ax.plot(front.num_parameters, front.fid, color="red", linestyle=":", marker="o", mfc="none", ms=10,
+            label="Pareto front")
+    for _, row in front.iterrows():
+        ax.annotate(f"#{int(row.trial)}", (row.num_parameters, row.fid), textcoords="offset points", xytext=(5, 5),
+                    fontsize=8, color="red")
+    fig.colorbar(sc, ax=ax, label="size factor")
+    ax.set(xscale="log", xlabel="parameters", ylabel="FID (lower is better)", title=f"sweep {study_name}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def _student_curves(histories: pd.DataFrame, evaluations: pd.DataFrame, sizes: list[float], key: str):
     runs = evaluations[evaluations.size_factor.isin(sizes) & evaluations.method.isin(STUDENT_METHODS)]
     return mean_curves(histories, runs, key)
@@ -179,7 +199,7 @@ def trajectory_divergence_figure(histories: pd.DataFrame, evaluations: pd.DataFr
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
     _curve_lines(ax, curves)
-    ax.set(xlabel="sampling step (0 = x_T)", ylabel="MSE to the teacher's state", yscale="symlog",
+    ax.set(xlabel="sampling step (0 = x_T)", ylabel="MSE to the teacher's state",
            title="trajectory divergence from the teacher (same noise)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -210,15 +230,22 @@ def trajectory_pca_figure(teacher: np.ndarray, students: list[tuple[str, float, 
     return fig
 
 
+TRAINING_KEYS = ("train_task_loss", "val_task_loss")
+
+
 def training_figure(histories: pd.DataFrame, models: pd.DataFrame):
-    """Per-epoch train and validation loss of the teacher and the students, per size."""
+    """Per-epoch task loss (epsilon MSE to the true noise) of the teacher and the students, per size.
+
+    The task loss, not each run's total loss, because a distilled student's total adds its KD terms
+    and would not be comparable with the teacher's or a scratch student's.
+    """
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     drawn = False
-    for ax, key in zip(axes, ("train_loss", "val_loss")):
+    for ax, key in zip(axes, TRAINING_KEYS):
         curves = mean_curves(histories, models, key)
         drawn |= not curves.empty
         _curve_lines(ax, curves)
-        ax.set(xlabel="epoch", ylabel=key, yscale="log", title=key.replace("_", " "))
+        ax.set(xlabel="epoch", ylabel=key, yscale="log", title=key.replace("_", " ") + " (eps MSE to the true noise)")
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     if not drawn:

@@ -33,12 +33,15 @@ HISTORY_WORKERS = 16
 @dataclass
 class Study:
     """A study as tables: `models` (teacher/student runs, any status), `evaluations` (the latest
-    finished evaluation per model and evaluation seed) and `problems` (runs the report cannot use)."""
+    finished evaluation per model and evaluation seed), `problems` (runs the report cannot use) and
+    `sweep_trials` (students of Optuna sweeps, kept apart: their settings vary beyond size, so
+    they would blur the size comparison; one row per trial with its evaluation's metrics)."""
 
     experiment: str
     models: pd.DataFrame
     evaluations: pd.DataFrame
     problems: pd.DataFrame
+    sweep_trials: pd.DataFrame
 
 
 def resolve_experiment(name: str | None):
@@ -74,6 +77,8 @@ def tidy_runs(runs: pd.DataFrame) -> pd.DataFrame:
         "model_run_id": _column(runs, f"tags.{tracking.MODEL_RUN_ID}"),
         "model_role": _column(runs, "tags.dmat.model_role"),
         "seed": _column(runs, "params.seed"),
+        "study_name": _column(runs, f"tags.{tracking.STUDY_NAME}"),
+        "trial": pd.to_numeric(_column(runs, f"tags.{tracking.TRIAL}"), errors="coerce"),
     })
     metrics = runs[[c for c in runs.columns if c.startswith("metrics.")]]
     metrics = metrics.rename(columns=lambda c: c.removeprefix("metrics."))
@@ -88,13 +93,27 @@ def load_study(experiment: str | None = None) -> Study:
     if runs.empty or not runs.role.isin((*MODEL_ROLES, EVALUATION)).any():
         raise DmatError(f"experiment {exp.name!r} has no teacher, student or evaluation runs: train and evaluate "
                         "models first (make teacher students evaluate)")
-    models = runs[runs.role.isin(MODEL_ROLES)].reset_index(drop=True)
+    all_models = runs[runs.role.isin(MODEL_ROLES)]
+    in_sweep = all_models.study_name.notna()
+    models, trials = all_models[~in_sweep].reset_index(drop=True), all_models[in_sweep]
     all_evals = runs[runs.role == EVALUATION]
     finished = all_evals[all_evals.status == "FINISHED"]
     # newest first, so a re-evaluation with the same seed replaces the older one
-    evaluations = finished.drop_duplicates(["model_run_id", "seed"], keep="first").reset_index(drop=True)
-    evaluations["method"] = evaluations.method.fillna(evaluations.model_role)
-    return Study(exp.name, models, evaluations, find_problems(models, all_evals, evaluations))
+    latest = finished.drop_duplicates(["model_run_id", "seed"], keep="first")
+    latest = latest.assign(method=latest.method.fillna(latest.model_role))
+    of_trials = latest.model_run_id.isin(trials.run_id)
+    evaluations = latest[~of_trials].reset_index(drop=True)
+    # a pruned trial is finished without an evaluation by design; a failed one is still a problem
+    problems = find_problems(pd.concat([models, trials[trials.status != "FINISHED"]]), all_evals, latest)
+    return Study(exp.name, models, evaluations, problems, sweep_trials(trials, latest[of_trials]))
+
+
+def sweep_trials(trials: pd.DataFrame, evaluations: pd.DataFrame) -> pd.DataFrame:
+    """One row per sweep trial: study, trial number, size factor, status and its evaluation's metrics."""
+    columns = ["study_name", "trial", "run_id", "status", "size_factor"]
+    metrics = evaluations.drop_duplicates("model_run_id")[["model_run_id", "fid", "kid_mean", "num_parameters"]]
+    table = trials[columns].merge(metrics, how="left", left_on="run_id", right_on="model_run_id")
+    return table.drop(columns="model_run_id").sort_values(["study_name", "trial"]).reset_index(drop=True)
 
 
 def find_problems(models: pd.DataFrame, all_evals: pd.DataFrame, evaluations: pd.DataFrame) -> pd.DataFrame:

@@ -1,7 +1,6 @@
 """The whole study in one command: every stage is an MLflow project run, and reruns reuse them."""
 
-import os
-import sys
+import subprocess
 from pathlib import Path
 
 import mlflow
@@ -11,7 +10,8 @@ from click.testing import CliRunner
 from dmat import tracking
 from dmat.cli import cli
 
-TINY_PIPELINE = ["--sizes", "0.5", "--image-size", "8", "--teacher-epochs", "1", "--student-epochs", "1",
+ROOT = Path(__file__).resolve().parents[1]
+TINY_PIPELINE = ["--sizes", "0.3 0.5", "--image-size", "8", "--teacher-epochs", "1", "--student-epochs", "1",
                  "--base-channels", "8", "--timesteps", "20", "--num-samples", "80", "--steps", "4",
                  "--device", "cpu"]
 
@@ -21,34 +21,45 @@ def _roles() -> dict[str, int]:
     return runs["tags.dmat.role"].value_counts().to_dict()
 
 
+def _as_mlflow_params(args: list[str]) -> list[str]:
+    """["--sizes", "0.5", ...] -> ["-P", "sizes=0.5", ...]: the same settings for the `main` entry point."""
+    return [x for flag, value in zip(args[::2], args[1::2]) for x in ("-P", f"{flag[2:].replace('-', '_')}={value}")]
+
+
 @pytest.mark.slow
-def test_pipeline_runs_every_stage_then_reuses_them(store, monkeypatch):
-    monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
-    first = CliRunner().invoke(cli, ["pipeline", *TINY_PIPELINE])
-    assert first.exit_code == 0, first.output + str(first.exception)
+def test_pipeline_runs_every_stage_then_reuses_them(store, project_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", project_env["PATH"])
+    # first through the MLproject main entry point, as `mlflow run .` does ...
+    first = subprocess.run(["mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "dmat-test",
+                            *_as_mlflow_params(TINY_PIPELINE)], env=project_env, cwd=tmp_path, capture_output=True,
+                           text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
     after_first = _roles()
-    assert after_first == {"pipeline": 1, "teacher": 1, "student": 1, "feature-extractor": 1, "evaluation": 2,
+    assert after_first == {"pipeline": 1, "teacher": 1, "student": 2, "feature-extractor": 1, "evaluation": 3,
                            "report": 1}
 
+    # ... then through the CLI: the same stages with the same parameters are reused
     second = CliRunner().invoke(cli, ["pipeline", *TINY_PIPELINE])
     assert second.exit_code == 0, second.output + str(second.exception)
     after_second = _roles()
     # nothing is trained or evaluated again: one more pipeline run and a fresh report only
     assert after_second == {**after_first, "pipeline": 2, "report": 2}
     summary = [line.split() for line in second.output.splitlines() if line.split()[2:3] == ["run"]]
-    assert [(words[0], words[1]) for words in summary][:4] == [
-        ("teacher", "reused"), ("student_distill_0.5", "reused"), ("evaluate_teacher", "reused"),
-        ("evaluate_student_distill_0.5", "reused")]
+    assert [words[0] for words in summary if words[1] == "reused"] == [
+        "teacher", "student_distill_0.3", "student_distill_0.5", "evaluate_teacher", "evaluate_student_distill_0.3",
+        "evaluate_student_distill_0.5"]
 
     runs = mlflow.search_runs(search_all_experiments=True)
     pipelines = runs[runs["tags.dmat.role"] == "pipeline"].sort_values("start_time")
-    assert list(pipelines["metrics.stages_reused"]) == [0, 4]
+    assert list(pipelines["metrics.stages_reused"]) == [0, 6]
+    assert pipelines.iloc[0]["tags.mlflow.project.entryPoint"] == "main"
     first_pipeline = pipelines.iloc[0]["run_id"]
     nested = runs[runs["tags.mlflow.parentRunId"] == first_pipeline]
     assert set(nested["tags.dmat.role"]) == {"teacher", "student", "evaluation", "report"}
     assert all(nested["status"] == "FINISHED")
-    student = runs[runs["tags.dmat.role"] == "student"].iloc[0]
-    assert student["tags.dmat.teacher_run_id"] == runs[runs["tags.dmat.role"] == "teacher"].iloc[0]["run_id"]
+    students = runs[runs["tags.dmat.role"] == "student"]
+    assert set(students["tags.dmat.teacher_run_id"]) == {runs[runs["tags.dmat.role"] == "teacher"].iloc[0]["run_id"]}
+    assert sorted(students["tags.dmat.size_factor"]) == ["0.3", "0.5"]
 
 
 @pytest.mark.parametrize("args,message", [

@@ -9,6 +9,9 @@ it stopped and a rerun of a finished study trains nothing. Stage runs are nested
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,11 +87,22 @@ def run_stage(stage: Stage, parameters: dict, experiment_id: str, parent_run_id:
     return stage
 
 
+@contextlib.contextmanager
+def this_python_first():
+    """Stage commands run `python`: make that this interpreter, also when its venv is not activated."""
+    saved = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + saved
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = saved
+
+
 def run_pipeline(config: PipelineConfig, experiment: str | None = None) -> PipelineResult:
     """Run (or resume) the whole study; returns the pipeline run and what each stage did."""
     cfg = config.validate()
     tracking.check_tracking_reachable()
-    with tracking.tracked_run(f"pipeline-{cfg.dataset}", {tracking.ROLE: "pipeline", tracking.DATASET: cfg.dataset},
+    with this_python_first(), tracking.tracked_run(f"pipeline-{cfg.dataset}", {tracking.ROLE: "pipeline", tracking.DATASET: cfg.dataset},
                               experiment) as run:
         tracking.log_params({"dataset": cfg.dataset, "sizes": " ".join(map(_as_param, cfg.sizes)),
                              "methods": " ".join(cfg.methods), "teacher_epochs": cfg.teacher_epochs,

@@ -75,6 +75,9 @@ def test_choose_sections():
 
 def test_report_from_synthetic_study(store, tmp_path):
     ids = log_synthetic_study("syn", sizes=(0.2, 0.5), seeds=(0, 1))
+    client = mlflow.MlflowClient()  # a stage that died before dmat ran (no dmat tags at all)
+    crashed = client.create_run(client.get_experiment_by_name("syn").experiment_id).info.run_id
+    client.set_terminated(crashed, "FAILED")
     path = build_report("syn", out_dir=tmp_path / "out")
     html = path.read_text()
     assert _sections_in(html) == list(SECTIONS)
@@ -95,6 +98,7 @@ def test_report_from_synthetic_study(store, tmp_path):
     assert problems[ids["failed"]] == "failed"
     assert problems[ids["unevaluated"]] == "not evaluated"
     assert problems[ids["no_fid"]] == "incomplete evaluation: no fid"
+    assert problems[crashed] == "failed before dmat started (no dmat.role tag)"
     assert ids["failed"] in html and ids["unevaluated"] in html
 
     # findings are computed: the formula gives distill a lower FID than scratch at every size

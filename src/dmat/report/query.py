@@ -104,7 +104,9 @@ def load_study(experiment: str | None = None) -> Study:
     of_trials = latest.model_run_id.isin(trials.run_id)
     evaluations = latest[~of_trials].reset_index(drop=True)
     # a pruned trial is finished without an evaluation by design; a failed one is still a problem
-    problems = find_problems(pd.concat([models, trials[trials.status != "FINISHED"]]), all_evals, latest)
+    # a run that died before dmat could tag it (e.g. a broken environment under `mlflow run`) has no role
+    untagged = runs[runs.role.isna() & runs.status.isin(STATUS_PROBLEMS)]
+    problems = find_problems(pd.concat([models, trials[trials.status != "FINISHED"], untagged]), all_evals, latest)
     return Study(exp.name, models, evaluations, problems, sweep_trials(trials, latest[of_trials]))
 
 
@@ -122,7 +124,8 @@ def find_problems(models: pd.DataFrame, all_evals: pd.DataFrame, evaluations: pd
     rows = []
     for _, run in pd.concat([models, all_evals]).iterrows():
         if run.status in STATUS_PROBLEMS:
-            rows.append({**run, "problem": STATUS_PROBLEMS[run.status]})
+            before = "" if isinstance(run.role, str) else " before dmat started (no dmat.role tag)"
+            rows.append({**run, "problem": STATUS_PROBLEMS[run.status] + before})
     evaluated = set(evaluations.model_run_id)
     for _, run in models[(models.status == "FINISHED") & ~models.run_id.isin(evaluated)].iterrows():
         rows.append({**run, "problem": "not evaluated"})

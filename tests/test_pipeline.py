@@ -7,7 +7,6 @@ import mlflow
 import pytest
 from click.testing import CliRunner
 
-from dmat import tracking
 from dmat.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -79,9 +79,7 @@ def parent_run(cfg: SweepConfig, experiment: str | None) -> str:
     if found:
         client.update_run(found[0].info.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         return found[0].info.run_id
-    tracking.use_experiment(experiment)
-    experiment_id = mlflow.get_experiment_by_name(
-        experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or tracking.DEFAULT_EXPERIMENT).experiment_id
+    experiment_id = mlflow.set_experiment(tracking.experiment_name(experiment)).experiment_id
     run = client.create_run(experiment_id, run_name=f"sweep-{cfg.study_name}",
                             tags={tracking.ROLE: SWEEP_ROLE, tracking.STUDY_NAME: cfg.study_name, tracking.DATASET: cfg.dataset})
     for key, value in vars(cfg).items():

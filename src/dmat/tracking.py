@@ -79,10 +79,15 @@ def _first_open_lock(uri: str):
     return FileLock(os.path.join(tempfile.gettempdir(), f"dmat-store-{digest}.lock"))
 
 
+def experiment_name(name: str | None) -> str:
+    """The experiment asked for, else $MLFLOW_EXPERIMENT_NAME, else dmat."""
+    return name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+
+
 def use_experiment(name: str | None) -> None:
     """Select the experiment new runs go to (inside `mlflow run`, the run already exists)."""
     if "MLFLOW_RUN_ID" not in os.environ:
-        mlflow.set_experiment(name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+        mlflow.set_experiment(experiment_name(name))
 
 
 @contextlib.contextmanager

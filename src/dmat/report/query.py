@@ -49,7 +49,7 @@ def resolve_experiment(name: str | None):
     client = MlflowClient()
     if not name and not os.environ.get("MLFLOW_EXPERIMENT_NAME") and os.environ.get("MLFLOW_EXPERIMENT_ID"):
         return client.get_experiment(os.environ["MLFLOW_EXPERIMENT_ID"])
-    name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or tracking.DEFAULT_EXPERIMENT
+    name = tracking.experiment_name(name)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         raise DmatError(f"no experiment {name!r} in {tracking.tracking_uri()}: run the study first (make pipeline) "

@@ -82,16 +82,14 @@ def resolve_teacher(train: TrainConfig, teacher_run_id: str | None) -> str:
     """The teacher's run id: the one given (checked) or the latest FINISHED one for this data."""
     dataset, size = train.dataset, str(train.resolved_image_size())
     if not teacher_run_id:
-        runs = tracking.find_runs("teacher", {tracking.DATASET: dataset, tracking.IMAGE_SIZE: size}, max_results=1)
+        runs = tracking.find_runs(tracking.TEACHER, {tracking.DATASET: dataset, tracking.IMAGE_SIZE: size}, max_results=1)
         if not runs:
             raise DmatError(f"no finished teacher for dataset {dataset} at {size}px in {tracking.tracking_uri()}: "
                             f"train one first (dmat teacher --dataset {dataset} --image-size {size}) or pass --teacher-run-id")
         return runs[0].info.run_id
     run = tracking.get_run(teacher_run_id)
     tags = run.data.tags
-    if tags.get(tracking.ROLE) != "teacher":
-        raise DmatError(f"run {teacher_run_id} is a {tags.get(tracking.ROLE) or 'non-dmat'} run, not a teacher: "
-                        "give the id of a run tagged dmat.role=teacher")
+    tracking.require_role(run, tracking.TEACHER, "give the id of a run tagged dmat.role=teacher")
     if run.info.status != "FINISHED":
         raise DmatError(f"teacher run {teacher_run_id} is {run.info.status}, not FINISHED: give a finished teacher")
     theirs = (tags.get(tracking.DATASET), tags.get(tracking.IMAGE_SIZE))

@@ -26,8 +26,6 @@ from dmat.config import DistillConfig, PipelineConfig
 from dmat.errors import DmatError
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
-ENTRY_POINT_TAG = "mlflow.project.entryPoint"
-PARENT_TAG = "mlflow.parentRunId"
 
 
 @dataclass
@@ -50,23 +48,16 @@ class PipelineResult:
         return [s for s in self.stages if s.error]
 
 
-def _as_param(value) -> str:
-    """Parameters are compared as the strings MLflow logged, so they are always formatted one way."""
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
 def find_finished(entry_point: str, parameters: dict[str, str], experiment_id: str) -> str | None:
     """The newest FINISHED run of an entry point with exactly these parameter values, if any."""
-    clauses = [f"tags.`{ENTRY_POINT_TAG}` = '{entry_point}'", "attributes.status = 'FINISHED'"]
-    clauses += [f"params.`{k}` = '{v}'" for k, v in parameters.items()]
-    runs = MlflowClient().search_runs([experiment_id], " and ".join(clauses),
-                                      order_by=["attributes.start_time DESC"], max_results=1)
+    runs = tracking.find_runs(None, {tracking.ENTRY_POINT: entry_point}, params=parameters, max_results=1,
+                              experiment_ids=[experiment_id])
     return runs[0].info.run_id if runs else None
 
 
 def run_stage(stage: Stage, parameters: dict, experiment_id: str, parent_run_id: str, reuse: bool = True) -> Stage:
     """Reuse a finished run with the same parameters (when `reuse`), or run the entry point now."""
-    parameters = {k: _as_param(v) for k, v in parameters.items()}
+    parameters = {k: tracking.encode_param(v) for k, v in parameters.items()}
     start = time.perf_counter()
     stage.run_id = find_finished(stage.entry_point, parameters, experiment_id) if reuse else None
     stage.reused = stage.run_id is not None
@@ -78,11 +69,11 @@ def run_stage(stage: Stage, parameters: dict, experiment_id: str, parent_run_id:
         except ExecutionException as exc:
             stage.error = str(exc).splitlines()[0]
         if stage.run_id is None:
-            failed = MlflowClient().search_runs([experiment_id], f"tags.`{ENTRY_POINT_TAG}` = '{stage.entry_point}'",
-                                                order_by=["attributes.start_time DESC"], max_results=1)
+            failed = tracking.find_runs(None, {tracking.ENTRY_POINT: stage.entry_point}, status=None, max_results=1,
+                                        experiment_ids=[experiment_id])
             stage.run_id = failed[0].info.run_id if failed else None
         if stage.run_id:
-            MlflowClient().set_tag(stage.run_id, PARENT_TAG, parent_run_id)
+            MlflowClient().set_tag(stage.run_id, tracking.PARENT_RUN_ID, parent_run_id)
     stage.seconds = time.perf_counter() - start
     return stage
 
@@ -102,9 +93,9 @@ def run_pipeline(config: PipelineConfig, experiment: str | None = None) -> Pipel
     """Run (or resume) the whole study; returns the pipeline run and what each stage did."""
     cfg = config.validate()
     tracking.check_tracking_reachable()
-    with this_python_first(), tracking.tracked_run(f"pipeline-{cfg.dataset}", {tracking.ROLE: "pipeline", tracking.DATASET: cfg.dataset},
+    with this_python_first(), tracking.tracked_run(f"pipeline-{cfg.dataset}", {tracking.ROLE: tracking.PIPELINE, tracking.DATASET: cfg.dataset},
                               experiment) as run:
-        tracking.log_params({"dataset": cfg.dataset, "sizes": " ".join(map(_as_param, cfg.sizes)),
+        tracking.log_params({"dataset": cfg.dataset, "sizes": " ".join(map(tracking.encode_param, cfg.sizes)),
                              "methods": " ".join(cfg.methods), "teacher_epochs": cfg.teacher_epochs,
                              "student_epochs": cfg.student_epochs, "num_samples": cfg.num_samples,
                              "steps": cfg.steps, "seed": cfg.seed})
@@ -132,7 +123,7 @@ def run_pipeline(config: PipelineConfig, experiment: str | None = None) -> Pipel
         models = [teacher]
         for method in cfg.methods:
             for size in cfg.sizes:
-                models.append(stage("distill", f"student_{method}_{_as_param(size)}",
+                models.append(stage("distill", f"student_{method}_{tracking.encode_param(size)}",
                                     {**common, "size_factor": size, "method": method, "epochs": cfg.student_epochs,
                                      "student_steps": min(DistillConfig.student_steps, cfg.timesteps),
                                      "teacher_run_id": teacher.run_id}))

@@ -6,9 +6,6 @@ its last finished epoch; its params hold the options it was started with.
 
 from __future__ import annotations
 
-import dataclasses
-import typing
-
 from mlflow.entities import RunStatus
 
 from dmat import tracking
@@ -22,9 +19,7 @@ RESUMABLE = (RunStatus.to_string(RunStatus.KILLED), RunStatus.to_string(RunStatu
 def checkpoint_to_resume(run_id: str, role: str, model: UNet, diffusion: GaussianDiffusion) -> dict:
     """`last.pt` of a run that may be resumed as `role` with this model, or one clear error why not."""
     run = tracking.get_run(run_id)
-    if run.data.tags.get(tracking.ROLE) != role:
-        raise DmatError(f"run {run_id} is a {run.data.tags.get(tracking.ROLE) or 'non-dmat'} run, not a {role}: "
-                        f"resume it with the command that started it")
+    tracking.require_role(run, role, "resume it with the command that started it")
     status = run.info.status
     if status not in RESUMABLE:
         hint = (" (if its process is gone, mark it with MlflowClient().set_terminated(run_id, 'KILLED'))"
@@ -40,25 +35,7 @@ def checkpoint_to_resume(run_id: str, role: str, model: UNet, diffusion: Gaussia
     return ckpt
 
 
-def config_from_params(cls, params: dict[str, str]):
-    """A config dataclass rebuilt from a run's params (`resolved.<name>` wins), defaults for the rest."""
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for field in dataclasses.fields(cls):
-        text = params.get(f"resolved.{field.name}", params.get(field.name))
-        if text is None:
-            continue
-        kind = hints[field.name]
-        if typing.get_origin(kind) is tuple:
-            values[field.name] = tuple(int(part) for part in text.split(",") if part.strip())
-        elif kind is int:
-            values[field.name] = int(float(text))
-        else:
-            values[field.name] = kind(text)
-    return cls(**values)
-
-
 def configs_from_run(run_id: str, classes: tuple) -> tuple:
     """The configs a run was started with, so `--resume RUN_ID` needs no other option."""
     params = tracking.get_run(run_id).data.params
-    return tuple(config_from_params(cls, params) for cls in classes)
+    return tuple(tracking.config_from_params(cls, params) for cls in classes)

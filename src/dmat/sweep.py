@@ -29,7 +29,6 @@ from dmat.errors import DmatError
 from dmat.evaluation.evaluate import evaluate_run
 from dmat.evaluation.settings import STUDENT_STEPS
 
-SWEEP_ROLE = "sweep"
 STUDENT_STEP_CHOICES = (10, 20, 50)  # sampling steps a trial's student may use (at most the teacher's T)
 
 
@@ -74,23 +73,23 @@ def create_study(cfg: SweepConfig, store: optuna.storages.RDBStorage | None = No
 
 def parent_run(cfg: SweepConfig, experiment: str | None) -> str:
     """The study's parent MLflow run, created once and reopened when the study resumes."""
-    found = tracking.find_runs(SWEEP_ROLE, {tracking.STUDY_NAME: cfg.study_name}, status=None, max_results=1)
+    found = tracking.find_runs(tracking.SWEEP, {tracking.STUDY_NAME: cfg.study_name}, status=None, max_results=1)
     client = MlflowClient()
     if found:
         client.update_run(found[0].info.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         return found[0].info.run_id
     experiment_id = mlflow.set_experiment(tracking.experiment_name(experiment)).experiment_id
     run = client.create_run(experiment_id, run_name=f"sweep-{cfg.study_name}",
-                            tags={tracking.ROLE: SWEEP_ROLE, tracking.STUDY_NAME: cfg.study_name, tracking.DATASET: cfg.dataset})
+                            tags={tracking.ROLE: tracking.SWEEP, tracking.STUDY_NAME: cfg.study_name, tracking.DATASET: cfg.dataset})
     for key, value in vars(cfg).items():
-        client.log_param(run.info.run_id, key, value if key != "storage" else _without_password(value))
+        client.log_param(run.info.run_id, key, tracking.encode_param(value if key != "storage" else _without_password(value)))
     return run.info.run_id
 
 
 def objective(cfg: SweepConfig, parent_run_id: str, experiment: str | None):
     """The Optuna objective: distill one student with the trial's settings and return its FID (+ params)."""
     base = replace(STUDENT_TRAIN, dataset=cfg.dataset, image_size=cfg.image_size, seed=cfg.seed, device=cfg.device)
-    timesteps = int(tracking.get_run(cfg.teacher_run_id).data.params["timesteps"])
+    timesteps = int(tracking.param_value(tracking.get_run(cfg.teacher_run_id).data.params, "timesteps"))
     step_choices = [s for s in STUDENT_STEP_CHOICES if s <= timesteps] or [timesteps]
 
     def run_trial(trial: optuna.Trial):
@@ -112,7 +111,7 @@ def objective(cfg: SweepConfig, parent_run_id: str, experiment: str | None):
                 return True
             return False
 
-        tags = {"mlflow.parentRunId": parent_run_id, tracking.STUDY_NAME: cfg.study_name, tracking.TRIAL: str(trial.number)}
+        tags = {tracking.PARENT_RUN_ID: parent_run_id, tracking.STUDY_NAME: cfg.study_name, tracking.TRIAL: str(trial.number)}
         student = train_student(train, size_factor, cfg.teacher_run_id, experiment, tags=tags,
                                 on_epoch_end=report, **settings)
         trial.set_user_attr("student_run_id", student)
@@ -200,4 +199,4 @@ def log_outcome(study: optuna.Study, parent_run_id: str) -> None:
             client.log_artifact(parent_run_id, str(front), "sweep")
         elif finished:
             client.log_metric(parent_run_id, "best_fid", study.best_value)
-            client.set_tag(parent_run_id, "dmat.best_student_run_id", study.best_trial.user_attrs.get("student_run_id", ""))
+            client.set_tag(parent_run_id, tracking.BEST_STUDENT_RUN_ID, study.best_trial.user_attrs.get("student_run_id", ""))

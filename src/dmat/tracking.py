@@ -1,4 +1,9 @@
-"""MLflow: run lineage, run status, checkpoints as artifacts and rebuilding a model from a run id.
+"""MLflow, and the one place that speaks its vocabulary for dmat.
+
+Roles and tag keys, the search for runs by role and tags (values quoted), params to and from text
+(with the `resolved.<name>` rule), the "run X is a Y run, not a Z" check, runs that end with the
+right status, checkpoints as artifacts, rebuilding a model from a run id, and `MlflowRecorder`,
+the training loop's recorder that writes to the active run.
 
 Stages never hand each other paths on disk: a stage reads its inputs from earlier runs by id (or
 "the latest finished run with these tags") and writes params, metrics, tags and artifacts of its
@@ -8,9 +13,11 @@ own run. So the embedded sqlite default and a remote tracking server behave the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import tempfile
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -31,6 +38,13 @@ CHECKPOINT_FORMAT = "dmat-checkpoint-v1"
 CHECKPOINT_DIR = "checkpoints"
 BEST, LAST = "best.pt", "last.pt"
 
+# Roles: the value of the ROLE tag, one per kind of run.
+TEACHER, STUDENT = "teacher", "student"
+EVALUATION = "evaluation"
+FEATURE_EXTRACTOR = "feature-extractor"
+REPORT, PIPELINE, SWEEP = "report", "pipeline", "sweep"
+MODEL_ROLES = (TEACHER, STUDENT)
+
 # Lineage tags: the MLflow UI filters on them and the report rebuilds its tables from them.
 ROLE = "dmat.role"
 DATASET = "dmat.dataset"
@@ -42,7 +56,13 @@ METHOD = "dmat.method"
 STUDY_NAME = "dmat.study_name"  # an Optuna sweep's study, on its parent run and its trials' students
 TRIAL = "dmat.trial"  # the Optuna trial number of a sweep's student run
 PRUNED = "dmat.pruned"  # a sweep student stopped by the pruner (the epoch)
-MODEL_ROLES = ("teacher", "student")
+MODEL_ROLE = "dmat.model_role"  # on an evaluation run: the role of the model it evaluates
+FEATURE_EXTRACTOR_RUN_ID = "dmat.feature_extractor_run_id"
+BEST_STUDENT_RUN_ID = "dmat.best_student_run_id"  # on a sweep run
+# MLflow's own tags
+RUN_NAME = "mlflow.runName"
+PARENT_RUN_ID = "mlflow.parentRunId"
+ENTRY_POINT = "mlflow.project.entryPoint"
 
 
 def tracking_uri() -> str:
@@ -115,6 +135,47 @@ def tracked_run(run_name: str, tags: dict[str, str], experiment: str | None = No
     mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
 
 
+def encode_param(value) -> str:
+    """A param value as the text MLflow stores: tuples as comma lists, bools as true/false, floats
+    as short as they round-trip (2e-4 -> "0.0002", 60.0 -> "60"), so equal values always log equal."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return ",".join(encode_param(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}" if float(f"{value:g}") == value else repr(value)
+    return str(value)
+
+
+def decode_param(text: str, kind):
+    """The inverse of `encode_param` for a field's type hint (int, float, str, bool, tuple[int, ...])."""
+    if typing.get_origin(kind) is tuple:
+        return tuple(int(float(part)) for part in text.split(",") if part.strip())
+    if kind is bool:
+        if text.strip().lower() not in ("true", "false", "1", "0"):
+            raise DmatError(f"expected true or false, got {text!r}")
+        return text.strip().lower() in ("true", "1")
+    if kind is int:
+        return int(float(text))
+    return kind(text)
+
+
+def param_value(params: dict[str, str], name: str) -> str | None:
+    """A run's value of a param: the `resolved.<name>` one dmat logged beside a user's value wins."""
+    return params.get(f"resolved.{name}", params.get(name))
+
+
+def config_from_params(cls, params: dict[str, str]):
+    """A config dataclass rebuilt from a run's params, defaults for what the run did not log."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for field in dataclasses.fields(cls):
+        text = param_value(params, field.name)
+        if text is not None:
+            values[field.name] = decode_param(text, hints[field.name])
+    return cls(**values)
+
+
 def log_params(params: dict[str, object]) -> None:
     """Log params without clashing with values `mlflow run` already logged from -P arguments.
 
@@ -124,20 +185,21 @@ def log_params(params: dict[str, object]) -> None:
     existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
     new = {}
     for key, value in params.items():
-        text = str(value)
+        text = encode_param(value)
         if key not in existing:
             new[key] = text
-        elif existing[key] != text and not _same_number(existing[key], text):
+        elif existing[key] != text and not _same_value(existing[key], text):
             new[f"resolved.{key}"] = text
     if new:
         mlflow.log_params(new)
 
 
-def _same_number(a: str, b: str) -> bool:
+def _same_value(a: str, b: str) -> bool:
+    """"60" and "60.0" (as `mlflow run` logs a float parameter) or "False" and "false" are one value."""
     try:
         return float(a) == float(b)
     except ValueError:
-        return False
+        return a.lower() == b.lower()
 
 
 def save_checkpoint(payload: dict, name: str) -> None:
@@ -204,20 +266,47 @@ class LoadedModel:
 def load_model(run_id: str, name: str = BEST, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild a teacher or student from its run alone (EMA weights, in eval mode)."""
     run = get_run(run_id)
-    role = run.data.tags.get(ROLE)
-    if role not in MODEL_ROLES:
-        raise DmatError(f"run {run_id} is a {role or 'non-dmat'} run, not a model: give a teacher or student run id")
+    require_role(run, MODEL_ROLES, "give a teacher or student run id")
+    role = run.data.tags[ROLE]
     model, diffusion = build_from_checkpoint(load_checkpoint(run_id, name))
     return LoadedModel(run_id, role, model.to(device).eval(), diffusion, dict(run.data.tags), dict(run.data.params))
 
 
-def find_runs(role: str, tags: dict[str, str] | None = None, status: str | None = "FINISHED", max_results: int = 1000):
-    """Runs of a role (and tags) across all experiments, newest first, as a list of mlflow Run."""
-    clauses = [f"tags.`{ROLE}` = '{role}'"]
-    clauses += [f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items()]
+def require_role(run, role: str | tuple[str, ...], hint: str = "") -> None:
+    """One clear error when `run` is not of `role` (a role or several): "run X is a Y run, not a Z"."""
+    roles = (role,) if isinstance(role, str) else role
+    theirs = run.data.tags.get(ROLE)
+    if theirs not in roles:
+        wanted = " or ".join(roles)
+        raise DmatError(f"run {run.info.run_id} is a {theirs or 'non-dmat'} run, not a {wanted}" + (f": {hint}" if hint else ""))
+
+
+def _quoted(value) -> str:
+    """A value as an MLflow search literal: in single quotes, or double quotes when it holds a single
+    quote (MLflow's filter grammar has no escapes); a value with both cannot be searched for."""
+    text = str(value)
+    if "'" not in text:
+        return f"'{text}'"
+    if '"' in text:
+        raise DmatError(f"cannot search MLflow for a value holding both quote characters: {text!r}")
+    return f'"{text}"'
+
+
+def search_filter(tags: dict[str, object] | None = None, params: dict[str, object] | None = None,
+                  status: str | None = None) -> str:
+    """An MLflow search filter matching these tags, params (encoded as logged) and status exactly."""
+    clauses = [f"tags.`{k}` = {_quoted(v)}" for k, v in (tags or {}).items()]
+    clauses += [f"params.`{k}` = {_quoted(encode_param(v))}" for k, v in (params or {}).items()]
     if status:
-        clauses.append(f"attributes.status = '{status}'")
-    experiments = [e.experiment_id for e in MlflowClient().search_experiments()]
-    return MlflowClient().search_runs(
-        experiments, " and ".join(clauses), order_by=["attributes.start_time DESC"], max_results=max_results
-    )
+        clauses.append(f"attributes.status = {_quoted(status)}")
+    return " and ".join(clauses)
+
+
+def find_runs(role: str | None, tags: dict[str, object] | None = None, status: str | None = "FINISHED",
+              max_results: int = 1000, experiment_ids: list[str] | None = None, params: dict[str, object] | None = None):
+    """Runs of a role (and tags, params) in these experiments (default: all), newest first, as mlflow Runs."""
+    client = MlflowClient()
+    tags = {**({ROLE: role} if role else {}), **(tags or {})}
+    experiments = experiment_ids or [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, search_filter(tags, params, status),
+                              order_by=["attributes.start_time DESC"], max_results=max_results)

@@ -31,9 +31,6 @@ from dmat.evaluation import cost, features, quality, trajectories
 from dmat.evaluation.settings import STUDENT_STEPS, EvalConfig
 from dmat.training import resolve_device
 
-ROLE = "evaluation"
-MODEL_ROLE = "dmat.model_role"
-FEATURE_EXTRACTOR_RUN_ID = "dmat.feature_extractor_run_id"
 SETTINGS = ("sampler", "steps", "num_samples", "features", "seed")  # what makes two evaluations comparable
 SAVED_TRAJECTORIES, DENOISING_IMAGES, DENOISING_STEPS = 4, 8, 8
 
@@ -54,7 +51,7 @@ def _model_data(loaded: tracking.LoadedModel):
 
 def _teacher_of(loaded: tracking.LoadedModel, device) -> tracking.LoadedModel | None:
     """The student's teacher, checked to share the student's resolution and noise schedule."""
-    if loaded.role == "teacher":
+    if loaded.role == tracking.TEACHER:
         return None
     teacher_id = loaded.tags.get(tracking.TEACHER_RUN_ID)
     if not teacher_id:
@@ -177,12 +174,12 @@ def evaluate_run(model_run_id: str, config: EvalConfig | None = None, feature_ex
     quality.check_sample_count(cfg.num_samples, extractor.num_features, f"num-samples={cfg.num_samples}")
     quality.check_sample_count(len(real) // 2, extractor.num_features, "each half of the real train split (floor)")
 
-    tags = {tracking.ROLE: ROLE, tracking.MODEL_RUN_ID: loaded.run_id, MODEL_ROLE: loaded.role,
+    tags = {tracking.ROLE: tracking.EVALUATION, tracking.MODEL_RUN_ID: loaded.run_id, tracking.MODEL_ROLE: loaded.role,
             tracking.TEACHER_RUN_ID: teacher.run_id if teacher else loaded.run_id,
             **{k: loaded.tags[k] for k in (tracking.METHOD, tracking.SIZE_FACTOR, tracking.DATASET,
                                            tracking.IMAGE_SIZE) if k in loaded.tags}}
     if extractor_run_id:
-        tags[FEATURE_EXTRACTOR_RUN_ID] = extractor_run_id
+        tags[tracking.FEATURE_EXTRACTOR_RUN_ID] = extractor_run_id
     name = f"eval-{loaded.role}-{loaded.tags.get(tracking.SIZE_FACTOR, '')}-{loaded.run_id[:8]}"
     with tracking.tracked_run(name, tags, experiment) as run:
         tracking.log_params({**{k: getattr(cfg, k) for k in ("sampler", "num_samples", "features", "seed",
@@ -220,8 +217,8 @@ def evaluate_all(config: EvalConfig | None = None, feature_extractor_run_id: str
     """
     cfg = replace(config or EvalConfig(), **overrides).validate()
     tracking.check_tracking_reachable()
-    roles = ("student",) if cfg.steps == STUDENT_STEPS else tracking.MODEL_ROLES
-    done = {(r.data.tags.get(tracking.MODEL_RUN_ID), _settings_of(r.data.params)) for r in tracking.find_runs(ROLE)}
+    roles = (tracking.STUDENT,) if cfg.steps == STUDENT_STEPS else tracking.MODEL_ROLES
+    done = {(r.data.tags.get(tracking.MODEL_RUN_ID), _settings_of(r.data.params)) for r in tracking.find_runs(tracking.EVALUATION)}
     new = []
     for role in roles:
         for run in tracking.find_runs(role):

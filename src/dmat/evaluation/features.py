@@ -27,7 +27,6 @@ from dmat.config import TrainConfig, dataset_kind
 from dmat.data import load_dataset, loader, split
 from dmat.errors import DmatError
 
-ROLE = "feature-extractor"
 CHECKPOINT = "feature_extractor.pt"
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's file name
 INCEPTION_ENV = "DMAT_INCEPTION_WEIGHTS"
@@ -152,7 +151,7 @@ def train_feature_extractor(dataset: str, image_size: int, epochs: int = 15, fea
     train_loader = loader(train, 128, shuffle=True, seed=seed)
     val_loader = loader(val, 256, shuffle=False)
     with _own_run_outside_project_run(experiment) as experiment:
-        tags = {tracking.ROLE: ROLE, tracking.DATASET: dataset, tracking.IMAGE_SIZE: str(image_size)}
+        tags = {tracking.ROLE: tracking.FEATURE_EXTRACTOR, tracking.DATASET: dataset, tracking.IMAGE_SIZE: str(image_size)}
         with tracking.tracked_run(f"features-{dataset}-{image_size}px", tags, experiment) as run:
             mlflow.log_params({**asdict(config), "epochs": epochs, "seed": seed, "trained_on": "train split"})
             for epoch in tqdm(range(1, epochs + 1), desc="feature extractor", unit="epoch", dynamic_ncols=True):
@@ -173,8 +172,7 @@ def load_feature_extractor(run_id: str, dataset: str, image_size: int) -> Classi
     """The extractor of a feature-extractor run, refusing one trained on another data set or size."""
     run = tracking.get_run(run_id)
     tags = run.data.tags
-    if tags.get(tracking.ROLE) != ROLE:
-        raise DmatError(f"run {run_id} is a {tags.get(tracking.ROLE) or 'non-dmat'} run, not a feature extractor")
+    tracking.require_role(run, tracking.FEATURE_EXTRACTOR)
     if (tags.get(tracking.DATASET), tags.get(tracking.IMAGE_SIZE)) != (dataset, str(image_size)):
         raise DmatError(
             f"feature extractor {run_id} was trained on {tags.get(tracking.DATASET)} at "
@@ -191,7 +189,7 @@ def feature_extractor_for(dataset: str, image_size: int, run_id: str | None = No
                           experiment: str | None = None) -> tuple[str, ClassifierFeatures]:
     """The given extractor run, else the newest one of this data set and size, else a newly trained one."""
     if run_id is None:
-        found = tracking.find_runs(ROLE, {tracking.DATASET: dataset, tracking.IMAGE_SIZE: str(image_size)},
+        found = tracking.find_runs(tracking.FEATURE_EXTRACTOR, {tracking.DATASET: dataset, tracking.IMAGE_SIZE: str(image_size)},
                                    max_results=1)
         run_id = found[0].info.run_id if found else train_feature_extractor(dataset, image_size, device=device,
                                                                               experiment=experiment)

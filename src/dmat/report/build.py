@@ -248,7 +248,7 @@ def build_report(experiment: str | None = None, sections: tuple[str, ...] = SECT
     write_html(report, study, built)
     log.info("wrote %s in %.1f s", report, time.perf_counter() - start)
     if log_run:
-        with tracking.tracked_run(f"report-{stamp}", {tracking.ROLE: "report"}, experiment=study.experiment):
+        with tracking.tracked_run(f"report-{stamp}", {tracking.ROLE: tracking.REPORT}, experiment=study.experiment):
             tracking.log_params({"experiment": study.experiment, "sections": ",".join(s.key for s in built),
                                  "full_mse": full_mse})
             mlflow.log_metrics({"model_runs": len(study.models), "evaluations": len(study.evaluations),

@@ -21,8 +21,6 @@ from mlflow.tracking import MlflowClient
 from dmat import tracking
 from dmat.errors import DmatError
 
-MODEL_ROLES = tracking.MODEL_ROLES
-EVALUATION = "evaluation"
 # an evaluation without these cannot be placed on the quality or cost figures
 CORE_EVALUATION_METRICS = ("fid", "kid_mean", "latency_ms_per_image")
 STATUS_PROBLEMS = {"FAILED": "failed", "KILLED": "killed", "RUNNING": "unfinished (running or crashed)",
@@ -65,7 +63,7 @@ def tidy_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """search_runs output -> one row per run: lineage tags, a few params and every metric by its own name."""
     frame = pd.DataFrame({
         "run_id": runs["run_id"],
-        "run_name": _column(runs, "tags.mlflow.runName"),
+        "run_name": _column(runs, f"tags.{tracking.RUN_NAME}"),
         "status": runs["status"],
         "start_time": runs["start_time"],
         "role": _column(runs, f"tags.{tracking.ROLE}"),
@@ -75,7 +73,7 @@ def tidy_runs(runs: pd.DataFrame) -> pd.DataFrame:
         "image_size": pd.to_numeric(_column(runs, f"tags.{tracking.IMAGE_SIZE}"), errors="coerce"),
         "teacher_run_id": _column(runs, f"tags.{tracking.TEACHER_RUN_ID}"),
         "model_run_id": _column(runs, f"tags.{tracking.MODEL_RUN_ID}"),
-        "model_role": _column(runs, "tags.dmat.model_role"),
+        "model_role": _column(runs, f"tags.{tracking.MODEL_ROLE}"),
         "seed": _column(runs, "params.seed"),
         "study_name": _column(runs, f"tags.{tracking.STUDY_NAME}"),
         "trial": pd.to_numeric(_column(runs, f"tags.{tracking.TRIAL}"), errors="coerce"),
@@ -90,13 +88,13 @@ def load_study(experiment: str | None = None) -> Study:
     exp = resolve_experiment(experiment)
     runs = mlflow.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
     runs = tidy_runs(runs) if not runs.empty else runs
-    if runs.empty or not runs.role.isin((*MODEL_ROLES, EVALUATION)).any():
+    if runs.empty or not runs.role.isin((*tracking.MODEL_ROLES, tracking.EVALUATION)).any():
         raise DmatError(f"experiment {exp.name!r} has no teacher, student or evaluation runs: train and evaluate "
                         "models first (make teacher students evaluate)")
-    all_models = runs[runs.role.isin(MODEL_ROLES)]
+    all_models = runs[runs.role.isin(tracking.MODEL_ROLES)]
     in_sweep = all_models.study_name.notna()
     models, trials = all_models[~in_sweep].reset_index(drop=True), all_models[in_sweep]
-    all_evals = runs[runs.role == EVALUATION]
+    all_evals = runs[runs.role == tracking.EVALUATION]
     finished = all_evals[all_evals.status == "FINISHED"]
     # newest first, so a re-evaluation with the same seed replaces the older one
     latest = finished.drop_duplicates(["model_run_id", "seed"], keep="first")

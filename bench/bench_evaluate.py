@@ -24,7 +24,7 @@ from pathlib import Path
 import mlflow
 import torch
 
-from dmat import tracking
+from dmat import checkpoint, tracking
 from dmat.diffusion import DiffusionConfig, GaussianDiffusion
 from dmat.evaluation.evaluate import evaluate_run
 from dmat.evaluation.features import feature_extractor_for
@@ -41,8 +41,8 @@ def log_untrained_model(role: str, unet: UNetConfig, diffusion: DiffusionConfig,
         tags[tracking.TEACHER_RUN_ID] = teacher_id
     with tracking.tracked_run(f"bench-{role}", tags) as run:
         model = UNet(unet)
-        tracking.save_checkpoint(tracking.model_checkpoint(model, GaussianDiffusion(diffusion), model.state_dict()),
-                                 tracking.BEST)
+        tracking.save_checkpoint(checkpoint.model_checkpoint(model, GaussianDiffusion(diffusion), model.state_dict()),
+                                 checkpoint.BEST)
         return run.info.run_id
 
 

@@ -24,7 +24,7 @@ from dmat.config import STUDENT_TRAIN, DistillConfig, parse_sizes, replace
 from dmat.data import load_splits
 from dmat.diffusion import DiffusionConfig, GaussianDiffusion
 from dmat.distill import DistillObjective, train_students
-from dmat.evaluation.cost import flops_per_forward
+from dmat.measure import flops_per_forward
 from dmat.unet import UNet, UNetConfig
 
 

@@ -20,7 +20,8 @@ from torch.optim.swa_utils import AveragedModel
 from dmat.config import TrainConfig
 from dmat.data import load_splits, loader
 from dmat.diffusion import DiffusionConfig, GaussianDiffusion
-from dmat.training import ema_average, resolve_device
+from dmat.runtime import resolve_device
+from dmat.training import ema_average
 from dmat.unet import UNet, UNetConfig
 
 

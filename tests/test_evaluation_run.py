@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 from conftest import _end_active_runs, _point_at, tiny_diffusion, tiny_train, tiny_unet
 
-from dmat import tracking
+from dmat import checkpoint, tracking
 from dmat.cli import cli
 from dmat.diffusion import GaussianDiffusion
 from dmat.errors import DmatError
@@ -40,7 +40,7 @@ def _student_like_run(teacher_id: str) -> str:
         torch.manual_seed(1)
         model = UNet(unet)
         diffusion = GaussianDiffusion(tiny_diffusion())
-        tracking.save_checkpoint(tracking.model_checkpoint(model, diffusion, model.state_dict()), tracking.BEST)
+        tracking.save_checkpoint(checkpoint.model_checkpoint(model, diffusion, model.state_dict()), checkpoint.BEST)
         return run.info.run_id
 
 
@@ -166,19 +166,6 @@ def test_cli_evaluate(in_store):
 
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
-
-
-def test_mlproject_evaluate_defaults_equal_the_settings_defaults():
-    import yaml
-
-    from dmat.evaluation.settings import EvalConfig
-
-    params = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["evaluate"]["parameters"]
-    defaults = vars(EvalConfig())
-    assert "default" not in params["run_id"]
-    for name, param in params.items():
-        if name != "run_id":
-            assert str(param["default"]) == str(defaults[name]), name
 
 
 @pytest.mark.slow

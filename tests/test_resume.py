@@ -14,13 +14,13 @@ from click.testing import CliRunner
 from conftest import TINY_CLI_ARGS, tiny_diffusion, tiny_train, tiny_unet
 from mlflow.tracking import MlflowClient
 
-from dmat import tracking
+from dmat import checkpoint, tracking
 from dmat.cli import cli
-from dmat.data import load_splits
 from dmat.diffusion import GaussianDiffusion
 from dmat.errors import DmatError
 from dmat.teacher import train_teacher
-from dmat.training import DiffusionObjective, run_training
+from dmat.model_run import ModelPlan, train_model
+from dmat.training import DiffusionObjective
 from dmat.unet import UNet
 
 EPOCHS = 6
@@ -62,7 +62,7 @@ def test_ctrl_c_mid_run_then_resume_continues_the_same_run(store, project_env):
     logged = val_history(run_id)
     assert 2 <= len(logged) < EPOCHS
     # save_interval 4 > epochs finished: last.pt was written on the way out, at the last logged epoch
-    assert tracking.load_checkpoint(run_id, tracking.LAST)["epoch"] == logged[-1][0]
+    assert tracking.load_checkpoint(run_id, checkpoint.LAST)["epoch"] == logged[-1][0]
 
     result = CliRunner().invoke(cli, ["teacher", "--resume", run_id])
     assert result.exit_code == 0, result.output
@@ -104,11 +104,10 @@ def test_non_finite_loss_fails_the_run_and_keeps_the_last_good_epoch(store):
     diffusion = GaussianDiffusion(tiny_diffusion())
     objective = NanAfter(diffusion, good_steps=4 * 2 + 1)  # NaN one step into epoch 3
     with pytest.raises(DmatError, match="non-finite at epoch 3"):
-        run_training("teacher", "nan", {}, {}, UNet(unet), diffusion, objective, load_splits(cfg), cfg,
-                     torch.device("cpu"))
+        train_model(cfg, lambda device: ModelPlan("teacher", "nan", unet, diffusion, lambda model: objective, {}, {}))
     run = tracking.find_runs("teacher", status="FAILED")[0]
     assert [step for step, _ in val_history(run.info.run_id)] == [1, 2]
-    last = tracking.load_checkpoint(run.info.run_id, tracking.LAST)
+    last = tracking.load_checkpoint(run.info.run_id, checkpoint.LAST)
     assert last["epoch"] == 2 and all(torch.isfinite(v).all() for v in last["model"].values())
     assert tracking.load_model(run.info.run_id).model.config == UNet(unet).config
 

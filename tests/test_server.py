@@ -19,7 +19,7 @@ import requests
 from conftest import TINY_CLI_ARGS, tiny_train
 from mlflow.tracking import MlflowClient
 
-from dmat import tracking
+from dmat import checkpoint, tracking
 
 
 def free_port() -> int:
@@ -144,4 +144,4 @@ def test_two_runs_writing_to_one_new_sqlite_store_at_once_both_keep_everything(s
         steps = [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val_loss")]
         assert sorted(steps) == [1, 2, 3]
         assert {"best_val_loss", "epochs_run", "num_parameters", "train_loss"} <= set(run.data.metrics)
-        assert tracking.load_checkpoint(run.info.run_id, tracking.LAST)["epoch"] == 3
+        assert tracking.load_checkpoint(run.info.run_id, checkpoint.LAST)["epoch"] == 3

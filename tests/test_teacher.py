@@ -6,17 +6,13 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-import yaml
 from click.testing import CliRunner
 
 from conftest import TINY_CLI_ARGS, tiny_diffusion, tiny_unet
-from dmat import tracking
+from dmat import checkpoint, tracking
 from dmat.cli import cli
-from dmat.config import (DEFAULT_SIZE_FACTORS, STUDENT_TRAIN, DistillConfig, PipelineConfig, SweepConfig,
-                         TrainConfig)
-from dmat.evaluation.settings import EvalConfig
-from dmat.diffusion import DiffusionConfig, GaussianDiffusion
-from dmat.unet import UNet, UNetConfig
+from dmat.diffusion import GaussianDiffusion
+from dmat.unet import UNet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +22,7 @@ def test_checkpoint_from_a_run_rebuilds_an_identical_model(store):
     model = UNet(tiny_unet(image_size=8)).eval()
     diffusion = GaussianDiffusion(tiny_diffusion(schedule="linear"))
     with tracking.tracked_run("ckpt", {tracking.ROLE: "teacher"}) as run:
-        tracking.save_checkpoint(tracking.model_checkpoint(model, diffusion, model.state_dict()), tracking.BEST)
+        tracking.save_checkpoint(checkpoint.model_checkpoint(model, diffusion, model.state_dict()), checkpoint.BEST)
     loaded = tracking.load_model(run.info.run_id)
     x, t = torch.randn(3, 1, 8, 8), torch.tensor([0, 7, 19])
     with torch.no_grad():
@@ -46,7 +42,7 @@ def test_teacher_run_has_lineage_curves_checkpoints_and_samples(study, teacher_r
     artifacts = {a.path for a in client.list_artifacts(teacher_run_id, "checkpoints")}
     assert artifacts == {"checkpoints/best.pt", "checkpoints/last.pt"}
     assert [a.path for a in client.list_artifacts(teacher_run_id, "samples")] == ["samples/grid.png"]
-    last = tracking.load_checkpoint(teacher_run_id, tracking.LAST)
+    last = tracking.load_checkpoint(teacher_run_id, checkpoint.LAST)
     assert last["epoch"] == 2 and set(last["train_state"]) >= {"optimizer", "ema", "model", "torch_rng"}
     loaded = tracking.load_model(teacher_run_id)
     assert loaded.model.config.size_factor == 1.0 and loaded.diffusion.timesteps == 20
@@ -95,31 +91,6 @@ def test_unreachable_tracking_server_is_one_line_and_writes_nothing(store, monke
     result = CliRunner().invoke(cli, ["teacher", "--epochs", "1"])
     assert result.exit_code == 2 and "tracking server http://127.0.0.1:9 is unreachable" in result.stderr
     assert result.stderr.strip().count("\n") == 0
-
-
-def test_mlproject_defaults_equal_the_config_defaults():
-    """MLproject has to repeat the defaults; this keeps it from drifting away from config.py."""
-    spec = yaml.safe_load((ROOT / "MLproject").read_text())
-    model = {**vars(UNetConfig()), **vars(DiffusionConfig())}
-    expected = {
-        "teacher": {**model, **vars(TrainConfig())},  # train options win (image_size 0 = native)
-        "distill": {**vars(STUDENT_TRAIN), **vars(DistillConfig())},
-        "evaluate": vars(EvalConfig()),
-        "main": {**vars(PipelineConfig()), "sizes": " ".join(map(str, DEFAULT_SIZE_FACTORS)),
-                 "methods": " ".join(PipelineConfig().methods)},
-        "sweep": vars(SweepConfig()),
-    }
-    checked = 0
-    for entry, defaults in expected.items():
-        for name, param in spec["entry_points"][entry].get("parameters", {}).items():
-            if name in defaults and isinstance(param, dict) and "default" in param and str(param["default"]) != "":
-                want = defaults[name]
-                assert str(param["default"]) == str(want) or float(param["default"]) == float(want), (
-                    f"MLproject {entry}.{name} default {param['default']} != config {want}")
-                checked += 1
-    assert checked > 30
-    assert PipelineConfig().base_channels == UNetConfig().base_channels
-    assert PipelineConfig().num_samples == EvalConfig().num_samples
 
 
 @pytest.mark.slow

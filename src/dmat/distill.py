@@ -10,7 +10,7 @@ the same x_t and t is
 with the teacher frozen, in eval mode, with its EMA weights. The feature term follows BK-SDM
 (Kim et al. 2023): the middle block and every decoder level are matched, through a trainable 1x1
 convolution where the widths differ. `method="scratch"` keeps the task term alone: the baseline
-that shows, at each size, whether the teacher helps. Training itself is `training.run_training`.
+that shows, at each size, whether the teacher helps. Training itself is `model_run.train_model`.
 """
 
 from __future__ import annotations
@@ -26,11 +26,10 @@ from tqdm.auto import tqdm
 
 from dmat import tracking
 from dmat.config import DistillConfig, TrainConfig, flat_params
-from dmat.data import load_splits
 from dmat.diffusion import GaussianDiffusion
 from dmat.errors import DmatError
-from dmat.teacher import model_params
-from dmat.training import EpochCallback, resolve_device, run_training, seed_everything
+from dmat.model_run import ModelPlan, model_params, train_model
+from dmat.training import EpochCallback
 from dmat.unet import UNet
 
 
@@ -110,36 +109,27 @@ def train_student(train: TrainConfig, size_factor, teacher_run_id: str | None = 
     Everything is checked (settings, device, store, teacher, data) before the run is created.
     """
     config = DistillConfig(size_factor=size_factor, **settings).validate()
-    train.validate()
-    device = resolve_device(train.device)
-    tracking.check_tracking_reachable()
-    teacher_run_id = resolve_teacher(train, teacher_run_id)
-    teacher = tracking.load_model(teacher_run_id, device=device)
-    diffusion = teacher.diffusion
-    if config.student_steps > diffusion.timesteps:
-        raise DmatError(f"student-steps {config.student_steps} exceeds the teacher's {diffusion.timesteps} timesteps: "
-                        f"pass --student-steps {diffusion.timesteps} or fewer")
-    splits = load_splits(train)
 
-    seed_everything(train.seed)  # the same seed gives the same initial student
-    unet = dataclasses.replace(teacher.model.config, size_factor=config.size_factor)
-    student = UNet(unet)
-    objective = DistillObjective(diffusion, config, teacher.model, student.feature_channels)
-    return run_training(
-        role="student",
-        run_name=f"student-{config.size_factor:g}-{config.method}-{train.dataset}-{unet.image_size}px",
-        tags={**(tags or {}), tracking.TEACHER_RUN_ID: teacher_run_id, tracking.METHOD: config.method},
-        params={**model_params(train, unet, diffusion.config), **flat_params("", objective.settings), "teacher_run_id": teacher_run_id},
-        model=student,
-        diffusion=diffusion,
-        objective=objective,
-        splits=splits,
-        cfg=train,
-        device=device,
-        experiment=experiment,
-        on_epoch_end=on_epoch_end,
-        resume=resume,
-    )
+    def plan(device) -> ModelPlan:
+        teacher_id = resolve_teacher(train, teacher_run_id)
+        teacher = tracking.load_model(teacher_id, device=device)
+        diffusion = teacher.diffusion
+        if config.student_steps > diffusion.timesteps:
+            raise DmatError(f"student-steps {config.student_steps} exceeds the teacher's {diffusion.timesteps} "
+                            f"timesteps: pass --student-steps {diffusion.timesteps} or fewer")
+        unet = dataclasses.replace(teacher.model.config, size_factor=config.size_factor)
+        return ModelPlan(
+            role=tracking.STUDENT,
+            run_name=f"student-{config.size_factor:g}-{config.method}-{train.dataset}-{unet.image_size}px",
+            unet=unet,
+            diffusion=diffusion,
+            objective=lambda student: DistillObjective(diffusion, config, teacher.model, student.feature_channels),
+            tags={**(tags or {}), tracking.TEACHER_RUN_ID: teacher_id, tracking.METHOD: config.method},
+            params={**model_params(train, unet, diffusion.config), **flat_params("", config.effective()),
+                    "teacher_run_id": teacher_id},
+        )
+
+    return train_model(train, plan, experiment, resume, on_epoch_end)
 
 
 @dataclass

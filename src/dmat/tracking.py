@@ -29,14 +29,14 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from dmat.diffusion import DiffusionConfig, GaussianDiffusion
+from dmat import checkpoint
+from dmat.diffusion import GaussianDiffusion
 from dmat.errors import DmatError
-from dmat.unet import UNet, UNetConfig
+from dmat.recorder import Recorder
+from dmat.unet import UNet
 
 DEFAULT_EXPERIMENT = "dmat"
-CHECKPOINT_FORMAT = "dmat-checkpoint-v1"
-CHECKPOINT_DIR = "checkpoints"
-BEST, LAST = "best.pt", "last.pt"
+CHECKPOINT_DIR = "checkpoints"  # the artifact folder of a run's checkpoints (checkpoint.BEST, checkpoint.LAST)
 
 # Roles: the value of the ROLE tag, one per kind of run.
 TEACHER, STUDENT = "teacher", "student"
@@ -203,13 +203,11 @@ def _same_value(a: str, b: str) -> bool:
 
 
 def save_checkpoint(payload: dict, name: str) -> None:
-    """Write a checkpoint atomically (temp file + rename) and log it under checkpoints/."""
+    """Write a checkpoint atomically and log it under checkpoints/ of the active run."""
     with tempfile.TemporaryDirectory() as tmp:
-        final = Path(tmp) / name
-        partial = final.with_suffix(".partial")
-        torch.save(payload, partial)
-        os.replace(partial, final)
-        mlflow.log_artifact(str(final), artifact_path=CHECKPOINT_DIR)
+        path = Path(tmp) / name
+        checkpoint.save(payload, path)
+        mlflow.log_artifact(str(path), artifact_path=CHECKPOINT_DIR)
 
 
 def get_run(run_id: str):
@@ -219,38 +217,14 @@ def get_run(run_id: str):
         raise DmatError(f"no MLflow run with id {run_id!r} in {tracking_uri()}: check the id in the MLflow UI") from None
 
 
-def load_checkpoint(run_id: str, name: str = BEST) -> dict:
-    """Download and load a checkpoint of a run with weights_only=True."""
+def load_checkpoint(run_id: str, name: str = checkpoint.BEST) -> dict:
+    """Download a run's checkpoint and load it with weights_only=True."""
     get_run(run_id)
     try:
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{CHECKPOINT_DIR}/{name}")
     except (MlflowException, OSError):
         raise DmatError(f"run {run_id} has no checkpoint {CHECKPOINT_DIR}/{name}: was it trained to the end?") from None
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise DmatError(f"{CHECKPOINT_DIR}/{name} of run {run_id} is not a dmat checkpoint")
-    return ckpt
-
-
-def model_checkpoint(model: UNet, diffusion: GaussianDiffusion, weights: dict, **extra) -> dict:
-    """The self-describing checkpoint: weights plus everything needed to rebuild the model."""
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "unet_config": model.config.to_dict(),
-        "diffusion_config": diffusion.config.to_dict(),
-        "model": weights,
-        **extra,
-    }
-
-
-def build_from_checkpoint(ckpt: dict) -> tuple[UNet, GaussianDiffusion]:
-    model = UNet(UNetConfig.from_dict(ckpt["unet_config"]))
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise DmatError(f"checkpoint weights do not match the config saved with them ({first})") from None
-    return model, GaussianDiffusion(DiffusionConfig(**ckpt["diffusion_config"]))
+    return checkpoint.load(path, f"{CHECKPOINT_DIR}/{name} of run {run_id}")
 
 
 @dataclass
@@ -263,21 +237,44 @@ class LoadedModel:
     params: dict
 
 
-def load_model(run_id: str, name: str = BEST, device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(run_id: str, name: str = checkpoint.BEST, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild a teacher or student from its run alone (EMA weights, in eval mode)."""
     run = get_run(run_id)
-    require_role(run, MODEL_ROLES, "give a teacher or student run id")
-    role = run.data.tags[ROLE]
-    model, diffusion = build_from_checkpoint(load_checkpoint(run_id, name))
-    return LoadedModel(run_id, role, model.to(device).eval(), diffusion, dict(run.data.tags), dict(run.data.params))
+    require_role(run, MODEL_ROLES, "give a teacher or student run id", wanted="model")
+    model, diffusion = checkpoint.build(load_checkpoint(run_id, name))
+    return LoadedModel(run_id, run.data.tags[ROLE], model.to(device).eval(), diffusion, dict(run.data.tags),
+                       dict(run.data.params))
 
 
-def require_role(run, role: str | tuple[str, ...], hint: str = "") -> None:
-    """One clear error when `run` is not of `role` (a role or several): "run X is a Y run, not a Z"."""
+class MlflowRecorder(Recorder):
+    """`training.fit`'s recorder for the active MLflow run: metrics by epoch, checkpoints as artifacts."""
+
+    def on_best(self, state: dict) -> None:
+        save_checkpoint(state, checkpoint.BEST)
+
+    def on_checkpoint(self, state: dict) -> None:
+        save_checkpoint(state, checkpoint.LAST)
+
+    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics(metrics, step=epoch)
+
+    def on_resume(self, epoch: int, metrics: dict[str, float]) -> None:
+        """A run killed between saving last.pt and logging that epoch's metrics gets them logged now."""
+        history = MlflowClient().get_metric_history(mlflow.active_run().info.run_id, "val_loss")
+        if all(m.step != epoch for m in history):
+            mlflow.log_metrics(metrics, step=epoch)
+
+    def on_end(self, summary: dict[str, float]) -> None:
+        mlflow.log_metrics(summary)
+
+
+def require_role(run, role: str | tuple[str, ...], hint: str = "", wanted: str | None = None) -> None:
+    """One clear error when `run` is not of `role` (a role or several): "run X is a Y run, not a
+    {wanted}" (`wanted` defaults to the role names)."""
     roles = (role,) if isinstance(role, str) else role
     theirs = run.data.tags.get(ROLE)
     if theirs not in roles:
-        wanted = " or ".join(roles)
+        wanted = wanted or " or ".join(roles)
         raise DmatError(f"run {run.info.run_id} is a {theirs or 'non-dmat'} run, not a {wanted}" + (f": {hint}" if hint else ""))
 
 

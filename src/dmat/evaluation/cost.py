@@ -1,4 +1,6 @@
-"""What a model costs: parameters, FLOPs, checkpoint size, sampling time and memory (measured, never assumed)."""
+"""What sampling from a model costs: checkpoint size, wall time and memory (measured, never assumed).
+
+Parameters and FLOPs are `dmat.measure`'s: training logs them too."""
 
 from __future__ import annotations
 
@@ -10,24 +12,11 @@ from pathlib import Path
 
 import mlflow
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from dmat import tracking
-from dmat.unet import UNet
+from dmat import checkpoint, tracking
 
 
-def flops_per_forward(model: UNet) -> int:
-    """FLOPs of one forward pass on one image at the model's own resolution (torch's flop counter)."""
-    c = model.config
-    device = next(model.parameters()).device
-    x = torch.zeros(1, c.in_channels, c.image_size, c.image_size, device=device)
-    t = torch.zeros(1, dtype=torch.long, device=device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x, t)
-    return counter.get_total_flops()
-
-
-def checkpoint_mb(run_id: str, name: str = tracking.BEST) -> float:
+def checkpoint_mb(run_id: str, name: str = checkpoint.BEST) -> float:
     """Size on disk of the run's checkpoint (weights + configs), in MiB."""
     path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{tracking.CHECKPOINT_DIR}/{name}")
     return Path(path).stat().st_size / 2**20

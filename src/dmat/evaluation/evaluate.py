@@ -29,7 +29,8 @@ from dmat.diffusion import sample
 from dmat.errors import DmatError
 from dmat.evaluation import cost, features, quality, trajectories
 from dmat.evaluation.settings import STUDENT_STEPS, EvalConfig
-from dmat.training import resolve_device
+from dmat.measure import flops_per_forward
+from dmat.runtime import resolve_device
 
 SETTINGS = ("sampler", "steps", "num_samples", "features", "seed")  # what makes two evaluations comparable
 SAVED_TRAJECTORIES, DENOISING_IMAGES, DENOISING_STEPS = 4, 8, 8
@@ -124,7 +125,7 @@ def _cost_metrics(loaded, cfg: EvalConfig, steps: int, device) -> dict[str, floa
     with torch.inference_mode():
         latency = cost.median_seconds(lambda: sample(model, loaded.diffusion, one.to(device), cfg.sampler, steps),
                                       device, repeats=3)
-    return {"num_parameters": model.num_parameters, "flops_per_forward": cost.flops_per_forward(model),
+    return {"num_parameters": model.num_parameters, "flops_per_forward": flops_per_forward(model),
             "checkpoint_mb": cost.checkpoint_mb(loaded.run_id), "latency_ms_per_image": 1000 * latency}
 
 

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 from tqdm.auto import tqdm
 
-from dmat import tracking
+from dmat import checkpoint, tracking
 from dmat.config import TrainConfig, dataset_kind
 from dmat.data import load_dataset, loader, split
 from dmat.errors import DmatError
@@ -163,7 +163,7 @@ def train_feature_extractor(dataset: str, image_size: int, epochs: int = 15, fea
                     optimizer.step()
                 mlflow.log_metric("val_accuracy", accuracy(net, val_loader, device), step=epoch)
             mlflow.log_metric("feature_dim", feature_dim)  # val_accuracy: its last step is the final model
-            tracking.save_checkpoint({"format": tracking.CHECKPOINT_FORMAT, "extractor_config": asdict(config),
+            tracking.save_checkpoint({"format": checkpoint.FORMAT, "extractor_config": asdict(config),
                                       "model": net.cpu().state_dict()}, CHECKPOINT)
             return run.info.run_id
 
@@ -172,7 +172,7 @@ def load_feature_extractor(run_id: str, dataset: str, image_size: int) -> Classi
     """The extractor of a feature-extractor run, refusing one trained on another data set or size."""
     run = tracking.get_run(run_id)
     tags = run.data.tags
-    tracking.require_role(run, tracking.FEATURE_EXTRACTOR)
+    tracking.require_role(run, tracking.FEATURE_EXTRACTOR, wanted="feature extractor")
     if (tags.get(tracking.DATASET), tags.get(tracking.IMAGE_SIZE)) != (dataset, str(image_size)):
         raise DmatError(
             f"feature extractor {run_id} was trained on {tags.get(tracking.DATASET)} at "

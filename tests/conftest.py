@@ -14,16 +14,17 @@ import pytest
 
 from dmat.config import TrainConfig
 from dmat.diffusion import DiffusionConfig
+from dmat.options import to_cli_args
 from dmat.unet import UNetConfig
 
 TINY_TRAIN = dict(dataset="digits", image_size=8, epochs=2, batch_size=128, sample_steps=4, num_sample_images=4,
                   save_interval=1, device="cpu")
 TINY_UNET = dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(4,), dropout=0.0)
 TINY_DIFFUSION = dict(timesteps=20)
-# the same settings as CLI / MLproject arguments
-TINY_CLI_ARGS = ["--image-size", "8", "--epochs", "2", "--batch-size", "128", "--sample-steps", "4",
-                 "--num-sample-images", "4", "--base-channels", "8", "--channel-mults", "1,2",
-                 "--num-res-blocks", "1", "--timesteps", "20", "--device", "cpu"]
+# the same settings as `dmat teacher` arguments
+TINY_CLI_ARGS = [arg for cls, tiny in ((TrainConfig, TINY_TRAIN), (UNetConfig, TINY_UNET),
+                                       (DiffusionConfig, TINY_DIFFUSION))
+                 for arg in to_cli_args(cls(**tiny), only=tuple(tiny))]
 
 
 def tiny_train(**overrides) -> TrainConfig:

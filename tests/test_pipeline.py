@@ -71,3 +71,57 @@ def test_pipeline_bad_input_is_one_line_and_writes_nothing(store, args, message)
     result = CliRunner().invoke(cli, ["pipeline", *args])
     assert result.exit_code == 2 and message in result.stderr
     assert mlflow.search_runs(search_all_experiments=True).empty
+
+
+# Sourced by every non-interactive bash, so by each stage's `bash -c "PYTHONPATH=src python -m dmat ..."`
+# that mlflow.projects.run starts: the 0.5 student's process dies before it gets going, every other
+# stage runs the real command.
+KILL_ONE_STUDENT = """
+python() {
+  if [[ " $* " == *" distill "*"--size-factor 0.5 "* ]]; then
+    echo "test: the 0.5 student's process is killed" >&2
+    return 3
+  fi
+  command python "$@"
+}
+"""
+
+
+@pytest.mark.slow
+def test_a_failed_student_stage_is_reported_while_the_rest_runs(store, tmp_path, monkeypatch):
+    (tmp_path / "bash_env.sh").write_text(KILL_ONE_STUDENT)
+    monkeypatch.setenv("BASH_ENV", str(tmp_path / "bash_env.sh"))
+    result = CliRunner().invoke(cli, ["pipeline", *TINY_PIPELINE])
+
+    assert result.exit_code == 2, result.output + str(result.exception)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: 1 stage(s) failed: rerun the same command to retry them"], result.stderr
+    assert "Traceback" not in result.stderr
+    *lines, last = result.stdout.splitlines()
+    table = {words[0]: words for words in map(str.split, lines) if words[-2:-1] == ["run"]}  # label ... run ID
+    assert list(table) == ["teacher", "student_distill_0.3", "student_distill_0.5", "evaluate_teacher",
+                           "evaluate_student_distill_0.3", "report"]
+    failed = table["student_distill_0.5"]
+    assert failed[1] == "FAILED" and failed[-2] == "run"
+    failed_run = mlflow.get_run(failed[-1])
+    assert f"Run (ID '{failed_run.info.run_id}') failed" in " ".join(failed)  # the stage's error
+
+    runs = mlflow.search_runs(search_all_experiments=True)
+    [pipeline] = runs[runs["tags.dmat.role"] == "pipeline"].itertuples()
+    assert last == f"pipeline run {pipeline.run_id}"
+    assert (getattr(pipeline, "metrics.stages"), getattr(pipeline, "metrics.stages_failed")) == (6, 1)
+    # the failed stage: its own FAILED run of the distill entry point, under the pipeline run
+    assert failed_run.info.status == "FAILED"
+    assert failed_run.data.tags["mlflow.project.entryPoint"] == "distill"
+    assert failed_run.data.params["size_factor"] == "0.5"
+    assert failed_run.data.tags["mlflow.parentRunId"] == pipeline.run_id
+    # every other stage ran: the other student, and the teacher's and that student's evaluations
+    finished = runs[runs["status"] == "FINISHED"]
+    assert finished["tags.dmat.role"].value_counts().to_dict() == {
+        "pipeline": 1, "teacher": 1, "student": 1, "feature-extractor": 1, "evaluation": 2, "report": 1}
+    models = finished[finished["tags.dmat.role"].isin(["teacher", "student"])]
+    assert finished[finished["tags.dmat.role"] == "student"].iloc[0]["params.size_factor"] == "0.3"
+    evaluated = finished[finished["tags.dmat.role"] == "evaluation"]["tags.dmat.model_run_id"]
+    assert sorted(evaluated) == sorted(models["run_id"])
+    assert {table[label][-1] for label in ("teacher", "student_distill_0.3")} == set(models["run_id"])
+    assert len(runs) == len(finished) + 1  # nothing else failed or was left running

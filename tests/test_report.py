@@ -7,15 +7,21 @@ import re
 from pathlib import Path
 
 import mlflow
+import nbformat
 import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
+from nbclient import NotebookClient
 from scipy import stats
 
+from conftest import tiny_train
 from dmat.cli import cli
+from dmat.distill import train_student
 from dmat.errors import DmatError
+from dmat.evaluation.evaluate import evaluate_run
+from dmat.evaluation.features import train_feature_extractor
 from dmat.report import SECTIONS, build_report, choose_sections
 from dmat.report.tables import mean_ci, pareto_mask, readable_subset
 from synthetic_study import log_synthetic_study
@@ -139,10 +145,8 @@ def test_empty_or_unknown_experiment_is_one_clear_error(store, tmp_path):
     assert _report_runs("empty").empty and not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_notebook_runs_on_a_store(store, project_env):
-    nbformat = pytest.importorskip("nbformat")
-    from nbclient import NotebookClient
-
     log_synthetic_study("dmat-test", sizes=(0.2, 0.5), problems=False)
     notebook = nbformat.read(ROOT / "notebooks" / "size_impact.ipynb", as_version=4)
     NotebookClient(notebook, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(Path.cwd())}},
@@ -155,19 +159,13 @@ def test_notebook_runs_on_a_store(store, project_env):
 @pytest.mark.slow
 def test_report_of_a_real_tiny_study(study, teacher_run_id, tmp_path, monkeypatch):
     """Tiny teacher, two real students and their real evaluations: every section, table = MLflow."""
-    distill = pytest.importorskip("dmat.distill", reason="dmat.distill (issue 3) has not landed yet")
-    evaluate = pytest.importorskip("dmat.evaluation.evaluate", reason="dmat.evaluation.evaluate has not landed yet")
-    from conftest import tiny_train
-    from dmat.evaluation.features import train_feature_extractor
-
     experiment = "report-e2e"  # its own experiment: other tests add students to the shared study's
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
-    students = [distill.train_student(tiny_train(epochs=1), size, teacher_run_id, experiment, method=method,
-                                      student_steps=4)
+    students = [train_student(tiny_train(epochs=1), size, teacher_run_id, experiment, method=method, student_steps=4)
                 for size, method in ((0.5, "distill"), (0.5, "scratch"))]
     extractor = train_feature_extractor("digits", 8, epochs=1, device="cpu", experiment=experiment)
     settings = dict(num_samples=96, steps="4", batch_size=96, num_trajectories=4, eps_timesteps=5, device="cpu")
-    evaluations = [evaluate.evaluate_run(run_id, feature_extractor_run_id=extractor, experiment=experiment, **settings)
+    evaluations = [evaluate_run(run_id, feature_extractor_run_id=extractor, experiment=experiment, **settings)
                    for run_id in [teacher_run_id, *students]]
 
     path = build_report(experiment, out_dir=tmp_path / "real")

@@ -1,4 +1,5 @@
-"""Optuna sweeps: workers sharing one sqlite study, trials as nested MLflow runs, bad input."""
+"""Optuna sweeps: workers sharing one sqlite study, trials as nested MLflow runs, pruned trials, the
+Pareto front of a multi-objective study, bad input."""
 
 import os
 import sys
@@ -6,14 +7,59 @@ from pathlib import Path
 
 import mlflow
 import optuna
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from dmat import tracking
 from dmat.cli import cli
+from dmat.config import SweepConfig
 from dmat.report import build_report
 from dmat.report.query import load_study
+from dmat.sweep import create_study, run_sweep
 
 TINY_SWEEP = ["--image-size", "8", "--max-epochs", "1", "--num-samples", "80", "--device", "cpu"]
+
+
+def tiny_sweep(tmp_path, teacher_run_id, name, **overrides) -> SweepConfig:
+    return SweepConfig(**{**dict(storage=f"sqlite:///{tmp_path}/optuna.db", study_name=name, n_trials=2,
+                                 teacher_run_id=teacher_run_id, image_size=8, max_epochs=1, num_samples=80,
+                                 device="cpu"), **overrides})
+
+
+def enqueue(cfg: SweepConfig, *trials: dict) -> None:
+    """Fix each trial's settings up front (tiny, cheap, the same on every run); Optuna suggests them."""
+    study = create_study(cfg)
+    for settings in trials:
+        study.enqueue_trial({"size_factor": 0.5, "lr": 1e-3, "epochs": 1, "kd_weight": 1.0, "task_weight": 1.0,
+                             "feature_weight": 0.0, "student_steps": 10, **settings})
+
+
+def sweep_runs(name: str) -> tuple[mlflow.entities.Run, list[mlflow.entities.Run]]:
+    """The study's parent run and its student runs."""
+    parents = tracking.find_runs(tracking.SWEEP, {tracking.STUDY_NAME: name}, status=None)
+    assert len(parents) == 1
+    return parents[0], tracking.find_runs(tracking.STUDENT, {tracking.STUDY_NAME: name}, status=None)
+
+
+def evaluations_of(student_run_id: str) -> list[mlflow.entities.Run]:
+    return tracking.find_runs(tracking.EVALUATION, {tracking.MODEL_RUN_ID: student_run_id}, status=None)
+
+
+def sweep_artifact(parent_run_id: str, name: str, tmp_path) -> pd.DataFrame:
+    return pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent_run_id, artifact_path=f"sweep/{name}",
+                                                           dst_path=str(tmp_path / "artifacts")))
+
+
+class PruneTrials(optuna.pruners.BasePruner):
+    """An Optuna pruner that prunes the given trial numbers at their first report: which trial is pruned
+    is fixed, while reporting, pruning and logging run through Optuna and the sweep as in any study."""
+
+    def __init__(self, numbers):
+        self.numbers = set(numbers)
+
+    def prune(self, study, trial) -> bool:
+        return trial.number in self.numbers
 
 
 @pytest.mark.slow
@@ -66,4 +112,84 @@ def test_existing_study_with_other_objectives_is_refused(store, tmp_path):
     optuna.create_study(storage=storage, study_name="s", direction="minimize")
     result = CliRunner().invoke(cli, ["sweep", "--storage", storage, "--study-name", "s", "--multi-objective"])
     assert result.exit_code == 2 and "already exists as a FID-only study" in result.stderr
+    assert mlflow.search_runs(search_all_experiments=True).empty
+
+
+@pytest.mark.slow
+def test_a_pruned_trial_stops_training_is_tagged_and_never_evaluated(study, teacher_run_id, tmp_path):
+    cfg = tiny_sweep(tmp_path, teacher_run_id, "pruned", max_epochs=2)
+    enqueue(cfg, {"epochs": 1}, {"epochs": 2, "size_factor": 0.25})
+    result = run_sweep(cfg, pruner=PruneTrials({1}))
+
+    done, pruned = result.trials
+    assert (done.state, pruned.state) == (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    assert list(pruned.intermediate_values) == [1]  # reported epoch 1, pruned there
+    parent, students = sweep_runs("pruned")
+    by_trial = {int(run.data.tags[tracking.TRIAL]): run for run in students}
+    assert sorted(by_trial) == [0, 1]
+    assert pruned.user_attrs["student_run_id"] == by_trial[1].info.run_id
+    assert "evaluation_run_id" not in pruned.user_attrs
+
+    # the pruned student stopped after epoch 1 of its 2, says so, and was never evaluated
+    student = by_trial[1]
+    assert student.data.tags[tracking.PRUNED] == "epoch 1"
+    assert student.data.params["epochs"] == "2" and student.data.metrics["epochs_run"] == 1
+    assert student.data.metrics["val_loss"] == pytest.approx(pruned.intermediate_values[1])
+    assert student.data.tags[tracking.PARENT_RUN_ID] == parent.info.run_id
+    assert evaluations_of(student.info.run_id) == []
+    # the complete trial was evaluated and is the study's best
+    assert tracking.PRUNED not in by_trial[0].data.tags
+    [evaluation] = evaluations_of(by_trial[0].info.run_id)
+    assert evaluation.info.run_id == done.user_attrs["evaluation_run_id"]
+    assert evaluation.data.metrics["fid"] == pytest.approx(done.value)
+
+    parent = mlflow.get_run(parent.info.run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["trials_pruned"] == 1 and parent.data.metrics["trials_complete"] == 1
+    assert parent.data.metrics["best_fid"] == pytest.approx(done.value)
+    assert parent.data.tags[tracking.BEST_STUDENT_RUN_ID] == by_trial[0].info.run_id
+    trials = sweep_artifact(parent.info.run_id, "trials.csv", tmp_path).set_index("number")
+    assert trials.loc[[0, 1], "state"].tolist() == ["COMPLETE", "PRUNED"]
+    assert trials.loc[1, "user_attrs_student_run_id"] == student.info.run_id
+    assert trials.loc[0, "user_attrs_evaluation_run_id"] == evaluation.info.run_id
+    assert pd.isna(trials.loc[1, "user_attrs_evaluation_run_id"])
+
+
+@pytest.mark.slow
+def test_multi_objective_pareto_front_is_optunas_best_trials(study, teacher_run_id, tmp_path):
+    cfg = tiny_sweep(tmp_path, teacher_run_id, "pareto", multi_objective=True)
+    enqueue(cfg, {"size_factor": 0.25}, {"size_factor": 0.5})
+    result = run_sweep(cfg)
+
+    assert [t.state.name for t in result.trials] == ["COMPLETE", "COMPLETE"]
+    parent, students = sweep_runs("pareto")
+    assert sorted(int(run.data.tags[tracking.TRIAL]) for run in students) == [0, 1]
+    assert not [run for run in students if tracking.PRUNED in run.data.tags]  # multi-objective studies never prune
+    # each trial's (FID, parameters) are its evaluation run's metrics
+    measured = {}
+    for trial in result.trials:
+        [evaluation] = evaluations_of(trial.user_attrs["student_run_id"])
+        assert evaluation.info.run_id == trial.user_attrs["evaluation_run_id"]
+        measured[trial.number] = (evaluation.data.metrics["fid"], evaluation.data.metrics["num_parameters"])
+        assert trial.values == pytest.approx(list(measured[trial.number]))
+    assert measured[0][1] < measured[1][1]  # a smaller size factor, fewer parameters
+
+    front = sweep_artifact(parent.info.run_id, "pareto_front.csv", tmp_path)
+    best = optuna.load_study(study_name="pareto", storage=cfg.storage).best_trials
+    assert front.trial.tolist() == [t.number for t in best]
+    assert front.student_run_id.tolist() == [t.user_attrs["student_run_id"] for t in best]
+    for row in front.itertuples():
+        assert (row.fid, row.num_parameters) == pytest.approx(measured[row.trial])
+
+    # and it is the Pareto front of the measured metrics: no trial is dominated, none left out
+    def dominated(a, b):  # b dominates a
+        return all(y <= x for x, y in zip(a, b)) and a != b
+    assert set(front.trial) == {n for n, m in measured.items() if not any(dominated(m, o) for o in measured.values())}
+    parent = mlflow.get_run(parent.info.run_id)
+    assert parent.data.metrics["trials_complete"] == 2 and "best_fid" not in parent.data.metrics
+
+
+def test_a_pruner_object_needs_one_worker(store, tmp_path):
+    with pytest.raises(ValueError, match="workers=1"):
+        run_sweep(tiny_sweep(tmp_path, "", "x", workers=2), pruner=PruneTrials({0}))
     assert mlflow.search_runs(search_all_experiments=True).empty

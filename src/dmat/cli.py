@@ -1,8 +1,8 @@
 """The `dmat` command line: thin wrappers that parse options and call the library.
 
-Options are generated from the config dataclasses, so a new config field is a new option with the
-same name everywhere (CLI, MLproject parameter, MLflow param). Every DmatError becomes one line on
-stderr and exit status 2.
+Options come from the table in dmat.options (the MLproject file is rendered from it too), so a new
+config field is a new option with the same name everywhere (CLI, MLproject parameter, MLflow param).
+Every DmatError becomes one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
-import typing
 
 import click
 
@@ -18,45 +17,8 @@ from dmat.config import STUDENT_TRAIN, DistillConfig, PipelineConfig, SweepConfi
 from dmat.diffusion import DiffusionConfig
 from dmat.errors import DmatError
 from dmat.evaluation.settings import EvalConfig
+from dmat.options import command_options, pick
 from dmat.unet import UNetConfig
-
-ARCHITECTURE_FIELDS = ("base_channels", "channel_mults", "num_res_blocks", "attention_resolutions", "dropout")
-
-
-def _int_tuple(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in str(text).split(",") if part.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
-
-
-def config_options(cls, only: tuple[str, ...] | None = None, exclude: tuple[str, ...] = (), defaults=None):
-    """Add one `--field-name` option per dataclass field; unset options stay None (= the default,
-    taken from `defaults` where given, e.g. the student training defaults)."""
-    hints = typing.get_type_hints(cls)
-    fields = [f for f in dataclasses.fields(cls) if (only is None or f.name in only) and f.name not in exclude]
-
-    def decorate(command):
-        for f in reversed(fields):
-            kind, default = hints[f.name], getattr(defaults, f.name, f.default)
-            tuple_field = typing.get_origin(kind) is tuple
-            command = click.option(
-                "--" + f.name.replace("_", "-"),
-                f.name,
-                type=str if tuple_field else kind,
-                callback=(lambda ctx, param, v: None if v is None else _int_tuple(v)) if tuple_field else None,
-                default=None,
-                help=f"default: {','.join(map(str, default)) if tuple_field else default}",
-            )(command)
-        return command
-
-    return decorate
-
-
-def pick(cls, options: dict, base=None):
-    """The options that belong to `cls`, applied over its defaults (or over `base`)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return replace(base or cls(), **{k: v for k, v in options.items() if k in names})
 
 
 def friendly_errors(func):
@@ -71,7 +33,6 @@ def friendly_errors(func):
     return wrapper
 
 
-experiment_option = click.option("--experiment", default=None, help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME or dmat)")
 resume_option = click.option("--resume", default=None, metavar="RUN_ID",
                              help="continue this KILLED or FAILED run from its last checkpoint, with its own options")
 
@@ -82,10 +43,7 @@ def cli():
 
 
 @cli.command()
-@config_options(TrainConfig)
-@config_options(UNetConfig, only=ARCHITECTURE_FIELDS)
-@config_options(DiffusionConfig)
-@experiment_option
+@command_options("teacher")
 @resume_option
 @friendly_errors
 def teacher(experiment, resume, **options):
@@ -100,19 +58,6 @@ def teacher(experiment, resume, **options):
         click.echo(f"teacher run {run_id}")
 
 
-teacher_option = click.option("--teacher-run-id", default=None,
-                              help="teacher run (default: the latest finished teacher for this data set and image size)")
-
-
-def student_options(command):
-    """The options `distill` and `students` share: teacher, distillation settings, training, experiment."""
-    shared = (teacher_option, config_options(DistillConfig, exclude=("size_factor",)),
-              config_options(TrainConfig, defaults=STUDENT_TRAIN), experiment_option)
-    for decorate in reversed(shared):
-        command = decorate(command)
-    return command
-
-
 def _student_configs(options: dict, train_base=STUDENT_TRAIN, distill_base=None) -> tuple[TrainConfig, dict]:
     """The training config (student defaults) and the DistillConfig settings other than the size factor."""
     settings = dataclasses.asdict(pick(DistillConfig, options, distill_base))
@@ -121,8 +66,7 @@ def _student_configs(options: dict, train_base=STUDENT_TRAIN, distill_base=None)
 
 
 @cli.command()
-@click.option("--size-factor", default=None, help="student width relative to the teacher, 0.01 to 1.0 (required unless --resume)")
-@student_options
+@command_options("distill")
 @resume_option
 @friendly_errors
 def distill(size_factor, teacher_run_id, experiment, resume, **options):
@@ -131,12 +75,11 @@ def distill(size_factor, teacher_run_id, experiment, resume, **options):
 
     train_base, distill_base = STUDENT_TRAIN, None
     if resume:  # the interrupted run's own options, unless given again
-        from dmat import tracking
-        from dmat.resume import configs_from_run
+        from dmat.resume import student_settings_from_run
 
-        train_base, distill_base = configs_from_run(resume, (TrainConfig, DistillConfig))
+        train_base, distill_base, run_teacher = student_settings_from_run(resume)
         size_factor = size_factor or distill_base.size_factor
-        teacher_run_id = teacher_run_id or tracking.get_run(resume).data.params.get("teacher_run_id")
+        teacher_run_id = teacher_run_id or run_teacher
     if size_factor is None:
         raise DmatError("--size-factor is required: a number between 0.01 and 1.0")
     train, settings = _student_configs(options, train_base, distill_base)
@@ -145,8 +88,7 @@ def distill(size_factor, teacher_run_id, experiment, resume, **options):
 
 
 @cli.command()
-@click.option("--sizes", default=None, help="size factors, space or comma separated (default: 0.2 0.4 0.5 0.6 0.8 1.0)")
-@student_options
+@command_options("students")
 @friendly_errors
 def students(sizes, teacher_run_id, experiment, **options):
     """Train one student per size factor, one after another, against the same teacher."""
@@ -172,7 +114,7 @@ def students(sizes, teacher_run_id, experiment, **options):
 @click.option("--out-dir", default=None, help="output folder (default: reports/<timestamp>)")
 @click.option("--verbose", is_flag=True, help="log progress and timings; show artifact download progress")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-@experiment_option
+@command_options("report")
 @friendly_errors
 def report(mse, denoising, time_, trajectory, all_sections, full_mse, out_dir, verbose, tracking_uri, experiment):
     """Cross-size comparison report from the tracking store (re-runs no model), logged as a report run."""
@@ -194,14 +136,8 @@ def report(mse, denoising, time_, trajectory, all_sections, full_mse, out_dir, v
 
 
 @cli.command()
-@click.option("--run-id", default=None, help="the teacher or student run to evaluate")
 @click.option("--all", "all_runs", is_flag=True, help="every teacher and student run not yet evaluated with these settings")
-@config_options(EvalConfig)
-@click.option("--feature-extractor-run-id", default=None,
-              help="classifier features of this run (default: the newest of the data set and size, else trained once)")
-@click.option("--inception-weights", default=None, metavar="PATH",
-              help="torch-fidelity Inception weights for --features inception (default: $DMAT_INCEPTION_WEIGHTS or torch's hub cache)")
-@experiment_option
+@command_options("evaluate")
 @friendly_errors
 def evaluate(run_id, all_runs, feature_extractor_run_id, inception_weights, experiment, **options):
     """Evaluate a model (quality vs real data, behaviour vs its teacher, cost) as an evaluation run."""
@@ -218,10 +154,7 @@ def evaluate(run_id, all_runs, feature_extractor_run_id, inception_weights, expe
 
 
 @cli.command()
-@click.option("--sizes", default=None, help="student size factors, space or comma separated (default: 0.2 0.4 0.5 0.6 0.8 1.0)")
-@click.option("--methods", default="distill", help="student methods, space separated: distill and/or scratch")
-@config_options(PipelineConfig, exclude=("sizes", "methods"))
-@experiment_option
+@command_options("pipeline")
 @friendly_errors
 def pipeline(sizes, methods, experiment, **options):
     """The whole study: teacher, students, evaluations, report; reuses finished stages with the same parameters."""
@@ -238,17 +171,15 @@ def pipeline(sizes, methods, experiment, **options):
 
 
 @cli.command()
-@config_options(SweepConfig, exclude=("multi_objective",))
-@click.option("--multi-objective", is_flag=True, help="minimise (FID, parameters) and log the Pareto front")
+@command_options("sweep")
 @click.option("--create-only", is_flag=True, help="create the study and exit: run this once before workers on other machines")
 @click.option("--worker-of", default=None, hidden=True, help="internal: run trials for this sweep parent run")
-@experiment_option
 @friendly_errors
-def sweep(multi_objective, create_only, worker_of, experiment, **options):
+def sweep(create_only, worker_of, experiment, **options):
     """Optuna study over distillation settings and size factor; each trial is a student + evaluation run."""
     from dmat.sweep import create_study, run_sweep, work
 
-    cfg = replace(pick(SweepConfig, options), multi_objective=multi_objective).validate()
+    cfg = pick(SweepConfig, options).validate()
     if worker_of:
         work(cfg, cfg.n_trials, worker_of, experiment)
         return
@@ -259,7 +190,7 @@ def sweep(multi_objective, create_only, worker_of, experiment, **options):
     study = run_sweep(cfg, experiment)
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     click.echo(f"study {cfg.study_name}: {len(study.trials)} trials, {len(done)} complete")
-    if done and not multi_objective:
+    if done and not cfg.multi_objective:
         click.echo(f"best FID {study.best_value:.3f}: {study.best_params}")
 
 

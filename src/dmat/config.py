@@ -2,9 +2,10 @@
 
 Plain dataclasses: what the network looks like (`UNetConfig`, in unet.py), what the noise
 process is (`DiffusionConfig`, in diffusion.py), how a run trains (`TrainConfig`, here) and how a
-student learns from its teacher (`DistillConfig`, here). The CLI
-and the MLproject entry points override fields by name; `validate` turns bad values into one clear
-error before anything is written to MLflow.
+student learns from its teacher (`DistillConfig`, here). `PipelineConfig` and `SweepConfig` refer
+to those configs' defaults rather than repeating them. The CLI and the MLproject entry points (both
+generated from these classes by dmat.options) override fields by name; `validate` turns bad values
+into one clear error before anything is written to MLflow.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from dmat.diffusion import DiffusionConfig
 from dmat.errors import DmatError
+from dmat.evaluation.settings import EvalConfig
+from dmat.unet import UNetConfig
 
 
 @dataclass(frozen=True)
@@ -162,32 +166,26 @@ def replace(cfg, **overrides):
 
 
 def flat_params(prefix: str, cfg) -> dict[str, object]:
-    """A config as MLflow params: `{prefix}{field}` -> value (tuples as comma lists)."""
-    out = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if isinstance(value, tuple):
-            value = ",".join(str(v) for v in value)
-        out[f"{prefix}{f.name}"] = value
-    return out
+    """A config as params named `{prefix}{field}` (`tracking.log_params` turns the values into text)."""
+    return {f"{prefix}{f.name}": getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
 
 
 @dataclass
 class PipelineConfig:
     """What the study varies and how long each stage trains; every other setting keeps its default."""
 
-    dataset: str = "digits"
-    image_size: int = 0
+    dataset: str = TrainConfig.dataset
+    image_size: int = TrainConfig.image_size
     sizes: tuple[float, ...] = DEFAULT_SIZE_FACTORS
-    methods: tuple[str, ...] = ("distill",)
+    methods: tuple[str, ...] = (DistillConfig.method,)
     teacher_epochs: int = TrainConfig.epochs
     student_epochs: int = STUDENT_TRAIN.epochs
-    base_channels: int = 32  # the teacher's UNetConfig default
-    timesteps: int = 1000
-    num_samples: int = 2000  # EvalConfig's default
-    steps: int = 50
-    seed: int = 0
-    device: str = "auto"
+    base_channels: int = UNetConfig.base_channels  # the teacher's
+    timesteps: int = DiffusionConfig.timesteps
+    num_samples: int = EvalConfig.num_samples
+    steps: int = int(EvalConfig.steps)
+    seed: int = TrainConfig.seed
+    device: str = TrainConfig.device
 
     def validate(self) -> "PipelineConfig":
         self.sizes = tuple(parse_size_factor(s) for s in self.sizes)
@@ -210,13 +208,13 @@ class SweepConfig:
     multi_objective: bool = False
     workers: int = 1
     teacher_run_id: str = ""  # empty: the latest finished teacher of the data set
-    dataset: str = "digits"
-    image_size: int = 0
+    dataset: str = TrainConfig.dataset
+    image_size: int = TrainConfig.image_size
     min_size_factor: float = 0.05
     max_epochs: int = STUDENT_TRAIN.epochs
-    num_samples: int = 2000  # generated images per trial's FID
-    seed: int = 0
-    device: str = "auto"
+    num_samples: int = EvalConfig.num_samples  # generated images per trial's FID
+    seed: int = TrainConfig.seed
+    device: str = TrainConfig.device
 
     def validate(self) -> "SweepConfig":
         if self.n_trials < 1:

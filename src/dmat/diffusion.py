@@ -69,13 +69,19 @@ class GaussianDiffusion:
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
     def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the network learns to output: the noise eps, or the velocity
+        v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022, "Progressive Distillation for
+        Fast Sampling of Diffusion Models", sec. 4 and appendix D), whose scale stays even over t."""
         if self.config.prediction == "eps":
             return noise
         abar = self._abar(t, x0)
         return abar.sqrt() * noise - (1 - abar).sqrt() * x0
 
     def eps_from_output(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The network's output as an epsilon prediction, whatever it was trained to predict."""
+        """The network's output as an epsilon prediction, whatever it was trained to predict.
+
+        From v: eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t, which follows from the definition of v
+        and x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""
         if self.config.prediction == "eps":
             return output
         abar = self._abar(t, x_t)
@@ -107,6 +113,11 @@ def _sample(model, diffusion: GaussianDiffusion, x_T, steps, eta, callback, gene
 
     eta=0 is deterministic DDIM; eta=1 is DDPM's ancestral sampler with the posterior variance
     (over all T steps it is exactly DDPM's Algorithm 2).
+
+    With `clip_x0`, the predicted x_0 is clipped to the data range [-1, 1] and eps is re-derived
+    from the clipped x_0, so the step stays consistent with the x_0 it moves towards. Early, large-t
+    predictions of x_0 overshoot the data range badly; clipping them is what DDPM's reference code
+    (`clip_denoised=True`) and diffusers' `clip_sample` do, and it keeps few-step DDIM samples in range.
     """
     taus = diffusion.sampling_timesteps(steps)
     abar = diffusion.alphas_cumprod

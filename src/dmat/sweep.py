@@ -67,8 +67,12 @@ def create_study(cfg: SweepConfig, store: optuna.storages.RDBStorage | None = No
     check_objectives(cfg, store)
     sampler = optuna.samplers.NSGAIISampler(seed=cfg.seed) if cfg.multi_objective else optuna.samplers.TPESampler(seed=cfg.seed)
     return optuna.create_study(storage=store, study_name=cfg.study_name, directions=cfg.directions,
-                               sampler=sampler, pruner=optuna.pruners.MedianPruner(n_warmup_steps=2),
-                               load_if_exists=True)
+                               sampler=sampler, pruner=default_pruner(), load_if_exists=True)
+
+
+def default_pruner() -> optuna.pruners.BasePruner:
+    """The sweep's pruner. Optuna's storage keeps no pruner, so every process that runs trials builds it."""
+    return optuna.pruners.MedianPruner(n_warmup_steps=2)
 
 
 def parent_run(cfg: SweepConfig, experiment: str | None) -> str:
@@ -117,7 +121,7 @@ def objective(cfg: SweepConfig, parent_run_id: str, experiment: str | None):
         trial.set_user_attr("student_run_id", student)
         if pruned:
             MlflowClient().set_tag(student, tracking.PRUNED, f"epoch {pruned[0]}")
-            raise optuna.TrialPruned(f"validation loss at epoch {pruned[0]} below the median of earlier trials")
+            raise optuna.TrialPruned(f"stopped by the pruner at epoch {pruned[0]} (validation loss worse than it allows)")
         evaluation = evaluate_run(student, num_samples=cfg.num_samples, steps=STUDENT_STEPS, seed=cfg.seed,
                                   device=cfg.device, experiment=experiment)
         trial.set_user_attr("evaluation_run_id", evaluation)
@@ -127,25 +131,31 @@ def objective(cfg: SweepConfig, parent_run_id: str, experiment: str | None):
     return run_trial
 
 
-def work(cfg: SweepConfig, n_trials: int, parent_run_id: str, experiment: str | None) -> None:
-    """One worker: run `n_trials` trials of the existing study."""
-    study = optuna.load_study(study_name=cfg.study_name, storage=storage(cfg.storage))
+def work(cfg: SweepConfig, n_trials: int, parent_run_id: str, experiment: str | None,
+         pruner: optuna.pruners.BasePruner | None = None) -> None:
+    """One worker: run `n_trials` trials of the existing study, pruned by `pruner` (default_pruner())."""
+    study = optuna.load_study(study_name=cfg.study_name, storage=storage(cfg.storage), pruner=pruner or default_pruner())
     study.optimize(objective(cfg, parent_run_id, experiment), n_trials=n_trials, catch=())
 
 
 def _worker_command(cfg: SweepConfig, n_trials: int, parent_run_id: str, experiment: str | None) -> list[str]:
-    args = [sys.executable, "-m", "dmat", "sweep", "--worker-of", parent_run_id, "--n-trials", str(n_trials),
-            "--storage", cfg.storage, "--study-name", cfg.study_name, "--dataset", cfg.dataset,
-            "--image-size", str(cfg.image_size), "--min-size-factor", str(cfg.min_size_factor),
-            "--max-epochs", str(cfg.max_epochs), "--num-samples", str(cfg.num_samples), "--seed", str(cfg.seed),
-            "--device", cfg.device, "--teacher-run-id", cfg.teacher_run_id]
-    args += ["--multi-objective"] if cfg.multi_objective else []
+    """`dmat sweep` for one worker process: the study's own settings, `n_trials` of its trials."""
+    from dmat.options import to_cli_args
+
+    args = [sys.executable, "-m", "dmat", "sweep", "--worker-of", parent_run_id,
+            *to_cli_args(replace(cfg, n_trials=n_trials), exclude=("workers",))]
     return args + (["--experiment", experiment] if experiment else [])
 
 
-def run_sweep(cfg: SweepConfig, experiment: str | None = None) -> optuna.Study:
-    """Create (or resume) the study, run its trials over `workers` processes, log the outcome."""
+def run_sweep(cfg: SweepConfig, experiment: str | None = None,
+              pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    """Create (or resume) the study, run its trials over `workers` processes, log the outcome.
+
+    `pruner` replaces default_pruner(); it lives in this process, so it needs workers=1.
+    """
     cfg.validate()
+    if pruner is not None and cfg.workers != 1:
+        raise ValueError("a pruner object cannot be handed to worker processes: pass it with workers=1")
     tracking.check_tracking_reachable()
     store = storage(cfg.storage)
     check_objectives(cfg, store)
@@ -158,7 +168,7 @@ def run_sweep(cfg: SweepConfig, experiment: str | None = None) -> optuna.Study:
     status = RunStatus.FINISHED
     try:
         if cfg.workers == 1:
-            work(cfg, cfg.n_trials, parent, experiment)
+            work(cfg, cfg.n_trials, parent, experiment, pruner)
         else:
             env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // cfg.workers))}
             env.pop("MLFLOW_RUN_ID", None)

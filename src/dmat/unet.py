@@ -159,10 +159,13 @@ class UNet(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, return_features: bool = False):
-        """Predict the target for noisy images `x` at integer timesteps `t`.
+        """Predict the target (eps or v, see `DiffusionConfig.prediction`) for noisy images.
 
-        With `return_features`, also return the middle block's output and each decoder level's
-        output (widths in `feature_channels`), for feature-level distillation.
+        x: (B, in_channels, image_size, image_size), the noisy images x_t, in about [-1, 1] at t=0.
+        t: (B,) integer timesteps in [0, T).
+        Returns (B, in_channels, image_size, image_size). With `return_features`, also a list of
+        (B, C_i, H_i, W_i) maps: the middle block's output, then each decoder level's output from the
+        coarsest to the finest (C_i = `feature_channels[i]`), for feature-level distillation.
         """
         emb = self.time_mlp(timestep_embedding(t, self.time_dim))
         h = self.stem(x)

@@ -42,11 +42,9 @@ def _images(ds) -> torch.Tensor:
 
 def _model_data(loaded: tracking.LoadedModel):
     """The model's own train (real data for FID) and validation images, at its own resolution."""
-    p, defaults = loaded.params, TrainConfig()
-    cfg = TrainConfig(dataset=loaded.tags[tracking.DATASET], image_size=loaded.model.config.image_size,
-                      val_fraction=float(p.get("val_fraction", defaults.val_fraction)),
-                      split_seed=int(float(p.get("split_seed", defaults.split_seed))))
-    splits = load_splits(cfg)
+    logged = tracking.config_from_params(TrainConfig, loaded.params)
+    splits = load_splits(TrainConfig(dataset=loaded.tags[tracking.DATASET], image_size=loaded.model.config.image_size,
+                                     val_fraction=logged.val_fraction, split_seed=logged.split_seed))
     return _images(splits.train), _images(splits.val)
 
 
@@ -207,7 +205,7 @@ def _comparable(value) -> str:
 
 def _settings_of(params: dict) -> tuple:
     """An evaluation's settings as logged (a value resolved beside a `mlflow run -P` one wins)."""
-    return tuple(_comparable(params.get(f"resolved.{k}", params.get(k))) for k in SETTINGS)
+    return tuple(_comparable(tracking.param_value(params, k)) for k in SETTINGS)
 
 
 def evaluate_all(config: EvalConfig | None = None, feature_extractor_run_id: str | None = None,

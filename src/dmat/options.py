@@ -1,0 +1,235 @@
+"""Config dataclasses as command-line options and back; the MLproject file is rendered from the same table.
+
+`COMMANDS` says once which config fields and other options each `dmat` command takes. The CLI's
+decorators (`command_options`), the MLproject entry points (`render_mlproject`, regenerate with
+`python -m dmat.options > MLproject`) and `to_cli_args` all read it, so an option, its MLproject
+parameter and their defaults cannot drift apart. Options a command has besides these (report
+section flags, --resume, --all, ...) make no sense as MLproject parameters and live in cli.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import typing
+from dataclasses import dataclass, field
+
+import click
+import yaml
+
+from dmat.config import (DEFAULT_SIZE_FACTORS, STUDENT_TRAIN, DistillConfig, PipelineConfig, SweepConfig, TrainConfig,
+                         replace)
+from dmat.diffusion import DiffusionConfig
+from dmat.evaluation.settings import EvalConfig
+from dmat.unet import UNetConfig
+
+ARCHITECTURE_FIELDS = ("base_channels", "channel_mults", "num_res_blocks", "attention_resolutions", "dropout")
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in str(text).split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _encode(value) -> str:
+    from dmat.tracking import encode_param  # imported late: tracking loads MLflow, which --help needs not
+
+    return encode_param(value)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: `--dashed-name` on the CLI, `name` as keyword argument and MLproject parameter.
+
+    `default` is what the command applies when the option is not given (MLproject's default; None
+    is passed as "", which the CLI reads as not given). The CLI itself passes `cli_default`, None for
+    config fields, so an unset option keeps the config's (or a resumed run's) value.
+    """
+
+    name: str
+    help: str
+    default: object = None
+    kind: object = str  # the field's type hint: str, int, float, bool or tuple[int, ...]
+    cli_default: object = None
+    mlproject_type: str | None = None  # default: float for numbers, else string
+    required: bool = False  # an MLproject parameter without a default (the CLI checks it itself)
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def options(self) -> list[Option]:
+        return [self]
+
+    def decorate(self, command):
+        kwargs = dict(type=self.kind, default=self.cli_default, help=self.help, metavar=self.metavar)
+        if typing.get_origin(self.kind) is tuple:
+            kwargs.update(type=str, callback=lambda ctx, param, v: None if v is None else _int_tuple(v))
+        elif self.kind is bool:  # `--flag` alone is true; `--flag false` lets MLproject pass a value
+            kwargs.update(type=click.BOOL, is_flag=False, flag_value=True, metavar=self.metavar or "[true|false]")
+        elif self.default is None:
+            kwargs.update(callback=lambda ctx, param, v: v or None)  # MLproject passes "" for not given
+        return click.option(self.flag, self.name, **kwargs)(command)
+
+    def mlproject_parameter(self) -> str:
+        kind = self.mlproject_type or ("float" if self.kind in (int, float) else "string")
+        if self.required:
+            return kind if kind == "float" else f"{{type: {kind}}}"
+        text = "" if self.default is None else _encode(self.default)
+        # plain where YAML reads back the same text, since MLflow passes (and logs) str(default)
+        plain = kind == "float" or (re.fullmatch(r"[\w.-]+", text) and yaml.safe_load(text) == text)
+        return f"{{type: {kind}, default: {text if plain else json.dumps(text)}}}"
+
+
+@dataclass(frozen=True)
+class OptionGroup:
+    """One option per field of a config dataclass; `defaults` (an instance) supplies other defaults
+    than the class's own (the student training defaults), `helps` other help ("{}": the default)."""
+
+    cls: type
+    only: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+    defaults: object = None
+    helps: dict[str, str] = field(default_factory=dict)
+
+    def options(self) -> list[Option]:
+        hints = typing.get_type_hints(self.cls)
+        out = []
+        for f in dataclasses.fields(self.cls):
+            if (self.only is None or f.name in self.only) and f.name not in self.exclude:
+                default = getattr(self.defaults, f.name, f.default)
+                help_ = self.helps.get(f.name, "{}").format(f"default: {_show(default)}")
+                out.append(Option(f.name, help_, default, hints[f.name]))
+        return out
+
+
+@dataclass(frozen=True)
+class CommandOptions:
+    """A CLI command's table-driven options, and the MLproject entry point that runs it (if any)."""
+
+    entry_point: str | None
+    items: tuple[Option | OptionGroup, ...]
+    fixed_args: tuple[str, ...] = ()  # CLI arguments the entry point always passes
+
+    def options(self) -> list[Option]:
+        return [option for item in self.items for option in item.options()]
+
+
+def _decorator(options: list[Option]):
+    def decorate(command):
+        for option in reversed(options):
+            command = option.decorate(command)
+        return command
+
+    return decorate
+
+
+EXPERIMENT = Option("experiment", "MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME or dmat)")
+DEFAULT_SIZES = " ".join(map(str, DEFAULT_SIZE_FACTORS))
+STUDENT_ITEMS = (
+    Option("teacher_run_id", "teacher run (default: the latest finished teacher for this data set and image size)"),
+    OptionGroup(DistillConfig, exclude=("size_factor",)),
+    OptionGroup(TrainConfig, defaults=STUDENT_TRAIN),
+    EXPERIMENT,
+)
+
+COMMANDS: dict[str, CommandOptions] = {
+    "teacher": CommandOptions("teacher", (
+        OptionGroup(TrainConfig), OptionGroup(UNetConfig, only=ARCHITECTURE_FIELDS), OptionGroup(DiffusionConfig),
+        EXPERIMENT)),
+    "distill": CommandOptions("distill", (
+        Option("size_factor", "student width relative to the teacher, 0.01 to 1.0 (required unless --resume)",
+               mlproject_type="float", required=True),
+        *STUDENT_ITEMS)),
+    "students": CommandOptions(None, (
+        Option("sizes", f"size factors, space or comma separated (default: {DEFAULT_SIZES})"), *STUDENT_ITEMS)),
+    "evaluate": CommandOptions("evaluate", (
+        Option("run_id", "the teacher or student run to evaluate", required=True),
+        OptionGroup(EvalConfig),
+        Option("feature_extractor_run_id",
+               "classifier features of this run (default: the newest of the data set and size, else trained once)"),
+        Option("inception_weights", "torch-fidelity Inception weights for --features inception "
+                                    "(default: $DMAT_INCEPTION_WEIGHTS or torch's hub cache)", metavar="PATH"),
+        EXPERIMENT)),
+    "report": CommandOptions("report", (EXPERIMENT,), fixed_args=("--all",)),
+    "pipeline": CommandOptions("main", (
+        Option("sizes", f"student size factors, space or comma separated (default: {DEFAULT_SIZES})",
+               default=DEFAULT_SIZES),
+        Option("methods", "student methods, space separated: distill and/or scratch",
+               default=" ".join(PipelineConfig.methods), cli_default=" ".join(PipelineConfig.methods)),
+        OptionGroup(PipelineConfig, exclude=("sizes", "methods")),
+        EXPERIMENT)),
+    "sweep": CommandOptions("sweep", (
+        OptionGroup(SweepConfig, helps={"multi_objective": "minimise (FID, parameters) and log the Pareto front ({})"}),
+        EXPERIMENT)),
+}
+
+
+def command_options(command: str):
+    """The click decorator that adds a command's options from `COMMANDS`."""
+    return _decorator(COMMANDS[command].options())
+
+
+def pick(cls, options: dict, base=None):
+    """The options that belong to `cls`, applied over its defaults (or over `base`)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return replace(base or cls(), **{k: v for k, v in options.items() if k in names})
+
+
+def to_cli_args(config, only: tuple[str, ...] | None = None, exclude: tuple[str, ...] = ()) -> list[str]:
+    """The inverse of the option generator: `["--field-name", "value", ...]` that parse back to `config`."""
+    options = OptionGroup(type(config), only, exclude).options()
+    return [arg for option in options for arg in (option.flag, _encode(getattr(config, option.name)))]
+
+
+MLPROJECT_HEADER = """\
+# Generated from the option table in src/dmat/options.py by `python -m dmat.options > MLproject`:
+# change that table (or the config defaults), not this file; tests/test_options.py checks they agree.
+name: dmat
+
+conda_env: conda.yaml
+
+# Every entry point runs the same `dmat` CLI from src/ (PYTHONPATH), so it works in the conda
+# environment above and with `--env-manager local` inside the Makefile's .venv alike. Each parameter
+# is the CLI option of the same name with the same default; "" means not given.
+entry_points:
+"""
+
+
+def _wrap(words: list[str], indent: str, width: int = 110) -> list[str]:
+    lines = [indent + words[0]]
+    for word in words[1:]:
+        if len(lines[-1]) + 1 + len(word) > width:
+            lines.append(indent + word)
+        else:
+            lines[-1] += " " + word
+    return lines
+
+
+def render_mlproject() -> str:
+    """The MLproject file: one entry point per command that has one, every table option a parameter."""
+    out = [MLPROJECT_HEADER.rstrip("\n")]
+    for command, spec in COMMANDS.items():
+        if spec.entry_point is None:
+            continue
+        options = spec.options()
+        out += [f"  {spec.entry_point}:", "    parameters:"]
+        out += [f"      {option.name}: {option.mlproject_parameter()}" for option in options]
+        words = [f"PYTHONPATH=src python -m dmat {command}", *spec.fixed_args,
+                 *(f"{option.flag} {{{option.name}}}" for option in options)]
+        out += ["    command: >-", *_wrap(words, " " * 6)]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_mlproject(), end="")

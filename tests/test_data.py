@@ -1,7 +1,12 @@
-"""Data sets: the bundled digits, torchvision's on-disk formats written by the test, image folders."""
+"""Data sets: the bundled digits, torchvision's on-disk formats written by the test, image folders.
+
+No test here touches the network: the `no_network` fixture refuses (and records) every name lookup
+and connection, so a result never depends on whether the machine is online.
+"""
 
 import gzip
 import pickle
+import socket
 import struct
 
 import numpy as np
@@ -12,6 +17,21 @@ from PIL import Image
 from dmat.config import TrainConfig
 from dmat.data import load_dataset, load_splits
 from dmat.errors import DmatError
+
+
+@pytest.fixture
+def no_network(monkeypatch) -> list:
+    """Every host is unreachable; yields the list of attempts to reach one."""
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("the network is off in this test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    return attempts
 
 
 def test_digits_default_is_16px_in_range_with_a_fixed_disjoint_split():
@@ -35,7 +55,7 @@ def _write_idx(path, array: np.ndarray, gz: bool = False):
 
 
 @pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
-def test_mnist_formats_are_read_by_torchvision(tmp_path, monkeypatch, name, folder):
+def test_mnist_formats_are_read_by_torchvision(tmp_path, monkeypatch, no_network, name, folder):
     raw = tmp_path / folder / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -49,9 +69,10 @@ def test_mnist_formats_are_read_by_torchvision(tmp_path, monkeypatch, name, fold
     expected = torch.tensor(np.frombuffer((raw / "train-images-idx3-ubyte").read_bytes()[16:16 + 784], np.uint8))
     assert torch.allclose((first[0] + 1) / 2 * 255, expected.view(28, 28).float(), atol=0.5)
     assert load_dataset(name, 16)[0].shape == (1, 16, 16)
+    assert no_network == []  # read from disk: nothing was fetched
 
 
-def test_cifar10_python_batches_are_read_by_torchvision(tmp_path, monkeypatch):
+def test_cifar10_python_batches_are_read_by_torchvision(tmp_path, monkeypatch, no_network):
     base = tmp_path / "cifar-10-batches-py"
     base.mkdir()
     rng = np.random.default_rng(0)
@@ -67,6 +88,7 @@ def test_cifar10_python_batches_are_read_by_torchvision(tmp_path, monkeypatch):
     first = pickle.loads((base / "data_batch_1").read_bytes())["data"][0].reshape(3, 32, 32)
     assert x.shape == (3, 32, 32)
     assert torch.allclose((x + 1) / 2 * 255, torch.tensor(first).float(), atol=0.5)
+    assert no_network == []
 
 
 def test_image_folder(tmp_path):
@@ -78,10 +100,11 @@ def test_image_folder(tmp_path):
     assert len(ds) == 6 and ds[0].shape == (3, 32, 32)
 
 
-def test_missing_data_says_where_to_put_it(tmp_path, monkeypatch):
+def test_missing_data_says_where_to_put_it(tmp_path, monkeypatch, no_network):
     monkeypatch.setenv("DMAT_DATA_DIR", str(tmp_path))
-    with pytest.raises(DmatError, match=r"put the original files in .*MNIST/raw"):
+    with pytest.raises(DmatError, match=r"^mnist is not on disk.*: put the original files in .*MNIST/raw") as missing:
         load_dataset("mnist", 28)
+    assert "\n" not in str(missing.value) and missing.value.__cause__ is None
     with pytest.raises(DmatError, match="does not exist"):
         load_dataset(f"folder:{tmp_path}/nope", 32)
     with pytest.raises(DmatError, match="unknown dataset 'imagenet'"):

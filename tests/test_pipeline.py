@@ -107,14 +107,15 @@ def test_a_failed_student_stage_is_reported_while_the_rest_runs(store, tmp_path,
     assert f"Run (ID '{failed_run.info.run_id}') failed" in " ".join(failed)  # the stage's error
 
     runs = mlflow.search_runs(search_all_experiments=True)
-    [pipeline] = runs[runs["tags.dmat.role"] == "pipeline"].itertuples()
-    assert last == f"pipeline run {pipeline.run_id}"
-    assert (getattr(pipeline, "metrics.stages"), getattr(pipeline, "metrics.stages_failed")) == (6, 1)
+    [pipeline_id] = runs[runs["tags.dmat.role"] == "pipeline"]["run_id"]
+    assert last == f"pipeline run {pipeline_id}"
+    metrics = mlflow.get_run(pipeline_id).data.metrics
+    assert (metrics["stages"], metrics["stages_failed"], metrics["stages_reused"]) == (6, 1, 0)
     # the failed stage: its own FAILED run of the distill entry point, under the pipeline run
     assert failed_run.info.status == "FAILED"
     assert failed_run.data.tags["mlflow.project.entryPoint"] == "distill"
     assert failed_run.data.params["size_factor"] == "0.5"
-    assert failed_run.data.tags["mlflow.parentRunId"] == pipeline.run_id
+    assert failed_run.data.tags["mlflow.parentRunId"] == pipeline_id
     # every other stage ran: the other student, and the teacher's and that student's evaluations
     finished = runs[runs["status"] == "FINISHED"]
     assert finished["tags.dmat.role"].value_counts().to_dict() == {

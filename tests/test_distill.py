@@ -198,7 +198,7 @@ def test_mlflow_run_distill_makes_a_student_of_the_teacher(study, teacher_run_id
     run = tracking.find_runs("student", {tracking.TEACHER_RUN_ID: teacher_run_id, tracking.SIZE_FACTOR: "0.4"})[0]
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     assert tags[tracking.METHOD] == "distill" and tags[tracking.DATASET] == "digits" and tags[tracking.IMAGE_SIZE] == "8"
-    assert params["kd_weight"] == "1.0" and params["student_steps"] == "4" and params["teacher_run_id"] == teacher_run_id
+    assert params["kd_weight"] == "1" and params["student_steps"] == "4" and params["teacher_run_id"] == teacher_run_id
     assert {"num_parameters", "flops_per_forward", "val_kd_loss", "val_task_loss"} <= set(metrics)
     student, teacher = tracking.load_model(run.info.run_id), tracking.load_model(teacher_run_id)
     assert student.model.config == dataclasses.replace(teacher.model.config, size_factor=0.4)

@@ -41,7 +41,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(store, proje
     ddp = runs[0].info.run_id
     assert runs[0].data.params["batch_size"] == "128"  # the global batch, 64 per process
 
-    single = train_teacher(tiny_train(), tiny_unet(dropout=0.1), tiny_diffusion(), experiment="single")
+    single = train_teacher(tiny_train(), tiny_unet(), tiny_diffusion(), experiment="single")
     assert len(val_losses(ddp)) == len(val_losses(single)) == 2
     assert val_losses(ddp) == pytest.approx(val_losses(single), rel=TOLERANCE)
 

@@ -76,7 +76,7 @@ def test_ctrl_c_mid_run_then_resume_continues_the_same_run(store, project_env):
     assert len(tracking.find_runs("teacher", status=None)) == 1  # no second run
 
     # the same options uninterrupted give the same numbers: nothing was lost or repeated
-    reference = train_teacher(tiny_train(epochs=EPOCHS, save_interval=4), tiny_unet(dropout=0.1), tiny_diffusion())
+    reference = train_teacher(tiny_train(epochs=EPOCHS, save_interval=4), tiny_unet(), tiny_diffusion())
     assert [v for _, v in val_history(reference)] == pytest.approx([v for _, v in history], rel=1e-5)
 
     again = CliRunner().invoke(cli, ["teacher", "--resume", run_id])

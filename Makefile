@@ -34,6 +34,8 @@ teacher: setup
 
 ## ui: the MLflow UI on $(HOST):$(PORT) over the local store
 ui: setup
+	@echo "MLflow 3.17's UI opens in its GenAI view whatever the experiment's kind: click 'Model training' (top left) once,"
+	@echo "or open http://$(HOST):$(PORT)/#/experiments/EXPERIMENT_ID?workflowType=machine_learning"
 	$(BIN)/mlflow ui --host $(HOST) --port $(PORT) --backend-store-uri sqlite:///mlflow.db
 
 clean:

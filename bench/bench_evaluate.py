@@ -50,7 +50,9 @@ def timed_evaluation(run_id: str, cfg: EvalConfig) -> dict:
     start = time.perf_counter()
     eval_id = evaluate_run(run_id, cfg)
     metrics = mlflow.get_run(eval_id).data.metrics
-    keep = ("fid", "fid_floor", "num_parameters", "latency_ms_per_image", "throughput_images_per_s", "peak_memory_mb")
+    keep = ("quality_n", "kid", "kid_sd", "kid_floor", "kid_floor_sd", "fid", "fid_sd", "fid_floor", "fid_floor_sd",
+            "copy_rate_pixel", "copy_rate_feature", "num_parameters", "latency_ms_per_image", "throughput_images_per_s",
+            "peak_memory_mb")
     return {"seconds": round(time.perf_counter() - start, 1), **{k: metrics[k] for k in keep if k in metrics}}
 
 

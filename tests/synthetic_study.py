@@ -50,7 +50,7 @@ def params_of(size: float) -> int:
     return int(2_000_000 * size ** 2 + 10_000)
 
 
-def _arrays(seed: int, size: float, folder: Path) -> tuple[Path, Path]:
+def _arrays(seed: int, size: float, folder: Path) -> tuple[Path, Path, Path]:
     rng = np.random.default_rng(seed)
     teacher = np.cumsum(rng.normal(size=(2, STEPS + 1, 1, IMAGE, IMAGE)), axis=1).astype(np.float32) / 4
     model = teacher + (1 - size) * rng.normal(size=teacher.shape).astype(np.float32) / 4
@@ -60,36 +60,50 @@ def _arrays(seed: int, size: float, folder: Path) -> tuple[Path, Path]:
     np.savez(folder / "denoising" / "states.npz", states=states, timesteps=np.arange(TIMESTEPS, -1, -4)[: states.shape[1]])
     np.savez(folder / "trajectories" / "trajectories.npz", model=model, teacher=teacher,
              timesteps=np.linspace(TIMESTEPS, 0, STEPS + 1).astype(int))
-    return folder / "denoising" / "states.npz", folder / "trajectories" / "trajectories.npz"
+    (folder / "memorisation").mkdir(parents=True, exist_ok=True)
+    samples = np.clip(model[:, -1], -1, 1)
+    np.savez(folder / "memorisation" / "most_copied.npz", samples=samples, neighbours=np.clip(teacher[:, -1], -1, 1),
+             distances=np.sort(np.abs(rng.normal(size=len(samples)))), threshold=np.array(0.5))
+    return (folder / "denoising" / "states.npz", folder / "trajectories" / "trajectories.npz",
+            folder / "memorisation" / "most_copied.npz")
+
+
+def quality_metrics(fid: float, copy_rate: float) -> dict[str, float]:
+    """The matched-N quality metrics an evaluation logs (evaluation/quality.py), against the train split."""
+    headline = {"fid": fid, "fid_sd": fid / 20, "fid_floor": 2.0, "fid_floor_sd": 0.2, "kid": fid / 100,
+                "kid_sd": fid / 2000, "kid_floor": 0.01, "kid_floor_sd": 0.002}
+    return {**headline, **{f"{k}_train": v for k, v in headline.items()}, "quality_n": 32, "quality_draws": 10,
+            "copy_rate_pixel": copy_rate, "copy_rate_feature": copy_rate, "nn_distance_pixel": 2.0,
+            "nn_distance_pixel_heldout": 2.1, "nn_distance_feature": 1.0, "nn_distance_feature_heldout": 1.1}
 
 
 def _evaluation_run(client, exp_id, model_run_id, teacher_id, role, method, size, seed, artifacts=True,
-                    drop=(), status="FINISHED"):
+                    drop=(), status="FINISHED", extra=None):
     tags = {"dmat.role": "evaluation", "dmat.model_run_id": model_run_id, "dmat.model_role": role,
             "dmat.method": method, "dmat.size_factor": size, "dmat.dataset": "digits", "dmat.image_size": IMAGE,
             "dmat.teacher_run_id": teacher_id, "dmat.feature_extractor_run_id": "none"}
     run = client.create_run(exp_id, run_name=f"eval-{method}-{size:g}-s{seed}", tags=tags)
     gap = 0.0 if role == "teacher" else (1 - size) + 0.05
-    metrics = {"fid": fid_of(size, method, seed), "fid_floor": 2.0, "kid_mean": fid_of(size, method, seed) / 100,
-               "kid_std": 0.001, "kid_floor": 0.01, "precision": 0.5 + size / 3, "recall": 0.4 + size / 3,
+    metrics = {**quality_metrics(fid_of(size, method, seed), 0.01 + 0.02 * size), "precision": 0.5 + size / 3,
+               "recall": 0.4 + size / 3,
                "num_parameters": params_of(size), "flops_per_forward": 1e6 * size, "checkpoint_mb": size,
                "latency_ms_per_image": 1.0 + 4 * size, "throughput_images_per_s": 1000 / (1 + 4 * size),
                "peak_memory_mb": 10 * size, "final_mse": gap / 10, "traj_mse_mean": gap / 20,
                "traj_cosine_mean": 1 - gap / 10, "path_length": 3.0, "teacher_path_length": 3.0}
     if role == "teacher":  # nothing to compare the teacher with: absent, as in a real evaluation
         drop = (*drop, "final_mse", "traj_mse_mean", "traj_cosine_mean")
-    metrics = {k: v for k, v in metrics.items() if k not in drop}
+    metrics = {k: v for k, v in {**metrics, **(extra or {})}.items() if k not in drop}
     histories = {"traj_mse": [(s, gap * s / STEPS) for s in range(STEPS + 1)],
                  "traj_cosine": [(s, 1 - gap * s / STEPS / 10) for s in range(STEPS + 1)],
                  "eps_mse_teacher": [(t, gap * (0.1 + t / TIMESTEPS)) for t in range(TIMESTEPS)],
                  "eps_mse_true": [(t, 0.05 + gap / 10 + 1 / (t + 1)) for t in range(TIMESTEPS)]}
     _batch(client, run.info.run_id, metrics, histories,
-           {"sampler": "ddim", "steps": STEPS, "num_samples": 64, "features": "classifier", "seed": seed})
+           {"sampler": "ddim", "steps": STEPS, "num_samples": 64, "features": "classifier", "seed": seed,
+            "floor_draws": 10, "reference": "train"})
     if artifacts:
         with tempfile.TemporaryDirectory() as tmp:
-            states, trajectories = _arrays(seed, size, Path(tmp))
-            client.log_artifact(run.info.run_id, str(states), "denoising")
-            client.log_artifact(run.info.run_id, str(trajectories), "trajectories")
+            for path in _arrays(seed, size, Path(tmp)):
+                client.log_artifact(run.info.run_id, str(path), path.parent.name)
     client.set_terminated(run.info.run_id, status)
     return run.info.run_id
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from dmat.config import TrainConfig
-from dmat.data import load_dataset, load_splits
+from dmat.data import load_dataset, load_held_out, load_splits
 from dmat.errors import DmatError
 
 
@@ -69,6 +69,10 @@ def test_mnist_formats_are_read_by_torchvision(tmp_path, monkeypatch, no_network
     expected = torch.tensor(np.frombuffer((raw / "train-images-idx3-ubyte").read_bytes()[16:16 + 784], np.uint8))
     assert torch.allclose((first[0] + 1) / 2 * 255, expected.view(28, 28).float(), atol=0.5)
     assert load_dataset(name, 16)[0].shape == (1, 16, 16)
+    held_out = load_held_out(name, 28)  # the test split, which no model trains on: the evaluations' reference
+    test_image = np.frombuffer((raw / "t10k-images-idx3-ubyte").read_bytes()[16:16 + 784], np.uint8)
+    assert len(held_out) == 4
+    assert torch.allclose((held_out[0][0] + 1) / 2 * 255, torch.tensor(test_image).view(28, 28).float(), atol=0.5)
     assert no_network == []  # read from disk: nothing was fetched
 
 

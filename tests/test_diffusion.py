@@ -99,3 +99,24 @@ def test_bad_diffusion_config_is_a_clear_error():
         GaussianDiffusion(DiffusionConfig(schedule="quadratic"))
     with pytest.raises(DmatError, match="timesteps"):
         GaussianDiffusion(DiffusionConfig(timesteps=1))
+
+
+@pytest.mark.parametrize("timesteps", [5, 19, 20])
+def test_linear_schedule_with_too_few_timesteps_is_refused(timesteps):
+    assert make_betas("linear", timesteps).max() >= 1 - 1e-12  # what it would be: beta_T >= 1, 1 - beta_T <= 0
+    with pytest.raises(DmatError, match=f"schedule linear with timesteps={timesteps} .* use timesteps > 20"):
+        DiffusionConfig(timesteps=timesteps, schedule="linear").validate()
+    abar = GaussianDiffusion(DiffusionConfig(timesteps=21, schedule="linear")).alphas_cumprod
+    assert 0 < abar[-1] < abar[0] < 1  # the smallest T it accepts is a valid process
+
+
+def test_linear_schedule_check_runs_before_the_teacher_run_exists(store):
+    import mlflow
+    from click.testing import CliRunner
+
+    from dmat.cli import cli
+
+    result = CliRunner().invoke(cli, ["teacher", "--schedule", "linear", "--timesteps", "20", "--epochs", "1"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().count("\n") == 0 and "schedule linear with timesteps=20" in result.stderr
+    assert mlflow.search_runs(search_all_experiments=True).empty

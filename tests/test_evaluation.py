@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from conftest import tiny_diffusion, tiny_unet
+from conftest import _end_active_runs, _point_at, tiny_diffusion, tiny_unet
 
 from dmat.data import load_dataset
 from dmat.diffusion import GaussianDiffusion, sample
 from dmat.errors import DmatError
-from dmat.evaluation import cost, features, quality, trajectories
+from dmat.evaluation import cost, features, memorisation, quality, trajectories
 from dmat.evaluation.settings import EvalConfig
 from dmat.unet import UNet
 
@@ -23,9 +23,13 @@ def digits8() -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def extractor() -> features.ClassifierFeatures:
-    torch.manual_seed(0)
-    return features.ClassifierFeatures(features.ExtractorConfig(image_size=8, feature_dim=16)).eval()
+def extractor(tmp_path_factory) -> features.ClassifierFeatures:
+    """A digits classifier trained briefly (a few seconds): features that tell digits apart, as in a study."""
+    with pytest.MonkeyPatch.context() as mp:
+        _point_at(tmp_path_factory.mktemp("extractor"), mp)
+        run_id = features.train_feature_extractor("digits", 8, epochs=3, feature_dim=16)
+        _end_active_runs()
+        return features.load_feature_extractor(run_id, "digits", 8)
 
 
 def _scipy_frechet(a: np.ndarray, b: np.ndarray) -> float:
@@ -35,34 +39,102 @@ def _scipy_frechet(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
 
 
-def test_fid_equals_independent_frechet_distance(extractor, digits8):
-    real, fake = digits8[:900], (digits8[900:] + 0.3 * torch.randn_like(digits8[900:])).clamp(-1, 1)
-    fid = quality.fid_kid(extractor, real, fake)["fid"]
-    expected = _scipy_frechet(quality.extract(extractor, real).numpy(), quality.extract(extractor, fake).numpy())
-    assert expected > 0
-    assert fid == pytest.approx(expected, rel=1e-3)
+def _numpy_kid(a: np.ndarray, b: np.ndarray) -> float:
+    """Unbiased MMD^2 with the cubic kernel (x.y / d + 1)^3 over all pairs (Binkowski et al. 2018)."""
+    d, m = a.shape[1], len(a)
+    kernel = lambda x, y: (x @ y.T / d + 1) ** 3  # noqa: E731
+    kaa, kbb, kab = kernel(a, a), kernel(b, b), kernel(a, b)
+    off = lambda k: (k.sum() - np.trace(k)) / (m * (m - 1))  # noqa: E731
+    return float(off(kaa) + off(kbb) - 2 * kab.mean())
 
 
-def test_real_vs_real_is_near_the_floor_and_noise_far_above(extractor, digits8):
-    floor = quality.floor_metrics(extractor, digits8, seed=0)
-    other_halves = quality.real_halves(digits8, seed=1)
-    real_vs_real = quality.fid_kid(extractor, *other_halves)
-    noise = torch.rand_like(digits8) * 2 - 1
-    noise_vs_real = quality.fid_kid(extractor, digits8, noise)
-    assert real_vs_real["fid"] < 3 * floor["fid_floor"]
-    assert noise_vs_real["fid"] > 20 * floor["fid_floor"]
-    assert noise_vs_real["kid_mean"] > 20 * abs(floor["kid_floor"])
+@pytest.fixture(scope="module")
+def digit_sets(extractor, digits8) -> dict:
+    """The digits shuffled into a 1000-image 'train' set and 797 unseen ones, as images and features."""
+    order = torch.randperm(len(digits8), generator=torch.Generator().manual_seed(0))
+    train, unseen = digits8[order[:1000]], digits8[order[1000:]]
+    return {"train": train, "unseen": unseen, "train_f": quality.extract(extractor, train),
+            "unseen_f": quality.extract(extractor, unseen)}
 
 
-def test_precision_recall_on_identical_and_disjoint_sets():
-    a = torch.randn(200, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    assert quality.precision_recall(a, a.clone()) == (1.0, 1.0)
-    assert quality.precision_recall(a, a + 100.0) == (0.0, 0.0)
+def test_fid_and_kid_equal_independent_computations(digit_sets):
+    real, fake = digit_sets["train_f"][:500], digit_sets["unseen_f"][:500] + 0.05
+    scores = quality.fid_kid(real, fake)
+    assert scores["fid"] == pytest.approx(_scipy_frechet(real.numpy(), fake.numpy()), rel=1e-8)
+    assert scores["kid"] == pytest.approx(_numpy_kid(real.numpy(), fake.numpy()), rel=1e-8)
 
 
-def test_too_few_samples_is_a_clear_error(extractor, digits8):
+def test_matched_n_scores_and_floor_are_means_and_sds_over_the_same_draws(digit_sets):
+    ref, gen = digit_sets["train_f"], digit_sets["unseen_f"]
+    n, k = quality.matched_n(len(gen), [len(ref)]), 10
+    assert n == 500
+    scores = quality.matched_scores(gen, ref, n, k, seed=3)
+    direct = {"fid": [], "fid_floor": [], "kid": [], "kid_floor": []}
+    for d in quality.draws(len(ref), len(gen), n, k, seed=3):
+        assert len(d.a) == len(d.b) == len(d.g) == n and not set(d.a.tolist()) & set(d.b.tolist())
+        a, b, g = ref[d.a].numpy(), ref[d.b].numpy(), gen[d.g].numpy()
+        direct["fid"].append(_scipy_frechet(b, g))
+        direct["fid_floor"].append(_scipy_frechet(a, b))
+        direct["kid"].append(_numpy_kid(b, g))
+        direct["kid_floor"].append(_numpy_kid(a, b))
+    for name, values in direct.items():
+        assert scores[name] == pytest.approx(np.mean(values), rel=1e-6, abs=1e-12)
+        assert scores[f"{name}_sd"] == pytest.approx(np.std(values, ddof=1), rel=1e-6, abs=1e-12)
+    assert quality.matched_scores(gen, ref, n, k, seed=3) == scores  # the seed fixes the draws
+
+
+def _within_floor(scores: dict, metric: str, spread: float = 2.0) -> bool:
+    return abs(scores[metric] - scores[f"{metric}_floor"]) <= spread * scores[f"{metric}_floor_sd"]
+
+
+def test_perfect_generator_is_inside_the_floor_spread_and_noise_far_above(digit_sets, extractor):
+    ref = digit_sets["train_f"]
+    perfect = quality.matched_scores(digit_sets["unseen_f"], ref, 400, 10, seed=0)  # real images the reference lacks
+    assert _within_floor(perfect, "kid") and _within_floor(perfect, "fid")
+    noise = quality.extract(extractor, torch.rand(800, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    bad = quality.matched_scores(noise, ref, 400, 10, seed=0)
+    assert bad["kid"] > bad["kid_floor"] + 50 * bad["kid_floor_sd"]
+    assert bad["fid"] > bad["fid_floor"] + 50 * bad["fid_floor_sd"]
+
+
+def test_memoriser_is_flagged_and_scores_worse_against_held_out_than_train(digit_sets, extractor):
+    train, unseen = digit_sets["train"], digit_sets["unseen"]
+    copies = (train + 0.01 * torch.randn(train.shape, generator=torch.Generator().manual_seed(1))).clamp(-1, 1)
+    refs = {"train": digit_sets["train_f"], "heldout": digit_sets["unseen_f"]}
+    copy_f = quality.extract(extractor, copies)
+    scores = quality.quality_metrics(copy_f, refs, "heldout", quality.matched_n(len(copies), [1000, 797]), 10, 0)
+    assert scores["quality_n"] == 398 and scores["kid"] == scores["kid_heldout"]
+    assert scores["kid_heldout"] > scores["kid_train"]
+    assert scores["fid_heldout"] > scores["fid_train"] and scores["fid_train"] < scores["fid_floor_train"]
+
+    def rates(generated, generated_f):
+        found = memorisation.memorisation({"generated": generated, "train": train, "held_out": unseen[:400]},
+                                          {"generated": generated_f, "train": digit_sets["train_f"],
+                                           "held_out": digit_sets["unseen_f"][:400]})
+        return found
+
+    copier = rates(copies, copy_f)
+    honest = rates(unseen[400:], digit_sets["unseen_f"][400:])  # real images it never saw: chance level
+    assert copier.metrics["copy_rate_pixel"] > 0.95 and copier.metrics["copy_rate_feature"] > 0.5
+    assert honest.metrics["copy_rate_pixel"] < 0.05 and honest.metrics["copy_rate_feature"] < 0.05
+    shown = copier.most_copied
+    assert shown["samples"].shape == shown["neighbours"].shape == (memorisation.MOST_COPIED, 1, 8, 8)
+    assert np.all(np.diff(shown["distances"]) >= 0) and shown["distances"][-1] < shown["threshold"]
+
+
+def test_too_few_samples_is_a_clear_error(digit_sets):
     with pytest.raises(DmatError, match="more samples than feature dimensions"):
-        quality.fid_kid(extractor, digits8, digits8[:16])
+        quality.fid_kid(digit_sets["train_f"], digit_sets["train_f"][:16])
+    with pytest.raises(DmatError, match="a draw of N=600 needs 1200 reference"):
+        quality.draws(1000, 2000, 600, 10, 0)
+
+
+def test_nearest_neighbours_equal_a_brute_force_search():
+    a = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
+    b = torch.randn(70, 3, generator=torch.Generator().manual_seed(1))
+    dist, index = memorisation.nearest(a, b, chunk=7)  # 10 chunks of the reference
+    brute = ((a[:, None] - b[None]) ** 2).sum(-1).sqrt()
+    assert torch.equal(index, brute.argmin(1)) and torch.allclose(dist.float(), brute.min(1).values, atol=1e-6)
 
 
 def _tiny_model(seed: int) -> UNet:
@@ -84,6 +156,16 @@ def test_trajectory_against_itself_is_zero_and_against_another_model_is_not(samp
     assert vs_other["traj_mse"][0] == 0.0  # the shared starting noise
     assert all(m > 0 for m in vs_other["traj_mse"][1:])
     assert trajectories.path_length(own) > 0
+
+
+def test_trajectory_means_leave_out_the_shared_starting_noise():
+    diffusion = GaussianDiffusion(tiny_diffusion())
+    x_T = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    own, other = (trajectories.record(_tiny_model(seed), diffusion, x_T, "ddim", 1, seed=7) for seed in (0, 1))
+    vs = trajectories.compare(own, other)
+    assert len(vs["traj_mse"]) == 2 and vs["traj_mse"][0] == 0.0  # x_T, then the one sampling step
+    assert vs["traj_mse_mean"] == vs["final_mse"] == vs["traj_mse"][1] > 0  # step 0 would halve it
+    assert vs["traj_cosine_mean"] == vs["traj_cosine"][1] < 1
 
 
 def test_last_recorded_state_is_the_returned_sample():
@@ -120,6 +202,7 @@ def test_cost_timing_and_memory_are_measured():
     (dict(sampler="euler"), "sampler must be ddim or ddpm"),
     (dict(features="clip"), "features must be classifier or inception"),
     (dict(steps="many"), "steps must be a positive integer or 'student'"),
+    (dict(floor_draws=1), "floor-draws must be at least 2"),
 ])
 def test_bad_settings_are_clear_errors(bad, message):
     with pytest.raises(DmatError, match=message):

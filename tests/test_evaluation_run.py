@@ -24,17 +24,23 @@ from dmat.unet import UNet
 FAST = dict(num_samples=80, steps="4", batch_size=40, num_trajectories=3, eps_timesteps=5, device="cpu")
 FAST_CLI = ["--num-samples", "80", "--steps", "4", "--batch-size", "40", "--num-trajectories", "3",
             "--eps-timesteps", "5", "--device", "cpu"]
-SINGLE = ("fid", "fid_floor", "kid_mean", "kid_std", "kid_floor", "precision", "recall", "num_parameters",
-          "flops_per_forward", "checkpoint_mb", "latency_ms_per_image", "throughput_images_per_s",
-          "peak_memory_mb", "path_length", "eps_mse_true")
+MATCHED = tuple(f"{m}{part}" for m in ("fid", "kid") for part in ("", "_sd", "_floor", "_floor_sd"))
+SINGLE = (*MATCHED, *(f"{m}_train" for m in MATCHED), "quality_n", "quality_draws", "precision", "recall",
+          "copy_rate_pixel", "copy_rate_feature", "nn_distance_pixel", "nn_distance_pixel_heldout",
+          "nn_distance_feature", "nn_distance_feature_heldout", "num_parameters", "flops_per_forward", "checkpoint_mb",
+          "latency_ms_per_image", "throughput_images_per_s", "peak_memory_mb", "path_length", "eps_mse_true")
 VS_TEACHER = ("final_mse", "traj_mse_mean", "traj_cosine_mean", "teacher_path_length", "eps_mse_teacher")
 
 
-def _student_like_run(teacher_id: str) -> str:
-    """A half-width student of the teacher (random weights): what distill.py logs, minus the training."""
+def _student_like_run(teacher_id: str | None) -> str:
+    """A half-width student of the teacher (random weights): what distill.py logs, minus the training.
+    Without a teacher id, a teacher-like run of the same kind."""
     unet = tiny_unet(image_size=8, in_channels=1, size_factor=0.5)
     tags = {tracking.ROLE: "student", tracking.TEACHER_RUN_ID: teacher_id, tracking.METHOD: "scratch",
             tracking.SIZE_FACTOR: "0.5", tracking.DATASET: "digits", tracking.IMAGE_SIZE: "8"}
+    if teacher_id is None:
+        tags = {**{k: v for k, v in tags.items() if k != tracking.TEACHER_RUN_ID}, tracking.ROLE: "teacher",
+                tracking.METHOD: "teacher"}
     with tracking.tracked_run("student-like", tags) as run:
         mlflow.log_params({"student_steps": 3, "size_factor": 0.5})
         torch.manual_seed(1)
@@ -88,7 +94,14 @@ def test_student_evaluation_logs_the_contract(in_store):
     assert {k: params[k] for k in ("sampler", "steps", "num_samples", "features", "seed")} == {
         "sampler": "ddim", "steps": "4", "num_samples": "80", "features": "classifier", "seed": "0"}
     assert set(SINGLE + VS_TEACHER) <= set(metrics)
-    assert metrics["fid"] > metrics["fid_floor"] > 0
+    assert not {m for m in metrics if m.endswith("_heldout") and not m.startswith("nn_distance")}  # digits: no test set
+    # digits has no held-out split: the train split is the reference, N = 80 generated vs 80 real, 10 draws
+    assert params["reference"] == "train" and params["real_data"].startswith("train split")
+    assert (metrics["quality_n"], metrics["quality_draws"], params["floor_draws"]) == (80, 10, "10")
+    assert all(metrics[m] == metrics[f"{m}_train"] for m in MATCHED)
+    assert metrics["fid"] > metrics["fid_floor"] + 2 * metrics["fid_floor_sd"] > 0  # random weights: far off
+    assert metrics["kid"] > metrics["kid_floor"] + 2 * metrics["kid_floor_sd"]
+    assert 0 <= metrics["copy_rate_pixel"] <= 1 and metrics["nn_distance_pixel"] > 0
     assert metrics["final_mse"] > 0 and metrics["num_parameters"] < 44969
 
     traj_mse = _history(run_id, "traj_mse")
@@ -103,6 +116,9 @@ def test_student_evaluation_logs_the_contract(in_store):
     states = _npz(run_id, "denoising/states.npz")
     assert states["states"].shape[:2] == (3, 5) and len(states["timesteps"]) == 5
     assert "denoising/grid.png" in [a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "denoising")]
+    copied = _npz(run_id, "memorisation/most_copied.npz")
+    assert copied["samples"].shape == copied["neighbours"].shape == (8, 1, 8, 8)
+    assert "memorisation/most_copied.png" in [a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "memorisation")]
 
 
 def test_teacher_evaluation_leaves_vs_teacher_metrics_out_and_never_overwrites(in_store):
@@ -163,6 +179,31 @@ def test_cli_evaluate(in_store):
     assert bad.exit_code == 2 and "more samples than feature dimensions" in bad.output
     neither = runner.invoke(cli, ["evaluate"])
     assert neither.exit_code == 2 and "--run-id" in neither.output
+
+
+def _error_lines(result) -> list[str]:
+    """dmat's own lines on stderr (MLflow may log INFO lines there when it creates a store)."""
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def test_too_few_samples_are_refused_before_a_feature_extractor_is_trained(store):
+    model = _student_like_run(None)  # a fresh store: no feature extractor yet
+    result = CliRunner().invoke(cli, ["evaluate", "--run-id", model, *FAST_CLI, "--num-samples", "10"])
+    [error] = _error_lines(result)
+    assert result.exit_code == 2 and "more samples than feature dimensions" in error
+    assert "N = min(num-samples=10" in error and "Traceback" not in result.output
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert list(runs["tags.dmat.role"]) == ["teacher"]  # no feature-extractor run, no evaluation run
+
+
+def test_evaluate_all_on_a_store_without_models_says_so(store):
+    result = CliRunner().invoke(cli, ["evaluate", "--all", *FAST_CLI])
+    [error] = _error_lines(result)
+    assert result.exit_code == 2 and error.startswith("error: no finished teacher or student run in ")
+    assert "dmat teacher" in error and "0 model(s) evaluated" not in result.output
+    students_only = CliRunner().invoke(cli, ["evaluate", "--all", *FAST_CLI, "--steps", "student"])
+    assert students_only.exit_code == 2 and "no finished student run" in _error_lines(students_only)[0]
+    assert mlflow.search_runs(search_all_experiments=True).empty
 
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]

@@ -3,6 +3,7 @@
 import shlex
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow.projects import _project_spec
 
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = {name: spec.entry_point for name, spec in COMMANDS.items() if spec.entry_point}
 # options that make no sense as MLproject parameters (each entry point is a new MLflow run of its own)
 CLI_ONLY = {"teacher": {"resume"}, "distill": {"resume"}, "evaluate": {"all_runs"}, "pipeline": set(),
-            "sweep": {"create_only", "worker_of"},
+            "sweep": {"create_only", "worker_of", "worker_index"},
             "report": {"mse", "denoising", "time_", "trajectory", "all_sections", "full_mse", "out_dir", "verbose",
                        "tracking_uri"}}
 REQUIRED = {"distill": {"size_factor": "0.5"}, "evaluate": {"run_id": "abc"}}
@@ -93,11 +94,23 @@ def test_a_bool_option_alone_means_true():
 
 def test_sweep_workers_get_the_studys_own_settings():
     cfg = SweepConfig(study_name="s", n_trials=10, workers=3, multi_objective=True, teacher_run_id="t", num_samples=99)
-    command = _worker_command(cfg, 4, "parent", "exp")
+    command = _worker_command(cfg, 4, "parent", "exp", worker=2)
     assert command[1:4] == ["-m", "dmat", "sweep"]
     params = parse("sweep", command[4:])
-    assert (params["worker_of"], params["experiment"]) == ("parent", "exp")
+    assert (params["worker_of"], params["worker_index"], params["experiment"]) == ("parent", 2, "exp")
     assert pick(SweepConfig, params) == replace(cfg, n_trials=4, workers=1)
+
+
+def test_one_worker_sweeps_reproducibly_and_workers_sample_differently():
+    from dmat.sweep import default_sampler
+
+    def proposals(sampler):
+        study = optuna.create_study(sampler=sampler)
+        return [study.ask().suggest_float("lr", 1e-5, 1e-2, log=True) for _ in range(3)]
+
+    cfg = SweepConfig(seed=3)
+    assert proposals(default_sampler(cfg)) == proposals(default_sampler(cfg))
+    assert proposals(default_sampler(cfg, worker=1)) != proposals(default_sampler(cfg))
 
 
 def test_to_cli_args_round_trips_an_eval_config():

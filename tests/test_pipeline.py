@@ -7,6 +7,7 @@ import mlflow
 import pytest
 from click.testing import CliRunner
 
+from dmat import lineage
 from dmat.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +28,7 @@ def _as_mlflow_params(args: list[str]) -> list[str]:
 
 @pytest.mark.slow
 def test_pipeline_runs_every_stage_then_reuses_them(store, project_env, tmp_path, monkeypatch):
+    source = lineage.Source.of(ROOT)  # the commit the stages run at, and whether the checkout has changes
     # first through the MLproject main entry point, as `mlflow run .` does ...
     first = subprocess.run(["mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "dmat-test",
                             *_as_mlflow_params(TINY_PIPELINE)], env=project_env, cwd=tmp_path, capture_output=True,
@@ -39,7 +41,9 @@ def test_pipeline_runs_every_stage_then_reuses_them(store, project_env, tmp_path
     # ... then through the CLI: the same stages with the same parameters are reused. The venv is not on
     # PATH (as when .venv/bin/dmat is called directly): the stages must still run in this interpreter.
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    second = CliRunner().invoke(cli, ["pipeline", *TINY_PIPELINE])
+    # stages are reused at the same commit of a clean checkout (CI's clone); uncommitted changes (a developer's
+    # tree) reuse nothing unless --reuse-any-commit (tests/test_lineage.py checks the difference itself)
+    second = CliRunner().invoke(cli, ["pipeline", *TINY_PIPELINE, *(["--reuse-any-commit"] if source.dirty else [])])
     assert second.exit_code == 0, second.output + str(second.exception)
     after_second = _roles()
     # nothing is trained or evaluated again: one more pipeline run and a fresh report only
@@ -60,6 +64,10 @@ def test_pipeline_runs_every_stage_then_reuses_them(store, project_env, tmp_path
     students = runs[runs["tags.dmat.role"] == "student"]
     assert set(students["tags.dmat.teacher_run_id"]) == {runs[runs["tags.dmat.role"] == "teacher"].iloc[0]["run_id"]}
     assert sorted(students["tags.dmat.size_factor"]) == ["0.3", "0.5"]
+    # stages carry the commit they ran at, and dmat's names, not MLflow's random ones
+    assert set(nested["tags.mlflow.source.git.commit"]) == {source.commit}
+    assert set(nested["tags.dmat.source_dirty"]) == {str(source.dirty).lower()}
+    assert sorted(students["tags.mlflow.runName"]) == ["student-0.3-distill-digits-8px", "student-0.5-distill-digits-8px"]
 
 
 @pytest.mark.parametrize("args,message", [

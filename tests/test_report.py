@@ -24,7 +24,7 @@ from dmat.evaluation.evaluate import evaluate_run
 from dmat.evaluation.features import train_feature_extractor
 from dmat.report import SECTIONS, build_report, choose_sections
 from dmat.report.tables import mean_ci, pareto_mask, readable_subset
-from synthetic_study import log_synthetic_study
+from synthetic_study import _evaluation_run, _model_run, log_synthetic_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def assert_table_matches_mlflow(summary: pd.DataFrame, evaluation_ids: list[str]
     for (method, size), group in logged.groupby(["method", "size_factor"]):
         row = summary[(summary.method == method) & np.isclose(summary.size_factor, size)].iloc[0]
         assert row.n == len(group)
-        for metric in ("fid", "kid_mean", "num_parameters", "latency_ms_per_image"):
+        for metric in ("fid", "kid", "num_parameters", "latency_ms_per_image"):
             values = group[metric].dropna() if metric in group else pd.Series(dtype=float)
             if values.empty:
                 assert np.isnan(row[metric])
@@ -88,7 +88,7 @@ def test_report_from_synthetic_study(store, tmp_path):
     html = path.read_text()
     assert _sections_in(html) == list(SECTIONS)
     figures = {p.stem for p in (tmp_path / "out" / "figures").glob("*.png")}
-    assert figures == {"quality_vs_size", "efficiency", "mse_heatmap", "denoising", "time_analysis",
+    assert figures == {"quality_vs_size", "most_copied", "efficiency", "mse_heatmap", "denoising", "time_analysis",
                        "trajectory_divergence", "trajectory_pca", "training_curves"}
     assert html.count("data:image/png;base64,") == len(figures)  # self-contained
 
@@ -96,7 +96,7 @@ def test_report_from_synthetic_study(store, tmp_path):
     assert_table_matches_mlflow(summary, ids["evaluations"] + [ids["no_fid"]])
     # the evaluation without FID is n/a in the table, not 0; the failed size is not in it at all
     scratch07 = summary[(summary.method == "scratch") & np.isclose(summary.size_factor, 0.7)].iloc[0]
-    assert np.isnan(scratch07.fid) and scratch07.kid_mean > 0
+    assert np.isnan(scratch07.fid) and scratch07.kid > 0
     assert not np.isclose(summary.size_factor, 0.3).any()
     assert "n/a" in html
 
@@ -115,6 +115,59 @@ def test_report_from_synthetic_study(store, tmp_path):
     assert len(report_run) == 1 and report_run.status.iloc[0] == "FINISHED"
     logged = {a.path for a in MlflowClient().list_artifacts(report_run.run_id.iloc[0], "report")}
     assert {"report/report.html", "report/figures", "report/tables"} <= logged
+
+
+def test_quality_table_has_matched_n_scores_beside_the_floor_and_memorisation(store, tmp_path):
+    ids = log_synthetic_study("syn", sizes=(0.5,), methods=("distill",), problems=False)
+    client = MlflowClient()  # a model that copies its training images, evaluated against a held-out split too
+    experiment = client.get_experiment_by_name("syn").experiment_id
+    copier = _model_run(client, experiment, "student", "scratch", 0.5, 0)
+    _evaluation_run(client, experiment, copier, ids["teacher"], "student", "scratch", 0.5, 0, extra={
+        "copy_rate_pixel": 0.9, "kid_heldout": 0.5, "kid_sd_heldout": 0.01, "kid_sd_train": 0.01})
+    html = build_report("syn", out_dir=tmp_path, log_run=False).read_text()
+    table = pd.read_csv(tmp_path / "tables" / "quality.csv", keep_default_na=False)
+    assert len(table) == 3 and set(table.N) == {32} and set(table.draws) == {10} and set(table.reference) == {"train"}
+    row = table[table.method == "distill"].iloc[0]
+    logged = client.get_run(ids["evaluations"][1]).data.metrics
+    assert row.kid == f"{logged['kid']:.4g} ± {logged['kid_sd']:.2g}"
+    assert row.kid_floor == f"{logged['kid_floor']:.4g} ± {logged['kid_floor_sd']:.2g}"
+    assert float(row.kid_z) == pytest.approx((logged["kid"] - logged["kid_floor"]) / logged["kid_floor_sd"], abs=0.05)
+    assert row.kid_heldout == "n/a" and row.kid_train == row.kid
+    assert "Every KID and FID is N generated vs N real images" in html
+    assert "size 0.5 scratch: copy rate 0.90 (chance 0.01)" in html
+    assert "size 0.5 scratch: KID against held-out images 0.5 vs" in html and "memorisation sign" in html
+    assert "KID inside the spread of the real-vs-real floor (within 2 sd over draws, N = 32 a side)" in html
+
+
+def test_an_evaluation_by_an_older_dmat_is_shown_apart(store, tmp_path):
+    ids = log_synthetic_study("syn", sizes=(0.5,), methods=("distill",), problems=False)
+    client = MlflowClient()
+    old = _evaluation_run(client, client.get_experiment_by_name("syn").experiment_id, ids["students"][0],
+                          ids["teacher"], "student", "distill", 0.5, 1, artifacts=False, drop=("quality_n",))
+    build_report("syn", out_dir=tmp_path, log_run=False)
+    evaluations = pd.read_csv(tmp_path / "tables" / "evaluations.csv").set_index("run_id")
+    assert np.isnan(evaluations.fid[old]) and evaluations.fid_legacy[old] == client.get_run(old).data.metrics["fid"]
+    summary = pd.read_csv(tmp_path / "tables" / "summary.csv")
+    assert summary[summary.method == "distill"].n.iloc[0] == 2  # counted, but its FID is not averaged in
+    assert summary[summary.method == "distill"].fid.iloc[0] == client.get_run(ids["evaluations"][1]).data.metrics["fid"]
+    problems = pd.read_csv(tmp_path / "tables" / "problems.csv").set_index("run_id").problem
+    assert problems[old].startswith("evaluated by an older dmat: FID/KID not at matched sample sizes")
+
+
+def test_a_missing_interval_draws_no_error_bar():
+    from matplotlib.collections import LineCollection
+
+    from dmat.report import figures
+    from dmat.report.tables import summary_table
+
+    evaluations = pd.DataFrame({"method": ["distill"] * 3, "size_factor": [0.5, 0.5, 0.2], "seed": [0, 1, 0],
+                                "num_parameters": [5e5, 5e5, 1e5], "kid": [0.02, 0.03, 0.05], "fid": [3.0, 4.0, 6.0],
+                                "kid_floor": [0.01] * 3, "kid_floor_sd": [0.002] * 3})
+    fig = figures.quality_figure(summary_table(evaluations))  # size 0.5: two evaluations; 0.2: one, no interval
+    for ax in fig.axes:
+        bars = [seg for c in ax.collections if isinstance(c, LineCollection) for seg in c.get_segments()]
+        assert len(bars) == 1 and abs(bars[0][1][1] - bars[0][0][1]) > 0  # only 0.5's, and not of length 0
+    assert any(p.get_label() == "floor ± sd over draws" for p in fig.axes[0].patches)
 
 
 def test_flags_choose_sections_through_cli(store, tmp_path):

@@ -3,6 +3,8 @@ stopped; a non-finite loss ends the run FAILED with the last good epoch kept as 
 
 from __future__ import annotations
 
+import contextlib
+import re
 import signal
 import subprocess
 import sys
@@ -48,21 +50,45 @@ def wait_for_epochs(proc: subprocess.Popen, epochs: int, timeout: float = 120) -
     raise AssertionError("the run never reached the epoch to interrupt")
 
 
+@contextlib.contextmanager
+def teacher_process(project_env, *args: str):
+    """`dmat teacher` in a subprocess with Ctrl-C as a terminal delivers it (a background job ignores
+    SIGINT); killed on the way out, whatever the test did."""
+    proc = subprocess.Popen([sys.executable, "-m", "dmat", "teacher", *TINY_CLI_ARGS, *args], env=project_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if not proc.stdout.closed:
+            proc.communicate(timeout=60)
+
+
+def stopped_message(stderr: str) -> str:
+    """The one line dmat printed when it stopped (progress bars aside)."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", stderr)
+    lines = [line for line in text.splitlines() if line.strip() and "%|" not in line and " INFO mlflow." not in line]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
 @pytest.mark.slow
 def test_ctrl_c_mid_run_then_resume_continues_the_same_run(store, project_env):
-    args = [*TINY_CLI_ARGS, "--epochs", str(EPOCHS), "--save-interval", "4"]
-    proc = subprocess.Popen([sys.executable, "-m", "dmat", "teacher", *args], env=project_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    run_id = wait_for_epochs(proc, 2)
-    proc.send_signal(signal.SIGINT)  # Ctrl-C, somewhere inside epoch 3 (or its validation)
-    proc.communicate(timeout=60)
-    assert proc.returncode != 0
+    with teacher_process(project_env, "--epochs", str(EPOCHS), "--save-interval", "4") as proc:
+        run_id = wait_for_epochs(proc, 2)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C, somewhere inside epoch 3 (or its validation)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
     killed = MlflowClient().get_run(run_id)
     assert killed.info.status == "KILLED"
     logged = val_history(run_id)
     assert 2 <= len(logged) < EPOCHS
     # save_interval 4 > epochs finished: last.pt was written on the way out, at the last logged epoch
     assert tracking.load_checkpoint(run_id, checkpoint.LAST)["epoch"] == logged[-1][0]
+    assert stopped_message(err) == (f"interrupted (SIGINT): run {run_id} is KILLED with checkpoints/last.pt at epoch "
+                                    f"{logged[-1][0]}: resume with `dmat teacher --resume {run_id}`")
 
     result = CliRunner().invoke(cli, ["teacher", "--resume", run_id])
     assert result.exit_code == 0, result.output
@@ -81,6 +107,44 @@ def test_ctrl_c_mid_run_then_resume_continues_the_same_run(store, project_env):
 
     again = CliRunner().invoke(cli, ["teacher", "--resume", run_id])
     assert again.exit_code == 2 and "FINISHED" in again.output and "only KILLED or FAILED" in again.output
+
+
+@pytest.mark.slow
+def test_sigterm_is_handled_like_ctrl_c_and_the_run_resumes(store, project_env):
+    with teacher_process(project_env, "--epochs", "5", "--save-interval", "4") as proc:
+        run_id = wait_for_epochs(proc, 2)
+        proc.send_signal(signal.SIGTERM)  # what kill, timeout, job schedulers and container stops send
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert MlflowClient().get_run(run_id).info.status == "KILLED"
+    logged = val_history(run_id)
+    assert tracking.load_checkpoint(run_id, checkpoint.LAST)["epoch"] == logged[-1][0]
+    assert stopped_message(err).startswith(f"interrupted (SIGTERM): run {run_id} is KILLED with checkpoints/last.pt at "
+                                           f"epoch {logged[-1][0]}")
+    result = CliRunner().invoke(cli, ["teacher", "--resume", run_id])
+    assert result.exit_code == 0, result.output
+    assert [step for step, _ in val_history(run_id)] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.slow
+def test_kill_9_between_saves_then_mark_and_resume_gives_each_epoch_once(store, project_env):
+    with teacher_process(project_env, "--epochs", "6", "--save-interval", "3") as proc:
+        run_id = wait_for_epochs(proc, 4)  # last.pt holds epoch 3 (the interval); epoch 4 is logged after it
+        proc.kill()  # kill -9: no handler runs, the run stays RUNNING
+        proc.wait(timeout=60)
+    logged = val_history(run_id)
+    assert MlflowClient().get_run(run_id).info.status == "RUNNING" and len(logged) >= 4
+    assert tracking.load_checkpoint(run_id, checkpoint.LAST)["epoch"] == 3
+
+    refused = CliRunner().invoke(cli, ["teacher", "--resume", run_id])
+    assert refused.exit_code == 2 and "dmat runs --stale --mark-killed" in refused.stderr
+    marked = CliRunner().invoke(cli, ["runs", "--stale", "--mark-killed"])
+    assert marked.exit_code == 0 and f"marked {run_id} KILLED" in marked.output
+    result = CliRunner().invoke(cli, ["teacher", "--resume", run_id])
+    assert result.exit_code == 0, result.output
+    history = val_history(run_id)
+    assert [step for step, _ in history] == [1, 2, 3, 4, 5, 6]  # epochs 4.. trained again, each logged once
+    assert history[: len(logged)] == logged
 
 
 class NanAfter:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import requests
 from conftest import TINY_CLI_ARGS, tiny_train
@@ -114,10 +115,13 @@ def test_teacher_student_evaluation_round_trip_through_a_postgres_backed_server(
     assert cli.returncode == 0, cli.stderr[-3000:]
     teacher = tracking.find_runs("teacher")[0].info.run_id
     assert teacher in cli.stdout
-    student = train_student(tiny_train(epochs=1), 0.5, teacher, experiment, student_steps=4)
+    # the registry works through the server too: the teacher by alias, the student by version
+    student = train_student(tiny_train(epochs=1), 0.5, "models:/dmat-digits-8px-teacher@latest", experiment,
+                            student_steps=4)
     extractor = train_feature_extractor("digits", 8, epochs=1, device="cpu", experiment=experiment)
-    evaluation = evaluate_run(student, feature_extractor_run_id=extractor, experiment=experiment, num_samples=96,
-                              steps="4", batch_size=96, num_trajectories=4, eps_timesteps=5, device="cpu")
+    evaluation = evaluate_run("models:/dmat-digits-8px-student/1", feature_extractor_run_id=extractor,
+                              experiment=experiment, num_samples=96, steps="4", batch_size=96, num_trajectories=4,
+                              eps_timesteps=5, device="cpu")
 
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
     assert tracking.load_model(teacher).role == "teacher"
@@ -127,6 +131,12 @@ def test_teacher_student_evaluation_round_trip_through_a_postgres_backed_server(
     assert set(study.models.run_id) == {teacher, student}
     assert list(study.evaluations.run_id) == [evaluation]
     assert MlflowClient().get_run(evaluation).data.metrics["fid"] > 0
+    # the MLflow Model comes back through the server's artifact proxy; lineage and scores are there
+    sampler = mlflow.pyfunc.load_model("models:/dmat-digits-8px-student@best-0_5-distill")
+    assert sampler.predict(pd.DataFrame([{"num_images": 2, "steps": 4}])).shape == (2, 1, 8, 8)
+    assert float(MlflowClient().get_model_version("dmat-digits-8px-student", "1").tags["fid"]) > 0
+    inputs = {i.dataset.name for i in MlflowClient().get_run(student).inputs.dataset_inputs}
+    assert inputs == {"digits-8px-train", "digits-8px-validation"}
 
 
 @pytest.mark.slow

@@ -94,6 +94,29 @@ def test_two_workers_finish_every_trial_of_one_study(study, teacher_run_id, tmp_
     assert (report.parent / "figures" / "sweep_two.png").exists()
 
 
+def test_the_pruner_compares_a_loss_that_the_trials_weights_do_not_scale():
+    """Same student, same batch, same noise: the weighted total moves with the weights, the pruner's loss does not."""
+    import torch
+
+    from conftest import tiny_diffusion, tiny_unet
+    from dmat.config import DistillConfig
+    from dmat.diffusion import GaussianDiffusion
+    from dmat.distill import DistillObjective
+    from dmat.sweep import pruning_loss
+    from dmat.unet import UNet
+
+    torch.manual_seed(0)
+    teacher, student = UNet(tiny_unet()), UNet(tiny_unet(size_factor=0.5))
+    diffusion, x0 = GaussianDiffusion(tiny_diffusion()), torch.rand(16, 1, 8, 8) * 2 - 1
+    seen = []
+    for weights in (dict(kd_weight=0.1, task_weight=0.0), dict(kd_weight=2.0, task_weight=2.0, feature_weight=1.0)):
+        objective = DistillObjective(diffusion, DistillConfig(**weights), teacher, student.feature_channels)
+        total, parts = objective.loss(student, x0, torch.Generator().manual_seed(1))
+        seen.append((total.item(), pruning_loss({"val_loss": total.item(), "val_task_loss": parts["task_loss"]})))
+    (total_a, pruned_a), (total_b, pruned_b) = seen
+    assert total_b > 5 * total_a and pruned_a == pruned_b
+
+
 def test_zero_trials_is_refused(store):
     result = CliRunner().invoke(cli, ["sweep", "--n-trials", "0"])
     assert result.exit_code == 2 and "n-trials must be at least 1" in result.stderr
@@ -134,7 +157,7 @@ def test_a_pruned_trial_stops_training_is_tagged_and_never_evaluated(study, teac
     student = by_trial[1]
     assert student.data.tags[tracking.PRUNED] == "epoch 1"
     assert student.data.params["epochs"] == "2" and student.data.metrics["epochs_run"] == 1
-    assert student.data.metrics["val_loss"] == pytest.approx(pruned.intermediate_values[1])
+    assert student.data.metrics["val_task_loss"] == pytest.approx(pruned.intermediate_values[1])  # not val_loss
     assert student.data.tags[tracking.PARENT_RUN_ID] == parent.info.run_id
     assert evaluations_of(student.info.run_id) == []
     # the complete trial was evaluated and is the study's best

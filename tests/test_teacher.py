@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_checkpoint_from_a_run_rebuilds_an_identical_model(store):
     torch.manual_seed(0)
     model = UNet(tiny_unet(image_size=8)).eval()
-    diffusion = GaussianDiffusion(tiny_diffusion(schedule="linear"))
+    diffusion = GaussianDiffusion(tiny_diffusion(schedule="linear", timesteps=50))  # linear needs T > 20
     with tracking.tracked_run("ckpt", {tracking.ROLE: "teacher"}) as run:
         tracking.save_checkpoint(checkpoint.model_checkpoint(model, diffusion, model.state_dict()), checkpoint.BEST)
     loaded = tracking.load_model(run.info.run_id)
@@ -104,6 +104,7 @@ def test_mlflow_run_teacher_entry_point(store, project_env, tmp_path):
     assert len(runs) == 1
     run = runs.iloc[0]
     assert run["status"] == "FINISHED" and run["tags.dmat.role"] == "teacher"
+    assert run["tags.mlflow.runName"] == "teacher-digits-8px"  # dmat's name, not MLflow's random one
     assert run["params.epochs"] == "2" and run["params.timesteps"] == "20"
     assert run["params.image_size"] == "8" and run["params.base_channels"] == "8"
     assert run["metrics.epochs_run"] == 2 and run["metrics.val_loss"] > 0

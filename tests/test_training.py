@@ -40,7 +40,7 @@ def test_fit_needs_no_mlflow_run_and_reports_every_epoch_to_its_recorder(store):
     assert mlflow.active_run() is None and mlflow.search_runs(search_all_experiments=True).empty
     assert sorted(recorder.metrics) == [1, 2, 3]
     assert {"train_loss", "val_loss", "val_task_loss", "epoch_seconds"} <= set(recorder.metrics[3])
-    assert [c["epoch"] for c in recorder.checkpoints] == [2, 3]  # the save interval, then the last epoch
+    assert [c["epoch"] for c in recorder.checkpoints] == [1, 2, 3]  # the first epoch, the interval, the last
     assert recorder.summary == {"best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch,
                                 "epochs_run": 3}
 

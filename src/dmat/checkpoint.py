@@ -39,7 +39,13 @@ def save(payload: dict, path: Path) -> None:
 
 def load(path: str | Path, what: str) -> dict:
     """Load a dmat checkpoint with weights_only=True (no code runs); `what` names it in errors."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a torn or foreign file fails in many ways (zip reader, EOF, unpickler)
+        first = (str(exc).splitlines() or [""])[0][:120]
+        reason = "it is empty" if os.path.getsize(path) == 0 else f"{type(exc).__name__}: {first}"
+        raise DmatError(f"{what} is truncated or corrupt ({reason}): it cannot be loaded; train the model again "
+                        "or put back an intact copy") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise DmatError(f"{what} is not a dmat checkpoint")
     return ckpt

@@ -2,14 +2,20 @@
 
 Options come from the table in dmat.options (the MLproject file is rendered from it too), so a new
 config field is a new option with the same name everywhere (CLI, MLproject parameter, MLflow param).
-Every DmatError becomes one line on stderr and exit status 2.
+Every DmatError becomes one line on stderr and exit status 2; Ctrl-C or SIGTERM one line saying what
+became of the run (exit status 128 + the signal); anything unexpected one line naming a log file that
+holds the full traceback (exit status 1).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import signal
 import sys
+import tempfile
+import time
+import traceback
 
 import click
 
@@ -24,13 +30,49 @@ from dmat.unet import UNetConfig
 def friendly_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        from dmat.runtime import stop_signals  # SIGTERM like Ctrl-C for the whole command (imports torch: not at --help)
+
         try:
-            return func(*args, **kwargs)
+            with stop_signals():
+                return func(*args, **kwargs)
         except DmatError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            _fail(f"error: {_with_notes(exc)}", 2)
+        except KeyboardInterrupt as exc:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            notes = f": {_notes(exc)}" if _notes(exc) else ""
+            _fail(f"interrupted ({signal.Signals(signum).name}){notes}", 128 + signum)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last resort: one line here, the traceback in a file
+            summary = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+            _fail(f"error: unexpected {summary}" + (f"; {_notes(exc)}" if _notes(exc) else "") + _saved_traceback(), 1)
 
     return wrapper
+
+
+def _notes(exc: BaseException) -> str:
+    """What the library added on the way out (e.g. the run's status and how to resume it)."""
+    return "; ".join(getattr(exc, "__notes__", []))
+
+
+def _with_notes(exc: BaseException) -> str:
+    return "; ".join(filter(None, [str(exc), _notes(exc)]))
+
+
+def _saved_traceback() -> str:
+    """Write the current exception's full traceback to a log file; the text that names it."""
+    try:
+        with tempfile.NamedTemporaryFile("w", prefix=f"dmat-error-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".log",
+                                         delete=False) as log:
+            log.write(traceback.format_exc())
+        return f" (full traceback in {log.name})"
+    except OSError:
+        return ""
+
+
+def _fail(message: str, status: int):
+    click.echo(message, err=True)
+    sys.exit(status)
 
 
 resume_option = click.option("--resume", default=None, metavar="RUN_ID",
@@ -124,9 +166,11 @@ def report(mse, denoising, time_, trajectory, all_sections, full_mse, out_dir, v
     import mlflow
 
     from dmat.report import build_report, choose_sections
+    from dmat.tracking import check_writable
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
+    check_writable(experiment)  # the report run could not be logged: say so before writing any file
     if verbose:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     else:
@@ -171,17 +215,47 @@ def pipeline(sizes, methods, experiment, **options):
 
 
 @cli.command()
+@click.option("--stale", is_flag=True, help="only runs whose process is gone (kill -9) or whose heartbeat stopped")
+@click.option("--stale-minutes", default=None, type=float,
+              help="a run on another host is stale after this many minutes without a heartbeat (default: 10)")
+@click.option("--mark-killed", is_flag=True, help="mark the stale runs KILLED, so that --resume can continue them")
+@friendly_errors
+def runs(stale, stale_minutes, mark_killed):
+    """Runs still marked RUNNING; --stale: those whose process is gone, to mark KILLED and resume."""
+    from dmat import stale as stale_runs
+    from dmat.resume import resume_command
+    from dmat.tracking import check_tracking_reachable
+
+    if mark_killed and not stale:
+        raise DmatError("--mark-killed marks stale runs only: add --stale")
+    check_tracking_reachable()
+    found = stale_runs.running_runs(stale_runs.STALE_MINUTES if stale_minutes is None else stale_minutes)
+    found = [r for r in found if r.reason] if stale else found
+    for r in found:
+        click.echo(f"{r.run_id}  {r.role:<10} {r.name:<36} {r.reason or 'running'}")
+    if mark_killed:
+        stale_runs.mark_killed(found)
+        for r in found:
+            click.echo(f"marked {r.run_id} KILLED: resume it with `{resume_command(r.role, r.run_id)}`")
+    elif found and stale:
+        click.echo(f"{len(found)} stale run(s): mark them KILLED with `dmat runs --stale --mark-killed`")
+    if not found:
+        click.echo("no stale runs" if stale else "no running runs")
+
+
+@cli.command()
 @command_options("sweep")
 @click.option("--create-only", is_flag=True, help="create the study and exit: run this once before workers on other machines")
 @click.option("--worker-of", default=None, hidden=True, help="internal: run trials for this sweep parent run")
+@click.option("--worker-index", default=0, type=int, hidden=True, help="internal: this worker's number (its sampler seed)")
 @friendly_errors
-def sweep(create_only, worker_of, experiment, **options):
+def sweep(create_only, worker_of, worker_index, experiment, **options):
     """Optuna study over distillation settings and size factor; each trial is a student + evaluation run."""
     from dmat.sweep import create_study, run_sweep, work
 
     cfg = pick(SweepConfig, options).validate()
     if worker_of:
-        work(cfg, cfg.n_trials, worker_of, experiment)
+        work(cfg, cfg.n_trials, worker_of, experiment, worker=worker_index)
         return
     if create_only:
         create_study(cfg)

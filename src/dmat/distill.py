@@ -24,11 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from dmat import tracking
+from dmat import registry, tracking
 from dmat.config import DistillConfig, TrainConfig, flat_params
 from dmat.diffusion import GaussianDiffusion
 from dmat.errors import DmatError
 from dmat.model_run import ModelPlan, model_params, train_model
+from dmat.pruning import prune_weights
 from dmat.training import EpochCallback
 from dmat.unet import UNet
 
@@ -78,7 +79,9 @@ class DistillObjective:
 
 
 def resolve_teacher(train: TrainConfig, teacher_run_id: str | None) -> str:
-    """The teacher's run id: the one given (checked) or the latest FINISHED one for this data."""
+    """The teacher's run id: the one given (checked; a run id or a `models:/` URI) or the latest FINISHED one
+    for this data."""
+    teacher_run_id = registry.run_id_of(teacher_run_id)
     dataset, size = train.dataset, str(train.resolved_image_size())
     if not teacher_run_id:
         runs = tracking.find_runs(tracking.TEACHER, {tracking.DATASET: dataset, tracking.IMAGE_SIZE: size}, max_results=1)
@@ -124,9 +127,11 @@ def train_student(train: TrainConfig, size_factor, teacher_run_id: str | None = 
             unet=unet,
             diffusion=diffusion,
             objective=lambda student: DistillObjective(diffusion, config, teacher.model, student.feature_channels),
-            tags={**(tags or {}), tracking.TEACHER_RUN_ID: teacher_id, tracking.METHOD: config.method},
+            tags={**(tags or {}), tracking.TEACHER_RUN_ID: teacher_id, tracking.METHOD: config.method,
+                  tracking.INIT: config.init},
             params={**model_params(train, unet, diffusion.config), **flat_params("", config.effective()),
                     "teacher_run_id": teacher_id},
+            initial_weights=(lambda student: prune_weights(teacher.model, student)) if config.init == "pruned" else None,
         )
 
     return train_model(train, plan, experiment, resume, on_epoch_end)

@@ -7,6 +7,7 @@ global batch (`--batch-size` stays the global batch, split evenly across process
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -70,6 +71,22 @@ def sum_over_processes(values: dict[str, float], device: torch.device) -> dict[s
     tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return dict(zip(keys, tensor.tolist()))
+
+
+def min_over_processes(value: int, device: torch.device) -> int:
+    """The smallest value any process found (a micro-batch that fits everywhere, so all take the same steps)."""
+    if world_size() == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())
+
+
+def accumulating(trainer: torch.nn.Module, last: bool):
+    """DDP averages gradients over processes on the last micro-batch of a batch only, not on each one."""
+    if last or not isinstance(trainer, DistributedDataParallel):
+        return contextlib.nullcontext()
+    return trainer.no_sync()
 
 
 def from_main(obj):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -46,6 +47,18 @@ def _encode(value) -> str:
     return encode_param(value)
 
 
+def _switch(text: str) -> bool:
+    if text.strip().lower() not in ("true", "false", "1", "0"):
+        raise click.BadParameter(f"expected true or false, got {text!r}")
+    return text.strip().lower() in ("true", "1")
+
+
+def _system_metrics(on: bool) -> None:
+    """--system-metrics sets MLflow's own switch, so the processes a command starts (pipeline stages) follow it;
+    dmat.tracking turns system metrics on for training and evaluation runs unless it is false."""
+    os.environ["MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"] = "true" if on else "false"
+
+
 @dataclass(frozen=True)
 class Option:
     """One option: `--dashed-name` on the CLI, `name` as keyword argument and MLproject parameter.
@@ -63,6 +76,7 @@ class Option:
     mlproject_type: str | None = None  # default: float for numbers, else string
     required: bool = False  # an MLproject parameter without a default (the CLI checks it itself)
     metavar: str | None = None
+    apply: typing.Callable[[bool], None] | None = None  # a process-wide bool switch, applied when parsed
 
     @property
     def flag(self) -> str:
@@ -72,6 +86,9 @@ class Option:
         return [self]
 
     def decorate(self, command):
+        if self.apply is not None:  # applied as parsed; "" (MLproject's not given) leaves it alone and reads None
+            return click.option(self.flag, self.name, type=str, is_flag=False, flag_value="true", help=self.help,
+                                metavar="[true|false]", callback=lambda ctx, param, v: self._applied(v))(command)
         kwargs = dict(type=self.kind, default=self.cli_default, help=self.help, metavar=self.metavar)
         if typing.get_origin(self.kind) is tuple:
             kwargs.update(type=str, callback=lambda ctx, param, v: None if v is None else _int_tuple(v))
@@ -80,6 +97,12 @@ class Option:
         elif self.default is None:
             kwargs.update(callback=lambda ctx, param, v: v or None)  # MLproject passes "" for not given
         return click.option(self.flag, self.name, **kwargs)(command)
+
+    def _applied(self, text: str | None) -> bool | None:
+        if not text:
+            return None
+        self.apply(on := _switch(text))
+        return on
 
     def mlproject_parameter(self) -> str:
         kind = self.mlproject_type or ("float" if self.kind in (int, float) else "string")
@@ -135,18 +158,23 @@ def _decorator(options: list[Option]):
 
 
 EXPERIMENT = Option("experiment", "MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME or dmat)")
+SYSTEM_METRICS = Option("system_metrics", "log CPU, memory and GPU use as system/* metrics of training and evaluation "
+                                          "runs (default: true, unless MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false)",
+                        kind=bool, apply=_system_metrics)
 DEFAULT_SIZES = " ".join(map(str, DEFAULT_SIZE_FACTORS))
 STUDENT_ITEMS = (
-    Option("teacher_run_id", "teacher run (default: the latest finished teacher for this data set and image size)"),
+    Option("teacher_run_id", "teacher run: a run id, models:/NAME@ALIAS or models:/NAME/VERSION (default: the latest "
+                             "finished teacher for this data set and image size)"),
     OptionGroup(DistillConfig, exclude=("size_factor",)),
     OptionGroup(TrainConfig, defaults=STUDENT_TRAIN),
+    SYSTEM_METRICS,
     EXPERIMENT,
 )
 
 COMMANDS: dict[str, CommandOptions] = {
     "teacher": CommandOptions("teacher", (
         OptionGroup(TrainConfig), OptionGroup(UNetConfig, only=ARCHITECTURE_FIELDS), OptionGroup(DiffusionConfig),
-        EXPERIMENT)),
+        SYSTEM_METRICS, EXPERIMENT)),
     "distill": CommandOptions("distill", (
         Option("size_factor", "student width relative to the teacher, 0.01 to 1.0 (required unless --resume)",
                mlproject_type="float", required=True),
@@ -154,24 +182,27 @@ COMMANDS: dict[str, CommandOptions] = {
     "students": CommandOptions(None, (
         Option("sizes", f"size factors, space or comma separated (default: {DEFAULT_SIZES})"), *STUDENT_ITEMS)),
     "evaluate": CommandOptions("evaluate", (
-        Option("run_id", "the teacher or student run to evaluate", required=True),
+        Option("run_id", "the teacher or student to evaluate: a run id, models:/NAME@ALIAS or models:/NAME/VERSION",
+               required=True),
         OptionGroup(EvalConfig),
         Option("feature_extractor_run_id",
                "classifier features of this run (default: the newest of the data set and size, else trained once)"),
         Option("inception_weights", "torch-fidelity Inception weights for --features inception "
                                     "(default: $DMAT_INCEPTION_WEIGHTS or torch's hub cache)", metavar="PATH"),
-        EXPERIMENT)),
+        SYSTEM_METRICS, EXPERIMENT)),
     "report": CommandOptions("report", (EXPERIMENT,), fixed_args=("--all",)),
     "pipeline": CommandOptions("main", (
         Option("sizes", f"student size factors, space or comma separated (default: {DEFAULT_SIZES})",
                default=DEFAULT_SIZES),
         Option("methods", "student methods, space separated: distill and/or scratch",
                default=" ".join(PipelineConfig.methods), cli_default=" ".join(PipelineConfig.methods)),
-        OptionGroup(PipelineConfig, exclude=("sizes", "methods")),
-        EXPERIMENT)),
+        OptionGroup(PipelineConfig, exclude=("sizes", "methods"),
+                    helps={"reuse_any_commit": "reuse a finished stage with the same parameters even if it ran at another "
+                                                "git commit or from uncommitted changes ({})"}),
+        SYSTEM_METRICS, EXPERIMENT)),
     "sweep": CommandOptions("sweep", (
         OptionGroup(SweepConfig, helps={"multi_objective": "minimise (FID, parameters) and log the Pareto front ({})"}),
-        EXPERIMENT)),
+        SYSTEM_METRICS, EXPERIMENT)),
 }
 
 

@@ -2,8 +2,9 @@
 
 Each stage is an `mlflow.projects.run` of this project's own entry point (env_manager="local"),
 as in mlflow/examples `multistep_workflow`: a stage whose entry point already has a FINISHED run
-with the same parameters is reused instead of run again, so a rerun after a crash continues where
-it stopped and a rerun of a finished study trains nothing. Stage runs are nested under one
+with the same parameters, run at the same git commit from a clean checkout (MLflow's example checks the
+commit too: params alone miss changed code), is reused instead of run again, so a rerun after a crash
+continues where it stopped and a rerun of a finished study trains nothing. Stage runs are nested under one
 `dmat.role=pipeline` run that records which runs were reused and how long each stage took.
 """
 
@@ -21,7 +22,7 @@ from mlflow.exceptions import ExecutionException
 from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
-from dmat import tracking
+from dmat import lineage, tracking
 from dmat.config import DistillConfig, PipelineConfig
 from dmat.errors import DmatError
 
@@ -48,18 +49,22 @@ class PipelineResult:
         return [s for s in self.stages if s.error]
 
 
-def find_finished(entry_point: str, parameters: dict[str, str], experiment_id: str) -> str | None:
-    """The newest FINISHED run of an entry point with exactly these parameter values, if any."""
-    runs = tracking.find_runs(None, {tracking.ENTRY_POINT: entry_point}, params=parameters, max_results=1,
-                              experiment_ids=[experiment_id])
+def find_finished(entry_point: str, parameters: dict[str, str], experiment_id: str,
+                  same_code: dict[str, str] | None = None) -> str | None:
+    """The newest FINISHED run of an entry point with exactly these parameter values (and `same_code` tags:
+    the git commit, see lineage.Source), if any."""
+    runs = tracking.find_runs(None, {tracking.ENTRY_POINT: entry_point, **(same_code or {})}, params=parameters,
+                              max_results=1, experiment_ids=[experiment_id])
     return runs[0].info.run_id if runs else None
 
 
-def run_stage(stage: Stage, parameters: dict, experiment_id: str, parent_run_id: str, reuse: bool = True) -> Stage:
-    """Reuse a finished run with the same parameters (when `reuse`), or run the entry point now."""
+def run_stage(stage: Stage, parameters: dict, experiment_id: str, parent_run_id: str, reuse: bool = True,
+              source: lineage.Source = lineage.Source(None)) -> Stage:
+    """Reuse a finished run with the same parameters and code (when `reuse`), or run the entry point now."""
     parameters = {k: tracking.encode_param(v) for k, v in parameters.items()}
     start = time.perf_counter()
-    stage.run_id = find_finished(stage.entry_point, parameters, experiment_id) if reuse else None
+    reuse = reuse and source.reuse_tags is not None  # uncommitted changes: no finished stage ran this code
+    stage.run_id = find_finished(stage.entry_point, parameters, experiment_id, source.reuse_tags) if reuse else None
     stage.reused = stage.run_id is not None
     if not stage.reused:
         try:
@@ -72,8 +77,8 @@ def run_stage(stage: Stage, parameters: dict, experiment_id: str, parent_run_id:
             failed = tracking.find_runs(None, {tracking.ENTRY_POINT: stage.entry_point}, status=None, max_results=1,
                                         experiment_ids=[experiment_id])
             stage.run_id = failed[0].info.run_id if failed else None
-        if stage.run_id:
-            MlflowClient().set_tag(stage.run_id, tracking.PARENT_RUN_ID, parent_run_id)
+        for key, value in {tracking.PARENT_RUN_ID: parent_run_id, **source.run_tags}.items() if stage.run_id else ():
+            MlflowClient().set_tag(stage.run_id, key, value)
     stage.seconds = time.perf_counter() - start
     return stage
 
@@ -93,12 +98,16 @@ def run_pipeline(config: PipelineConfig, experiment: str | None = None) -> Pipel
     """Run (or resume) the whole study; returns the pipeline run and what each stage did."""
     cfg = config.validate()
     tracking.check_tracking_reachable()
+    source = lineage.Source.of(PROJECT_DIR, cfg.reuse_any_commit)  # stages are reused at this commit only
     with this_python_first(), tracking.tracked_run(f"pipeline-{cfg.dataset}", {tracking.ROLE: tracking.PIPELINE, tracking.DATASET: cfg.dataset},
                               experiment) as run:
         tracking.log_params({"dataset": cfg.dataset, "sizes": " ".join(map(tracking.encode_param, cfg.sizes)),
                              "methods": " ".join(cfg.methods), "teacher_epochs": cfg.teacher_epochs,
                              "student_epochs": cfg.student_epochs, "num_samples": cfg.num_samples,
-                             "steps": cfg.steps, "seed": cfg.seed})
+                             "steps": cfg.steps, "seed": cfg.seed, "reuse_any_commit": cfg.reuse_any_commit})
+        if source.reuse_tags is None:
+            tqdm.write(f"note: {PROJECT_DIR} has uncommitted changes, so no finished stage ran this code and none is "
+                       "reused: commit them, or pass --reuse-any-commit")
         result = PipelineResult(run.info.run_id)
         experiment_id = run.info.experiment_id
         common = {"dataset": cfg.dataset, "image_size": cfg.image_size, "seed": cfg.seed, "device": cfg.device}
@@ -106,7 +115,7 @@ def run_pipeline(config: PipelineConfig, experiment: str | None = None) -> Pipel
 
         def stage(entry_point: str, label: str, parameters: dict, reuse: bool = True) -> Stage:
             progress.set_postfix_str(label)
-            done = run_stage(Stage(entry_point, label), parameters, experiment_id, run.info.run_id, reuse)
+            done = run_stage(Stage(entry_point, label), parameters, experiment_id, run.info.run_id, reuse, source)
             result.stages.append(done)
             progress.update(1)
             how = "failed" if done.error else "reused" if done.reused else f"{done.seconds:.0f} s"

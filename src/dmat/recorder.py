@@ -21,7 +21,8 @@ class Recorder:
         """The epoch's train/validation metrics."""
 
     def on_resume(self, epoch: int, metrics: dict[str, float]) -> None:
-        """Training continues after `epoch`, whose metrics were saved with the resumed state."""
+        """Training continues after `epoch`, whose metrics were saved with the resumed state. Epochs after
+        it may have been reported before (a process killed between saves): they are trained again."""
 
     def on_end(self, summary: dict[str, float]) -> None:
         """best_val_loss, best_epoch and epochs_run."""

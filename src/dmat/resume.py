@@ -14,6 +14,11 @@ from dmat.errors import DmatError
 from dmat.unet import UNet
 
 RESUMABLE = (RunStatus.to_string(RunStatus.KILLED), RunStatus.to_string(RunStatus.FAILED))
+COMMANDS = {tracking.TEACHER: "dmat teacher", tracking.STUDENT: "dmat distill"}  # the command that trains a role
+
+
+def resume_command(role: str, run_id: str) -> str:
+    return f"{COMMANDS.get(role, 'dmat ' + role)} --resume {run_id}"
 
 
 def checkpoint_to_resume(run_id: str, role: str, model: UNet, diffusion: GaussianDiffusion) -> dict:
@@ -22,10 +27,14 @@ def checkpoint_to_resume(run_id: str, role: str, model: UNet, diffusion: Gaussia
     run = tracking.get_run(run_id)
     tracking.require_role(run, role, "resume it with the command that started it")
     status = run.info.status
+    if status == RunStatus.to_string(RunStatus.RUNNING):
+        raise DmatError(_still_running(run))
     if status not in RESUMABLE:
-        hint = (" (if its process is gone, mark it with MlflowClient().set_terminated(run_id, 'KILLED'))"
-                if status == "RUNNING" else "")
-        raise DmatError(f"run {run_id} is {status}: only KILLED or FAILED runs can be resumed{hint}")
+        raise DmatError(f"run {run_id} is {status}: only KILLED or FAILED runs can be resumed")
+    if not tracking.has_checkpoint(run_id, checkpoint.LAST):
+        when = "before its first save" if "val_loss" in run.data.metrics else "before its first epoch finished"
+        raise DmatError(f"run {run_id} was stopped {when}, so it has no checkpoints/last.pt and there is nothing "
+                        "to resume: start a new run with the same options")
     ckpt = tracking.load_checkpoint(run_id, checkpoint.LAST)
     if "train_state" not in ckpt:
         raise DmatError(f"checkpoints/last.pt of run {run_id} holds no training state: it cannot be resumed")
@@ -36,8 +45,20 @@ def checkpoint_to_resume(run_id: str, role: str, model: UNet, diffusion: Gaussia
     return {**ckpt, "best_model": tracking.load_checkpoint(run_id, checkpoint.BEST)["model"]}
 
 
+def _still_running(run) -> str:
+    from dmat.stale import STALE_MINUTES, why_stale
+
+    run_id, reason = run.info.run_id, why_stale(run)
+    if reason:
+        return (f"run {run_id} is still marked RUNNING, but {reason}: mark it KILLED with "
+                f"`dmat runs --stale --mark-killed`, then resume it")
+    return (f"run {run_id} is RUNNING: only KILLED or FAILED runs can be resumed (if its process is gone, "
+            f"`dmat runs --stale` lists it once it has missed {STALE_MINUTES:g} minutes of heartbeats)")
+
+
 def configs_from_run(run_id: str, classes: tuple) -> tuple:
     """The configs a run was started with, so `--resume RUN_ID` needs no other option."""
+    tracking.check_tracking_reachable()  # one quick line, not minutes of retries, when the server is down
     params = tracking.get_run(run_id).data.params
     return tuple(tracking.config_from_params(cls, params) for cls in classes)
 

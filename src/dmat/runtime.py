@@ -1,21 +1,27 @@
-"""Where code runs and how it is seeded: shared by training and evaluation, importing neither."""
+"""Where code runs, how it is seeded, and how it stops: shared by training and evaluation, importing neither."""
 
 from __future__ import annotations
 
+import contextlib
 import random
+import signal
+import sys
+import threading
 
 import torch
 
 from dmat import distributed
 from dmat.errors import DmatError
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; what kill, timeout, schedulers and container stops send
+
 
 def resolve_device(name: str) -> torch.device:
-    """CUDA > MPS > CPU when `name` is "auto"; otherwise exactly the device asked for."""
+    """CUDA > MPS > CPU when `name` is "auto"; otherwise exactly the device asked for, if this machine has it."""
     if name == "auto":
         if torch.cuda.is_available():
             return distributed.local_device(torch.device("cuda"))
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
@@ -24,10 +30,86 @@ def resolve_device(name: str) -> torch.device:
         raise DmatError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DmatError("device cuda was asked for but CUDA is not available: use --device cpu or auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise DmatError(f"device {name} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not _mps_available():
+        raise DmatError("device mps was asked for but MPS (Apple GPU) is not available: use --device cpu or auto")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise DmatError(f"device {name!r} is not supported: use auto, cpu, cuda, cuda:N or mps")
     return distributed.local_device(device)
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
 def seed_everything(seed: int) -> None:
     """Seed Python's and torch's global generators (initial weights, data order, dropout)."""
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM. A KeyboardInterrupt, so code that catches Exception (one failed size of many)
+    still stops; `signum` gives the conventional exit status 128 + signum."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _Stopping:
+    """The process-wide state of `stop_signals` (signal handlers are process-wide too)."""
+
+    depth = 0  # nested stop_signals blocks
+    held = 0  # nested hold_signals blocks
+    pending: int | None = None  # a signal that arrived while held
+    stopping = False  # Interrupted was raised: later signals are only noted
+    previous: dict = {}
+
+
+def _on_signal(signum, frame) -> None:
+    if _Stopping.stopping:
+        print(f"dmat: {signal.Signals(signum).name} again: already stopping (saving the last finished epoch and "
+              "marking the run), please wait", file=sys.stderr, flush=True)
+    elif _Stopping.held:
+        _Stopping.pending = _Stopping.pending or signum
+    else:
+        _Stopping.stopping = True
+        raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """Inside this block SIGINT and SIGTERM raise `Interrupted` once; any later signal is noted and ignored
+    until the block ends, so the way out (saving last.pt, marking the run KILLED) cannot itself be cut
+    short. Nests; does nothing outside the main thread, where Python cannot handle signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if _Stopping.depth == 0:  # a signal ignored on purpose (a background job's SIGINT) stays ignored
+        _Stopping.previous = {s: signal.signal(s, _on_signal) for s in STOP_SIGNALS
+                              if signal.getsignal(s) is not signal.SIG_IGN}
+        _Stopping.stopping, _Stopping.pending = False, None
+    _Stopping.depth += 1
+    try:
+        yield
+    finally:
+        _Stopping.depth -= 1
+        if _Stopping.depth == 0:
+            for s, handler in _Stopping.previous.items():
+                signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+
+@contextlib.contextmanager
+def hold_signals():
+    """Defer a stop signal until this block (e.g. writing a checkpoint, creating a run) is complete, so
+    it never leaves half a file or a run nobody will mark; the signal is raised when the block ends."""
+    _Stopping.held += 1
+    try:
+        yield
+    finally:
+        _Stopping.held -= 1
+        if not _Stopping.held and _Stopping.pending and not _Stopping.stopping:
+            signum, _Stopping.pending, _Stopping.stopping = _Stopping.pending, None, True
+            raise Interrupted(signum)

@@ -3,10 +3,10 @@
 Each trial distills one student (its MLflow run is the trial's run, nested under the study's
 `dmat.role=sweep` parent run and tagged with the trial number) and evaluates it; the objective is
 its FID, or (FID, parameters) for a multi-objective study whose Pareto front is logged with the
-parent run. Intermediate validation losses drive Optuna's pruner. Studies live in Optuna's RDB
-storage, so the same study name resumes a study and several workers (processes here, or machines
-sharing a PostgreSQL database) can work on one study; it is created once before workers start,
-since concurrent first creation races on sqlite.
+parent run. Each epoch's validation task loss (see `pruning_loss`) drives Optuna's pruner. Studies
+live in Optuna's RDB storage, so the same study name resumes a study and several workers (processes
+here, or machines sharing a PostgreSQL database) can work on one study; it is created once before
+workers start, since concurrent first creation races on sqlite.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from dmat import tracking
-from dmat.config import STUDENT_TRAIN, SweepConfig, replace
+from dmat.config import INITS, STUDENT_TRAIN, SweepConfig, replace
 from dmat.distill import resolve_teacher, train_student
 from dmat.errors import DmatError
 from dmat.evaluation.evaluate import evaluate_run
@@ -65,9 +65,24 @@ def create_study(cfg: SweepConfig, store: optuna.storages.RDBStorage | None = No
     """Create the study (or load it to resume)."""
     store = store or storage(cfg.storage)
     check_objectives(cfg, store)
-    sampler = optuna.samplers.NSGAIISampler(seed=cfg.seed) if cfg.multi_objective else optuna.samplers.TPESampler(seed=cfg.seed)
     return optuna.create_study(storage=store, study_name=cfg.study_name, directions=cfg.directions,
-                               sampler=sampler, pruner=default_pruner(), load_if_exists=True)
+                               sampler=default_sampler(cfg), pruner=default_pruner(), load_if_exists=True)
+
+
+def default_sampler(cfg: SweepConfig, worker: int = 0) -> optuna.samplers.BaseSampler:
+    """TPE (NSGA-II for two objectives), seeded so a one-worker sweep is reproducible. Optuna's
+    storage keeps no sampler either, and workers of one study get different seeds, or they would
+    propose the same settings."""
+    seed = cfg.seed + worker
+    return optuna.samplers.NSGAIISampler(seed=seed) if cfg.multi_objective else optuna.samplers.TPESampler(seed=seed)
+
+
+def pruning_loss(metrics: dict[str, float]) -> float:
+    """What the pruner compares across trials: the validation task loss, the student's epsilon MSE against
+    the true noise on the held-out split. Not `val_loss`: that is each trial's own weighted sum of its kd,
+    task and feature terms, whose scale moves with the trial's weights (the same student on the same batch
+    gives 0.034, 1.55 or 3.53 by weights alone), so a median over trials would prune by weights, not quality."""
+    return metrics["val_task_loss"]
 
 
 def default_pruner() -> optuna.pruners.BasePruner:
@@ -103,13 +118,14 @@ def objective(cfg: SweepConfig, parent_run_id: str, experiment: str | None):
         settings = dict(kd_weight=trial.suggest_float("kd_weight", 0.1, 2.0),
                         task_weight=trial.suggest_float("task_weight", 0.0, 2.0),
                         feature_weight=trial.suggest_float("feature_weight", 0.0, 1.0),
-                        student_steps=trial.suggest_categorical("student_steps", step_choices))
+                        student_steps=trial.suggest_categorical("student_steps", step_choices),
+                        init=trial.suggest_categorical("init", INITS))
         pruned = []
 
         def report(epoch: int, metrics: dict[str, float]) -> bool:
             if cfg.multi_objective:  # Optuna prunes single-objective studies only
                 return False
-            trial.report(metrics["val_loss"], epoch)
+            trial.report(pruning_loss(metrics), epoch)
             if trial.should_prune():
                 pruned.append(epoch)
                 return True
@@ -132,17 +148,20 @@ def objective(cfg: SweepConfig, parent_run_id: str, experiment: str | None):
 
 
 def work(cfg: SweepConfig, n_trials: int, parent_run_id: str, experiment: str | None,
-         pruner: optuna.pruners.BasePruner | None = None) -> None:
-    """One worker: run `n_trials` trials of the existing study, pruned by `pruner` (default_pruner())."""
-    study = optuna.load_study(study_name=cfg.study_name, storage=storage(cfg.storage), pruner=pruner or default_pruner())
+         pruner: optuna.pruners.BasePruner | None = None, worker: int = 0) -> None:
+    """Worker number `worker`: run `n_trials` trials of the existing study, pruned by `pruner`
+    (default_pruner()), sampled by default_sampler(cfg, worker)."""
+    study = optuna.load_study(study_name=cfg.study_name, storage=storage(cfg.storage),
+                              sampler=default_sampler(cfg, worker), pruner=pruner or default_pruner())
     study.optimize(objective(cfg, parent_run_id, experiment), n_trials=n_trials, catch=())
 
 
-def _worker_command(cfg: SweepConfig, n_trials: int, parent_run_id: str, experiment: str | None) -> list[str]:
+def _worker_command(cfg: SweepConfig, n_trials: int, parent_run_id: str, experiment: str | None,
+                    worker: int) -> list[str]:
     """`dmat sweep` for one worker process: the study's own settings, `n_trials` of its trials."""
     from dmat.options import to_cli_args
 
-    args = [sys.executable, "-m", "dmat", "sweep", "--worker-of", parent_run_id,
+    args = [sys.executable, "-m", "dmat", "sweep", "--worker-of", parent_run_id, "--worker-index", str(worker),
             *to_cli_args(replace(cfg, n_trials=n_trials), exclude=("workers",))]
     return args + (["--experiment", experiment] if experiment else [])
 
@@ -172,7 +191,8 @@ def run_sweep(cfg: SweepConfig, experiment: str | None = None,
         else:
             env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // cfg.workers))}
             env.pop("MLFLOW_RUN_ID", None)
-            workers = [subprocess.Popen(_worker_command(cfg, n, parent, experiment), env=env) for n in shares if n]
+            workers = [subprocess.Popen(_worker_command(cfg, n, parent, experiment, i), env=env)
+                       for i, n in enumerate(shares) if n]
             failed = [w.args for w in workers if w.wait() != 0]
             if failed:
                 status = RunStatus.FAILED

@@ -15,21 +15,29 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import logging
 import os
+import socket
+import sqlite3
 import tempfile
+import threading
+import time
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import mlflow
+import psutil
 import torch
 from filelock import FileLock
 from mlflow.entities import RunStatus
+from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from sqlalchemy.engine import make_url
 
-from dmat import checkpoint
+from dmat import checkpoint, runtime
 from dmat.diffusion import GaussianDiffusion
 from dmat.errors import DmatError
 from dmat.recorder import Recorder
@@ -53,16 +61,32 @@ SIZE_FACTOR = "dmat.size_factor"
 TEACHER_RUN_ID = "dmat.teacher_run_id"
 MODEL_RUN_ID = "dmat.model_run_id"
 METHOD = "dmat.method"
+INIT = "dmat.init"  # a student's starting weights: random or pruned (from its teacher)
 STUDY_NAME = "dmat.study_name"  # an Optuna sweep's study, on its parent run and its trials' students
 TRIAL = "dmat.trial"  # the Optuna trial number of a sweep's student run
 PRUNED = "dmat.pruned"  # a sweep student stopped by the pruner (the epoch)
 MODEL_ROLE = "dmat.model_role"  # on an evaluation run: the role of the model it evaluates
 FEATURE_EXTRACTOR_RUN_ID = "dmat.feature_extractor_run_id"
 BEST_STUDENT_RUN_ID = "dmat.best_student_run_id"  # on a sweep run
+# Who runs a run, for `dmat runs --stale` (a run left RUNNING by a process that is gone)
+OWNER_HOST = "dmat.host"
+OWNER_PID = "dmat.pid"
+OWNER_STARTED = "dmat.pid_started"  # the process's start time: a reused pid is another process
+HEARTBEAT = "dmat.heartbeat"  # unix time, renewed every HEARTBEAT_SECONDS while the run's process lives
+HEARTBEAT_SECONDS = 60
 # MLflow's own tags
 RUN_NAME = "mlflow.runName"
 PARENT_RUN_ID = "mlflow.parentRunId"
 ENTRY_POINT = "mlflow.project.entryPoint"
+# MLflow-native models and lineage (dmat.serving, dmat.registry, dmat.lineage, dmat.notes)
+GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's: the commit a project run (a pipeline stage) ran at
+SOURCE_DIRTY = "dmat.source_dirty"  # on a pipeline stage: "true" if the checkout had uncommitted changes
+NOTE = "mlflow.note.content"  # MLflow's run description (markdown), shown on the run page
+EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow's experiment tag choosing the UI's view
+MODEL_DEVELOPMENT = "custom_model_development"  # its value for a model-training study (not the GenAI view)
+EVALUATION_RUN_ID = "dmat.evaluation_run_id"  # on a model version: the evaluation its score tags come from
+EVAL_SETTINGS = "dmat.eval_settings"  # on a model version: how its scores were measured (like compared with like)
+SYSTEM_METRICS_ROLES = (TEACHER, STUDENT, FEATURE_EXTRACTOR, EVALUATION)  # runs that log system/* metrics
 
 
 def tracking_uri() -> str:
@@ -83,20 +107,92 @@ def check_tracking_reachable() -> None:
                 "or point MLFLOW_TRACKING_URI at a running one"
             ) from None
     else:
+        path = _sqlite_path(uri)
+        if path and not os.path.exists(path) and not _writable_folder(os.path.dirname(path)):
+            raise DmatError(f"tracking store {uri} cannot be created: folder {os.path.dirname(path)} is not writable: "
+                            "run dmat in a writable folder or point MLFLOW_TRACKING_URI at another store")
         try:
             with _first_open_lock(uri):
                 MlflowClient().search_experiments(max_results=1)
         except Exception as exc:
-            raise DmatError(f"tracking store {uri} cannot be opened: {exc}") from None
+            raise DmatError(f"tracking store {uri} cannot be opened: {_first_line(exc)}") from None
+
+
+def check_writable(experiment: str | None = None, run_id: str | None = None) -> None:
+    """Fail with one line, before a run exists, if a new run of `experiment` (or run `run_id`, resumed)
+    could not be written: a read-only sqlite store, a deleted experiment, a read-only artifact folder."""
+    check_tracking_reachable()
+    path = _sqlite_path(tracking_uri())
+    if path:
+        try:
+            with contextlib.closing(sqlite3.connect(path, timeout=60, isolation_level=None)) as db:
+                db.execute("BEGIN IMMEDIATE")  # a schema change rolled back: writes nothing, needs write access
+                db.execute("CREATE TABLE dmat_write_probe (x)")
+                db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise DmatError(f"tracking store {tracking_uri()} cannot be written ({exc}): make {path} and its folder "
+                            "writable, or point MLFLOW_TRACKING_URI at another store") from None
+    if run_id:
+        location = get_run(run_id).info.artifact_uri
+    elif "MLFLOW_RUN_ID" in os.environ:
+        return
+    else:
+        found = MlflowClient().get_experiment_by_name(experiment_name(experiment))
+        if found is not None and found.lifecycle_stage == "deleted":
+            raise _deleted(found)
+        location = found.artifact_location if found else os.path.abspath("mlruns") if path else None
+    folder = _local_path(location)
+    if folder and not _writable_folder(folder):
+        raise DmatError(f"artifact folder {folder} is not writable: checkpoints could not be saved; make it "
+                        "writable or point MLFLOW_TRACKING_URI at another store")
+
+
+def _deleted(experiment) -> DmatError:
+    return DmatError(f"experiment {experiment.name!r} is deleted in {tracking_uri()}: restore it (mlflow experiments "
+                     f"restore --experiment-id {experiment.experiment_id}) or choose another with --experiment")
+
+
+def _sqlite_path(uri: str) -> str | None:
+    """The database file of a sqlite:/// tracking URI, else None."""
+    if urlparse(uri).scheme != "sqlite":
+        return None
+    database = make_url(uri).database
+    return os.path.abspath(database) if database and database != ":memory:" else None
+
+
+def _local_path(uri: str | None) -> str | None:
+    """A local artifact location (a path or file: URI) as a path, else None (a server's artifacts)."""
+    if not uri:
+        return None
+    parsed = urlparse(uri)
+    return parsed.path if parsed.scheme in ("", "file") else None
+
+
+def _writable_folder(folder: str) -> bool:
+    """Whether files can be created in `folder`, or in its nearest existing parent if it does not exist yet."""
+    folder = os.path.abspath(folder or ".")
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def _first_open_lock(uri: str):
     """Processes opening one new sqlite store at once race creating its tables: let them in one at a time."""
-    if urlparse(uri).scheme != "sqlite":
+    path = _sqlite_path(uri)
+    if path is None:
         return contextlib.nullcontext()
-    path = os.path.abspath(uri[len("sqlite:///"):])
     digest = hashlib.sha1(path.encode()).hexdigest()[:16]
-    return FileLock(os.path.join(tempfile.gettempdir(), f"dmat-store-{digest}.lock"))
+    # mode 0o666: another user sharing the store (or only reading it) can take the lock too
+    return FileLock(os.path.join(tempfile.gettempdir(), f"dmat-store-{digest}.lock"), mode=0o666)
 
 
 def experiment_name(name: str | None) -> str:
@@ -107,32 +203,107 @@ def experiment_name(name: str | None) -> str:
 def use_experiment(name: str | None) -> None:
     """Select the experiment new runs go to (inside `mlflow run`, the run already exists)."""
     if "MLFLOW_RUN_ID" not in os.environ:
+        found = MlflowClient().get_experiment_by_name(experiment_name(name))
+        if found is not None and found.lifecycle_stage == "deleted":
+            raise _deleted(found)
         mlflow.set_experiment(experiment_name(name))
 
 
 @contextlib.contextmanager
 def tracked_run(run_name: str, tags: dict[str, str], experiment: str | None = None, run_id: str | None = None):
-    """An MLflow run that ends FINISHED, FAILED on an exception, or KILLED on Ctrl-C.
+    """An MLflow run that ends FINISHED, FAILED on an exception, or KILLED on Ctrl-C or SIGTERM.
 
     Inside `mlflow run` it continues the run that MLflow created (MLFLOW_RUN_ID); `run_id` reopens an
-    existing run (resume).
+    existing run (resume). A second signal while the run is being closed is ignored, so the run is always
+    marked (runtime.stop_signals). The run is tagged with its process and keeps a heartbeat, so a run left
+    RUNNING by a process that died (kill -9) can be found: `dmat runs --stale`.
     """
-    if run_id:  # the run's own experiment, whatever $MLFLOW_EXPERIMENT_NAME says
-        mlflow.set_experiment(experiment_id=get_run(run_id).info.experiment_id)
-        run = mlflow.start_run(run_id=run_id)
-    else:
-        use_experiment(experiment)
-        run = mlflow.start_run(run_name=None if "MLFLOW_RUN_ID" in os.environ else run_name)
-    mlflow.set_tags({**tags, "mlflow.runName": run.info.run_name or run_name})
+    run, status, heartbeat = None, RunStatus.to_string(RunStatus.FINISHED), _Heartbeat()
+    with runtime.stop_signals():
+        try:
+            with runtime.hold_signals():  # a signal while the run is created is raised once it can be marked
+                run = _start_run(run_name, experiment, run_id, system_metrics_for(tags.get(ROLE)))
+                mlflow.set_tags({**tags, RUN_NAME: readable_name(run.info.run_name, run_name), **owner_tags()})
+                mark_model_development(run.info.experiment_id)
+                heartbeat.start(run.info.run_id)
+            yield run
+        except KeyboardInterrupt:
+            status = RunStatus.to_string(RunStatus.KILLED)
+            raise
+        except BaseException:
+            status = RunStatus.to_string(RunStatus.FAILED)
+            raise
+        finally:
+            heartbeat.stop()
+            if run is not None:
+                mlflow.end_run(status)
+
+
+def _start_run(run_name: str, experiment: str | None, run_id: str | None, system_metrics: bool | None = None):
+    """Start (or reopen) the run; a store that refuses it is one line, and no run exists."""
     try:
-        yield run
-    except KeyboardInterrupt:
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
-        raise
-    except BaseException:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
-        raise
-    mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+        if run_id:  # the run's own experiment, whatever $MLFLOW_EXPERIMENT_NAME says
+            mlflow.set_experiment(experiment_id=get_run(run_id).info.experiment_id)
+            return mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
+        use_experiment(experiment)
+        return mlflow.start_run(run_name=None if "MLFLOW_RUN_ID" in os.environ else run_name,
+                                log_system_metrics=system_metrics)
+    except MlflowException as exc:
+        raise DmatError(f"tracking store {tracking_uri()} refused to start the run ({_first_line(exc)})") from None
+
+
+def system_metrics_for(role: str | None) -> bool | None:
+    """MLflow's system metrics (system/cpu_utilization_percentage, ...; GPU with nvidia-ml-py) are on for
+    training and evaluation runs unless MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING is false (what the commands'
+    `--system-metrics false` sets); None leaves other runs to MLflow's default."""
+    if role not in SYSTEM_METRICS_ROLES:
+        return None
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no four INFO lines per run
+    return MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.get() if MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.is_set() else True
+
+
+def readable_name(current: str | None, wanted: str) -> str:
+    """The run's name: dmat's descriptive one unless the run already has a name a person chose (`mlflow run
+    --run-name`, a resumed run); the random name MLflow gives a project run (`lyrical-pig-613`) is replaced."""
+    from mlflow.utils import name_utils  # its word lists; a later MLflow without them: the shape alone
+
+    words = (current or "").split("-")
+    random = (len(words) == 3 and words[2].isdigit() and words[0] in getattr(name_utils, "_GENERATOR_PREDICATES", words)
+              and words[1] in getattr(name_utils, "_GENERATOR_NOUNS", words))
+    return wanted if not current or random else current
+
+
+def mark_model_development(experiment_id: str) -> None:
+    """MLflow 3's UI opens an experiment with no kind in its GenAI view (traces, judges): a dmat study is a
+    model-training one. A kind someone set already is kept."""
+    client = MlflowClient()
+    if EXPERIMENT_KIND not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND, MODEL_DEVELOPMENT)
+
+
+def owner_tags() -> dict[str, str]:
+    """This process: host, pid and start time (a pid may be reused by a later process)."""
+    return {OWNER_HOST: socket.gethostname(), OWNER_PID: str(os.getpid()),
+            OWNER_STARTED: f"{psutil.Process().create_time():.2f}", HEARTBEAT: str(int(time.time()))}
+
+
+class _Heartbeat:
+    """Renews a run's HEARTBEAT tag every HEARTBEAT_SECONDS from a daemon thread, until stopped."""
+
+    def __init__(self):
+        self._stop = threading.Event()
+
+    def start(self, run_id: str) -> None:
+        threading.Thread(target=self._beat, args=(run_id,), name="dmat-heartbeat", daemon=True).start()
+
+    def _beat(self, run_id: str) -> None:
+        client = MlflowClient()
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            with contextlib.suppress(Exception):  # a store that is briefly busy only delays the next beat
+                client.set_tag(run_id, HEARTBEAT, str(int(time.time())))
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def encode_param(value) -> str:
@@ -203,11 +374,21 @@ def _same_value(a: str, b: str) -> bool:
 
 
 def save_checkpoint(payload: dict, name: str) -> None:
-    """Write a checkpoint atomically and log it under checkpoints/ of the active run."""
-    with tempfile.TemporaryDirectory() as tmp:
+    """Write a checkpoint atomically and log it under checkpoints/ of the active run. A stop signal waits
+    until it is stored (never half a file); a full disk or a read-only artifact folder is one clear error."""
+    with runtime.hold_signals(), tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
-        checkpoint.save(payload, path)
-        mlflow.log_artifact(str(path), artifact_path=CHECKPOINT_DIR)
+        try:
+            checkpoint.save(payload, path)
+            mlflow.log_artifact(str(path), artifact_path=CHECKPOINT_DIR)
+        except (OSError, RuntimeError, MlflowException) as exc:
+            raise DmatError(f"cannot save {CHECKPOINT_DIR}/{name} ({_first_line(exc)}): free disk space or make "
+                            f"{mlflow.get_artifact_uri()} writable") from None
+
+
+def has_checkpoint(run_id: str, name: str) -> bool:
+    """Whether the run logged checkpoints/`name`."""
+    return any(a.path == f"{CHECKPOINT_DIR}/{name}" for a in MlflowClient().list_artifacts(run_id, CHECKPOINT_DIR))
 
 
 def get_run(run_id: str):
@@ -247,22 +428,32 @@ def load_model(run_id: str, name: str = checkpoint.BEST, device: str | torch.dev
 
 
 class MlflowRecorder(Recorder):
-    """`training.fit`'s recorder for the active MLflow run: metrics by epoch, checkpoints as artifacts."""
+    """`training.fit`'s recorder for the active MLflow run: metrics by epoch, checkpoints as artifacts.
+    `saved_epoch` is the epoch checkpoints/last.pt holds (what a resume would continue after)."""
+
+    def __init__(self, saved_epoch: int = 0):
+        self.saved_epoch = saved_epoch
+        self._logged: set[int] = set()  # epochs a killed process logged after its last.pt
 
     def on_best(self, state: dict) -> None:
         save_checkpoint(state, checkpoint.BEST)
 
     def on_checkpoint(self, state: dict) -> None:
         save_checkpoint(state, checkpoint.LAST)
+        self.saved_epoch = state["epoch"]
 
     def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        mlflow.log_metrics(metrics, step=epoch)
+        if epoch not in self._logged:
+            mlflow.log_metrics(metrics, step=epoch)
 
     def on_resume(self, epoch: int, metrics: dict[str, float]) -> None:
-        """A run killed between saving last.pt and logging that epoch's metrics gets them logged now."""
-        history = MlflowClient().get_metric_history(mlflow.active_run().info.run_id, "val_loss")
-        if all(m.step != epoch for m in history):
+        """The history continues after `epoch`, once per step: its metrics are logged now if the run was
+        killed between saving last.pt and logging them, and epochs after it that a killed process had
+        logged (kill -9 between save intervals) are trained again from the same state, not logged twice."""
+        steps = {m.step for m in MlflowClient().get_metric_history(mlflow.active_run().info.run_id, "val_loss")}
+        if epoch not in steps:
             mlflow.log_metrics(metrics, step=epoch)
+        self._logged = {step for step in steps if step > epoch}
 
     def on_end(self, summary: dict[str, float]) -> None:
         mlflow.log_metrics(summary)

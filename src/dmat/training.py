@@ -1,14 +1,15 @@
 """The one training loop, shared by the teacher and every student.
 
 What is trained is decided by an `Objective` (the DDPM loss for the teacher, distillation losses
-for a student); the loop owns everything else: device, smoke check, EMA weights, validation on the
-held-out split with fixed noise, best model by validation loss, early stopping, checkpoints, the
-progress. Where metrics and checkpoints go is a `Recorder`'s business (MLflow in a real run,
-nothing in a test): this module knows no tracking at all.
+for a student); the loop owns everything else: device, smoke check (and micro-batches when a batch
+does not fit in memory), EMA weights, validation on the held-out split with fixed noise, best model
+by validation loss, early stopping, checkpoints, the progress. Where metrics and checkpoints go is a
+`Recorder`'s business (MLflow in a real run, nothing in a test): this module knows no tracking at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -90,24 +91,44 @@ def validate(model, objective: Objective, val_loader, device) -> dict[str, float
     return {f"val_{k}": v / count for k, v in totals.items()}
 
 
-def smoke_check(model, objective: Objective, batch: torch.Tensor, device) -> None:
-    """One forward/backward pass before the long run, so a wrong shape or OOM fails in seconds."""
-    try:
-        loss, _ = objective.loss(model, batch.to(device))
-        loss.backward()
-    except torch.OutOfMemoryError:
-        raise DmatError(f"one batch of {batch.shape[0]} does not fit in {device} memory: lower --batch-size") from None
-    model.zero_grad(set_to_none=True)
-    if not math.isfinite(loss.item()):
+def micro_batch_size(model, objective: Objective, batch: torch.Tensor, device) -> int:
+    """One forward/backward pass before the long run, so a wrong shape or a non-finite loss fails in
+    seconds. A batch that does not fit in the device's memory is halved until it does; `fit` then takes
+    each batch in micro-batches of the size returned, with the same optimizer step (gradient accumulation)."""
+    model.to(device)
+    size = batch.shape[0]
+    while (loss := _try_backward(model, objective, batch[:size].to(device))) is None:
+        if size == 1:
+            raise DmatError(f"not even one image fits in {device} memory: use a smaller model or another device")
+        size = (size + 1) // 2
+    if not math.isfinite(loss):
         raise DmatError("the first batch already gives a non-finite loss: check the data and learning rate")
+    return size
+
+
+def _try_backward(model, objective: Objective, batch: torch.Tensor) -> float | None:
+    """The loss of one forward/backward pass, or None when it ran out of memory."""
+    try:
+        loss, _ = objective.loss(model, batch)
+        loss.backward()
+        return loss.item()
+    except torch.OutOfMemoryError:
+        pass  # leave the except block first, so the traceback's tensors are freed
+    finally:
+        model.zero_grad(set_to_none=True)
+    if batch.is_cuda:
+        torch.cuda.empty_cache()
+    return None
 
 
 class _TrainingState:
     """What a run carries from epoch to epoch: the model, its EMA, the optimizer, the best so far.
     Exactly this (plus the RNG) is `last.pt`'s `train_state`, so a resumed run continues unchanged."""
 
-    def __init__(self, model: UNet, diffusion: GaussianDiffusion, objective: Objective, cfg: TrainConfig):
+    def __init__(self, model: UNet, diffusion: GaussianDiffusion, objective: Objective, cfg: TrainConfig,
+                 micro_batch: int):
         self.model, self.diffusion, self.objective, self.cfg = model, diffusion, objective, cfg
+        self.micro_batch = micro_batch
         self.extras = list(getattr(objective, "trainable_parameters", list)())
         self.trainable = [*model.parameters(), *self.extras]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -120,6 +141,8 @@ class _TrainingState:
         state = resume["train_state"]
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # a resume may change them (--lr after a non-finite loss)
+            group.update(lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.ema.load_state_dict(state["ema"])
         with torch.no_grad():
             for param, saved in zip(self.extras, state["objective_parameters"]):
@@ -158,18 +181,7 @@ class _TrainingState:
         for batch in tqdm(train_loader, desc=f"epoch {self.epoch}", leave=False, unit="batch", dynamic_ncols=True,
                           disable=not main):
             x0 = batch.to(device)
-            loss, parts = self.objective.loss(trainer, x0)
-            if not distributed.all_finite(loss):
-                raise DmatError(f"loss became non-finite at epoch {self.epoch}: lower --lr; checkpoints/last.pt "
-                                f"keeps the last good epoch ({self.epoch - 1}) for --resume")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            distributed.average_gradients(self.extras)
-            if self.cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.grad_clip)
-            self.optimizer.step()
-            self.ema.update_parameters(self.model)
-            for key, value in {"loss": loss.item(), **parts}.items():
+            for key, value in self.step(trainer, x0).items():
                 sums[key] = sums.get(key, 0.0) + value * x0.shape[0]
             n += x0.shape[0]
         seconds = time.perf_counter() - start
@@ -178,30 +190,54 @@ class _TrainingState:
         return {**{f"train_{k}": v / n for k, v in totals.items()}, "epoch_seconds": seconds,
                 "train_images_per_s": n / seconds}
 
+    def step(self, trainer, x0: torch.Tensor) -> dict[str, float]:
+        """One optimizer step on a batch, taken in micro-batches when the batch does not fit in memory:
+        each micro-batch's mean loss is weighted by its share of the batch, so the summed gradients are
+        the whole batch's mean gradient and clipping, the step and the EMA update see the same numbers."""
+        chunks = x0.split(self.micro_batch)
+        means: dict[str, float] = {}
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, chunk in enumerate(chunks):
+            share = chunk.shape[0] / x0.shape[0]
+            with distributed.accumulating(trainer, last=i == len(chunks) - 1):
+                loss, parts = self.objective.loss(trainer, chunk)
+                if not distributed.all_finite(loss):
+                    raise DmatError(f"loss became non-finite at epoch {self.epoch}: lower --lr")
+                (loss * share).backward()
+            for key, value in {"loss": loss.item(), **parts}.items():
+                means[key] = means.get(key, 0.0) + value * share
+        distributed.average_gradients(self.extras)
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.grad_clip)
+        self.optimizer.step()
+        self.ema.update_parameters(self.model)
+        return means
+
 
 def fit(model: UNet, diffusion: GaussianDiffusion, objective: Objective, splits: DataSplits, cfg: TrainConfig,
         device: torch.device, recorder: Recorder | None = None, resume: dict | None = None,
-        on_epoch_end: EpochCallback | None = None) -> TrainResult:
+        on_epoch_end: EpochCallback | None = None, micro_batch: int | None = None) -> TrainResult:
     """Train `model` under `objective`; returns the best EMA model by validation loss (kept in memory).
 
     `recorder` receives metrics and checkpoints on the main process (rank 0 under torchrun); without
     one nothing is kept but the result. `on_epoch_end(epoch, metrics)` returning True stops training
-    after that epoch (e.g. an Optuna pruner).
+    after that epoch (e.g. an Optuna pruner). `micro_batch` is what `micro_batch_size` found (a caller
+    that checked it before creating its run passes it); fit checks it itself otherwise.
 
     `resume` is the `last.pt` of an interrupted run (plus its best weights as `best_model`): training
-    continues after its epoch. If the run is interrupted (Ctrl-C, a non-finite loss, any error), the
-    state after the last finished epoch goes to `recorder.on_checkpoint` first, so a resume repeats no
-    logged epoch and skips none.
+    continues after its epoch. A resumable state is saved after the first epoch, every save interval
+    and at the end; if the run is interrupted (Ctrl-C, a non-finite loss, any error), the state after
+    the last finished epoch goes to `recorder.on_checkpoint` first, so a resume repeats no logged epoch
+    and skips none.
     """
     main = distributed.is_main()
     recorder = recorder if recorder is not None and main else Recorder()
     seed_everything(cfg.seed + distributed.rank())
     model.to(device)
-    train_loader = loader(splits.train, distributed.per_process_batch(cfg.batch_size), shuffle=True,
-                          sampler=distributed.train_sampler(splits.train, cfg.seed), num_workers=cfg.num_workers)
-    val_loader = loader(splits.val, cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
-    smoke_check(model, objective, next(iter(train_loader)), device)
-    run = _TrainingState(model, diffusion, objective, cfg)
+    train_loader, val_loader = _loaders(splits, cfg)
+    if micro_batch is None:
+        micro_batch = micro_batch_size(model, objective, next(iter(train_loader)), device)
+    run = _TrainingState(model, diffusion, objective, cfg, micro_batch)
     if resume:
         recorder.on_resume(resume["epoch"], run.restore(resume, main))
     trainer = distributed.wrap(model, device)
@@ -218,7 +254,7 @@ def fit(model: UNet, diffusion: GaussianDiffusion, objective: Objective, splits:
             pruned = on_epoch_end is not None and on_epoch_end(run.epoch, metrics)
             stop = bool(cfg.early_stopping_patience and run.since_best >= cfg.early_stopping_patience) or pruned
             snapshot = run.snapshot(metrics)
-            if run.epoch % cfg.save_interval == 0 or stop or run.epoch == cfg.epochs:
+            if run.epoch in (1, cfg.epochs) or run.epoch % cfg.save_interval == 0 or stop:
                 recorder.on_checkpoint(snapshot)
                 saved_epoch = run.epoch
             recorder.on_epoch(run.epoch, metrics)
@@ -226,10 +262,19 @@ def fit(model: UNet, diffusion: GaussianDiffusion, objective: Objective, splits:
                 break
     except BaseException:
         if snapshot is not None and snapshot["epoch"] > saved_epoch:
-            recorder.on_checkpoint(snapshot)
+            with contextlib.suppress(Exception):  # best effort: the error that stopped the run is the one to report
+                recorder.on_checkpoint(snapshot)
         raise
-    progress.close()
+    finally:
+        progress.close()  # ends its line, so a message that follows starts on its own
     recorder.on_end({"best_val_loss": run.best_val, "best_epoch": run.best_epoch, "epochs_run": run.epoch})
     if run.best_weights is not None:
         run.ema.module.load_state_dict(run.best_weights)
     return TrainResult(run.best_val, run.best_epoch, run.epoch, stop, run.ema.module.eval())
+
+
+def _loaders(splits: DataSplits, cfg: TrainConfig):
+    """This process's shuffled shard of the training split, and the whole validation split in order."""
+    train = loader(splits.train, distributed.per_process_batch(cfg.batch_size), shuffle=True,
+                   sampler=distributed.train_sampler(splits.train, cfg.seed), num_workers=cfg.num_workers)
+    return train, loader(splits.val, cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)

@@ -37,6 +37,13 @@ class UNetConfig:
     def validate(self) -> "UNetConfig":
         if not 0.01 <= self.size_factor <= 1.0:
             raise DmatError(f"size factor must be between 0.01 and 1.0, got {self.size_factor}")
+        if self.base_channels < 1 or self.num_res_blocks < 1:
+            raise DmatError(f"base-channels and num-res-blocks must be positive integers, got {self.base_channels} "
+                            f"and {self.num_res_blocks}")
+        if not self.channel_mults or min(self.channel_mults) < 1:
+            raise DmatError(f"channel-mults must be positive integers, e.g. 1,2,2, got {self.channel_mults}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise DmatError(f"dropout must be in [0, 1), got {self.dropout}")
         downsamples = len(self.channel_mults) - 1
         if self.image_size <= 0 or self.image_size % (2**downsamples):
             raise DmatError(

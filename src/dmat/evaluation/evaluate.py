@@ -1,17 +1,21 @@
 """Evaluate one teacher or student run, the same way for every model, as an evaluation run.
 
-Quality against real data (FID/KID/precision/recall beside the real-vs-real floor), behaviour
-against the teacher (shared-noise sampler trajectories, per-timestep epsilon errors) and cost.
-Real data for FID is the model's own train split, at the model's own resolution; epsilon errors use
-its held-out validation split. A student is compared with its teacher (tag dmat.teacher_run_id); a
-teacher's own evaluation leaves the vs-teacher metrics out (absent, not 0), since against itself
-they are zero by construction.
+Quality against real data (FID/KID at matched N beside the real-vs-real floor's mean and sd over
+draws, precision/recall; see quality.py), memorisation (nearest training images; memorisation.py),
+behaviour against the teacher (shared-noise sampler trajectories, per-timestep epsilon errors) and
+cost. Everything is at the model's own resolution. The FID/KID reference is the data set's held-out
+split where it has one (no model trains on it), else the model's train split; scores against the
+train split are logged beside (`<metric>_train`, `<metric>_heldout`). Epsilon errors use the model's
+validation split. A student is compared with its teacher (tag dmat.teacher_run_id); a teacher's own
+evaluation leaves the vs-teacher metrics out (absent, not 0), since against itself they are zero by
+construction.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -22,17 +26,18 @@ from mlflow.tracking import MlflowClient
 from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
-from dmat import tracking
+from dmat import lineage, notes, registry, tracking
 from dmat.config import TrainConfig, replace
-from dmat.data import load_splits
+from dmat.data import load_held_out, load_splits
 from dmat.diffusion import sample
 from dmat.errors import DmatError
-from dmat.evaluation import cost, features, quality, trajectories
+from dmat.evaluation import cost, features, memorisation, quality, trajectories
 from dmat.evaluation.settings import STUDENT_STEPS, EvalConfig
 from dmat.measure import flops_per_forward
 from dmat.runtime import resolve_device
 
-SETTINGS = ("sampler", "steps", "num_samples", "features", "seed")  # what makes two evaluations comparable
+# what makes two evaluations comparable (one logged before a setting existed counts as its default)
+SETTINGS = ("sampler", "steps", "num_samples", "features", "seed", "floor_draws")
 SAVED_TRAJECTORIES, DENOISING_IMAGES, DENOISING_STEPS = 4, 8, 8
 
 
@@ -40,12 +45,59 @@ def _images(ds) -> torch.Tensor:
     return torch.stack([ds[i] for i in range(len(ds))])
 
 
-def _model_data(loaded: tracking.LoadedModel):
-    """The model's own train (real data for FID) and validation images, at its own resolution."""
+@dataclass
+class RealData:
+    """A model's real images at its own resolution: its train split (what it learned from), its validation
+    split (epsilon errors) and the data set's held-out split, which no model trains on, where there is one."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor | None
+
+    @property
+    def references(self) -> dict[str, torch.Tensor]:
+        """The FID/KID references: the train split, and the held-out split where there is one."""
+        return {"train": self.train, **({"heldout": self.test} if self.test is not None else {})}
+
+    @property
+    def headline(self) -> str:
+        """The reference of the plain `fid`/`kid`: held-out where it exists (memorisation cannot pass as quality)."""
+        return "heldout" if self.test is not None else "train"
+
+    @property
+    def unseen(self) -> torch.Tensor:
+        """Real images no model trained on, for the memorisation check: the held-out split, else validation."""
+        return self.test if self.test is not None else self.val
+
+    def params(self) -> dict[str, str]:
+        """Which real images each part used, as logged params."""
+        held_out = self.test is not None
+        return {"reference": self.headline,
+                "real_data": f"{'held-out' if held_out else 'train'} split ({len(self.references[self.headline])} images)",
+                "held_out_data": "validation split",
+                "unseen_data": f"{'held-out' if held_out else 'validation'} split ({len(self.unseen)} images)"}
+
+
+def _model_data(loaded: tracking.LoadedModel) -> RealData:
+    """The model's own splits (the split settings it trained with) and its data set's held-out split."""
     logged = tracking.config_from_params(TrainConfig, loaded.params)
-    splits = load_splits(TrainConfig(dataset=loaded.tags[tracking.DATASET], image_size=loaded.model.config.image_size,
-                                     val_fraction=logged.val_fraction, split_seed=logged.split_seed))
-    return _images(splits.train), _images(splits.val)
+    dataset, size = loaded.tags[tracking.DATASET], loaded.model.config.image_size
+    splits = load_splits(TrainConfig(dataset=dataset, image_size=size, val_fraction=logged.val_fraction,
+                                     split_seed=logged.split_seed))
+    held_out = load_held_out(dataset, size)
+    return RealData(_images(splits.train), _images(splits.val), None if held_out is None else _images(held_out))
+
+
+def _quality_n(cfg: EvalConfig, loaded, data: RealData, extractor_run_id: str | None, inception_weights) -> int:
+    """N of every FID/KID, checked against the feature dimension before any extractor is loaded or trained."""
+    if cfg.features == "inception":
+        features.inception_weights_path(inception_weights)  # a missing file first: more samples would not help
+    dim = features.planned_feature_dim(cfg.features, loaded.tags[tracking.DATASET], loaded.model.config.image_size,
+                                       extractor_run_id)
+    n = quality.matched_n(cfg.num_samples, [len(r) for r in data.references.values()])
+    sizes = ", ".join(f"{name} {len(r)}" for name, r in data.references.items())
+    quality.check_sample_count(n, dim, f"N = min(num-samples={cfg.num_samples}, half of each real reference: {sizes})")
+    return n
 
 
 def _teacher_of(loaded: tracking.LoadedModel, device) -> tracking.LoadedModel | None:
@@ -88,16 +140,40 @@ def _log_npz(path: str, **arrays) -> None:
         mlflow.log_artifact(str(file), artifact_path=str(Path(path).parent))
 
 
+def _log_grid(path: str, images: torch.Tensor, nrow: int) -> None:
+    """Images in [-1, 1] as one PNG grid artifact, `nrow` to a row."""
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / Path(path).name
+        save_image(((images + 1) / 2).clamp(0, 1), file, nrow=nrow)
+        mlflow.log_artifact(str(file), artifact_path=str(Path(path).parent))
+
+
 def _log_denoising(traj: trajectories.Trajectory) -> None:
     """About 8 evenly spaced states of the first few shared-noise trajectories, as arrays and a grid."""
     shown = torch.linspace(0, traj.states.shape[1] - 1, DENOISING_STEPS).round().long().unique()
     states = traj.states[:DENOISING_IMAGES, shown]
     _log_npz("denoising/states.npz", states=states.numpy().astype(np.float16),
              timesteps=np.array(traj.timesteps)[shown.numpy()])
-    with tempfile.TemporaryDirectory() as tmp:
-        file = Path(tmp) / "grid.png"
-        save_image(((states.flatten(0, 1) + 1) / 2).clamp(0, 1), file, nrow=len(shown))
-        mlflow.log_artifact(str(file), artifact_path="denoising")
+    _log_grid("denoising/grid.png", states.flatten(0, 1), nrow=len(shown))
+
+
+def _quality(extractor, fake: torch.Tensor, data: RealData, cfg: EvalConfig, n: int) -> None:
+    """FID/KID at matched N against each reference, and the memorisation check, logged to the active run."""
+
+    def extract(images):
+        return quality.extract(extractor, images, cfg.batch_size)
+
+    references = {name: extract(images) for name, images in data.references.items()}
+    feats = {"generated": extract(fake), "train": references["train"],
+             "held_out": references["heldout"] if "heldout" in references else extract(data.val)}
+    mlflow.log_metrics(quality.quality_metrics(feats["generated"], references, data.headline, n, cfg.floor_draws,
+                                               cfg.seed))
+    found = memorisation.memorisation({"generated": fake, "train": data.train, "held_out": data.unseen}, feats)
+    mlflow.log_metrics(found.metrics)
+    copied = found.most_copied
+    _log_npz("memorisation/most_copied.npz", **copied)
+    pairs = torch.from_numpy(np.concatenate([copied["samples"], copied["neighbours"]]))  # samples above neighbours
+    _log_grid("memorisation/most_copied.png", pairs, nrow=len(copied["samples"]))
 
 
 @torch.inference_mode()
@@ -159,19 +235,21 @@ def evaluate_run(model_run_id: str, config: EvalConfig | None = None, feature_ex
 
     Settings come from `config` and keyword overrides (`num_samples=300`, `steps="20"`, ...).
     Everything that can be wrong (settings, run, checkpoint, data, extractor, sample counts) is
-    checked before the evaluation run is created.
+    checked before the evaluation run is created, and the sample counts before any feature
+    extractor is trained.
     """
     cfg = replace(config or EvalConfig(), **overrides).validate()
     device = resolve_device(cfg.device)
     tracking.check_tracking_reachable()
-    loaded = tracking.load_model(model_run_id, device=device)
+    loaded = tracking.load_model(registry.run_id_of(model_run_id), device=device)  # a run id or models:/ URI
     steps = cfg.resolved_steps(loaded.role, loaded.params)
     loaded.diffusion.sampling_timesteps(steps)
     teacher = _teacher_of(loaded, device)
-    real, held_out = _model_data(loaded)
+    data = _model_data(loaded)
+    n = _quality_n(cfg, loaded, data, feature_extractor_run_id, inception_weights)
     extractor_run_id, extractor = _extractor(cfg, loaded, feature_extractor_run_id, inception_weights, device)
-    quality.check_sample_count(cfg.num_samples, extractor.num_features, f"num-samples={cfg.num_samples}")
-    quality.check_sample_count(len(real) // 2, extractor.num_features, "each half of the real train split (floor)")
+    # the planned dimension holds unless the extractor's run did not log its feature_dim: check again
+    quality.check_sample_count(n, extractor.num_features, f"N of num-samples={cfg.num_samples}")
 
     tags = {tracking.ROLE: tracking.EVALUATION, tracking.MODEL_RUN_ID: loaded.run_id, tracking.MODEL_ROLE: loaded.role,
             tracking.TEACHER_RUN_ID: teacher.run_id if teacher else loaded.run_id,
@@ -179,20 +257,23 @@ def evaluate_run(model_run_id: str, config: EvalConfig | None = None, feature_ex
                                            tracking.IMAGE_SIZE) if k in loaded.tags}}
     if extractor_run_id:
         tags[tracking.FEATURE_EXTRACTOR_RUN_ID] = extractor_run_id
-    name = f"eval-{loaded.role}-{loaded.tags.get(tracking.SIZE_FACTOR, '')}-{loaded.run_id[:8]}"
+    name = f"eval-{loaded.tags.get(tracking.RUN_NAME) or loaded.role}-{loaded.run_id[:8]}"  # names the model
     with tracking.tracked_run(name, tags, experiment) as run:
-        tracking.log_params({**{k: getattr(cfg, k) for k in ("sampler", "num_samples", "features", "seed",
-                                                            "batch_size", "num_trajectories", "eps_timesteps")},
-                             "steps": steps, "real_data": "train split", "held_out_data": "validation split"})
+        tracking.log_params({**{k: getattr(cfg, k) for k in ("sampler", "num_samples", "features", "seed", "batch_size",
+                                                            "num_trajectories", "eps_timesteps", "floor_draws")},
+                             "steps": steps, **data.params()})
+        lineage.log_evaluation_data(loaded.tags[tracking.DATASET], loaded.model.config.image_size, data.train, data.val,
+                                    data.test)  # the run's dataset inputs
+        notes.describe(run.info.run_id)  # the run's description in the MLflow UI
         cost.reset_peak_memory(device)
         mlflow.log_metrics(_cost_metrics(loaded, cfg, steps, device))
         fake, seconds = _generate(loaded.model, loaded.diffusion, cfg, steps, device)
         if seconds:  # full batches only; a single short batch is not a throughput
             mlflow.log_metric("throughput_images_per_s", cfg.batch_size / float(np.median(seconds)))
-        mlflow.log_metrics(quality.quality_metrics(extractor, real, fake, cfg.batch_size, cfg.seed))
-        mlflow.log_metrics(quality.floor_metrics(extractor, real, cfg.batch_size, cfg.seed))
-        _behaviour(loaded, teacher, cfg, steps, held_out, device)
+        _quality(extractor, fake, data, cfg, n)
+        _behaviour(loaded, teacher, cfg, steps, data.val, device)
         mlflow.log_metric("peak_memory_mb", cost.peak_memory_mb(device))
+        registry.record_evaluation(loaded.run_id, run.info.run_id, SETTINGS)  # scores as version tags, @best-*
         return run.info.run_id
 
 
@@ -204,8 +285,10 @@ def _comparable(value) -> str:
 
 
 def _settings_of(params: dict) -> tuple:
-    """An evaluation's settings as logged (a value resolved beside a `mlflow run -P` one wins)."""
-    return tuple(_comparable(tracking.param_value(params, k)) for k in SETTINGS)
+    """An evaluation's settings as logged (a value resolved beside a `mlflow run -P` one wins; one not
+    logged, by an older dmat, is its default)."""
+    value = tracking.param_value
+    return tuple(_comparable(v if (v := value(params, k)) is not None else getattr(EvalConfig, k)) for k in SETTINGS)
 
 
 def evaluate_all(config: EvalConfig | None = None, feature_extractor_run_id: str | None = None,
@@ -217,11 +300,15 @@ def evaluate_all(config: EvalConfig | None = None, feature_extractor_run_id: str
     cfg = replace(config or EvalConfig(), **overrides).validate()
     tracking.check_tracking_reachable()
     roles = (tracking.STUDENT,) if cfg.steps == STUDENT_STEPS else tracking.MODEL_ROLES
+    models = [(role, run) for role in roles for run in tracking.find_runs(role)]
+    if not models:
+        kind = " or ".join(roles)
+        raise DmatError(f"no finished {kind} run in {tracking.tracking_uri()}: nothing to evaluate; train one first "
+                        "(dmat teacher, dmat distill), or point MLFLOW_TRACKING_URI at the study's store")
     done = {(r.data.tags.get(tracking.MODEL_RUN_ID), _settings_of(r.data.params)) for r in tracking.find_runs(tracking.EVALUATION)}
     new = []
-    for role in roles:
-        for run in tracking.find_runs(role):
-            wanted = {**{k: getattr(cfg, k) for k in SETTINGS}, "steps": cfg.resolved_steps(role, run.data.params)}
-            if (run.info.run_id, _settings_of(wanted)) not in done:
-                new.append(evaluate_run(run.info.run_id, cfg, feature_extractor_run_id, inception_weights, experiment))
+    for role, run in models:
+        wanted = {**{k: getattr(cfg, k) for k in SETTINGS}, "steps": cfg.resolved_steps(role, run.data.params)}
+        if (run.info.run_id, _settings_of(wanted)) not in done:
+            new.append(evaluate_run(run.info.run_id, cfg, feature_extractor_run_id, inception_weights, experiment))
     return new

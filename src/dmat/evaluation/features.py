@@ -185,12 +185,25 @@ def load_feature_extractor(run_id: str, dataset: str, image_size: int) -> Classi
     return net.eval().requires_grad_(False)
 
 
+def _newest_extractor(dataset: str, image_size: int) -> str | None:
+    found = tracking.find_runs(tracking.FEATURE_EXTRACTOR, {tracking.DATASET: dataset, tracking.IMAGE_SIZE: str(image_size)},
+                               max_results=1)
+    return found[0].info.run_id if found else None
+
+
+def planned_feature_dim(kind: str, dataset: str, image_size: int, run_id: str | None = None) -> int:
+    """The dimension the evaluation's features will have, known before any extractor is loaded or trained,
+    so that a sample count too small for it is refused before anything is trained or logged."""
+    if kind == "inception":
+        return InceptionFeatures.num_features
+    run_id = run_id or _newest_extractor(dataset, image_size)
+    logged = tracking.param_value(tracking.get_run(run_id).data.params, "feature_dim") if run_id else None
+    return int(float(logged)) if logged else ExtractorConfig.feature_dim
+
+
 def feature_extractor_for(dataset: str, image_size: int, run_id: str | None = None, device="cpu",
                           experiment: str | None = None) -> tuple[str, ClassifierFeatures]:
     """The given extractor run, else the newest one of this data set and size, else a newly trained one."""
-    if run_id is None:
-        found = tracking.find_runs(tracking.FEATURE_EXTRACTOR, {tracking.DATASET: dataset, tracking.IMAGE_SIZE: str(image_size)},
-                                   max_results=1)
-        run_id = found[0].info.run_id if found else train_feature_extractor(dataset, image_size, device=device,
-                                                                              experiment=experiment)
+    run_id = run_id or _newest_extractor(dataset, image_size) or train_feature_extractor(
+        dataset, image_size, device=device, experiment=experiment)
     return run_id, load_feature_extractor(run_id, dataset, image_size).to(device)

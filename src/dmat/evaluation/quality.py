@@ -1,14 +1,25 @@
-"""Sample quality against real data: FID and KID (torchmetrics), precision and recall.
+"""Sample quality against real data, compared like with like: FID and KID (torchmetrics), precision/recall.
 
-All of them are computed in the features of one fixed extractor (evaluation/features.py), so every
-model of a study is measured in the same space. FID is biased by the sample count, so each one is
-reported beside the real-vs-real floor: the same metric between two disjoint halves of the real
-data, the best a model could do at that sample size.
+Everything is computed on feature vectors of one fixed extractor (evaluation/features.py), extracted
+once per image. FID is biased by the sample count (it shrinks as N grows), so a score compared with the
+real-vs-real floor must use the floor's sample sizes, and one split of the real data is one noisy
+draw. Hence, for a real reference set R and generated samples G, with N per side:
+
+    draw k = 1..K:  A_k, B_k = two disjoint random sets of N images of R;  G_k = N random images of G
+                    model_k  = metric(G_k, B_k)      (N generated vs N real)
+                    floor_k  = metric(A_k, B_k)      (N real vs N other real)
+
+and both are reported as mean and sd over the K draws (`fid`, `fid_sd`, `fid_floor`, `fid_floor_sd`;
+`kid`, ...). N = min(generated, |R| // 2 for every reference), so every FID and KID of one evaluation
+uses the same N, logged as `quality_n`. KID is the unbiased MMD^2 with the cubic polynomial kernel over
+all N x N pairs (torchmetrics with one subset of size N): unbiased at any N, it is the headline
+comparison; FID stays beside it.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,8 +28,8 @@ from torchmetrics.image.kid import KernelInceptionDistance
 
 from dmat.errors import DmatError
 
-KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
 PR_NEIGHBOURS = 3  # k of Kynkaanniemi et al. 2019
+METRICS = ("fid", "kid")
 
 
 def _batches(images: torch.Tensor, batch_size: int, device):
@@ -41,6 +52,85 @@ def check_sample_count(n: int, feature_dim: int, what: str) -> None:
         )
 
 
+def matched_n(num_generated: int, reference_sizes) -> int:
+    """N of every FID/KID of an evaluation: the generated count, capped so that two disjoint sets of N fit
+    in every real reference (the floor needs A and B)."""
+    return min(num_generated, *(size // 2 for size in reference_sizes))
+
+
+class _Given(nn.Module):
+    """Identity on feature vectors, so torchmetrics' FID and KID run on features extracted once."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@torch.inference_mode()
+def fid_kid(real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+    """FID and unbiased KID between two sets of feature vectors [n, d] (all pairs: one KID subset of the
+    smaller n), through torchmetrics."""
+    dim = real.shape[1]
+    check_sample_count(len(real), dim, "the real set")
+    check_sample_count(len(fake), dim, "the generated set")
+    fid = FrechetInceptionDistance(feature=_Given(dim))
+    with warnings.catch_warnings():  # its memory warning is about feature buffers far larger than ours
+        warnings.simplefilter("ignore", UserWarning)
+        kid = KernelInceptionDistance(feature=_Given(dim), subsets=1, subset_size=min(len(real), len(fake)))
+    for features, is_real in ((real.double(), True), (fake.double(), False)):
+        fid.update(features, real=is_real)
+        kid.update(features, real=is_real)
+    with torch.random.fork_rng(devices=[]):  # KID permutes its one subset (= all rows) with the global generator:
+        torch.manual_seed(0)  # fixed, so the summation order and the last bits repeat, and no caller's stream moves
+        kid_value = kid.compute()[0].item()
+    return {"fid": fid.compute().item(), "kid": kid_value}
+
+
+@dataclass(frozen=True)
+class Draw:
+    """Row indices of one draw: `a`, `b` disjoint in the reference, `g` in the generated set (each N long)."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    g: torch.Tensor
+
+
+def draws(num_reference: int, num_generated: int, n: int, k: int, seed: int) -> list[Draw]:
+    """The K draws of the module docstring, fixed by `seed` (the same for every model of a study)."""
+    if 2 * n > num_reference or n > num_generated:
+        raise DmatError(f"a draw of N={n} needs {2 * n} reference and {n} generated images, "
+                        f"got {num_reference} and {num_generated}")
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(k):
+        order = torch.randperm(num_reference, generator=generator)
+        out.append(Draw(order[:n], order[n : 2 * n], torch.randperm(num_generated, generator=generator)[:n]))
+    return out
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    v = torch.tensor(values, dtype=torch.float64)
+    return v.mean().item(), (v.std().item() if len(v) > 1 else float("nan"))
+
+
+def matched_scores(generated: torch.Tensor, reference: torch.Tensor, n: int, k: int, seed: int) -> dict[str, float]:
+    """fid, kid (N generated vs N real) and fid_floor, kid_floor (N real vs N other real), each as the
+    mean over K draws with `<name>_sd` its sample sd over the draws; inputs are feature vectors."""
+    per_draw = {name: [] for m in METRICS for name in (m, f"{m}_floor")}
+    for d in draws(len(reference), len(generated), n, k, seed):
+        model, floor = fid_kid(reference[d.b], generated[d.g]), fid_kid(reference[d.b], reference[d.a])
+        for m in METRICS:
+            per_draw[m].append(model[m])
+            per_draw[f"{m}_floor"].append(floor[m])
+    out = {}
+    for name, values in per_draw.items():
+        out[name], out[f"{name}_sd"] = _mean_sd(values)
+    return out
+
+
 def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = PR_NEIGHBOURS) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019) on feature vectors.
 
@@ -58,46 +148,17 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = PR_NEIGHBO
     return inside(fake, real, radii(real)), inside(real, fake, radii(fake))
 
 
-@torch.inference_mode()
-def fid_kid(extractor: nn.Module, real: torch.Tensor, fake: torch.Tensor, batch_size: int = 500,
-            seed: int = 0) -> dict[str, float]:
-    """FID and KID (mean, std over subsets) of `fake` against `real`, through torchmetrics."""
-    check_sample_count(len(real), extractor.num_features, "the real set")
-    check_sample_count(len(fake), extractor.num_features, "the generated set")
-    device = next(extractor.parameters()).device
-    fid = FrechetInceptionDistance(feature=extractor).to(device)
-    subset = min(KID_SUBSET_SIZE, len(real), len(fake))
-    with warnings.catch_warnings():  # its memory warning is about feature buffers far larger than ours
-        warnings.simplefilter("ignore", UserWarning)
-        kid = KernelInceptionDistance(feature=extractor, subsets=KID_SUBSETS, subset_size=subset).to(device)
-    for images, is_real in ((real, True), (fake, False)):
-        for x in _batches(images, batch_size, device):
-            fid.update(x, real=is_real)
-            kid.update(x, real=is_real)
-    torch.manual_seed(seed)  # KID draws its subsets with the global generator
-    kid_mean, kid_std = kid.compute()
-    return {"fid": fid.compute().item(), "kid_mean": kid_mean.item(), "kid_std": kid_std.item()}
-
-
-def quality_metrics(extractor: nn.Module, real: torch.Tensor, fake: torch.Tensor, batch_size: int = 500,
-                    seed: int = 0) -> dict[str, float]:
-    """fid, kid_mean, kid_std, precision, recall of generated images against real ones."""
-    metrics = fid_kid(extractor, real, fake, batch_size, seed)
-    metrics["precision"], metrics["recall"] = precision_recall(extract(extractor, real, batch_size),
-                                                               extract(extractor, fake, batch_size))
-    return metrics
-
-
-def real_halves(real: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two disjoint random halves of the real images."""
-    order = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))
-    half = len(real) // 2
-    return real[order[:half]], real[order[half : 2 * half]]
-
-
-def floor_metrics(extractor: nn.Module, real: torch.Tensor, batch_size: int = 500, seed: int = 0) -> dict[str, float]:
-    """fid_floor and kid_floor: real against real, on two disjoint halves of the real data."""
-    a, b = real_halves(real, seed)
-    check_sample_count(len(a), extractor.num_features, "each half of the real data (for the real-vs-real floor)")
-    m = fid_kid(extractor, a, b, batch_size, seed)
-    return {"fid_floor": m["fid"], "kid_floor": m["kid_mean"]}
+def quality_metrics(generated: torch.Tensor, references: dict[str, torch.Tensor], headline: str, n: int, k: int,
+                    seed: int) -> dict[str, float]:
+    """Matched-N scores against each real reference, as `<name>_<reference>` (e.g. kid_heldout, fid_floor_sd_train),
+    the `headline` reference's also under the plain names (kid, fid_floor, ...); `quality_n` (N) and
+    `quality_draws` (K); precision and recall of N generated vs N real on the headline's first draw."""
+    out: dict[str, float] = {"quality_n": n, "quality_draws": k}
+    for name, reference in references.items():
+        scores = matched_scores(generated, reference, n, k, seed)
+        out.update({f"{metric}_{name}": value for metric, value in scores.items()})
+        if name == headline:
+            out.update(scores)
+    first = draws(len(references[headline]), len(generated), n, 1, seed)[0]
+    out["precision"], out["recall"] = precision_recall(references[headline][first.b], generated[first.g])
+    return out

@@ -14,7 +14,7 @@ STUDENT_STEPS = "student"  # --steps student: a student's own `student_steps` pa
 
 @dataclass(frozen=True)
 class EvalConfig:
-    num_samples: int = 2000  # generated images for FID/KID/precision/recall
+    num_samples: int = 2000  # generated images; FID/KID use N = min(this, half of each real reference) a side
     sampler: str = "ddim"
     steps: str = "50"  # sampling steps, or "student" for each student's own student_steps
     features: str = "classifier"  # "classifier" (trained on the data set) or "inception"
@@ -22,12 +22,16 @@ class EvalConfig:
     batch_size: int = 500  # images per sampling batch
     num_trajectories: int = 64  # shared-noise trajectories compared with the teacher
     eps_timesteps: int = 20  # timesteps of the per-timestep epsilon errors
+    floor_draws: int = 10  # K random draws of N real (and N generated) that FID/KID and their floor average over
     device: str = "auto"
 
     def validate(self) -> "EvalConfig":
         for name in ("num_samples", "batch_size", "num_trajectories", "eps_timesteps"):
             if getattr(self, name) <= 0:
                 raise DmatError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if self.floor_draws < 2:
+            raise DmatError(f"floor-draws must be at least 2 (the floor is a mean and sd over draws), "
+                            f"got {self.floor_draws}")
         if self.sampler not in ("ddim", "ddpm"):
             raise DmatError(f"sampler must be ddim or ddpm, got {self.sampler!r}")
         if self.features not in ("classifier", "inception"):

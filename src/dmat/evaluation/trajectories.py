@@ -45,15 +45,19 @@ def path_length(traj: Trajectory) -> float:
 
 
 def compare(model: Trajectory, teacher: Trajectory) -> dict:
-    """Per-step MSE and cosine similarity (lists, index = sampling step) and their summaries."""
+    """Per-step MSE and cosine similarity (lists, index = sampling step, 0 = x_T) and their summaries.
+
+    The means run over steps 1..S only: step 0 is the shared starting noise, where the MSE is 0 and the
+    cosine 1 by construction, and counting it would pull every model towards the teacher by 1/(S+1).
+    """
     a, b = _flat(model.states), _flat(teacher.states)
     mse = ((a - b) ** 2).mean(dim=2).mean(dim=0)
     cosine = F.cosine_similarity(a, b, dim=2).mean(dim=0)
     return {
         "traj_mse": mse.tolist(),
         "traj_cosine": cosine.tolist(),
-        "traj_mse_mean": mse.mean().item(),
-        "traj_cosine_mean": cosine.mean().item(),
+        "traj_mse_mean": mse[1:].mean().item(),
+        "traj_cosine_mean": cosine[1:].mean().item(),
         "final_mse": mse[-1].item(),
     }
 

@@ -25,19 +25,23 @@ from dmat.errors import DmatError
 from dmat.report import figures
 from dmat.report.findings import findings
 from dmat.report.query import Study, load_npz, load_study, metric_histories
-from dmat.report.tables import format_table, pareto_mask, readable_subset, summary_table
+from dmat.report.tables import (format_table, memorisation_table, pareto_mask, quality_table, readable_subset,
+                                summary_table)
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("summary", "quality", "efficiency", "sweep", "mse", "denoising", "time", "trajectory", "training",
-            "findings", "problems")
+SECTIONS = ("summary", "quality", "memorisation", "efficiency", "sweep", "mse", "denoising", "time", "trajectory",
+            "training", "findings", "problems")
 OPTIONAL_SECTIONS = ("mse", "denoising", "time", "trajectory")
-TITLES = {"summary": "Summary per size and method", "quality": "Quality against size", "efficiency": "Efficiency", "sweep": "Optuna sweeps: FID against parameters",
+TITLES = {"summary": "Summary per size and method", "quality": "Quality against size (matched sample sizes)",
+          "memorisation": "Memorisation: generated samples and their nearest training images",
+          "efficiency": "Efficiency", "sweep": "Optuna sweeps: FID against parameters",
           "mse": "Epsilon MSE against the teacher (size x timestep)", "denoising": "Denoising process",
           "time": "Time analysis", "trajectory": "Trajectory analysis", "training": "Training curves",
           "findings": "Findings", "problems": "Failed, unfinished and incomplete runs"}
 STATES_NPZ = "denoising/states.npz"
 TRAJECTORIES_NPZ = "trajectories/trajectories.npz"
+MOST_COPIED_NPZ = "memorisation/most_copied.npz"
 
 
 def choose_sections(mse=False, denoising=False, time=False, trajectory=False, all_sections=False) -> tuple[str, ...]:
@@ -74,17 +78,48 @@ def _label(row) -> str:
     return "teacher" if row.method == "teacher" else f"{row.size_factor:g} {row.method}"
 
 
-def denoising_section(section: Section, study: Study, sizes: list[float]) -> None:
+def _artifact_panels(section: Section, study: Study, sizes: list[float], path: str) -> list[tuple[str, dict]]:
+    """(label, arrays of `path`) of the newest evaluation per group; a note names the groups without it."""
     panels, missing = [], []
     for row in _latest_per_group(study.evaluations, sizes).itertuples():
-        data = load_npz(row.run_id, STATES_NPZ)
+        data = load_npz(row.run_id, path)
         if data is None:
             missing.append(_label(row))
         else:
-            panels.append((_label(row), data["states"], data["timesteps"]))
+            panels.append((_label(row), data))
     if missing:
-        section.notes.append(f"no {STATES_NPZ} in the evaluations of: {', '.join(missing)}")
+        section.notes.append(f"no {path} in the evaluations of: {', '.join(missing)}")
+    return panels
+
+
+def denoising_section(section: Section, study: Study, sizes: list[float]) -> None:
+    panels = [(label, data["states"], data["timesteps"]) for label, data in _artifact_panels(section, study, sizes,
+                                                                                              STATES_NPZ)]
     section.figure("denoising", figures.denoising_figure(panels), "no evaluation logged denoising states")
+
+
+QUALITY_NOTE = ("Every KID and FID is N generated vs N real images, N as shown, and its floor is N real vs N other "
+                "real images; both are the mean ± sd over the evaluation's random draws of those sets (the same "
+                "real set B for model and floor in each draw). KID is unbiased at any N; FID is not, so only "
+                "same-N numbers are compared. kid_z = (KID - floor) / floor sd: within about ±2 the model is "
+                "inside the floor's spread. reference: the plain kid/fid are against the held-out split where the "
+                "data set has one (no model trains on it), else the train split; kid_train / kid_heldout side by "
+                "side: a held-out score clearly above the train one is a memorisation sign. Raw numbers: "
+                "tables/evaluations.csv.")
+MEMORISATION_NOTE = ("For each generated sample, the L2 distance to its nearest training image (pixels and the "
+                     "extractor's features), against the same distance for real images no model trained on (the "
+                     "held-out split, else the validation split). copy rate = share of the generated samples closer "
+                     "to a training image than the 1st percentile of the held-out images' distances: about 0.01 by "
+                     "chance, 1.0 for a model that returns its training images. Below: each model's samples nearest "
+                     "to a training image (top), that training image (bottom) and their pixel distance.")
+
+
+def memorisation_section(section: Section, study: Study, sizes: list[float]) -> None:
+    section.notes.append(MEMORISATION_NOTE)
+    section.tables.append(memorisation_table(study.evaluations))
+    panels = [(label, d["samples"], d["neighbours"], d["distances"], float(d["threshold"]))
+              for label, d in _artifact_panels(section, study, sizes, MOST_COPIED_NPZ)]
+    section.figure("most_copied", figures.most_copied_figure(panels), f"no evaluation logged {MOST_COPIED_NPZ}")
 
 
 def trajectory_pca(study: Study, sizes: list[float]):
@@ -118,18 +153,33 @@ def sweep_section(section: Section, trials: pd.DataFrame) -> None:
                              f"{int(study.fid.notna().sum())} evaluated; pruned and failed trials have no FID")
         section.figure(f"sweep_{name}", figures.sweep_figure(study, name), f"no evaluated trial in study {name}")
         front = study[pareto_mask(study.num_parameters, study.fid)].sort_values("num_parameters")
-        section.tables.append(front[["study_name", "trial", "size_factor", "num_parameters", "fid", "kid_mean", "run_id"]])
+        section.tables.append(front.reindex(columns=["study_name", "trial", "size_factor", "num_parameters", "kid", "fid",
+                                                     "run_id"]))
 
 
-def build_sections(study: Study, sections: tuple[str, ...], full_mse: bool) -> list[Section]:
-    table = summary_table(study.evaluations)
-    students = study.evaluations[study.evaluations.method != "teacher"]
-    subset = readable_subset(students.size_factor)
+@dataclass
+class Inputs:
+    """What the sections are built from: the study, its summary table, the readable subset of sizes and
+    the runs and metric histories the figures show."""
+
+    study: Study
+    table: pd.DataFrame
+    subset: list[float]
+    shown_models: pd.DataFrame
+    histories: pd.DataFrame
+    full_mse: bool
+
+    @property
+    def evals(self) -> pd.DataFrame:
+        return self.study.evaluations
+
+
+def _inputs(study: Study, sections: tuple[str, ...], full_mse: bool) -> Inputs:
     evals = study.evaluations
+    subset = readable_subset(evals[evals.method != "teacher"].size_factor)
     shown_evals = evals[evals.size_factor.isin(subset) | (evals.method == "teacher")]
     finished_models = study.models[study.models.status == "FINISHED"]
     shown_models = finished_models[finished_models.size_factor.isin(subset) | (finished_models.role == "teacher")]
-
     wanted = {"mse": (evals if full_mse else shown_evals, ["eps_mse_teacher"]),
               "time": (shown_evals, ["eps_mse_true", "eps_mse_teacher"]),
               "trajectory": (shown_evals, ["traj_mse"]),
@@ -138,44 +188,69 @@ def build_sections(study: Study, sections: tuple[str, ...], full_mse: bool) -> l
     histories = pd.concat([metric_histories(runs.run_id, keys) for key, (runs, keys) in wanted.items()
                            if key in sections] or [pd.DataFrame(columns=["run_id", "key", "step", "value"])])
     log.info("fetched %d history points in %.1f s", len(histories), time.perf_counter() - start)
+    return Inputs(study, summary_table(evals), subset, shown_models, histories, full_mse)
 
+
+def _summary(section: Section, i: Inputs) -> None:
+    section.tables.append(format_table(i.table))
+    section.notes.append("Mean ± half-width of the 95% t-interval over evaluations (n); n/a = not logged or "
+                         "not defined. kid, fid and their floors are at matched N (see the quality table). "
+                         "quality_per_mparam and quality_per_ms are (1/FID) per million parameters and per "
+                         "millisecond of latency. Raw numbers: tables/summary.csv.")
+
+
+def _quality(section: Section, i: Inputs) -> None:
+    section.figure("quality_vs_size", figures.quality_figure(i.table), "no evaluation has KID or FID")
+    section.notes.append(QUALITY_NOTE)
+    section.tables.append(quality_table(i.evals))
+
+
+def _mse(section: Section, i: Inputs) -> None:
+    students = i.evals[i.evals.method != "teacher"]
+    sizes = sorted(set(students.size_factor.dropna())) if i.full_mse else i.subset
+    section.notes.append(f"sizes shown: {', '.join(f'{s:g}' for s in sizes) or 'none'}"
+                         + ("" if i.full_mse else " (a readable subset; --full-mse shows every size)"))
+    section.figure("mse_heatmap", figures.mse_heatmap(i.histories, i.evals, sizes), "no eps_mse_teacher history")
+
+
+def _trajectory(section: Section, i: Inputs) -> None:
+    section.figure("trajectory_divergence", figures.trajectory_divergence_figure(i.histories, i.evals, i.subset),
+                   "no traj_mse history")
+    section.figure("trajectory_pca", trajectory_pca(i.study, i.subset), f"no {TRAJECTORIES_NPZ} artifact")
+
+
+def _problems(section: Section, i: Inputs) -> None:
+    if i.study.problems.empty:
+        section.notes.append("none: every model run finished and has a complete evaluation")
+    else:
+        section.tables.append(i.study.problems)
+
+
+def _findings(section: Section, i: Inputs) -> None:
+    section.items = findings(i.table, i.evals, i.study.problems)
+
+
+BUILDERS = {
+    "summary": _summary, "quality": _quality, "mse": _mse, "trajectory": _trajectory, "problems": _problems,
+    "findings": _findings,
+    "memorisation": lambda section, i: memorisation_section(section, i.study, i.subset),
+    "efficiency": lambda section, i: section.figure("efficiency", figures.efficiency_figure(i.table),
+                                                    "no evaluation has FID"),
+    "sweep": lambda section, i: sweep_section(section, i.study.sweep_trials),
+    "denoising": lambda section, i: denoising_section(section, i.study, i.subset),
+    "time": lambda section, i: section.figures.append(
+        ("time_analysis", figures.time_figure(i.histories, i.evals, i.table, i.subset))),
+    "training": lambda section, i: section.figure("training_curves", figures.training_figure(i.histories, i.shown_models),
+                                                  "no finished model run logged train_task_loss / val_task_loss"),
+}
+
+
+def build_sections(study: Study, sections: tuple[str, ...], full_mse: bool) -> list[Section]:
+    inputs = _inputs(study, sections, full_mse)
     built = []
     for key in sections:
         section = Section(key)
-        if key == "summary":
-            section.tables.append(format_table(table))
-            section.notes.append("Mean ± half-width of the 95% t-interval over evaluations (n); n/a = not logged or "
-                                 "not defined. quality_per_mparam and quality_per_ms are (1/FID) per million "
-                                 "parameters and per millisecond of latency. Raw numbers: tables/summary.csv.")
-        elif key == "quality":
-            section.figure("quality_vs_size", figures.quality_figure(table), "no evaluation has FID or KID")
-        elif key == "efficiency":
-            section.figure("efficiency", figures.efficiency_figure(table), "no evaluation has FID")
-        elif key == "sweep":
-            sweep_section(section, study.sweep_trials)
-        elif key == "mse":
-            sizes = sorted(set(students.size_factor.dropna())) if full_mse else subset
-            section.notes.append(f"sizes shown: {', '.join(f'{s:g}' for s in sizes) or 'none'}"
-                                 + ("" if full_mse else " (a readable subset; --full-mse shows every size)"))
-            section.figure("mse_heatmap", figures.mse_heatmap(histories, evals, sizes), "no eps_mse_teacher history")
-        elif key == "denoising":
-            denoising_section(section, study, subset)
-        elif key == "time":
-            section.figures.append(("time_analysis", figures.time_figure(histories, evals, table, subset)))
-        elif key == "trajectory":
-            section.figure("trajectory_divergence", figures.trajectory_divergence_figure(histories, evals, subset),
-                           "no traj_mse history")
-            section.figure("trajectory_pca", trajectory_pca(study, subset), f"no {TRAJECTORIES_NPZ} artifact")
-        elif key == "training":
-            section.figure("training_curves", figures.training_figure(histories, shown_models),
-                           "no finished model run logged train_task_loss / val_task_loss")
-        elif key == "findings":
-            section.items = findings(table, evals, study.problems)
-        elif key == "problems":
-            if study.problems.empty:
-                section.notes.append("none: every model run finished and has a complete evaluation")
-            else:
-                section.tables.append(study.problems)
+        BUILDERS[key](section, inputs)
         built.append(section)
     return built
 
@@ -219,6 +294,7 @@ table{{border-collapse:collapse;font-size:13px}} td,th{{padding:3px 8px;border-b
 def write_csvs(folder: Path, study: Study) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     summary_table(study.evaluations).to_csv(folder / "summary.csv", index=False)
+    quality_table(study.evaluations).to_csv(folder / "quality.csv", index=False)
     study.evaluations.to_csv(folder / "evaluations.csv", index=False)
     study.models.to_csv(folder / "models.csv", index=False)
     study.problems.to_csv(folder / "problems.csv", index=False)

@@ -36,33 +36,70 @@ def _teacher_value(table: pd.DataFrame, column: str) -> float:
 
 
 def _errorbar_by_method(ax, table: pd.DataFrame, x: str, y: str) -> None:
+    """Mean per size, one line per method; a 95% interval only where one exists (a single evaluation has
+    none, and gets no bar rather than a zero-length one that would read as certainty)."""
     for method, group in _students(table).groupby("method"):
         group = group.dropna(subset=[x, y]).sort_values(x)
         if group.empty:
             continue
-        ax.errorbar(group[x], group[y], yerr=group[f"{y}_ci95"].fillna(0), marker=MARKER.get(method, "^"),
-                    linestyle=LINESTYLE.get(method, "-."), capsize=3, label=method)
+        line, = ax.plot(group[x], group[y], marker=MARKER.get(method, "^"), linestyle=LINESTYLE.get(method, "-."),
+                        label=method)
+        known = group[np.isfinite(group[f"{y}_ci95"].astype(float))]
+        if len(known):
+            ax.errorbar(known[x], known[y], yerr=known[f"{y}_ci95"], fmt="none", capsize=3, color=line.get_color())
 
 
 def _reference_lines(ax, table: pd.DataFrame, metric: str, floor: str | None) -> None:
+    """The teacher's value, and the real-vs-real floor as its mean with a band of ± its sd over draws."""
     teacher = _teacher_value(table, metric)
     if np.isfinite(teacher):
         ax.axhline(teacher, color="black", linestyle=":", label=f"teacher ({teacher:.3g})")
     if floor and floor in table.columns and table[floor].notna().any():
         value = float(table[floor].mean())
-        ax.axhline(value, color="grey", linestyle="-.", label=f"real-data floor ({value:.3g})")
+        ax.axhline(value, color="grey", linestyle="-.", label=f"real-vs-real floor ({value:.3g})")
+        sd = float(table[f"{floor}_sd"].mean()) if f"{floor}_sd" in table.columns else np.nan
+        if np.isfinite(sd):
+            ax.axhspan(value - sd, value + sd, color="grey", alpha=0.2, label="floor ± sd over draws")
 
 
 def quality_figure(table: pd.DataFrame):
-    """FID and KID against parameters (log x): distill vs scratch, teacher line, real-data floor."""
-    if not table[["fid", "kid_mean"]].notna().any().any():
+    """KID (the headline) and FID against parameters (log x), both at matched N: distill vs scratch,
+    teacher line, real-vs-real floor band."""
+    if not table.reindex(columns=["kid", "fid"]).notna().any().any():
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric, floor, label in ((axes[0], "fid", "fid_floor", "FID"), (axes[1], "kid_mean", "kid_floor", "KID")):
+    for ax, metric, label in ((axes[0], "kid", "KID"), (axes[1], "fid", "FID")):
         _errorbar_by_method(ax, table, "num_parameters", metric)
-        _reference_lines(ax, table, metric, floor)
-        ax.set(xscale="log", xlabel="parameters", ylabel=f"{label} (lower is better)", title=f"{label} vs size")
+        _reference_lines(ax, table, metric, f"{metric}_floor")
+        ax.set(xscale="log", xlabel="parameters", ylabel=f"{label} at matched N (lower is better)",
+               title=f"{label} vs size")
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def most_copied_figure(panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, float]]):
+    """Per model (label, samples, neighbours [k, C, H, W], distances [k], threshold): its generated samples
+    nearest to a training image, each above that training image, with the pixel distance."""
+    if not panels:
+        return None
+    cols = max(len(samples) for _, samples, *_ in panels)
+    fig, axes = plt.subplots(2 * len(panels), cols, figsize=(1.2 * cols, 2.5 * len(panels)), squeeze=False)
+    for row, (label, samples, neighbours, distances, threshold) in enumerate(panels):
+        for col in range(cols):
+            top, bottom = axes[2 * row, col], axes[2 * row + 1, col]
+            top.axis("off")
+            bottom.axis("off")
+            if col < len(samples):
+                top.imshow(_to_image(samples[col]), cmap="gray", vmin=0, vmax=1)
+                bottom.imshow(_to_image(neighbours[col]), cmap="gray", vmin=0, vmax=1)
+                copied = distances[col] < threshold
+                top.set_title(f"d={distances[col]:.2f}" + (" copy" if copied else ""), fontsize=7,
+                              color="red" if copied else "black")
+        axes[2 * row, 0].text(-0.1, 0.5, f"{label}\ngenerated", transform=axes[2 * row, 0].transAxes, ha="right",
+                              va="center", fontsize=8)
+        axes[2 * row + 1, 0].text(-0.1, 0.5, "nearest\ntraining", transform=axes[2 * row + 1, 0].transAxes,
+                                  ha="right", va="center", fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -9,6 +9,8 @@ from scipy import stats
 from dmat.report.tables import pareto_mask
 
 WITHIN = 0.10  # "close to the teacher" = FID at most 10% above the teacher's
+FLOOR_SPREAD = 2.0  # "inside the floor's spread" = KID within 2 sd (over draws) of the real-vs-real floor
+COPY_ALARM = 0.05  # a copy rate of 5x chance (1%, memorisation.COPY_PERCENTILE) flags memorisation
 
 
 def _fmt(mean: float, ci: float) -> str:
@@ -75,6 +77,41 @@ def problem_summary(problems: pd.DataFrame) -> list[str]:
             + ", ".join(f"{n} {kind}" for kind, n in counts.items()) + "); a value they lack is n/a, never 0."]
 
 
+def _name(row) -> str:
+    return "the teacher" if row.method == "teacher" else f"size {row.size_factor:g} {row.method}"
+
+
+def floor_comparison(evaluations: pd.DataFrame) -> list[str]:
+    """Which models' KID (matched N, the headline comparison) is inside the real-vs-real floor's spread."""
+    needed = ["kid", "kid_floor", "kid_floor_sd"]
+    rows = evaluations.reindex(columns=["method", "size_factor", "quality_n", *needed]).dropna(subset=needed)
+    if rows.empty:
+        return ["No evaluation has a matched-N KID and floor."]
+    inside = rows[(rows.kid - rows.kid_floor).abs() <= FLOOR_SPREAD * rows.kid_floor_sd]
+    names = ", ".join(sorted({_name(r) for r in inside.itertuples()})) or "none"
+    return [f"KID inside the spread of the real-vs-real floor (within {FLOOR_SPREAD:g} sd over draws, N = "
+            f"{', '.join(f'{n:g}' for n in sorted(rows.quality_n.unique()))} a side): {names}."]
+
+
+def memorisation_signs(evaluations: pd.DataFrame) -> list[str]:
+    """Copy rates far above chance, and KID clearly worse against held-out images than against the train split."""
+    lines = []
+    for row in evaluations.reindex(columns=["method", "size_factor", "copy_rate_pixel", "copy_rate_feature",
+                                            "kid_train", "kid_heldout", "kid_sd_train", "kid_sd_heldout"]).itertuples():
+        rate = np.nanmax([row.copy_rate_pixel, row.copy_rate_feature, -1.0])
+        if rate > COPY_ALARM:
+            lines.append(f"{_name(row)}: copy rate {rate:.2f} (chance 0.01): its samples copy training images.")
+        gap = row.kid_heldout - row.kid_train
+        if gap > FLOOR_SPREAD * np.hypot(row.kid_sd_train, row.kid_sd_heldout):
+            lines.append(f"{_name(row)}: KID against held-out images {row.kid_heldout:.3g} vs {row.kid_train:.3g} "
+                         "against its train split: a memorisation sign.")
+    measured = evaluations.reindex(columns=["copy_rate_pixel"]).copy_rate_pixel.notna().any()
+    if not lines and measured:
+        lines.append(f"No evaluation shows memorisation: copy rates at most {COPY_ALARM:g} (chance 0.01) and no "
+                     "held-out KID clearly above the train-split KID.")
+    return lines
+
+
 def findings(table: pd.DataFrame, evaluations: pd.DataFrame, problems: pd.DataFrame) -> list[str]:
-    return (smallest_near_teacher(table) + distill_vs_scratch(table, evaluations) + pareto_sizes(table)
-            + problem_summary(problems))
+    return (smallest_near_teacher(table) + distill_vs_scratch(table, evaluations) + floor_comparison(evaluations)
+            + memorisation_signs(evaluations) + pareto_sizes(table) + problem_summary(problems))

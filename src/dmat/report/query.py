@@ -22,7 +22,13 @@ from dmat import tracking
 from dmat.errors import DmatError
 
 # an evaluation without these cannot be placed on the quality or cost figures
-CORE_EVALUATION_METRICS = ("fid", "kid_mean", "latency_ms_per_image")
+CORE_EVALUATION_METRICS = ("kid", "fid", "latency_ms_per_image")
+# Metrics whose definition changed when FID/KID moved to matched sample sizes and the trajectory means
+# left out step 0. An evaluation logged before that (it has no `quality_n`) keeps them as `<name>_legacy`,
+# so that no table or figure mixes the two definitions; it is listed under problems.
+CHANGED_METRICS = ("fid", "fid_floor", "kid_floor", "traj_mse_mean", "traj_cosine_mean")
+LEGACY_PROBLEM = ("evaluated by an older dmat: FID/KID not at matched sample sizes, shown n/a "
+                  "(re-evaluate: dmat evaluate --run-id {model})")
 STATUS_PROBLEMS = {"FAILED": "failed", "KILLED": "killed", "RUNNING": "unfinished (running or crashed)",
                    "SCHEDULED": "unfinished (scheduled)"}
 HISTORY_WORKERS = 16
@@ -75,6 +81,7 @@ def tidy_runs(runs: pd.DataFrame) -> pd.DataFrame:
         "model_run_id": _column(runs, f"tags.{tracking.MODEL_RUN_ID}"),
         "model_role": _column(runs, f"tags.{tracking.MODEL_ROLE}"),
         "seed": _column(runs, "params.seed"),
+        "reference": _column(runs, "params.reference"),
         "study_name": _column(runs, f"tags.{tracking.STUDY_NAME}"),
         "trial": pd.to_numeric(_column(runs, f"tags.{tracking.TRIAL}"), errors="coerce"),
     })
@@ -98,7 +105,7 @@ def load_study(experiment: str | None = None) -> Study:
     finished = all_evals[all_evals.status == "FINISHED"]
     # newest first, so a re-evaluation with the same seed replaces the older one
     latest = finished.drop_duplicates(["model_run_id", "seed"], keep="first")
-    latest = latest.assign(method=latest.method.fillna(latest.model_role))
+    latest = set_legacy_apart(latest.assign(method=latest.method.fillna(latest.model_role)))
     of_trials = latest.model_run_id.isin(trials.run_id)
     evaluations = latest[~of_trials].reset_index(drop=True)
     # a pruned trial is finished without an evaluation by design; a failed one is still a problem
@@ -108,10 +115,23 @@ def load_study(experiment: str | None = None) -> Study:
     return Study(exp.name, models, evaluations, problems, sweep_trials(trials, latest[of_trials]))
 
 
+def set_legacy_apart(evaluations: pd.DataFrame) -> pd.DataFrame:
+    """Evaluations without `quality_n` (older dmat): CHANGED_METRICS moved to `<name>_legacy`, flag `legacy`."""
+    legacy = (evaluations["quality_n"].isna() if "quality_n" in evaluations.columns
+              else pd.Series(True, index=evaluations.index))
+    out = evaluations.assign(legacy=legacy)
+    for name in CHANGED_METRICS:
+        if name in out.columns:
+            out[f"{name}_legacy"] = out[name].where(legacy)
+            out[name] = out[name].mask(legacy)
+    return out
+
+
 def sweep_trials(trials: pd.DataFrame, evaluations: pd.DataFrame) -> pd.DataFrame:
     """One row per sweep trial: study, trial number, size factor, status and its evaluation's metrics."""
     columns = ["study_name", "trial", "run_id", "status", "size_factor"]
-    metrics = evaluations.drop_duplicates("model_run_id")[["model_run_id", "fid", "kid_mean", "num_parameters"]]
+    # reindex: a store without a single evaluation has no fid column at all
+    metrics = evaluations.drop_duplicates("model_run_id").reindex(columns=["model_run_id", "fid", "kid", "num_parameters"])
     table = trials[columns].merge(metrics, how="left", left_on="run_id", right_on="model_run_id")
     return table.drop(columns="model_run_id").sort_values(["study_name", "trial"]).reset_index(drop=True)
 
@@ -129,7 +149,9 @@ def find_problems(models: pd.DataFrame, all_evals: pd.DataFrame, evaluations: pd
         rows.append({**run, "problem": "not evaluated"})
     for _, run in evaluations.iterrows():
         missing = [m for m in CORE_EVALUATION_METRICS if pd.isna(run.get(m, np.nan))]
-        if missing:
+        if run.get("legacy", False):
+            rows.append({**run, "problem": LEGACY_PROBLEM.format(model=run.model_run_id)})
+        elif missing:
             rows.append({**run, "problem": "incomplete evaluation: no " + ", ".join(missing)})
     return pd.DataFrame(rows, columns=columns)
 

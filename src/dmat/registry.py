@@ -1,0 +1,149 @@
+"""The Model Registry: every finished teacher and student is a version of a registered model, and every
+option that takes a model's run id also takes `models:/NAME@ALIAS` or `models:/NAME/VERSION`.
+
+One registered model per data set, resolution and role, `dmat-<dataset>-<size>px-<role>` (e.g.
+`dmat-digits-16px-teacher`, `dmat-digits-16px-student`): the models that can stand in for each other
+(same data, same resolution, same job) share a name, so its version list is the history of that job.
+A version's tags are its run's lineage (size factor, method, init, teacher run, ...) and, once evaluated,
+its scores (fid, kid, ...) with the settings they were measured under. Aliases:
+
+- `best` (teachers), `best-0_4` and `best-0_4-distill` (students of size factor 0.4, of any method and
+  of that method; aliases cannot hold a dot): moved by every evaluation to the version with the lowest
+  FID among those evaluated with the same settings (a score is compared with like scores only).
+- `@latest` (or `/latest`) is MLflow's own: the newest version, i.e. the newest model to have finished
+  training. MLflow reserves the name (no alias can be called that) and resolves it itself, as dmat does.
+"""
+
+from __future__ import annotations
+
+import re
+
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from dmat import notes, serving, tracking
+from dmat.errors import DmatError
+
+SCHEME = "models:/"
+LATEST = "latest"
+# the run tags a version carries, so the registry can be filtered and read without opening the runs
+LINEAGE_TAGS = (tracking.ROLE, tracking.DATASET, tracking.IMAGE_SIZE, tracking.SIZE_FACTOR, tracking.METHOD,
+                tracking.INIT, tracking.TEACHER_RUN_ID, tracking.STUDY_NAME, tracking.TRIAL)
+SCORES = ("fid", "kid", "fid_floor", "precision", "recall")  # an evaluation's headline metrics, as version tags
+
+
+def registered_name(dataset: str, image_size: int | str, role: str) -> str:
+    """`dmat-digits-16px-teacher`; a folder data set's path becomes dashes (names hold no / or :)."""
+    return "-".join(["dmat", re.sub(r"[^\w.]+", "-", dataset).strip("-"), f"{image_size}px", role])
+
+
+def publish(run_id: str, sampler: str, steps: int) -> ModelVersion:
+    """Log the active run's model as an MLflow Model (dmat.serving) and register it as a new version."""
+    info = serving.log_sampler(run_id, sampler, steps)
+    run = tracking.get_run(run_id)
+    tags = run.data.tags
+    name = registered_name(tags[tracking.DATASET], tags[tracking.IMAGE_SIZE], tags[tracking.ROLE])
+    client = MlflowClient()
+    try:
+        client.create_registered_model(name, tags={k: tags[k] for k in (tracking.ROLE, tracking.DATASET, tracking.IMAGE_SIZE)},
+                                       description=f"dmat {tags[tracking.ROLE]}s trained on {tags[tracking.DATASET]} at "
+                                                   f"{tags[tracking.IMAGE_SIZE]}px: one version per finished run")
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):  # another process was first: fine
+            raise
+    version_tags = {k: tags[k] for k in LINEAGE_TAGS if k in tags}
+    if "num_parameters" in run.data.metrics:
+        version_tags["num_parameters"] = str(int(run.data.metrics["num_parameters"]))
+    version = client.create_model_version(name, source=f"{SCHEME}{info.model_id}", run_id=run_id, tags=version_tags,
+                                          model_id=info.model_id)
+    notes.append(run_id, f"MLflow Model: `{SCHEME}{name}/{version.version}` (pyfunc: a table of num_images, sampler, "
+                         f"steps, seed in; images out)")
+    return version
+
+
+def run_id_of(ref: str | None) -> str | None:
+    """The run id behind `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `models:/NAME/latest` (or `@latest`) or
+    `models:/MODEL_ID`; anything else is taken to be a run id already. A reference that leads nowhere is one
+    clear error, raised before anything is written."""
+    if not ref or not ref.startswith(SCHEME):
+        return ref
+    client, rest = MlflowClient(), ref[len(SCHEME):]
+    name, alias = rest.rsplit("@", 1) if "@" in rest else (rest, None)
+    name, number = name.split("/", 1) if "/" in name else (name, None)
+    if alias is None and number is None:  # models:/MODEL_ID, a logged model of MLflow 3
+        run_id = _logged_model_run(client, ref, name)
+    else:
+        run_id = _version(client, ref, name, alias, number).run_id
+    if not run_id:
+        raise DmatError(f"{ref} names no MLflow run: give a model that a dmat run logged")
+    return run_id
+
+
+def _logged_model_run(client: MlflowClient, ref: str, model_id: str) -> str | None:
+    try:
+        return client.get_logged_model(model_id).source_run_id
+    except MlflowException:
+        raise _unknown(client, ref, model_id) from None
+
+
+def _version(client: MlflowClient, ref: str, name: str, alias: str | None, number: str | None) -> ModelVersion:
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        raise _unknown(client, ref, name) from None
+    if (alias or number).lower() == LATEST:  # MLflow's own meaning: the newest version
+        versions = client.search_model_versions(f"name = '{name}'")
+        if not versions:
+            raise DmatError(f"{ref}: registered model {name} has no versions yet: train a model first")
+        return max(versions, key=lambda v: int(v.version))
+    try:
+        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
+    except MlflowException:
+        aliases = ", ".join(sorted(client.get_registered_model(name).aliases)) or "none yet"
+        what = f"no alias @{alias}" if alias else f"no version {number}"
+        raise DmatError(f"{ref}: registered model {name} has {what} (aliases: {aliases}; @latest is the newest "
+                        "version)") from None
+
+
+def _unknown(client: MlflowClient, ref: str, name: str) -> DmatError:
+    known = ", ".join(m.name for m in client.search_registered_models(max_results=20)) or "none"
+    return DmatError(f"{ref}: no registered model (or logged model id) {name!r} in {tracking.tracking_uri()} "
+                     f"(registered models: {known})")
+
+
+def best_aliases(tags: dict[str, str]) -> list[str]:
+    """The aliases a version competes for: `best` for a teacher; `best-0_4` and `best-0_4-METHOD` for a student."""
+    if tags.get(tracking.ROLE) != tracking.STUDENT:
+        return ["best"]
+    size = "best-" + tags.get(tracking.SIZE_FACTOR, "").replace(".", "_")
+    return [size, f"{size}-{tags[tracking.METHOD]}"] if tracking.METHOD in tags else [size]
+
+
+def record_evaluation(model_run_id: str, evaluation_run_id: str, setting_names: tuple[str, ...]) -> list[str]:
+    """Tag the model's versions with an evaluation's scores and the settings they were measured with (its params
+    `setting_names`), and move their `best-*` aliases to the lowest FID among versions evaluated with the same
+    settings; returns the aliases set. A model never registered (an older store) is left alone."""
+    client = MlflowClient()
+    evaluation = client.get_run(evaluation_run_id).data
+    settings = " ".join(f"{k}={tracking.param_value(evaluation.params, k)}" for k in setting_names)
+    scores = {k: tracking.encode_param(evaluation.metrics[k]) for k in SCORES if k in evaluation.metrics}
+    moved = []
+    for version in client.search_model_versions(f"run_id = '{model_run_id}'"):
+        tags = {**scores, tracking.EVALUATION_RUN_ID: evaluation_run_id, tracking.EVAL_SETTINGS: settings}
+        for key, value in tags.items():
+            client.set_model_version_tag(version.name, version.version, key, value)
+        if "fid" in scores:
+            moved += _move_best(client, version.name, {**version.tags, **tags})
+    return moved
+
+
+def _move_best(client: MlflowClient, name: str, tags: dict[str, str]) -> list[str]:
+    """Point each alias the version (with these tags) competes for at its lowest-FID entrant."""
+    settings = tags[tracking.EVAL_SETTINGS]
+    rivals = [v for v in client.search_model_versions(f"name = '{name}'")
+              if v.tags.get(tracking.EVAL_SETTINGS) == settings and "fid" in v.tags]
+    for alias in best_aliases(tags):
+        best = min((v for v in rivals if alias in best_aliases(v.tags)), key=lambda v: float(v.tags["fid"]))
+        client.set_registered_model_alias(name, alias, best.version)
+    return best_aliases(tags)

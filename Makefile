@@ -53,9 +53,10 @@ report: setup
 	$(BIN)/dmat report --all $(ARGS)
 
 .PHONY: pipeline sweep
-## pipeline: the whole study on the bundled digits (teacher, students, evaluations, report); reruns reuse finished stages
+SEEDS ?=
+## pipeline: the whole study on the bundled digits (teacher, students, evaluations, report); reruns reuse finished stages (SEEDS="0 1 2" overrides the seeds)
 pipeline: setup
-	$(BIN)/dmat pipeline $(ARGS)
+	$(BIN)/dmat pipeline $(if $(strip $(SEEDS)),--seeds "$(SEEDS)") $(ARGS)
 
 N_TRIALS ?= 20
 STUDY ?= dmat-sweep

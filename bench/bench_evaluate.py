@@ -3,7 +3,8 @@
 In a temporary store it logs a teacher of the default architecture and a half-width student of it
 (untrained weights: the time does not depend on them), trains the digits feature extractor once
 (a one-off per data set and size, timed apart), then times `evaluate_run` on both with the default
-settings (2000 samples, DDIM, 50 steps). Give --run-id to time a real run of the current store
+settings (2000 samples, DDIM, 50 steps; --steps-grid 5,10,20,50 adds the pipeline's steps grid, whose extra
+seconds the evaluation logs as grid_extra_seconds). Give --run-id to time a real run of the current store
 instead. Prints one JSON line and writes it to --out.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/bench_evaluate.py                  # the bar (default sizes)
@@ -52,7 +53,7 @@ def timed_evaluation(run_id: str, cfg: EvalConfig) -> dict:
     metrics = mlflow.get_run(eval_id).data.metrics
     keep = ("quality_n", "kid", "kid_sd", "kid_floor", "kid_floor_sd", "fid", "fid_sd", "fid_floor", "fid_floor_sd",
             "copy_rate_pixel", "copy_rate_feature", "num_parameters", "latency_ms_per_image", "throughput_images_per_s",
-            "peak_memory_mb")
+            "peak_memory_mb", "grid_extra_seconds")
     return {"seconds": round(time.perf_counter() - start, 1), **{k: metrics[k] for k in keep if k in metrics}}
 
 
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--student-size", type=float, default=0.5)
     parser.add_argument("--num-samples", type=int, default=EvalConfig.num_samples)
     parser.add_argument("--steps", default=EvalConfig.steps)
+    parser.add_argument("--steps-grid", default="", help="comma-separated step counts, e.g. 5,10,20,50")
     parser.add_argument("--batch-size", type=int, default=EvalConfig.batch_size)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="bench/results/evaluate.json")
@@ -73,7 +75,9 @@ def main() -> None:
     if args.tiny:
         vars(args).update(TINY)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    cfg = EvalConfig(num_samples=args.num_samples, steps=str(args.steps), batch_size=args.batch_size, device=args.device)
+    grid = tuple(int(s) for s in args.steps_grid.split(",") if s)
+    cfg = EvalConfig(num_samples=args.num_samples, steps=str(args.steps), steps_grid=grid, batch_size=args.batch_size,
+                     device=args.device)
     result = {"threads": torch.get_num_threads(), "settings": vars(cfg)}
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -23,16 +23,17 @@ from dmat.runtime import resolve_device
 from dmat.unet import UNet, UNetConfig
 
 
-def diffusers_unet(image_size: int):
+def diffusers_unet(image_size: int, dropout: float):
     """diffusers' UNet2DModel with dmat's default layout: widths 32/64/64, 2 blocks per level,
-    attention at the 4x4 level, 8 norm groups (the same 1,623,169 parameters)."""
+    attention at the 4x4 level, 8 norm groups (the same 1,623,169 parameters), and the same dropout
+    in the same place (after the second norm of each residual block)."""
     from diffusers import UNet2DModel
 
     model = UNet2DModel(sample_size=image_size, in_channels=1, out_channels=1, block_out_channels=(32, 64, 64),
                         down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
                         up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), layers_per_block=2,
-                        norm_num_groups=8, attention_head_dim=64)
-    return lambda x, t: model(x, t).sample, model
+                        norm_num_groups=8, attention_head_dim=64, dropout=dropout)
+    return model
 
 
 def sync(device):
@@ -80,18 +81,21 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both networks (compiled in the warm-up)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     torch.manual_seed(0)
 
     dmat_model = UNet(UNetConfig(image_size=args.image_size)).to(device)
-    diffusers_call, diffusers_model = diffusers_unet(args.image_size)
-    diffusers_model.to(device)
-    nets = {"dmat": (dmat_model, dmat_model), "diffusers": (diffusers_call, diffusers_model)}
+    diffusers_model = diffusers_unet(args.image_size, dmat_model.config.dropout).to(device)
+    dmat_call, diffusers_call = (torch.compile(dmat_model), torch.compile(diffusers_model)) if args.compile else (
+        dmat_model, diffusers_model)
+    nets = {"dmat": (dmat_call, dmat_model), "diffusers": (lambda x, t: diffusers_call(x, t).sample, diffusers_model)}
     b, s = args.batch_size, args.image_size
     x, target = torch.randn(b, 1, s, s, device=device), torch.randn(b, 1, s, s, device=device)
     t = torch.randint(0, 1000, (b,), device=device)
-    print(f"device {device}, threads {torch.get_num_threads()}, batch {b}, {s}x{s}")
+    print(f"device {device}, threads {torch.get_num_threads()}, batch {b}, {s}x{s}"
+          + (", torch.compile" if args.compile else ""))
     print(f"matmul 1024^3: fp32 {matmul_gflops(torch.float32, device):.0f} GFLOP/s, "
           f"bf16 {matmul_gflops(torch.bfloat16, device):.0f} GFLOP/s")
     for name, (_, module) in nets.items():

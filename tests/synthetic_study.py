@@ -14,11 +14,11 @@ import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-TIMESTEPS, STEPS, EPOCHS, IMAGE = 20, 10, 4, 8
+TIMESTEPS, STEPS, EPOCHS, IMAGE, TRAIN_IMAGES = 20, 10, 4, 8, 1000
 
 
-def fid_of(size: float, method: str, seed: int) -> float:
-    penalty = {"teacher": 1.0, "distill": 1.0, "scratch": 1.4}[method]
+def fid_of(size: float, method: str, seed: int, init: str | None = None) -> float:
+    penalty = {"teacher": 1.0, "distill": 1.0, "scratch": 1.4}[method] * (0.8 if init == "pruned" else 1.0)
     return 5.0 + 30.0 * (1.0 - size) ** 2 * penalty + 0.3 * seed
 
 
@@ -32,15 +32,17 @@ def _batch(client, run_id, metrics=None, histories=None, params=None, tags=None)
                          synchronous=True)
 
 
-def _model_run(client, exp_id, role, method, size, seed, status="FINISHED"):
+def _model_run(client, exp_id, role, method, size, seed, status="FINISHED", init=None, still_improving=None):
     tags = {"dmat.role": role, "dmat.method": method, "dmat.size_factor": size, "dmat.dataset": "digits",
-            "dmat.image_size": IMAGE}
+            "dmat.image_size": IMAGE, **({"dmat.init": init} if init else {})}
     run = client.create_run(exp_id, run_name=f"{role}-{method}-{size:g}-s{seed}", tags=tags)
     params = {"size_factor": size, "method": method, "seed": seed, "kd_weight": 1.0, "task_weight": 0.0,
               "feature_weight": 0.0, "student_steps": TIMESTEPS}
     history = {"train_task_loss": [(e, 0.5 * (2 - size) / e) for e in range(1, EPOCHS + 1)],
                "val_task_loss": [(e, 0.55 * (2 - size) / e) for e in range(1, EPOCHS + 1)]}
-    _batch(client, run.info.run_id, {"num_parameters": params_of(size), "flops_per_forward": 1e6 * size},
+    budget = {"best_epoch": EPOCHS - 1, "epochs_run": EPOCHS, "train_images": TRAIN_IMAGES,
+              **({"still_improving": float(still_improving)} if still_improving is not None else {})}
+    _batch(client, run.info.run_id, {"num_parameters": params_of(size), "flops_per_forward": 1e6 * size, **budget},
            history, params)
     client.set_terminated(run.info.run_id, status)
     return run.info.run_id
@@ -77,14 +79,27 @@ def quality_metrics(fid: float, copy_rate: float) -> dict[str, float]:
             "nn_distance_pixel_heldout": 2.1, "nn_distance_feature": 1.0, "nn_distance_feature_heldout": 1.1}
 
 
+def kid_at(kid: float, steps: int) -> float:
+    """A model's KID at `steps` sampling steps, from its KID at STEPS: fewer steps, worse samples."""
+    return kid * (1 + 2.0 / steps) / (1 + 2.0 / STEPS)
+
+
+def grid_series(kid: float, size: float, steps_grid) -> dict[str, list[tuple[int, float]]]:
+    """The grid_* series an evaluation with --steps-grid logs (step = sampling steps), STEPS always in it."""
+    steps = sorted({*steps_grid, STEPS})
+    return {"grid_kid": [(s, kid_at(kid, s)) for s in steps], "grid_fid": [(s, 100 * kid_at(kid, s)) for s in steps],
+            "grid_flops_per_image": [(s, s * 1e6 * size) for s in steps],
+            "grid_latency_ms_per_image": [(s, (1.0 + 4 * size) * s / STEPS) for s in steps]}
+
+
 def _evaluation_run(client, exp_id, model_run_id, teacher_id, role, method, size, seed, artifacts=True,
-                    drop=(), status="FINISHED", extra=None):
+                    drop=(), status="FINISHED", extra=None, init=None, steps_grid=()):
     tags = {"dmat.role": "evaluation", "dmat.model_run_id": model_run_id, "dmat.model_role": role,
             "dmat.method": method, "dmat.size_factor": size, "dmat.dataset": "digits", "dmat.image_size": IMAGE,
-            "dmat.teacher_run_id": teacher_id, "dmat.feature_extractor_run_id": "none"}
+            "dmat.teacher_run_id": teacher_id, "dmat.feature_extractor_run_id": "none", **({"dmat.init": init} if init else {})}
     run = client.create_run(exp_id, run_name=f"eval-{method}-{size:g}-s{seed}", tags=tags)
     gap = 0.0 if role == "teacher" else (1 - size) + 0.05
-    metrics = {**quality_metrics(fid_of(size, method, seed), 0.01 + 0.02 * size), "precision": 0.5 + size / 3,
+    metrics = {**quality_metrics(fid_of(size, method, seed, init), 0.01 + 0.02 * size), "precision": 0.5 + size / 3,
                "recall": 0.4 + size / 3,
                "num_parameters": params_of(size), "flops_per_forward": 1e6 * size, "checkpoint_mb": size,
                "latency_ms_per_image": 1.0 + 4 * size, "throughput_images_per_s": 1000 / (1 + 4 * size),
@@ -96,7 +111,8 @@ def _evaluation_run(client, exp_id, model_run_id, teacher_id, role, method, size
     histories = {"traj_mse": [(s, gap * s / STEPS) for s in range(STEPS + 1)],
                  "traj_cosine": [(s, 1 - gap * s / STEPS / 10) for s in range(STEPS + 1)],
                  "eps_mse_teacher": [(t, gap * (0.1 + t / TIMESTEPS)) for t in range(TIMESTEPS)],
-                 "eps_mse_true": [(t, 0.05 + gap / 10 + 1 / (t + 1)) for t in range(TIMESTEPS)]}
+                 "eps_mse_true": [(t, 0.05 + gap / 10 + 1 / (t + 1)) for t in range(TIMESTEPS)],
+                 **(grid_series(metrics["kid"], size, steps_grid) if steps_grid else {})}
     _batch(client, run.info.run_id, metrics, histories,
            {"sampler": "ddim", "steps": STEPS, "num_samples": 64, "features": "classifier", "seed": seed,
             "floor_draws": 10, "reference": "train"})
@@ -109,24 +125,26 @@ def _evaluation_run(client, exp_id, model_run_id, teacher_id, role, method, size
 
 
 def log_synthetic_study(experiment: str, sizes=(0.2, 0.5), methods=("distill", "scratch"), seeds=(0,),
-                        artifacts=True, problems=True) -> dict:
-    """Log a teacher, students of `sizes` x `methods` x `seeds` and their evaluations.
+                        artifacts=True, problems=True, steps_grid=(), inits=(None,)) -> dict:
+    """Log a teacher, students of `sizes` x `methods` x `inits` x `seeds` and their evaluations.
 
     With `problems`, also a FAILED student, a finished student without an evaluation and an
-    evaluation without FID. Returns the run ids by kind.
+    evaluation without FID. With `steps_grid`, every evaluation logs grid_* series at those steps (and
+    STEPS). An init (e.g. "pruned") tags its students; None leaves them untagged, as before --init. The
+    smallest size's seed-0 students say they were still improving, the others that they were not.
+    Returns the run ids by kind.
     """
     client = MlflowClient()
     exp_id = client.create_experiment(experiment)
     teacher = _model_run(client, exp_id, "teacher", "teacher", 1.0, 0)
     ids = {"teacher": teacher, "students": [], "evaluations": [
-        _evaluation_run(client, exp_id, teacher, teacher, "teacher", "teacher", 1.0, 0, artifacts)]}
-    for size in sizes:
-        for method in methods:
-            for seed in seeds:
-                student = _model_run(client, exp_id, "student", method, size, seed)
-                ids["students"].append(student)
-                ids["evaluations"].append(
-                    _evaluation_run(client, exp_id, student, teacher, "student", method, size, seed, artifacts))
+        _evaluation_run(client, exp_id, teacher, teacher, "teacher", "teacher", 1.0, 0, artifacts, steps_grid=steps_grid)]}
+    for size, method, init, seed in ((z, m, i, s) for z in sizes for m in methods for i in inits for s in seeds):
+        student = _model_run(client, exp_id, "student", method, size, seed, init=init,
+                             still_improving=size == min(sizes) and seed == 0)
+        ids["students"].append(student)
+        ids["evaluations"].append(_evaluation_run(client, exp_id, student, teacher, "student", method, size, seed,
+                                                  artifacts, init=init, steps_grid=steps_grid))
     if problems:
         ids["failed"] = _model_run(client, exp_id, "student", "distill", 0.3, 0, status="FAILED")
         ids["unevaluated"] = _model_run(client, exp_id, "student", "distill", 0.7, 0)

@@ -121,6 +121,27 @@ def test_student_evaluation_logs_the_contract(in_store):
     assert "memorisation/most_copied.png" in [a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "memorisation")]
 
 
+def test_steps_grid_scores_each_step_count_at_the_headline_n_and_reuses_the_default(in_store):
+    run_id = evaluate_run(in_store["student"], **{**FAST, "steps_grid": (2, 4, 8)})
+    metrics, params = mlflow.get_run(run_id).data.metrics, mlflow.get_run(run_id).data.params
+    assert params["steps_grid"] == "2,4,8" and params["steps"] == "4"
+    series = {name: _history(run_id, f"grid_{name}") for name in ("kid", "kid_sd", "fid", "fid_sd", "flops_per_image",
+                                                                 "latency_ms_per_image", "throughput_images_per_s")}
+    assert all(sorted(s) == [2, 4, 8] for s in series.values())
+    # the default step count is the headline itself (sampled once); the others are new samples of the same noise
+    for name in ("kid", "kid_sd", "fid", "fid_sd", "latency_ms_per_image", "throughput_images_per_s"):
+        assert series[name][4] == metrics[name]
+    assert series["fid"][2] != series["fid"][4] != series["fid"][8]
+    assert series["flops_per_image"] == {s: s * metrics["flops_per_forward"] for s in (2, 4, 8)}
+    assert series["latency_ms_per_image"][2] < series["latency_ms_per_image"][8]
+    assert metrics["grid_extra_seconds"] > 0
+    plain = mlflow.get_run(evaluate_run(in_store["student"], **{**FAST, "steps": "2"})).data.metrics
+    assert (plain["kid"], plain["fid"]) == (series["kid"][2], series["fid"][2])  # the same numbers as alone
+    assert sorted(_history(run_id, "traj_mse")) == [0, 1, 2, 3, 4]  # behaviour stays at the default steps
+    with pytest.raises(DmatError, match="between 1 and timesteps=20"):
+        evaluate_run(in_store["student"], **{**FAST, "steps_grid": (2, 40)})
+
+
 def test_teacher_evaluation_leaves_vs_teacher_metrics_out_and_never_overwrites(in_store):
     first = evaluate_run(in_store["teacher"], **FAST)
     second = evaluate_run(in_store["teacher"], **FAST)
@@ -165,6 +186,9 @@ def test_evaluate_all_evaluates_each_model_once_per_settings(in_store):
     new = evaluate_all(**settings)
     assert sorted(mlflow.get_run(r).data.tags["dmat.model_run_id"] for r in new) == sorted(models)
     assert evaluate_all(**settings) == []
+    assert evaluate_all(**{**settings, "steps_grid": (4,)}) == []  # the default step count is in every evaluation
+    gridded = evaluate_all(**{**settings, "steps_grid": (2, 4)})  # a step count not evaluated yet: again
+    assert len(gridded) == len(models) and evaluate_all(**{**settings, "steps_grid": (2,)}) == []
     only_students = evaluate_all(**{**settings, "steps": "student"})
     assert {mlflow.get_run(r).data.tags["dmat.model_role"] for r in only_students} == {"student"}
     assert mlflow.get_run(only_students[-1]).data.params["steps"] == "3"
@@ -172,9 +196,11 @@ def test_evaluate_all_evaluates_each_model_once_per_settings(in_store):
 
 def test_cli_evaluate(in_store):
     runner = CliRunner()
-    ok = runner.invoke(cli, ["evaluate", "--run-id", in_store["student"], "--seed", "9", *FAST_CLI])
+    ok = runner.invoke(cli, ["evaluate", "--run-id", in_store["student"], "--seed", "9", "--steps-grid", "2 4",
+                             *FAST_CLI])
     assert ok.exit_code == 0, ok.output
     assert "evaluation run" in ok.output
+    assert mlflow.get_run(ok.output.split()[-1]).data.params["steps_grid"] == "2,4"
     bad = runner.invoke(cli, ["evaluate", "--run-id", in_store["student"], *FAST_CLI, "--num-samples", "10"])
     assert bad.exit_code == 2 and "more samples than feature dimensions" in bad.output
     neither = runner.invoke(cli, ["evaluate"])

@@ -8,12 +8,13 @@ import pytest
 from click.testing import CliRunner
 
 from dmat import lineage
+from dmat.config import PipelineConfig, TrainConfig
 from dmat.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_PIPELINE = ["--sizes", "0.3 0.5", "--image-size", "8", "--teacher-epochs", "1", "--student-epochs", "1",
                  "--base-channels", "8", "--timesteps", "20", "--num-samples", "80", "--steps", "4",
-                 "--device", "cpu"]
+                 "--seeds", "0", "--steps-grid", "2,4", "--device", "cpu"]
 
 
 def _roles() -> dict[str, int]:
@@ -36,7 +37,7 @@ def test_pipeline_runs_every_stage_then_reuses_them(store, project_env, tmp_path
     assert first.returncode == 0, first.stderr[-3000:]
     after_first = _roles()
     assert after_first == {"pipeline": 1, "teacher": 1, "student": 2, "feature-extractor": 1, "evaluation": 3,
-                           "report": 1}
+                           "cost": 1, "report": 1}
 
     # ... then through the CLI: the same stages with the same parameters are reused. The venv is not on
     # PATH (as when .venv/bin/dmat is called directly): the stages must still run in this interpreter.
@@ -46,8 +47,8 @@ def test_pipeline_runs_every_stage_then_reuses_them(store, project_env, tmp_path
     second = CliRunner().invoke(cli, ["pipeline", *TINY_PIPELINE, *(["--reuse-any-commit"] if source.dirty else [])])
     assert second.exit_code == 0, second.output + str(second.exception)
     after_second = _roles()
-    # nothing is trained or evaluated again: one more pipeline run and a fresh report only
-    assert after_second == {**after_first, "pipeline": 2, "report": 2}
+    # nothing is trained or evaluated again: one more pipeline run, fresh side-by-side timings and report only
+    assert after_second == {**after_first, "pipeline": 2, "cost": 2, "report": 2}
     summary = [line.split() for line in second.output.splitlines() if line.split()[2:3] == ["run"]]
     assert [words[0] for words in summary if words[1] == "reused"] == [
         "teacher", "student_distill_0.3", "student_distill_0.5", "evaluate_teacher", "evaluate_student_distill_0.3",
@@ -59,7 +60,7 @@ def test_pipeline_runs_every_stage_then_reuses_them(store, project_env, tmp_path
     assert pipelines.iloc[0]["tags.mlflow.project.entryPoint"] == "main"
     first_pipeline = pipelines.iloc[0]["run_id"]
     nested = runs[runs["tags.mlflow.parentRunId"] == first_pipeline]
-    assert set(nested["tags.dmat.role"]) == {"teacher", "student", "evaluation", "report"}
+    assert set(nested["tags.dmat.role"]) == {"teacher", "student", "evaluation", "cost", "report"}
     assert all(nested["status"] == "FINISHED")
     students = runs[runs["tags.dmat.role"] == "student"]
     assert set(students["tags.dmat.teacher_run_id"]) == {runs[runs["tags.dmat.role"] == "teacher"].iloc[0]["run_id"]}
@@ -74,6 +75,9 @@ def test_pipeline_runs_every_stage_then_reuses_them(store, project_env, tmp_path
     (["--sizes", "0 0.5"], "size factor must be between"),
     (["--methods", "magic"], "methods must be among distill, scratch"),
     (["--teacher-epochs", "0"], "teacher-epochs must be a positive integer"),
+    (["--seeds", "0 0"], "seeds must be distinct integers"),
+    (["--student-budget", "forever"], "student-budget must be one of fixed, teacher, early-stopping"),
+    (["--precision", "fp16"], "precision must be auto, fp32, bf16"),
 ])
 def test_pipeline_bad_input_is_one_line_and_writes_nothing(store, args, message):
     result = CliRunner().invoke(cli, ["pipeline", *args])
@@ -118,7 +122,7 @@ def test_a_failed_student_stage_is_reported_while_the_rest_runs(store, tmp_path,
     [pipeline_id] = runs[runs["tags.dmat.role"] == "pipeline"]["run_id"]
     assert last == f"pipeline run {pipeline_id}"
     metrics = mlflow.get_run(pipeline_id).data.metrics
-    assert (metrics["stages"], metrics["stages_failed"], metrics["stages_reused"]) == (6, 1, 0)
+    assert (metrics["stages"], metrics["stages_failed"], metrics["stages_reused"]) == (7, 1, 0)
     # the failed stage: its own FAILED run of the distill entry point, under the pipeline run
     assert failed_run.info.status == "FAILED"
     assert failed_run.data.tags["mlflow.project.entryPoint"] == "distill"
@@ -127,10 +131,16 @@ def test_a_failed_student_stage_is_reported_while_the_rest_runs(store, tmp_path,
     # every other stage ran: the other student, and the teacher's and that student's evaluations
     finished = runs[runs["status"] == "FINISHED"]
     assert finished["tags.dmat.role"].value_counts().to_dict() == {
-        "pipeline": 1, "teacher": 1, "student": 1, "feature-extractor": 1, "evaluation": 2, "report": 1}
+        "pipeline": 1, "teacher": 1, "student": 1, "feature-extractor": 1, "evaluation": 2, "cost": 1, "report": 1}
     models = finished[finished["tags.dmat.role"].isin(["teacher", "student"])]
     assert finished[finished["tags.dmat.role"] == "student"].iloc[0]["params.size_factor"] == "0.3"
     evaluated = finished[finished["tags.dmat.role"] == "evaluation"]["tags.dmat.model_run_id"]
     assert sorted(evaluated) == sorted(models["run_id"])
     assert {table[label][-1] for label in ("teacher", "student_distill_0.3")} == set(models["run_id"])
     assert len(runs) == len(finished) + 1  # nothing else failed or was left running
+
+
+@pytest.mark.parametrize("budget, epochs", [("fixed", 20), ("teacher", 60), ("early-stopping", 120)])
+def test_student_budget_sets_the_students_epochs(budget, epochs):
+    cfg = PipelineConfig(teacher_epochs=60, student_epochs=20, student_budget=budget).validate()
+    assert cfg.student_training() == {"epochs": epochs, "early_stopping_patience": TrainConfig.early_stopping_patience}

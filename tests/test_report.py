@@ -89,7 +89,8 @@ def test_report_from_synthetic_study(store, tmp_path):
     assert _sections_in(html) == list(SECTIONS)
     figures = {p.stem for p in (tmp_path / "out" / "figures").glob("*.png")}
     assert figures == {"quality_vs_size", "most_copied", "efficiency", "mse_heatmap", "denoising", "time_analysis",
-                       "trajectory_divergence", "trajectory_pca", "training_curves"}
+                       "trajectory_divergence", "trajectory_pca", "training_curves", "budget_frontier"}
+    assert "no fit: 2 distinct sizes" in html  # two sizes: the scaling section refuses to fit
     assert html.count("data:image/png;base64,") == len(figures)  # self-contained
 
     summary = pd.read_csv(tmp_path / "out" / "tables" / "summary.csv")
@@ -228,3 +229,105 @@ def test_report_of_a_real_tiny_study(study, teacher_run_id, tmp_path, monkeypatc
     summary = pd.read_csv(tmp_path / "real" / "tables" / "summary.csv")
     assert sorted(summary.method) == ["distill", "scratch", "teacher"]
     assert_table_matches_mlflow(summary, evaluations)
+
+
+def test_scaling_fit_recovers_a_known_power_law_and_the_size_needed():
+    from dmat.report.scaling import fit_law, law_sentence, needed_interval, needed_sentence, power_law
+
+    l_inf, a, alpha, unit = 0.02, 0.05, 0.6, 1e6
+    x = np.repeat(np.geomspace(2e4, unit, 7), 3)  # 7 sizes, 3 seeds each
+    y = power_law(x / unit, l_inf, a, alpha) * (1 + np.random.default_rng(0).normal(0, 0.03, x.size))
+    fit = fit_law(x, y)
+    assert fit.problem is None and (fit.sizes, fit.points) == (7, 21)
+    assert fit.alpha_ci[0] < alpha < fit.alpha_ci[1] and fit.alpha_ci[1] - fit.alpha_ci[0] < 0.5
+    assert fit.l_inf_ci[0] < l_inf < fit.l_inf_ci[1]
+    teacher = l_inf + a  # a teacher of `unit` parameters on the same law
+    truth = unit * (a / (1.1 * teacher - l_inf)) ** (1 / alpha)  # 800,000: where L = 1.1 x the teacher's
+    point, low, high, never = needed_interval(fit, 1.1 * teacher)
+    assert low < truth < high and never == 0 and high / low < 2
+    sentence = needed_sentence(fit, teacher, "KID vs parameters, distill", "parameters", unit)
+    assert sentence == (f"KID vs parameters, distill: within 10% of the teacher's 0.07 (<= 0.077) from about "
+                        f"{point:,.0f} parameters, {point / unit:.0%} of the teacher's (95% bootstrap interval "
+                        f"{low:,.0f} to {high:,.0f} parameters).")
+    assert law_sentence(fit, "KID", "parameters").startswith(f"KID: L = {fit.l_inf:.3g} + {fit.a:.3g} (N / 1,000,000 "
+                                                             f"parameters)^-{fit.alpha:.2f}; exponent alpha")
+    # a floor above 1.1 x the teacher: never, said as such
+    assert "no size of this kind comes within 10%" in needed_sentence(fit, 0.015, "KID", "parameters", unit)
+
+
+def test_scaling_fit_refuses_too_few_sizes_and_a_quality_that_does_not_fall():
+    from dmat.report.scaling import fit_law, law_sentence
+
+    two = fit_law([1e4, 1e4, 1e5, 1e5], [0.1, 0.11, 0.05, 0.06])
+    assert two.problem == "2 distinct sizes; a fit of three parameters needs at least 4"
+    assert law_sentence(two, "KID vs parameters", "parameters") == (
+        "KID vs parameters: no fit: 2 distinct sizes; a fit of three parameters needs at least 4.")
+    rising = fit_law([1e4, 3e4, 1e5, 3e5, 1e6], [0.01, 0.02, 0.03, 0.04, 0.05])
+    assert rising.problem.startswith("the least-squares fit did not converge, found no fall with size")
+
+
+def test_budget_frontier_and_its_bands_are_exactly_the_known_ones():
+    from dmat.report.frontier import COSTS, band_sentences, budget_points, frontier, grid_points
+
+    # (method, size, seed, steps, kid, flops per image, latency ms); the teacher at 5 steps is beaten by size 0.2
+    # at 20 steps, which is cheaper and better: it is the one point off the frontier
+    rows = [("distill", 0.2, 0, 5, 0.29, 1e6, 1.0), ("distill", 0.2, 1, 5, 0.31, 1e6, 1.2),
+            ("distill", 0.2, 0, 20, 0.12, 4e6, 4.0), ("distill", 0.5, 0, 5, 0.20, 2.5e6, 2.0),
+            ("distill", 0.5, 0, 20, 0.08, 1e7, 8.0), ("teacher", 1.0, 0, 5, 0.15, 5e6, 5.0),
+            ("teacher", 1.0, 0, 20, 0.07, 2e7, 20.0)]
+    evaluations = pd.DataFrame({"run_id": [f"{m}{z}-{s}" for m, z, s, *_ in rows], "method": [r[0] for r in rows],
+                                "size_factor": [r[1] for r in rows], "model_seed": [r[2] for r in rows]})
+    evaluations = evaluations.drop_duplicates("run_id")
+    histories = pd.DataFrame([(f"{m}{z}-{s}", key, steps, value) for m, z, s, steps, kid, flops, ms in rows
+                              for key, value in (("grid_kid", kid), ("grid_fid", 100 * kid),
+                                                 ("grid_flops_per_image", flops), ("grid_latency_ms_per_image", ms))],
+                             columns=["run_id", "key", "step", "value"])
+    points = budget_points(grid_points(evaluations, histories))
+    assert len(points) == 6 and points.n.max() == 2
+    front = frontier(points, "flops_per_image")
+    assert [(r.method, r.size_factor, r.steps) for r in front.itertuples()] == [
+        ("distill", 0.2, 5), ("distill", 0.5, 5), ("distill", 0.2, 20), ("distill", 0.5, 20), ("teacher", 1.0, 20)]
+    half = stats.t.ppf(0.975, 1) * np.std([0.29, 0.31], ddof=1) / np.sqrt(2)
+    assert band_sentences(front, "flops_per_image") == [
+        f"Below 1 MFLOPs ({COSTS['flops_per_image']}) no evaluated (size, steps) fits.",
+        f"Budget from 1 MFLOPs to 2.5 MFLOPs ({COSTS['flops_per_image']}): best is size 0.2 distill at 5 steps "
+        f"(KID 0.3 ± {half:.2g}).",
+        f"Budget from 2.5 MFLOPs to 4 MFLOPs ({COSTS['flops_per_image']}): best is size 0.5 distill at 5 steps (KID 0.2).",
+        f"Budget from 4 MFLOPs to 10 MFLOPs ({COSTS['flops_per_image']}): best is size 0.2 distill at 20 steps "
+        "(KID 0.12).",
+        f"Budget from 10 MFLOPs to 20 MFLOPs ({COSTS['flops_per_image']}): best is size 0.5 distill at 20 steps "
+        "(KID 0.08).",
+        f"Budget 20 MFLOPs and above ({COSTS['flops_per_image']}): best is teacher at 20 steps (KID 0.07)."]
+    # latency frontier: the same here, as latency is proportional to FLOPs in this study
+    assert frontier(points, "latency_ms_per_image")[["size_factor", "steps"]].equals(front[["size_factor", "steps"]])
+
+
+def test_report_of_seeds_inits_and_a_steps_grid(store, tmp_path):
+    """Four sizes x two seeds, a pruned-init variant of distill and a steps grid: intervals over seeds, the
+    scaling law, the budget frontier and the training budget, all from MLflow alone."""
+    log_synthetic_study("syn", sizes=(0.2, 0.4, 0.6, 0.8), methods=("distill",), seeds=(0, 1), steps_grid=(2, 5),
+                        inits=(None, "pruned"), artifacts=False, problems=False)
+    out = tmp_path / "out"
+    html = build_report("syn", out_dir=out, log_run=False).read_text()
+    assert {"scaling", "frontier"} <= set(_sections_in(html))
+    assert {"scaling_law", "budget_frontier"} <= {p.stem for p in (out / "figures").glob("*.png")}
+    summary = pd.read_csv(out / "tables" / "summary.csv")
+    students = summary[summary.method == "distill"]
+    assert set(students.init) == {"random", "pruned"} and set(students.n) == {2} and set(students.seeds) == {2}
+    assert (students.kid_ci95 > 0).all() and (students.epochs_run == 4).all()
+    assert (students.train_flops == 3 * 1e6 * students.size_factor * 1000 * 4).all()
+    smallest = students[students.size_factor == 0.2]
+    assert list(smallest.still_improving) == [1, 1]  # seed 0 of each init said so, seed 1 said no
+    assert "Seeds: 2 to 2 runs per size and method (student seeds 0, 1)" in html
+    assert "one teacher run is shared by every student" in html
+    assert "size 0.2 distill: pruned-init FID" in html and "Welch t-test over seeds, n=2 vs 2" in html
+    assert "2 of 16 models were still improving when they stopped: size 0.2 distill (seed 0), size 0.2 distill, " \
+           "pruned init (seed 0)" in html
+    assert "size 0.2 distill: pruned-init FID 19.5 vs random-init 24.4: pruned init better (Welch" in html
+    # the grid: every size at 2, 5 and 10 steps, 2 seeds each; the frontier's bands are findings
+    frontier_points = pd.read_csv(out / "tables" / "frontier.csv")
+    assert len(frontier_points) == 2 * 4 * 3 + 3 and set(frontier_points.steps) == {2, 5, 10}
+    assert html.count("Budget from ") >= 4 and "(sampling FLOPs per image): best is" in html
+    assert "KID vs parameters, distill: L = " in html and "FID vs FLOPs per forward, distill, pruned init" in html
+    budget = pd.read_csv(out / "tables" / "budget.csv")
+    assert len(budget) == 17 and set(budget.still_improving) == {"yes", "no"}

@@ -19,7 +19,7 @@ import traceback
 
 import click
 
-from dmat.config import STUDENT_TRAIN, DistillConfig, PipelineConfig, SweepConfig, TrainConfig, parse_sizes, replace
+from dmat.config import STUDENT_TRAIN, CostConfig, DistillConfig, PipelineConfig, SweepConfig, TrainConfig, parse_sizes, replace
 from dmat.diffusion import DiffusionConfig
 from dmat.errors import DmatError
 from dmat.evaluation.settings import EvalConfig
@@ -132,12 +132,12 @@ def distill(size_factor, teacher_run_id, experiment, resume, **options):
 @cli.command()
 @command_options("students")
 @friendly_errors
-def students(sizes, teacher_run_id, experiment, **options):
-    """Train one student per size factor, one after another, against the same teacher."""
+def students(sizes, teacher_run_id, shared_teacher, experiment, **options):
+    """Train one student per size factor against the same teacher, in one loop (or one after another)."""
     from dmat.distill import train_students
 
     train, settings = _student_configs(options)
-    outcomes = train_students(train, parse_sizes(sizes), teacher_run_id, experiment, **settings)
+    outcomes = train_students(train, parse_sizes(sizes), teacher_run_id, experiment, shared_teacher, **settings)
     for o in outcomes:
         click.echo(f"size {o.size_factor:<5g} {o.seconds:8.1f} s  " + (f"student run {o.run_id}" if o.run_id else f"FAILED {o.error}"))
     failed = [o for o in outcomes if o.error]
@@ -177,6 +177,16 @@ def report(mse, denoising, time_, trajectory, all_sections, full_mse, out_dir, v
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     path = build_report(experiment, choose_sections(mse, denoising, time_, trajectory, all_sections), full_mse, out_dir)
     click.echo(f"report {path}")
+
+
+@cli.command()
+@command_options("cost")
+@friendly_errors
+def cost(experiment, **options):
+    """Time every teacher and student of the experiment side by side (one process, interleaved) as a cost run."""
+    from dmat.side_by_side import run_cost
+
+    click.echo(f"cost run {run_cost(pick(CostConfig, options), experiment)}")
 
 
 @cli.command()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from dmat.diffusion import DiffusionConfig
 from dmat.errors import DmatError
-from dmat.evaluation.settings import EvalConfig
+from dmat.evaluation.settings import EvalConfig, check_precision
 from dmat.unet import UNetConfig
 
 
@@ -71,6 +71,7 @@ class TrainConfig:
     early_stopping_patience: int = 10
     save_interval: int = 5
     device: str = "auto"
+    precision: str = "auto"  # "fp32", "bf16" (autocast), or "auto": bf16 where the hardware has it (runtime.py)
     num_workers: int = 0
     # sampling used for the sample grid logged at the end of training (at most the model's timesteps)
     sample_steps: int = 50
@@ -102,6 +103,7 @@ class TrainConfig:
             raise DmatError(f"image-size must be positive, got {self.image_size}")
         if self.sampler not in ("ddim", "ddpm"):
             raise DmatError(f"sampler must be ddim or ddpm, got {self.sampler!r}")
+        check_precision(self.precision)
         for name in ("weight_decay", "grad_clip", "num_workers"):
             if not getattr(self, name) >= 0:
                 raise DmatError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}"
@@ -111,6 +113,7 @@ class TrainConfig:
 
 METHODS = ("distill", "scratch")
 INITS = ("random", "pruned")  # a student's starting weights (dmat.pruning)
+PRUNE_IMPORTANCES = ("magnitude", "taylor")  # how init=pruned ranks the teacher's channels (dmat.pruning)
 # Student training defaults: 20 epochs keep the default `make students` (six sizes, digits 16x16,
 # default teacher) within 20 minutes on a 2-thread CPU (estimated ~17 min; bench/bench_students.py).
 STUDENT_TRAIN = TrainConfig(epochs=20)
@@ -127,6 +130,7 @@ class DistillConfig:
     feature_weight: float = 0.0  # feature-level KD (BK-SDM); 0 turns it off
     student_steps: int = 50  # sampling steps the student uses at evaluation (when asked for)
     init: str = "random"  # "random", or "pruned": the teacher's weights cut down by channel pruning
+    prune_importance: str = "magnitude"  # init=pruned keeps the channels with the most |w|, or |w * dL/dw| ("taylor")
 
     def validate(self) -> "DistillConfig":
         self.size_factor = parse_size_factor(self.size_factor)
@@ -143,6 +147,8 @@ class DistillConfig:
             raise DmatError(f"student-steps must be a positive integer, got {self.student_steps}")
         if self.init not in INITS:
             raise DmatError(f"init must be random or pruned, got {self.init!r}")
+        if self.prune_importance not in PRUNE_IMPORTANCES:
+            raise DmatError(f"prune-importance must be magnitude or taylor, got {self.prune_importance!r}")
         return self
 
     def effective(self) -> "DistillConfig":
@@ -179,6 +185,12 @@ def flat_params(prefix: str, cfg) -> dict[str, object]:
     return {f"{prefix}{f.name}": getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
 
 
+# How long a pipeline's students train. fixed: student-epochs (early stopping on); teacher: the teacher's
+# epochs (early stopping on), so no student has less training than its teacher; early-stopping: until the
+# validation loss stops improving (patience 10), capped at twice the teacher's epochs.
+STUDENT_BUDGETS = ("fixed", "teacher", "early-stopping")
+
+
 @dataclass
 class PipelineConfig:
     """What the study varies and how long each stage trains; every other setting keeps its default."""
@@ -193,11 +205,19 @@ class PipelineConfig:
     timesteps: int = DiffusionConfig.timesteps
     num_samples: int = EvalConfig.num_samples
     steps: int = int(EvalConfig.steps)
-    seed: int = TrainConfig.seed
+    steps_grid: tuple[int, ...] = (5, 10, 20, 50)  # every evaluation also at these step counts (EvalConfig.steps_grid)
+    seeds: tuple[int, ...] = (0, 1)  # every student once per seed; the teacher with the first
+    student_budget: str = "fixed"  # how long students train: see STUDENT_BUDGETS
     device: str = TrainConfig.device
+    precision: str = TrainConfig.precision
     reuse_any_commit: bool = False  # reuse finished stages on params alone, even from other code (git commits)
 
     def validate(self) -> "PipelineConfig":
+        check_precision(self.precision)
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise DmatError(f"seeds must be distinct integers >= 0, e.g. --seeds 0,1,2, got {self.seeds or 'nothing'}")
+        if self.student_budget not in STUDENT_BUDGETS:
+            raise DmatError(f"student-budget must be one of {', '.join(STUDENT_BUDGETS)}, got {self.student_budget!r}")
         self.sizes = tuple(parse_size_factor(s) for s in self.sizes)
         if not self.sizes:
             raise DmatError("sizes is empty: give at least one size factor, e.g. --sizes '0.2 0.5'")
@@ -207,7 +227,17 @@ class PipelineConfig:
         for name in ("teacher_epochs", "student_epochs", "num_samples", "steps", "timesteps", "base_channels"):
             if getattr(self, name) <= 0:
                 raise DmatError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if any(s <= 0 or s > self.timesteps for s in self.steps_grid):
+            raise DmatError(f"steps-grid must be step counts from 1 to timesteps={self.timesteps}, "
+                            f"got {','.join(map(str, self.steps_grid))}")
         return self
+
+    def student_training(self) -> dict[str, int]:
+        """The students' epochs and early-stopping patience under `student_budget`."""
+        patience = TrainConfig.early_stopping_patience
+        epochs = {"fixed": self.student_epochs, "teacher": self.teacher_epochs,
+                  "early-stopping": 2 * self.teacher_epochs}[self.student_budget]
+        return {"epochs": epochs, "early_stopping_patience": patience}
 
 
 @dataclass
@@ -225,8 +255,10 @@ class SweepConfig:
     num_samples: int = EvalConfig.num_samples  # generated images per trial's FID
     seed: int = TrainConfig.seed
     device: str = TrainConfig.device
+    precision: str = TrainConfig.precision
 
     def validate(self) -> "SweepConfig":
+        check_precision(self.precision)
         if self.n_trials < 1:
             raise DmatError(f"n-trials must be at least 1, got {self.n_trials}")
         if self.workers < 1:
@@ -240,3 +272,21 @@ class SweepConfig:
     @property
     def directions(self) -> list[str]:
         return ["minimize", "minimize"] if self.multi_objective else ["minimize"]
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    """How `dmat cost` times every model of a study side by side (dmat.side_by_side)."""
+
+    batch_sizes: tuple[int, ...] = (1, 256)  # latency at batch 1, throughput at a large batch
+    repeats: int = 7  # timed rounds over all models; the median per model is kept
+    device: str = "auto"
+    precision: str = "auto"
+
+    def validate(self) -> "CostConfig":
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise DmatError(f"batch-sizes must be positive integers, e.g. 1,256, got {self.batch_sizes or 'nothing'}")
+        if self.repeats < 3:
+            raise DmatError(f"repeats must be at least 3 (a median of fewer is noise), got {self.repeats}")
+        check_precision(self.precision)
+        return self

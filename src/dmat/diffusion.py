@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from dmat.errors import DmatError
+from dmat.runtime import autocast
 
 # callback(step_index, timestep, x): step_index 0 is x_T, the last call is the returned sample.
 StepCallback = Callable[[int, int, torch.Tensor], None]
@@ -100,7 +101,7 @@ class GaussianDiffusion:
         return abar.sqrt() * output + (1 - abar).sqrt() * x_t
 
     def predict_eps(self, model, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.eps_from_output(model(x_t, t), x_t, t)
+        return self.eps_from_output(model(x_t, t).float(), x_t, t)  # fp32 sampler updates, whatever the network's
 
     def sample_timesteps(self, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.randint(0, self.timesteps, (n,), device=device, generator=generator)
@@ -165,17 +166,20 @@ def sample_ddpm(model, diffusion, x_T, steps=None, callback: StepCallback | None
 SAMPLERS = {"ddim": sample_ddim, "ddpm": sample_ddpm}
 
 
-def sample(model, diffusion, x_T, sampler="ddim", steps=50, callback=None, generator=None):
-    """Run the named sampler from the given starting noise x_T."""
+def sample(model, diffusion, x_T, sampler="ddim", steps=50, callback=None, generator=None, precision="fp32"):
+    """Run the named sampler from the given starting noise x_T; the network in `precision` ("fp32" or "bf16",
+    see runtime.resolve_precision), the updates in fp32."""
     if sampler not in SAMPLERS:
         raise DmatError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    return SAMPLERS[sampler](model, diffusion, x_T, steps=steps, callback=callback, generator=generator)
+    with autocast(x_T.device, precision):
+        return SAMPLERS[sampler](model, diffusion, x_T, steps=steps, callback=callback, generator=generator)
 
 
-def sample_from_seed(model, diffusion, num_images: int, sampler="ddim", steps=50, seed=0, device="cpu"):
+def sample_from_seed(model, diffusion, num_images: int, sampler="ddim", steps=50, seed=0, device="cpu",
+                     precision="fp32"):
     """`num_images` samples whose starting noise, and then the sampler's own noise, come from one generator
     seeded with `seed`: what a seed means wherever dmat samples (the sample grid, the served MLflow Model)."""
     c = model.config
     generator = torch.Generator(device=device).manual_seed(seed)
     x_T = torch.randn((num_images, c.in_channels, c.image_size, c.image_size), generator=generator, device=device)
-    return sample(model, diffusion, x_T, sampler, steps, generator=generator)
+    return sample(model, diffusion, x_T, sampler, steps, generator=generator, precision=precision)

@@ -11,6 +11,11 @@ with the teacher frozen, in eval mode, with its EMA weights. The feature term fo
 (Kim et al. 2023): the middle block and every decoder level are matched, through a trainable 1x1
 convolution where the widths differ. `method="scratch"` keeps the task term alone: the baseline
 that shows, at each size, whether the teacher helps. Training itself is `model_run.train_model`.
+
+`train_students` trains several sizes in one loop by default (`model_run.train_models_together`): every
+student draws the same timesteps and noise on the same batches (the same seed), so the teacher's
+forward pass on a batch is computed once and shared (`TeacherPass`), and each student still gets the
+numbers it gets when trained alone.
 """
 
 from __future__ import annotations
@@ -18,35 +23,65 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from dmat import registry, tracking
+from dmat import distributed, registry, tracking
 from dmat.config import DistillConfig, TrainConfig, flat_params
+from dmat.data import DataSplits
 from dmat.diffusion import GaussianDiffusion
 from dmat.errors import DmatError
-from dmat.model_run import ModelPlan, model_params, train_model
-from dmat.pruning import prune_weights
+from dmat.model_run import ModelPlan, model_params, train_model, train_models_together
+from dmat.pruning import prune_weights, taylor_saliency
 from dmat.training import EpochCallback
 from dmat.unet import UNet
 
 
-class DistillObjective:
-    """The student's loss (a training.Objective); the 1x1 feature projections are trained with the student."""
+class TeacherPass:
+    """The frozen teacher's forward pass (eval mode, no gradients). With `remember`, its outputs on the current
+    batch are kept and given again for the same x_t and t: students trained in one loop draw the same x_t and t
+    (the same seeded noise on the same batches), so the teacher runs once per batch for all of them. `forget`
+    before each batch (what `training.fit_together`'s `before_batch` is for)."""
 
-    def __init__(self, diffusion: GaussianDiffusion, settings: DistillConfig, teacher: UNet | None = None,
+    def __init__(self, model: UNet, remember: bool = False):
+        self.model, self.remember = model.eval().requires_grad_(False), remember
+        self._seen: list[tuple[torch.Tensor, torch.Tensor, bool, tuple]] = []
+
+    @torch.no_grad()
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, features: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(output, features: the middle block's and every decoder level's, or [] when not asked for)."""
+        for seen_x, seen_t, seen_features, output in self._seen:
+            if seen_features >= features and torch.equal(seen_t, t) and torch.equal(seen_x, x_t):
+                return output
+        output = self.model(x_t, t, return_features=features)
+        output = output if features else (output, [])
+        if self.remember:
+            self._seen.append((x_t, t, features, output))
+        return output
+
+    def forget(self) -> None:
+        self._seen.clear()
+
+
+class DistillObjective:
+    """The student's loss (a training.Objective); the 1x1 feature projections are trained with the student.
+    `teacher` is the teacher's network, or a `TeacherPass` that several students' objectives share."""
+
+    def __init__(self, diffusion: GaussianDiffusion, settings: DistillConfig, teacher: UNet | TeacherPass | None = None,
                  student_channels: list[int] | None = None):
         self.diffusion, self.settings = diffusion, settings.effective()
-        self.teacher = teacher.eval().requires_grad_(False) if self.settings.method == "distill" else None
+        shared = teacher if isinstance(teacher, TeacherPass) or teacher is None else TeacherPass(teacher)
+        self.teacher = shared if self.settings.method == "distill" else None
         self.projections = nn.ModuleList()
         if self.teacher is not None and self.settings.feature_weight > 0:
-            device = next(teacher.parameters()).device
+            device = next(self.teacher.model.parameters()).device
             self.projections.extend(
                 nn.Conv2d(s, t, 1, device=device) if s != t else nn.Identity()
-                for s, t in zip(student_channels, teacher.feature_channels))
+                for s, t in zip(student_channels, self.teacher.model.feature_channels))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.projections.parameters())
@@ -63,9 +98,8 @@ class DistillObjective:
         task = F.mse_loss(eps, noise)
         total, parts = w.task_weight * task, {"task_loss": task.item()}
         if self.teacher is not None:
+            t_out, teacher_features = self.teacher(x_t, t, features)
             with torch.no_grad():
-                t_out = self.teacher(x_t, t, return_features=features)
-                t_out, teacher_features = t_out if features else (t_out, [])
                 teacher_eps = d.eps_from_output(t_out, x_t, t)
             kd = F.mse_loss(eps, teacher_eps)
             total = total + w.kd_weight * kd
@@ -107,34 +141,59 @@ def train_student(train: TrainConfig, size_factor, teacher_run_id: str | None = 
     """Train one student as its own MLflow run and return the run id.
 
     `settings` are DistillConfig fields (method, kd_weight, task_weight, feature_weight,
-    student_steps). `tags` are added to the run's (e.g. a sweep's parent run); `on_epoch_end` is
-    training.fit's (e.g. an Optuna pruner); `resume` continues that KILLED or FAILED student run.
-    Everything is checked (settings, device, store, teacher, data) before the run is created.
+    student_steps, init, prune_importance). `tags` are added to the run's (e.g. a sweep's parent run);
+    `on_epoch_end` is training.fit's (e.g. an Optuna pruner); `resume` continues that KILLED or FAILED
+    student run. Everything is checked (settings, device, store, teacher, data) before the run is created.
     """
     config = DistillConfig(size_factor=size_factor, **settings).validate()
+    teacher = _Teacher(lambda: resolve_teacher(train, teacher_run_id))
+    return train_model(train, lambda device: teacher.plan(train, config, device, tags), experiment, resume,
+                       on_epoch_end)
 
-    def plan(device) -> ModelPlan:
-        teacher_id = resolve_teacher(train, teacher_run_id)
-        teacher = tracking.load_model(teacher_id, device=device)
-        diffusion = teacher.diffusion
+
+class _Teacher:
+    """The teacher of one student, or of several trained in one loop (`remember`): loaded once, its forward pass
+    shared (`TeacherPass`), the pruning saliency of its weights computed once."""
+
+    def __init__(self, run_id: Callable[[], str], remember: bool = False):
+        self.run_id, self.remember = run_id, remember
+        self.loaded: tracking.LoadedModel | None = None
+        self.shared: TeacherPass | None = None
+        self._saliency: dict[str, torch.Tensor] | None = None
+
+    def plan(self, train: TrainConfig, config: DistillConfig, device, tags: dict[str, str] | None) -> ModelPlan:
+        """The student `config` describes, as `model_run` trains it (the teacher is loaded here, on `device`)."""
+        if self.loaded is None:
+            self.loaded = tracking.load_model(self.run_id(), device=device)
+            self.shared = TeacherPass(self.loaded.model, self.remember)
+        teacher, diffusion = self.loaded, self.loaded.diffusion
         if config.student_steps > diffusion.timesteps:
             raise DmatError(f"student-steps {config.student_steps} exceeds the teacher's {diffusion.timesteps} "
                             f"timesteps: pass --student-steps {diffusion.timesteps} or fewer")
         unet = dataclasses.replace(teacher.model.config, size_factor=config.size_factor)
+        pruned = (lambda student, splits: prune_weights(teacher.model, student, self.saliency(config, train, splits)))
         return ModelPlan(
             role=tracking.STUDENT,
             run_name=f"student-{config.size_factor:g}-{config.method}-{train.dataset}-{unet.image_size}px",
             unet=unet,
             diffusion=diffusion,
-            objective=lambda student: DistillObjective(diffusion, config, teacher.model, student.feature_channels),
-            tags={**(tags or {}), tracking.TEACHER_RUN_ID: teacher_id, tracking.METHOD: config.method,
+            objective=lambda student: DistillObjective(diffusion, config, self.shared, student.feature_channels),
+            tags={**(tags or {}), tracking.TEACHER_RUN_ID: teacher.run_id, tracking.METHOD: config.method,
                   tracking.INIT: config.init},
             params={**model_params(train, unet, diffusion.config), **flat_params("", config.effective()),
-                    "teacher_run_id": teacher_id},
-            initial_weights=(lambda student: prune_weights(teacher.model, student)) if config.init == "pruned" else None,
+                    "teacher_run_id": teacher.run_id},
+            initial_weights=pruned if config.init == "pruned" else None,
         )
 
-    return train_model(train, plan, experiment, resume, on_epoch_end)
+    def saliency(self, config: DistillConfig, train: TrainConfig, splits: DataSplits) -> dict[str, torch.Tensor] | None:
+        """What ranks the teacher's channels for init=pruned: None for magnitude (pruning's default), else the
+        Taylor saliency on the held-out split, under the teacher's DDPM loss."""
+        if config.prune_importance == "magnitude":
+            return None
+        if self._saliency is None:
+            self._saliency = taylor_saliency(self.loaded.model, self.loaded.diffusion, splits.val, train.batch_size,
+                                             seed=train.seed)
+        return self._saliency
 
 
 @dataclass
@@ -146,16 +205,18 @@ class StudentOutcome:
 
 
 def train_students(train: TrainConfig, sizes: list[float], teacher_run_id: str | None = None,
-                   experiment: str | None = None, **settings) -> list[StudentOutcome]:
-    """One student per size, one after another, all against the same teacher.
+                   experiment: str | None = None, shared_teacher: bool = True, **settings) -> list[StudentOutcome]:
+    """One student per size, all against the same teacher: in one loop that shares the teacher's forward pass
+    (`shared_teacher`, single process), else one after another.
 
-    A failure at one size is recorded and the next size still runs; Ctrl-C stops the whole list.
+    A failure at one size is recorded and the other sizes still train; Ctrl-C stops them all.
     """
-    for size in sizes:
-        DistillConfig(size_factor=size, **settings).validate()
+    configs = [DistillConfig(size_factor=size, **settings).validate() for size in sizes]
     train.validate()
     tracking.check_tracking_reachable()
     teacher_run_id = resolve_teacher(train, teacher_run_id)
+    if shared_teacher and len(sizes) > 1 and distributed.world_size() == 1:
+        return _train_together(train, configs, teacher_run_id, experiment)
     outcomes = []
     progress = tqdm(sizes, desc="students", unit="size", dynamic_ncols=True)
     for size in progress:
@@ -165,7 +226,31 @@ def train_students(train: TrainConfig, sizes: list[float], teacher_run_id: str |
             run_id = train_student(train, size, teacher_run_id, experiment, **settings)
             outcomes.append(StudentOutcome(size, time.perf_counter() - start, run_id=run_id))
         except Exception as exc:  # noqa: BLE001 - reported per size, the others still run
-            outcomes.append(StudentOutcome(size, time.perf_counter() - start, error=f"{type(exc).__name__}: {exc}"))
+            outcomes.append(StudentOutcome(size, time.perf_counter() - start, error=_error(exc)))
             tqdm.write(f"size {size:g} failed: {outcomes[-1].error}")
     progress.close()
     return outcomes
+
+
+def _train_together(train: TrainConfig, configs: list[DistillConfig], teacher_run_id: str,
+                    experiment: str | None) -> list[StudentOutcome]:
+    """Every student in one loop with one teacher pass per batch; the loop's wall time is split evenly
+    between the sizes (each run's `epoch_seconds` says what its own steps took)."""
+    teacher = _Teacher(lambda: teacher_run_id, remember=True)
+    plans = [lambda device, c=c: teacher.plan(train, c, device, None) for c in configs]
+    start = time.perf_counter()
+    results = train_models_together(train, plans, experiment, before_batch=lambda: teacher.shared.forget())
+    seconds = (time.perf_counter() - start) / len(configs)
+    outcomes = []
+    for config, result in zip(configs, results):
+        failed = isinstance(result, Exception)
+        outcomes.append(StudentOutcome(config.size_factor, seconds, run_id=None if failed else result,
+                                       error=_error(result) if failed else None))
+        if failed:
+            tqdm.write(f"size {config.size_factor:g} failed: {outcomes[-1].error}")
+    return outcomes
+
+
+def _error(exc: Exception) -> str:
+    """A size's error, with what was added on the way out (the run's status, how to resume it)."""
+    return f"{type(exc).__name__}: " + "; ".join([str(exc), *getattr(exc, "__notes__", [])])

@@ -9,6 +9,7 @@ fits in memory); only then is the MLflow run created, so bad input never leaves 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -28,8 +29,8 @@ from dmat.data import DataSplits, load_splits
 from dmat.diffusion import DiffusionConfig, GaussianDiffusion, sample_from_seed
 from dmat.measure import flops_per_forward
 from dmat.resume import checkpoint_to_resume, resume_command
-from dmat.runtime import resolve_device, seed_everything
-from dmat.training import EpochCallback, Objective, fit, micro_batch_size
+from dmat.runtime import resolve_device, resolve_precision, seed_everything
+from dmat.training import EpochCallback, Job, Objective, TrainResult, fit, fit_together, micro_batch_size
 from dmat.unet import UNet, UNetConfig
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ class ModelPlan:
     objective: Callable[[UNet], Objective]  # built once the network exists (a student's projections need it)
     tags: dict[str, str]
     params: dict[str, object]
-    initial_weights: Callable[[UNet], dict] | None = None  # default: the seeded random init (e.g. pruned teacher)
+    # weights to start from, given the network and the data (e.g. the pruned teacher); default: the seeded random init
+    initial_weights: Callable[[UNet, DataSplits], dict] | None = None
 
 
 def model_params(train: TrainConfig, unet: UNetConfig, diffusion: DiffusionConfig) -> dict[str, object]:
@@ -69,29 +71,101 @@ def train_model(train: TrainConfig, plan: Callable[[torch.device], ModelPlan], e
     if not distributed.is_main():  # under torchrun, rank 0 alone logs to MLflow
         fit(*fit_args, resume=ready.checkpoint, on_epoch_end=on_epoch_end, micro_batch=ready.micro_batch)
         return None
-    tags = {tracking.ROLE: spec.role, tracking.DATASET: train.dataset, tracking.IMAGE_SIZE: str(spec.unet.image_size),
-            tracking.SIZE_FACTOR: str(spec.unet.size_factor), **spec.tags}
     start_epoch = ready.checkpoint["epoch"] if ready.checkpoint else 0
     recorder, run_id = tracking.MlflowRecorder(saved_epoch=start_epoch), None
     try:
-        with tracking.tracked_run(spec.run_name, tags, experiment, run_id=resume) as run:
+        with tracking.tracked_run(spec.run_name, _tags(ready), experiment, run_id=resume) as run:
             run_id = run.info.run_id
-            tracking.log_params(spec.params)
+            _open(run_id, ready, start_epoch)
             if not resume:
-                mlflow.log_metrics(start_metrics(ready.model, ready.splits))
                 lineage.log_training_data(train, ready.splits)  # the run's dataset inputs
-            notes.describe(run_id)  # the run's description in the MLflow UI
-            mlflow.log_metric("micro_batch_size", ready.micro_batch, step=start_epoch)
             result = fit(*fit_args, recorder, resume=ready.checkpoint, on_epoch_end=on_epoch_end,
                          micro_batch=ready.micro_batch)
-            log_sample_grid(result.ema_model, spec.diffusion, train, ready.device)
-            # the pyfunc MLflow Model, registered; served with the student's own steps by default
-            registry.publish(run_id, train.sampler, int(spec.params.get("student_steps", train.sample_steps)))
+            _close(run_id, ready, result)
             return run_id
     except BaseException as exc:
         if run_id:
             _note(exc, how_to_resume(run_id, spec.role, recorder.saved_epoch, isinstance(exc, KeyboardInterrupt)))
         raise
+
+
+def train_models_together(train: TrainConfig, plans: list[Callable[[torch.device], ModelPlan]],
+                          experiment: str | None = None, before_batch: Callable[[], None] | None = None
+                          ) -> list[str | Exception]:
+    """Train several models in one loop over the same batches (`training.fit_together`), each as its own MLflow
+    run with everything `train_model` logs; per plan, its run id or the error that stopped it (the others go on).
+
+    The runs are open at once, so none is MLflow's active run while they train: params, metrics and
+    checkpoints go to each by id. What logs to the active run only (the datasets, the MLflow Model) is done
+    as each run ends, with it made active. Ctrl-C marks every unfinished run KILLED, each resumable alone.
+    """
+    outcomes: dict[int, str | Exception] = {}
+    readies: dict[int, _Ready] = {}
+    for i, plan in enumerate(plans):
+        try:
+            readies[i] = _prepare(train, plan, experiment, None, next(iter(readies.values())).splits if readies else None)
+        except Exception as exc:  # noqa: BLE001 - this model cannot start; the others still train
+            outcomes[i] = exc
+    runs: dict[int, tuple[contextlib.ExitStack, str, tracking.MlflowRecorder]] = {}
+    try:
+        for i, ready in readies.items():
+            stack = contextlib.ExitStack()
+            run = stack.enter_context(tracking.tracked_run(ready.spec.run_name, _tags(ready), experiment, active=False))
+            runs[i] = (stack, run.info.run_id, tracking.MlflowRecorder(run_id=run.info.run_id))
+            _open(run.info.run_id, ready, 0)
+        first = next(iter(readies.values()), None)
+        jobs = [Job(r.model, r.spec.diffusion, r.objective, runs[i][2], r.micro_batch) for i, r in readies.items()]
+        results = fit_together(jobs, first.splits, first.train, first.device, before_batch) if first else []
+        for (i, ready), result in zip(readies.items(), results):
+            outcomes[i] = _finish_together(*runs[i], ready, result)
+    except BaseException as exc:
+        for i, (stack, run_id, recorder) in runs.items():
+            if i not in outcomes:
+                _note(exc, how_to_resume(run_id, readies[i].spec.role, recorder.saved_epoch,
+                                         isinstance(exc, KeyboardInterrupt)))
+                stack.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    return [outcomes[i] for i in range(len(plans))]
+
+
+def _finish_together(stack: contextlib.ExitStack, run_id: str, recorder: tracking.MlflowRecorder, ready: _Ready,
+                     result: TrainResult | Exception) -> str | Exception:
+    """End one run of a shared loop: made MLflow's active run, it logs its datasets and, if it trained, its
+    sample grid and MLflow Model; returns the run id, or the error that ended it FAILED (with how to resume)."""
+    try:
+        with stack, mlflow.start_run(run_id=run_id, log_system_metrics=False):
+            lineage.log_training_data(ready.train, ready.splits)  # the run's dataset inputs
+            if isinstance(result, Exception):
+                raise result
+            _close(run_id, ready, result)
+        return run_id
+    except Exception as exc:  # noqa: BLE001 - reported for this model; the others are not concerned
+        _note(exc, how_to_resume(run_id, ready.spec.role, recorder.saved_epoch, False))
+        return exc
+
+
+def _tags(ready: _Ready) -> dict[str, str]:
+    spec = ready.spec
+    return {tracking.ROLE: spec.role, tracking.DATASET: ready.train.dataset,
+            tracking.IMAGE_SIZE: str(spec.unet.image_size), tracking.SIZE_FACTOR: str(spec.unet.size_factor),
+            **spec.tags}
+
+
+def _open(run_id: str, ready: _Ready, start_epoch: int) -> None:
+    """What a run logs before training: params, the model's size and cost (a new run), its description."""
+    tracking.log_params(ready.spec.params, run_id)
+    if not start_epoch:
+        mlflow.log_metrics(start_metrics(ready.model, ready.splits), run_id=run_id)
+    notes.describe(run_id)  # the run's description in the MLflow UI
+    mlflow.log_metric("micro_batch_size", ready.micro_batch, step=start_epoch, run_id=run_id)
+
+
+def _close(run_id: str, ready: _Ready, result: TrainResult) -> None:
+    """What a run logs after training, while it is the active run: the sample grid and the registered MLflow
+    Model (served with a student's own steps by default)."""
+    train, spec = ready.train, ready.spec
+    log_sample_grid(result.ema_model, spec.diffusion, train, ready.device)
+    registry.publish(run_id, train.sampler, int(spec.params.get("student_steps", train.sample_steps)))
 
 
 @dataclass
@@ -109,25 +183,28 @@ class _Ready:
 
 
 def _prepare(train: TrainConfig, plan: Callable[[torch.device], ModelPlan], experiment: str | None,
-             resume: str | None) -> _Ready:
-    """Validate, choose the device, check the store, plan, load the data, seed, build, check a resume and
-    run one batch forward and backward: bad input fails here, before any run exists."""
+             resume: str | None, splits: DataSplits | None = None) -> _Ready:
+    """Validate, choose the device, check the store, plan, load the data (unless given: the same for every model
+    of a shared loop), seed, build, check a resume and run one batch forward and backward: bad input fails here,
+    before any run exists."""
     train.validate()
     device = resolve_device(train.device)
     tracking.check_writable(experiment, run_id=resume)
     spec = plan(device)
     train = _sample_steps_within_timesteps(train, spec)
-    splits = load_splits(train)
+    splits = splits or load_splits(train)
     seed_everything(train.seed)  # the seed fixes the initial weights too
     model = UNet(spec.unet)
     if spec.initial_weights is not None:
-        model.load_state_dict(spec.initial_weights(model))
+        model.load_state_dict(spec.initial_weights(model, splits))
     objective = spec.objective(model)
     checkpoint = checkpoint_to_resume(resume, spec.role, model, spec.diffusion) if resume else None
     batch = distributed.per_process_batch(train.batch_size)  # an uneven split fails before the run exists
     distributed.setup(device)
     first = torch.stack([splits.train[i] for i in range(min(batch, len(splits.train)))])
-    micro = distributed.min_over_processes(micro_batch_size(model, objective, first, device), device)
+    precision = resolve_precision(train.precision, device)
+    spec.params = {**spec.params, "resolved.precision": precision}  # what `auto` chose on this hardware
+    micro = distributed.min_over_processes(micro_batch_size(model, objective, first, device, precision), device)
     if micro < batch:
         log.warning(f"note: a batch of {batch} does not fit in {device} memory: each batch is taken in "
                     f"{math.ceil(batch / micro)} micro-batches of up to {micro} (gradient accumulation: the same "
@@ -170,7 +247,7 @@ def log_sample_grid(model: UNet, diffusion: GaussianDiffusion, cfg: TrainConfig,
     """Sample a grid from fixed noise with the run's own sampler settings and log it as a PNG."""
     c = model.config
     images = sample_from_seed(model.eval(), diffusion, cfg.num_sample_images, cfg.sampler, cfg.sample_steps, cfg.seed,
-                              device)
+                              device, resolve_precision(cfg.precision, torch.device(device)))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "grid.png"
         zoom = max(1, 64 // c.image_size)  # small images (16 px digits) are enlarged to be seen in the UI

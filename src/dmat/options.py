@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import click
 import yaml
 
-from dmat.config import (DEFAULT_SIZE_FACTORS, STUDENT_TRAIN, DistillConfig, PipelineConfig, SweepConfig, TrainConfig,
-                         replace)
+from dmat.config import (DEFAULT_SIZE_FACTORS, STUDENT_TRAIN, CostConfig, DistillConfig, PipelineConfig, SweepConfig,
+                         TrainConfig, replace)
 from dmat.diffusion import DiffusionConfig
 from dmat.evaluation.settings import EvalConfig
 from dmat.unet import UNetConfig
@@ -30,9 +30,9 @@ ARCHITECTURE_FIELDS = ("base_channels", "channel_mults", "num_res_blocks", "atte
 
 def _int_tuple(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(part) for part in str(text).split(",") if part.strip())
+        return tuple(int(part) for part in re.split(r"[,\s]+", str(text)) if part)
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+        raise click.BadParameter(f"expected integers separated by commas or spaces, got {text!r}") from None
 
 
 def _show(value) -> str:
@@ -180,7 +180,11 @@ COMMANDS: dict[str, CommandOptions] = {
                mlproject_type="float", required=True),
         *STUDENT_ITEMS)),
     "students": CommandOptions(None, (
-        Option("sizes", f"size factors, space or comma separated (default: {DEFAULT_SIZES})"), *STUDENT_ITEMS)),
+        Option("sizes", f"size factors, space or comma separated (default: {DEFAULT_SIZES})"),
+        Option("shared_teacher", "train the sizes in one loop that runs the teacher once per batch for all of them "
+                                 "(the same results as one by one; default: true)", default=True, kind=bool,
+               cli_default=True),
+        *STUDENT_ITEMS)),
     "evaluate": CommandOptions("evaluate", (
         Option("run_id", "the teacher or student to evaluate: a run id, models:/NAME@ALIAS or models:/NAME/VERSION",
                required=True),
@@ -200,6 +204,7 @@ COMMANDS: dict[str, CommandOptions] = {
                     helps={"reuse_any_commit": "reuse a finished stage with the same parameters even if it ran at another "
                                                 "git commit or from uncommitted changes ({})"}),
         SYSTEM_METRICS, EXPERIMENT)),
+    "cost": CommandOptions("cost", (OptionGroup(CostConfig), EXPERIMENT)),
     "sweep": CommandOptions("sweep", (
         OptionGroup(SweepConfig, helps={"multi_objective": "minimise (FID, parameters) and log the Pareto front ({})"}),
         SYSTEM_METRICS, EXPERIMENT)),

@@ -95,56 +95,83 @@ def this_python_first():
 
 
 def run_pipeline(config: PipelineConfig, experiment: str | None = None) -> PipelineResult:
-    """Run (or resume) the whole study; returns the pipeline run and what each stage did."""
+    """Run (or resume) the whole study; returns the pipeline run and what each stage did.
+
+    One teacher (trained with the first seed); then every student once per seed, size and method (the seed
+    sets the student's initial weights and its data order), then one evaluation per model, then the report."""
     cfg = config.validate()
     tracking.check_tracking_reachable()
     source = lineage.Source.of(PROJECT_DIR, cfg.reuse_any_commit)  # stages are reused at this commit only
-    with this_python_first(), tracking.tracked_run(f"pipeline-{cfg.dataset}", {tracking.ROLE: tracking.PIPELINE, tracking.DATASET: cfg.dataset},
-                              experiment) as run:
-        tracking.log_params({"dataset": cfg.dataset, "sizes": " ".join(map(tracking.encode_param, cfg.sizes)),
-                             "methods": " ".join(cfg.methods), "teacher_epochs": cfg.teacher_epochs,
-                             "student_epochs": cfg.student_epochs, "num_samples": cfg.num_samples,
-                             "steps": cfg.steps, "seed": cfg.seed, "reuse_any_commit": cfg.reuse_any_commit})
+    with this_python_first(), tracking.tracked_run(f"pipeline-{cfg.dataset}", {tracking.ROLE: tracking.PIPELINE,
+                                                                                tracking.DATASET: cfg.dataset},
+                                                    experiment) as run:
+        tracking.log_params({**{k: getattr(cfg, k) for k in (
+            "dataset", "teacher_epochs", "student_epochs", "student_budget", "num_samples", "steps", "steps_grid",
+            "precision", "reuse_any_commit")}, "sizes": " ".join(map(tracking.encode_param, cfg.sizes)),
+            "methods": " ".join(cfg.methods), "seeds": " ".join(map(str, cfg.seeds))})
         if source.reuse_tags is None:
             tqdm.write(f"note: {PROJECT_DIR} has uncommitted changes, so no finished stage ran this code and none is "
                        "reused: commit them, or pass --reuse-any-commit")
-        result = PipelineResult(run.info.run_id)
-        experiment_id = run.info.experiment_id
-        common = {"dataset": cfg.dataset, "image_size": cfg.image_size, "seed": cfg.seed, "device": cfg.device}
-        progress = tqdm(total=1 + 2 * len(cfg.sizes) * len(cfg.methods) + 2, desc="pipeline", unit="stage")
+        study = _Study(cfg, PipelineResult(run.info.run_id), run.info.experiment_id, source)
+        try:
+            study.run_all()
+        finally:
+            study.progress.close()
+        reused = sum(s.reused for s in study.result.stages)
+        mlflow.log_metrics({"stages": len(study.result.stages), "stages_reused": reused,
+                            "stages_failed": len(study.result.failed)})
+        return study.result
 
-        def stage(entry_point: str, label: str, parameters: dict, reuse: bool = True) -> Stage:
-            progress.set_postfix_str(label)
-            done = run_stage(Stage(entry_point, label), parameters, experiment_id, run.info.run_id, reuse, source)
-            result.stages.append(done)
-            progress.update(1)
-            how = "failed" if done.error else "reused" if done.reused else f"{done.seconds:.0f} s"
-            tqdm.write(f"{label}: {how} (run {done.run_id})")
-            mlflow.log_metric(f"seconds_{label}", done.seconds)
-            return done
 
-        evaluate = {"num_samples": cfg.num_samples, "steps": cfg.steps, "device": cfg.device}
-        teacher = stage("teacher", "teacher", {**common, "epochs": cfg.teacher_epochs,
-                                               "base_channels": cfg.base_channels, "timesteps": cfg.timesteps})
+class _Study:
+    """The stages of one pipeline run, in order, each reused or run (see `run_stage`)."""
+
+    def __init__(self, cfg: PipelineConfig, result: PipelineResult, experiment_id: str, source: lineage.Source):
+        self.cfg, self.result, self.experiment_id, self.source = cfg, result, experiment_id, source
+        students = len(cfg.sizes) * len(cfg.methods) * len(cfg.seeds)
+        self.progress = tqdm(total=2 * (1 + students) + 2, desc="pipeline", unit="stage")
+
+    def stage(self, entry_point: str, label: str, parameters: dict, reuse: bool = True) -> Stage:
+        self.progress.set_postfix_str(label)
+        done = run_stage(Stage(entry_point, label), parameters, self.experiment_id, self.result.run_id, reuse,
+                         self.source)
+        self.result.stages.append(done)
+        self.progress.update(1)
+        how = "failed" if done.error else "reused" if done.reused else f"{done.seconds:.0f} s"
+        tqdm.write(f"{label}: {how} (run {done.run_id})")
+        mlflow.log_metric(f"seconds_{label}", done.seconds)
+        return done
+
+    def common(self, seed: int) -> dict:
+        cfg = self.cfg
+        return {"dataset": cfg.dataset, "image_size": cfg.image_size, "seed": seed, "device": cfg.device,
+                "precision": cfg.precision}
+
+    def run_all(self) -> None:
+        cfg = self.cfg
+        teacher = self.stage("teacher", "teacher", {**self.common(cfg.seeds[0]), "epochs": cfg.teacher_epochs,
+                                                    "base_channels": cfg.base_channels, "timesteps": cfg.timesteps})
         if teacher.error:
-            progress.close()
             raise DmatError(f"the teacher stage failed ({teacher.error}): see run {teacher.run_id} in the MLflow UI")
         models = [teacher]
-        for method in cfg.methods:
-            for size in cfg.sizes:
-                models.append(stage("distill", f"student_{method}_{tracking.encode_param(size)}",
-                                    {**common, "size_factor": size, "method": method, "epochs": cfg.student_epochs,
-                                     "student_steps": min(DistillConfig.student_steps, cfg.timesteps),
-                                     "teacher_run_id": teacher.run_id}))
+        for seed in cfg.seeds:
+            for method in cfg.methods:
+                for size in cfg.sizes:
+                    label = f"student_{method}_{tracking.encode_param(size)}" + (f"_seed{seed}" if seed else "")
+                    models.append(self.stage("distill", label, {
+                        **self.common(seed), **cfg.student_training(), "size_factor": size, "method": method,
+                        "student_steps": min(DistillConfig.student_steps, cfg.timesteps),
+                        "teacher_run_id": teacher.run_id}))
+        evaluate = {"num_samples": cfg.num_samples, "steps": cfg.steps, "steps_grid": cfg.steps_grid,
+                    "device": cfg.device, "precision": cfg.precision}
         for model in models:
             if model.error:
-                progress.update(1)
+                self.progress.update(1)
                 continue
-            stage("evaluate", f"evaluate_{model.label}", {**evaluate, "run_id": model.run_id})
-        # the report only reads the store, so it is rebuilt every time to include every run
-        stage("report", "report", {"experiment": mlflow.get_experiment(experiment_id).name}, reuse=False)
-        progress.close()
-        reused = sum(s.reused for s in result.stages)
-        mlflow.log_metrics({"stages": len(result.stages), "stages_reused": reused,
-                            "stages_failed": len(result.failed)})
-        return result
+            self.stage("evaluate", f"evaluate_{model.label}", {**evaluate, "run_id": model.run_id})
+        # timings compared across models are taken side by side, and the report only reads the store: both are
+        # done every time, to include every model
+        experiment = mlflow.get_experiment(self.experiment_id).name
+        self.stage("cost", "cost", {"experiment": experiment, "device": cfg.device, "precision": cfg.precision},
+                   reuse=False)
+        self.stage("report", "report", {"experiment": experiment}, reuse=False)

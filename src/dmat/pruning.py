@@ -2,9 +2,13 @@
 
 A student built by `UNet(student_config)` has every width of the teacher scaled down; here its
 initial weights are the teacher's, keeping for every channel space the teacher's most important
-channels (Diff-Pruning, Fang et al. 2023, prunes a DDPM by structure and fine-tunes it; importance
-here is the L1 norm of the weights that produce a channel, Li et al. 2017, "Pruning Filters for
-Efficient ConvNets").
+channels (Diff-Pruning, Fang et al. 2023, prunes a DDPM by structure and fine-tunes it). A channel's
+importance sums a per-weight saliency over the weights that produce it: by default the weight's
+magnitude |w| (Li et al. 2017, "Pruning Filters for Efficient ConvNets"), or its first-order Taylor
+score |w * dL/dw| (Molchanov et al. 2019, "Importance Estimation for Neural Network Pruning"): the
+loss change a first-order expansion predicts when the weight is removed, with the gradient of the
+DDPM loss on a few held-out batches (`taylor_saliency`), as Diff-Pruning does. Magnitude ignores what
+the network computes with a weight; Taylor keeps what the loss depends on.
 
 A *channel space* is one set of channels that several tensors index the same way: a block's output
 is read by the next block, by an attention layer, by a skip concatenation in the decoder, and a
@@ -15,14 +19,20 @@ dimensions run over; each space keeps one selection, so the pruned network is co
 
 from __future__ import annotations
 
+import copy
+import itertools
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
+from dmat.data import loader
+from dmat.diffusion import GaussianDiffusion
 from dmat.unet import ResBlock, SelfAttention, UNet
 
 IMAGE = -1  # the image channels: never pruned
+TAYLOR_BATCHES = 4  # held-out batches whose DDPM-loss gradient the Taylor score uses
 
 
 @dataclass
@@ -119,8 +129,23 @@ def _groups(n: int, ties: list[tuple[int, int]]) -> list[int]:
     return [root(a) for a in range(n)]
 
 
-def _importance(weights: dict[str, torch.Tensor], m: ChannelMap, group: list[int]) -> dict[int, torch.Tensor]:
-    """Per group, the L1 norm of every weight that produces each of its channels (summed over producers);
+def taylor_saliency(teacher: UNet, diffusion: GaussianDiffusion, images: Dataset, batch_size: int,
+                    batches: int = TAYLOR_BATCHES, seed: int = 0) -> dict[str, torch.Tensor]:
+    """|w * dL/dw| for every parameter of `teacher`, dL/dw the gradient of the DDPM loss summed over the first
+    `batches` batches of `images` (held-out data: the score should say what generalises, not what was fit),
+    at timesteps and noise from a generator seeded with `seed`. The teacher itself is left untouched
+    (a copy, in eval mode: no dropout, takes the gradients)."""
+    model = copy.deepcopy(teacher).eval().requires_grad_(True)
+    device = next(model.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
+    for x0 in itertools.islice(loader(images, batch_size, shuffle=False), batches):
+        diffusion.training_loss(model, x0.to(device), generator).backward()
+    return {name: (p.detach() * p.grad).abs() if p.grad is not None else torch.zeros_like(p)
+            for name, p in model.named_parameters()}
+
+
+def _importance(saliency: dict[str, torch.Tensor], m: ChannelMap, group: list[int]) -> dict[int, torch.Tensor]:
+    """Per group, the summed saliency of every weight that produces each of its channels (summed over producers);
     a space nothing produces (the timestep sinusoid) is scored by the weights that read it.
 
     Spaces tied only in the student (where both widths round to the same small number) may differ in
@@ -128,13 +153,13 @@ def _importance(weights: dict[str, torch.Tensor], m: ChannelMap, group: list[int
     produced: dict[int, list[torch.Tensor]] = {}
     read: dict[int, list[torch.Tensor]] = {}
     for name, (out, into) in m.params.items():
-        weight = weights[name]
+        weight = saliency[name]
         if not name.endswith(".weight") or weight.dim() < 2:
             continue
         for spaces, dim, found in ((out, 0, produced), (into, 1, read)):
             if IMAGE in spaces:
                 continue
-            norms = weight.abs().transpose(0, dim).flatten(1).sum(1).split([m.widths[s] for s in spaces])
+            norms = weight.transpose(0, dim).flatten(1).sum(1).split([m.widths[s] for s in spaces])
             for space, norm in zip(spaces, norms):
                 found.setdefault(group[space], []).append(norm)
     scores = {**read, **produced}
@@ -150,19 +175,21 @@ def _index(spaces: list[int], keep: dict[int, torch.Tensor], widths: list[int], 
     return torch.cat(parts)
 
 
-def prune_weights(teacher: UNet, student: UNet) -> dict[str, torch.Tensor]:
+def prune_weights(teacher: UNet, student: UNet, saliency: dict[str, torch.Tensor] | None = None
+                  ) -> dict[str, torch.Tensor]:
     """The teacher's weights cut down to `student`'s shapes by structured channel pruning.
 
     Both must be the same architecture at different widths (the student's config is the teacher's
     with a smaller size factor). Every space keeps its most important channels, in their original
     order; a space tied by an identity residual in either network keeps one selection throughout.
+    `saliency` scores each teacher weight (`taylor_saliency`); by default its magnitude.
     """
     t_map, s_map = channel_map(teacher), channel_map(student)
     if not set(s_map.params) <= set(t_map.params):  # a skip the student's equal widths make an identity is dropped
         raise ValueError("the student is not the teacher's architecture at other widths")
     group = _groups(len(t_map.widths), t_map.ties + s_map.ties)
     weights = {k: v.detach() for k, v in teacher.state_dict().items()}
-    scores = _importance(weights, t_map, group)
+    scores = _importance(saliency or {k: v.abs() for k, v in weights.items()}, t_map, group)
     keep = {}
     for space, g in enumerate(group):
         if g not in keep:

@@ -12,6 +12,7 @@ import torch
 
 from dmat import distributed
 from dmat.errors import DmatError
+from dmat.evaluation.settings import check_precision
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; what kill, timeout, schedulers and container stops send
 
@@ -41,6 +42,37 @@ def resolve_device(name: str) -> torch.device:
 
 def _mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """"fp32" or "bf16": `auto` is bf16 where the hardware computes it natively (CUDA GPUs with bf16; CPUs with
+    AVX512-BF16 or AMX) and fp32 elsewhere (bf16 emulated in software is slower than fp32)."""
+    if check_precision(name) != "auto":
+        return name
+    return "bf16" if native_bf16(device) else "fp32"
+
+
+def native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return _cpu_flags() & {"avx512_bf16", "amx_bf16"} != set()
+    return False
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux; elsewhere none are known, so `auto` keeps fp32 there)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((set(line.split(":", 1)[1].split()) for line in info if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for the network's matrix work; losses, EMA, optimizer state and metrics stay fp32
+    (autocast runs mse_loss in fp32, and the sampler's updates promote bf16 outputs to fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def seed_everything(seed: int) -> None:

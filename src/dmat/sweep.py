@@ -107,7 +107,8 @@ def parent_run(cfg: SweepConfig, experiment: str | None) -> str:
 
 def objective(cfg: SweepConfig, parent_run_id: str, experiment: str | None):
     """The Optuna objective: distill one student with the trial's settings and return its FID (+ params)."""
-    base = replace(STUDENT_TRAIN, dataset=cfg.dataset, image_size=cfg.image_size, seed=cfg.seed, device=cfg.device)
+    base = replace(STUDENT_TRAIN, dataset=cfg.dataset, image_size=cfg.image_size, seed=cfg.seed, device=cfg.device,
+                   precision=cfg.precision)
     timesteps = int(tracking.param_value(tracking.get_run(cfg.teacher_run_id).data.params, "timesteps"))
     step_choices = [s for s in STUDENT_STEP_CHOICES if s <= timesteps] or [timesteps]
 
@@ -139,7 +140,7 @@ def objective(cfg: SweepConfig, parent_run_id: str, experiment: str | None):
             MlflowClient().set_tag(student, tracking.PRUNED, f"epoch {pruned[0]}")
             raise optuna.TrialPruned(f"stopped by the pruner at epoch {pruned[0]} (validation loss worse than it allows)")
         evaluation = evaluate_run(student, num_samples=cfg.num_samples, steps=STUDENT_STEPS, seed=cfg.seed,
-                                  device=cfg.device, experiment=experiment)
+                                  device=cfg.device, precision=cfg.precision, experiment=experiment)
         trial.set_user_attr("evaluation_run_id", evaluation)
         metrics = MlflowClient().get_run(evaluation).data.metrics
         return (metrics["fid"], metrics["num_parameters"]) if cfg.multi_objective else metrics["fid"]

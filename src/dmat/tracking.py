@@ -3,7 +3,8 @@
 Roles and tag keys, the search for runs by role and tags (values quoted), params to and from text
 (with the `resolved.<name>` rule), the "run X is a Y run, not a Z" check, runs that end with the
 right status, checkpoints as artifacts, rebuilding a model from a run id, and `MlflowRecorder`,
-the training loop's recorder that writes to the active run.
+the training loop's recorder that writes to the active run (or to a run given by id, when a loop trains
+several models at once, each in a run of its own).
 
 Stages never hand each other paths on disk: a stage reads its inputs from earlier runs by id (or
 "the latest finished run with these tags") and writes params, metrics, tags and artifacts of its
@@ -31,9 +32,10 @@ import mlflow
 import psutil
 import torch
 from filelock import FileLock
-from mlflow.entities import RunStatus
+from mlflow.entities import RunStatus, RunTag
 from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
 from mlflow.exceptions import MlflowException
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from sqlalchemy.engine import make_url
 
@@ -51,6 +53,7 @@ TEACHER, STUDENT = "teacher", "student"
 EVALUATION = "evaluation"
 FEATURE_EXTRACTOR = "feature-extractor"
 REPORT, PIPELINE, SWEEP = "report", "pipeline", "sweep"
+COST = "cost"  # models of a study timed side by side (dmat.side_by_side)
 MODEL_ROLES = (TEACHER, STUDENT)
 
 # Lineage tags: the MLflow UI filters on them and the report rebuilds its tables from them.
@@ -210,20 +213,29 @@ def use_experiment(name: str | None) -> None:
 
 
 @contextlib.contextmanager
-def tracked_run(run_name: str, tags: dict[str, str], experiment: str | None = None, run_id: str | None = None):
+def tracked_run(run_name: str, tags: dict[str, str], experiment: str | None = None, run_id: str | None = None,
+                active: bool = True):
     """An MLflow run that ends FINISHED, FAILED on an exception, or KILLED on Ctrl-C or SIGTERM.
 
     Inside `mlflow run` it continues the run that MLflow created (MLFLOW_RUN_ID); `run_id` reopens an
     existing run (resume). A second signal while the run is being closed is ignored, so the run is always
     marked (runtime.stop_signals). The run is tagged with its process and keeps a heartbeat, so a run left
     RUNNING by a process that died (kill -9) can be found: `dmat runs --stale`.
+
+    `active=False` creates a new run without making it MLflow's active run, so that several can be open at
+    once (one loop training several models): write to it by id (`MlflowRecorder(run_id=...)`, `log_params`).
     """
-    run, status, heartbeat = None, RunStatus.to_string(RunStatus.FINISHED), _Heartbeat()
+    run, status, heartbeat, monitor = None, RunStatus.to_string(RunStatus.FINISHED), _Heartbeat(), None
     with runtime.stop_signals():
         try:
             with runtime.hold_signals():  # a signal while the run is created is raised once it can be marked
-                run = _start_run(run_name, experiment, run_id, system_metrics_for(tags.get(ROLE)))
-                mlflow.set_tags({**tags, RUN_NAME: readable_name(run.info.run_name, run_name), **owner_tags()})
+                system_metrics = system_metrics_for(tags.get(ROLE))
+                if active:
+                    run = _start_run(run_name, experiment, run_id, system_metrics)
+                else:
+                    run, monitor = _create_run(run_name, experiment, system_metrics)
+                tags = {**tags, RUN_NAME: readable_name(run.info.run_name, run_name), **owner_tags()}
+                MlflowClient().log_batch(run.info.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
                 mark_model_development(run.info.experiment_id)
                 heartbeat.start(run.info.run_id)
             yield run
@@ -235,8 +247,12 @@ def tracked_run(run_name: str, tags: dict[str, str], experiment: str | None = No
             raise
         finally:
             heartbeat.stop()
-            if run is not None:
+            if run is not None and active:
                 mlflow.end_run(status)
+            elif run is not None:
+                MlflowClient().set_terminated(run.info.run_id, status)
+                if monitor is not None:
+                    monitor.finish()
 
 
 def _start_run(run_name: str, experiment: str | None, run_id: str | None, system_metrics: bool | None = None):
@@ -250,6 +266,22 @@ def _start_run(run_name: str, experiment: str | None, run_id: str | None, system
                                 log_system_metrics=system_metrics)
     except MlflowException as exc:
         raise DmatError(f"tracking store {tracking_uri()} refused to start the run ({_first_line(exc)})") from None
+
+
+def _create_run(run_name: str, experiment: str | None, system_metrics: bool | None):
+    """A new run that is not MLflow's active run, and its system metrics monitor (None when they are off)."""
+    use_experiment(experiment)  # refuses a deleted experiment, creates a new one
+    client = MlflowClient()
+    try:
+        found = client.get_experiment_by_name(experiment_name(experiment))
+        run = client.create_run(found.experiment_id if found else client.create_experiment(experiment_name(experiment)),
+                                run_name=run_name)
+    except MlflowException as exc:
+        raise DmatError(f"tracking store {tracking_uri()} refused to start the run ({_first_line(exc)})") from None
+    monitor = SystemMetricsMonitor(run.info.run_id) if system_metrics else None
+    if monitor is not None:
+        monitor.start()
+    return run, monitor
 
 
 def system_metrics_for(role: str | None) -> bool | None:
@@ -347,13 +379,14 @@ def config_from_params(cls, params: dict[str, str]):
     return cls(**values)
 
 
-def log_params(params: dict[str, object]) -> None:
-    """Log params without clashing with values `mlflow run` already logged from -P arguments.
+def log_params(params: dict[str, object], run_id: str | None = None) -> None:
+    """Log params to the active run (or `run_id`) without clashing with values `mlflow run` already logged
+    from -P arguments.
 
     A key already present keeps the user's value; a different resolved value (e.g. image_size 0 ->
     16) is logged beside it as `resolved.<key>`.
     """
-    existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    existing = mlflow.get_run(run_id or mlflow.active_run().info.run_id).data.params
     new = {}
     for key, value in params.items():
         text = encode_param(value)
@@ -362,7 +395,7 @@ def log_params(params: dict[str, object]) -> None:
         elif existing[key] != text and not _same_value(existing[key], text):
             new[f"resolved.{key}"] = text
     if new:
-        mlflow.log_params(new)
+        mlflow.log_params(new, run_id=run_id)
 
 
 def _same_value(a: str, b: str) -> bool:
@@ -373,17 +406,19 @@ def _same_value(a: str, b: str) -> bool:
         return a.lower() == b.lower()
 
 
-def save_checkpoint(payload: dict, name: str) -> None:
-    """Write a checkpoint atomically and log it under checkpoints/ of the active run. A stop signal waits
-    until it is stored (never half a file); a full disk or a read-only artifact folder is one clear error."""
+def save_checkpoint(payload: dict, name: str, run_id: str | None = None) -> None:
+    """Write a checkpoint atomically and log it under checkpoints/ of the active run (or `run_id`). A stop
+    signal waits until it is stored (never half a file); a full disk or a read-only artifact folder is one
+    clear error."""
     with runtime.hold_signals(), tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
         try:
             checkpoint.save(payload, path)
-            mlflow.log_artifact(str(path), artifact_path=CHECKPOINT_DIR)
+            mlflow.log_artifact(str(path), artifact_path=CHECKPOINT_DIR, run_id=run_id)
         except (OSError, RuntimeError, MlflowException) as exc:
+            where = get_run(run_id).info.artifact_uri if run_id else mlflow.get_artifact_uri()
             raise DmatError(f"cannot save {CHECKPOINT_DIR}/{name} ({_first_line(exc)}): free disk space or make "
-                            f"{mlflow.get_artifact_uri()} writable") from None
+                            f"{where} writable") from None
 
 
 def has_checkpoint(run_id: str, name: str) -> bool:
@@ -428,35 +463,41 @@ def load_model(run_id: str, name: str = checkpoint.BEST, device: str | torch.dev
 
 
 class MlflowRecorder(Recorder):
-    """`training.fit`'s recorder for the active MLflow run: metrics by epoch, checkpoints as artifacts.
-    `saved_epoch` is the epoch checkpoints/last.pt holds (what a resume would continue after)."""
+    """The training loop's recorder for an MLflow run: metrics by epoch, checkpoints as artifacts. The run is
+    `run_id`, or the active run when it is None (as MLflow's own log functions take it): a loop that trains
+    several models writes to each one's run by id. `saved_epoch` is the epoch checkpoints/last.pt holds
+    (what a resume would continue after)."""
 
-    def __init__(self, saved_epoch: int = 0):
-        self.saved_epoch = saved_epoch
+    def __init__(self, saved_epoch: int = 0, run_id: str | None = None):
+        self.saved_epoch, self.run_id = saved_epoch, run_id
         self._logged: set[int] = set()  # epochs a killed process logged after its last.pt
 
+    def _save(self, state: dict, name: str) -> None:
+        save_checkpoint(state, name, **({"run_id": self.run_id} if self.run_id else {}))
+
     def on_best(self, state: dict) -> None:
-        save_checkpoint(state, checkpoint.BEST)
+        self._save(state, checkpoint.BEST)
 
     def on_checkpoint(self, state: dict) -> None:
-        save_checkpoint(state, checkpoint.LAST)
+        self._save(state, checkpoint.LAST)
         self.saved_epoch = state["epoch"]
 
     def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         if epoch not in self._logged:
-            mlflow.log_metrics(metrics, step=epoch)
+            mlflow.log_metrics(metrics, step=epoch, run_id=self.run_id)
 
     def on_resume(self, epoch: int, metrics: dict[str, float]) -> None:
         """The history continues after `epoch`, once per step: its metrics are logged now if the run was
         killed between saving last.pt and logging them, and epochs after it that a killed process had
         logged (kill -9 between save intervals) are trained again from the same state, not logged twice."""
-        steps = {m.step for m in MlflowClient().get_metric_history(mlflow.active_run().info.run_id, "val_loss")}
+        run_id = self.run_id or mlflow.active_run().info.run_id
+        steps = {m.step for m in MlflowClient().get_metric_history(run_id, "val_loss")}
         if epoch not in steps:
-            mlflow.log_metrics(metrics, step=epoch)
+            mlflow.log_metrics(metrics, step=epoch, run_id=self.run_id)
         self._logged = {step for step in steps if step > epoch}
 
     def on_end(self, summary: dict[str, float]) -> None:
-        mlflow.log_metrics(summary)
+        mlflow.log_metrics(summary, run_id=self.run_id)
 
 
 def require_role(run, role: str | tuple[str, ...], hint: str = "", wanted: str | None = None) -> None:

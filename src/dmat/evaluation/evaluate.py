@@ -34,11 +34,13 @@ from dmat.errors import DmatError
 from dmat.evaluation import cost, features, memorisation, quality, trajectories
 from dmat.evaluation.settings import STUDENT_STEPS, EvalConfig
 from dmat.measure import flops_per_forward
-from dmat.runtime import resolve_device
+from dmat.runtime import resolve_device, resolve_precision
 
 # what makes two evaluations comparable (one logged before a setting existed counts as its default)
 SETTINGS = ("sampler", "steps", "num_samples", "features", "seed", "floor_draws")
 SAVED_TRAJECTORIES, DENOISING_IMAGES, DENOISING_STEPS = 4, 8, 8
+GRID_SCORES = ("kid", "kid_sd", "fid", "fid_sd")  # the headline reference's, at matched N (floor: kid_floor, ...)
+GRID_COSTS = ("flops_per_image", "latency_ms_per_image", "throughput_images_per_s")
 
 
 def _images(ds) -> torch.Tensor:
@@ -157,8 +159,9 @@ def _log_denoising(traj: trajectories.Trajectory) -> None:
     _log_grid("denoising/grid.png", states.flatten(0, 1), nrow=len(shown))
 
 
-def _quality(extractor, fake: torch.Tensor, data: RealData, cfg: EvalConfig, n: int) -> None:
-    """FID/KID at matched N against each reference, and the memorisation check, logged to the active run."""
+def _quality(extractor, fake: torch.Tensor, data: RealData, cfg: EvalConfig, n: int) -> GridPoint:
+    """FID/KID at matched N against each reference, and the memorisation check, logged to the active run;
+    returns the headline scores with the features the steps grid scores other samples against."""
 
     def extract(images):
         return quality.extract(extractor, images, cfg.batch_size)
@@ -166,14 +169,15 @@ def _quality(extractor, fake: torch.Tensor, data: RealData, cfg: EvalConfig, n: 
     references = {name: extract(images) for name, images in data.references.items()}
     feats = {"generated": extract(fake), "train": references["train"],
              "held_out": references["heldout"] if "heldout" in references else extract(data.val)}
-    mlflow.log_metrics(quality.quality_metrics(feats["generated"], references, data.headline, n, cfg.floor_draws,
-                                               cfg.seed))
+    scores = quality.quality_metrics(feats["generated"], references, data.headline, n, cfg.floor_draws, cfg.seed)
+    mlflow.log_metrics(scores)
     found = memorisation.memorisation({"generated": fake, "train": data.train, "held_out": data.unseen}, feats)
     mlflow.log_metrics(found.metrics)
     copied = found.most_copied
     _log_npz("memorisation/most_copied.npz", **copied)
     pairs = torch.from_numpy(np.concatenate([copied["samples"], copied["neighbours"]]))  # samples above neighbours
     _log_grid("memorisation/most_copied.png", pairs, nrow=len(copied["samples"]))
+    return GridPoint({k: scores[k] for k in GRID_SCORES}, references[data.headline])
 
 
 @torch.inference_mode()
@@ -186,21 +190,66 @@ def _generate(model, diffusion, cfg: EvalConfig, steps: int, device) -> tuple[to
     for start in tqdm(range(0, cfg.num_samples, cfg.batch_size), desc="sampling", unit="batch", dynamic_ncols=True):
         n = min(cfg.batch_size, cfg.num_samples - start)
         x_T = torch.randn((n, c.in_channels, c.image_size, c.image_size), generator=noise_gen).to(device)
-        x, s = cost.timed(lambda: sample(model, diffusion, x_T, cfg.sampler, steps, generator=step_gen), device)
+        x, s = cost.timed(lambda: sample(model, diffusion, x_T, cfg.sampler, steps, generator=step_gen,
+                                               precision=cfg.precision), device)
         images.append(x.cpu())
         if n == cfg.batch_size:
             seconds.append(s)
     return torch.cat(images), seconds
 
 
-def _cost_metrics(loaded, cfg: EvalConfig, steps: int, device) -> dict[str, float]:
+def _latency_ms(loaded, cfg: EvalConfig, steps: int, device) -> float:
+    """Median wall time of sampling one image (batch 1) with `steps` steps, in ms."""
     model, c = loaded.model, loaded.model.config
     one = torch.randn((1, c.in_channels, c.image_size, c.image_size), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        latency = cost.median_seconds(lambda: sample(model, loaded.diffusion, one.to(device), cfg.sampler, steps),
+        latency = cost.median_seconds(lambda: sample(model, loaded.diffusion, one.to(device), cfg.sampler, steps,
+                                                             precision=cfg.precision),
                                       device, repeats=3)
+    return 1000 * latency
+
+
+def _cost_metrics(loaded, cfg: EvalConfig, steps: int, device) -> dict[str, float]:
+    model = loaded.model
     return {"num_parameters": model.num_parameters, "flops_per_forward": flops_per_forward(model),
-            "checkpoint_mb": cost.checkpoint_mb(loaded.run_id), "latency_ms_per_image": 1000 * latency}
+            "checkpoint_mb": cost.checkpoint_mb(loaded.run_id),
+            "latency_ms_per_image": _latency_ms(loaded, cfg, steps, device)}
+
+
+def _throughput(cfg: EvalConfig, seconds: list[float]) -> dict[str, float]:
+    """Images per second of the full sampling batches (a single short batch is not a throughput)."""
+    return {"throughput_images_per_s": cfg.batch_size / float(np.median(seconds))} if seconds else {}
+
+
+@dataclass
+class GridPoint:
+    """What the default step count already measured, reused as that step count's point of the steps grid:
+    its headline scores (and cost), and the headline reference's features that every grid point is scored against."""
+
+    scores: dict[str, float]
+    reference: torch.Tensor
+
+
+def _steps_grid(loaded, extractor, cfg: EvalConfig, steps: int, n: int, default: GridPoint, device) -> None:
+    """Quality and sampling cost at each step count of `cfg.steps_grid`, as metric series `grid_<name>` with
+    step = sampling steps. Every point samples the same starting noise and is scored at the same N, draws
+    and real sets as the headline KID/FID (whose floor it shares); the default step count's point is the
+    headline itself, not sampled again, and is in the series whether or not the grid names it.
+    `grid_flops_per_image` = forward passes x flops_per_forward; `grid_extra_seconds`: what the grid cost."""
+    start = time.perf_counter()
+    points = {steps: default.scores}
+    for s in sorted(set(cfg.steps_grid) - {steps}):
+        fake, seconds = _generate(loaded.model, loaded.diffusion, cfg, s, device)
+        scores = quality.matched_scores(quality.extract(extractor, fake, cfg.batch_size), default.reference, n,
+                                        cfg.floor_draws, cfg.seed, floor=False)
+        points[s] = {**{k: scores[k] for k in GRID_SCORES}, **_throughput(cfg, seconds),
+                     "latency_ms_per_image": _latency_ms(loaded, cfg, s, device)}
+    flops = default.scores["flops_per_forward"]
+    for s, point in points.items():
+        point["flops_per_image"] = len(loaded.diffusion.sampling_timesteps(s)) * flops
+    for name in (*GRID_SCORES, *GRID_COSTS):
+        _log_history(f"grid_{name}", {s: p[name] for s, p in points.items() if name in p})
+    mlflow.log_metric("grid_extra_seconds", time.perf_counter() - start)
 
 
 def _behaviour(loaded, teacher, cfg: EvalConfig, steps: int, held_out: torch.Tensor, device) -> None:
@@ -240,10 +289,12 @@ def evaluate_run(model_run_id: str, config: EvalConfig | None = None, feature_ex
     """
     cfg = replace(config or EvalConfig(), **overrides).validate()
     device = resolve_device(cfg.device)
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, device))  # logged as run: fp32 or bf16
     tracking.check_tracking_reachable()
     loaded = tracking.load_model(registry.run_id_of(model_run_id), device=device)  # a run id or models:/ URI
     steps = cfg.resolved_steps(loaded.role, loaded.params)
-    loaded.diffusion.sampling_timesteps(steps)
+    for s in (steps, *cfg.steps_grid):
+        loaded.diffusion.sampling_timesteps(s)  # within the model's timesteps, before any run exists
     teacher = _teacher_of(loaded, device)
     data = _model_data(loaded)
     n = _quality_n(cfg, loaded, data, feature_extractor_run_id, inception_weights)
@@ -253,24 +304,28 @@ def evaluate_run(model_run_id: str, config: EvalConfig | None = None, feature_ex
 
     tags = {tracking.ROLE: tracking.EVALUATION, tracking.MODEL_RUN_ID: loaded.run_id, tracking.MODEL_ROLE: loaded.role,
             tracking.TEACHER_RUN_ID: teacher.run_id if teacher else loaded.run_id,
-            **{k: loaded.tags[k] for k in (tracking.METHOD, tracking.SIZE_FACTOR, tracking.DATASET,
+            **{k: loaded.tags[k] for k in (tracking.METHOD, tracking.INIT, tracking.SIZE_FACTOR, tracking.DATASET,
                                            tracking.IMAGE_SIZE) if k in loaded.tags}}
     if extractor_run_id:
         tags[tracking.FEATURE_EXTRACTOR_RUN_ID] = extractor_run_id
     name = f"eval-{loaded.tags.get(tracking.RUN_NAME) or loaded.role}-{loaded.run_id[:8]}"  # names the model
     with tracking.tracked_run(name, tags, experiment) as run:
         tracking.log_params({**{k: getattr(cfg, k) for k in ("sampler", "num_samples", "features", "seed", "batch_size",
-                                                            "num_trajectories", "eps_timesteps", "floor_draws")},
-                             "steps": steps, **data.params()})
+                                                            "num_trajectories", "eps_timesteps", "floor_draws", "precision")},
+                             "steps": steps, **({"steps_grid": cfg.steps_grid} if cfg.steps_grid else {}),
+                             **data.params()})
         lineage.log_evaluation_data(loaded.tags[tracking.DATASET], loaded.model.config.image_size, data.train, data.val,
                                     data.test)  # the run's dataset inputs
         notes.describe(run.info.run_id)  # the run's description in the MLflow UI
         cost.reset_peak_memory(device)
-        mlflow.log_metrics(_cost_metrics(loaded, cfg, steps, device))
+        costs = _cost_metrics(loaded, cfg, steps, device)
+        mlflow.log_metrics(costs)
         fake, seconds = _generate(loaded.model, loaded.diffusion, cfg, steps, device)
-        if seconds:  # full batches only; a single short batch is not a throughput
-            mlflow.log_metric("throughput_images_per_s", cfg.batch_size / float(np.median(seconds)))
-        _quality(extractor, fake, data, cfg, n)
+        mlflow.log_metrics(_throughput(cfg, seconds))
+        headline = _quality(extractor, fake, data, cfg, n)
+        if cfg.steps_grid:
+            headline.scores.update({**costs, **_throughput(cfg, seconds)})
+            _steps_grid(loaded, extractor, cfg, steps, n, headline, device)
         _behaviour(loaded, teacher, cfg, steps, data.val, device)
         mlflow.log_metric("peak_memory_mb", cost.peak_memory_mb(device))
         registry.record_evaluation(loaded.run_id, run.info.run_id, SETTINGS)  # scores as version tags, @best-*
@@ -291,9 +346,16 @@ def _settings_of(params: dict) -> tuple:
     return tuple(_comparable(v if (v := value(params, k)) is not None else getattr(EvalConfig, k)) for k in SETTINGS)
 
 
+def _grid_of(params: dict) -> set[int]:
+    """The step counts of an evaluation's steps grid (none when it had none)."""
+    text = tracking.param_value(params, "steps_grid")
+    return set(tracking.decode_param(text, tuple[int, ...])) if text else set()
+
+
 def evaluate_all(config: EvalConfig | None = None, feature_extractor_run_id: str | None = None,
                  inception_weights: str | None = None, experiment: str | None = None, **overrides) -> list[str]:
-    """Evaluate every finished teacher and student run not yet evaluated with these settings.
+    """Evaluate every finished teacher and student run not yet evaluated with these settings (and every step
+    count of the steps grid).
 
     With steps "student" only students are evaluated (a teacher has no student_steps).
     """
@@ -305,10 +367,14 @@ def evaluate_all(config: EvalConfig | None = None, feature_extractor_run_id: str
         kind = " or ".join(roles)
         raise DmatError(f"no finished {kind} run in {tracking.tracking_uri()}: nothing to evaluate; train one first "
                         "(dmat teacher, dmat distill), or point MLFLOW_TRACKING_URI at the study's store")
-    done = {(r.data.tags.get(tracking.MODEL_RUN_ID), _settings_of(r.data.params)) for r in tracking.find_runs(tracking.EVALUATION)}
+    done: dict[tuple, set[int]] = {}  # (model, settings) -> the step counts evaluated with them
+    for r in tracking.find_runs(tracking.EVALUATION):
+        key = (r.data.tags.get(tracking.MODEL_RUN_ID), _settings_of(r.data.params))
+        done.setdefault(key, set()).update(_grid_of(r.data.params))
     new = []
     for role, run in models:
         wanted = {**{k: getattr(cfg, k) for k in SETTINGS}, "steps": cfg.resolved_steps(role, run.data.params)}
-        if (run.info.run_id, _settings_of(wanted)) not in done:
+        key = (run.info.run_id, _settings_of(wanted))
+        if key not in done or not set(cfg.steps_grid) <= done[key] | {int(wanted["steps"])}:
             new.append(evaluate_run(run.info.run_id, cfg, feature_extractor_run_id, inception_weights, experiment))
     return new

@@ -116,15 +116,21 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return v.mean().item(), (v.std().item() if len(v) > 1 else float("nan"))
 
 
-def matched_scores(generated: torch.Tensor, reference: torch.Tensor, n: int, k: int, seed: int) -> dict[str, float]:
+def matched_scores(generated: torch.Tensor, reference: torch.Tensor, n: int, k: int, seed: int,
+                   floor: bool = True) -> dict[str, float]:
     """fid, kid (N generated vs N real) and fid_floor, kid_floor (N real vs N other real), each as the
-    mean over K draws with `<name>_sd` its sample sd over the draws; inputs are feature vectors."""
-    per_draw = {name: [] for m in METRICS for name in (m, f"{m}_floor")}
+    mean over K draws with `<name>_sd` its sample sd over the draws; inputs are feature vectors.
+
+    Without `floor`, only the model's scores: the floor depends on the real sets and the seed alone, so a
+    second set of samples scored against the same draws (another step count) shares the first one's floor."""
+    per_draw = {name: [] for m in METRICS for name in ((m, f"{m}_floor") if floor else (m,))}
     for d in draws(len(reference), len(generated), n, k, seed):
-        model, floor = fid_kid(reference[d.b], generated[d.g]), fid_kid(reference[d.b], reference[d.a])
+        model = fid_kid(reference[d.b], generated[d.g])
+        real = fid_kid(reference[d.b], reference[d.a]) if floor else {}
         for m in METRICS:
             per_draw[m].append(model[m])
-            per_draw[f"{m}_floor"].append(floor[m])
+            if floor:
+                per_draw[f"{m}_floor"].append(real[m])
     out = {}
     for name, values in per_draw.items():
         out[name], out[f"{name}_sd"] = _mean_sd(values)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from dmat.errors import DmatError
 
+PRECISIONS = ("auto", "fp32", "bf16")
 STUDENT_STEPS = "student"  # --steps student: a student's own `student_steps` param
 
 
@@ -17,6 +18,9 @@ class EvalConfig:
     num_samples: int = 2000  # generated images; FID/KID use N = min(this, half of each real reference) a side
     sampler: str = "ddim"
     steps: str = "50"  # sampling steps, or "student" for each student's own student_steps
+    # further step counts at which FID/KID (same N, draws and real sets) and the sampling cost are measured
+    # in the same evaluation run (metrics grid_*, step = sampling steps): quality per inference budget
+    steps_grid: tuple[int, ...] = ()
     features: str = "classifier"  # "classifier" (trained on the data set) or "inception"
     seed: int = 0
     batch_size: int = 500  # images per sampling batch
@@ -24,6 +28,7 @@ class EvalConfig:
     eps_timesteps: int = 20  # timesteps of the per-timestep epsilon errors
     floor_draws: int = 10  # K random draws of N real (and N generated) that FID/KID and their floor average over
     device: str = "auto"
+    precision: str = "auto"  # sampling: "fp32", "bf16" autocast, or "auto" (bf16 where native); features stay fp32
 
     def validate(self) -> "EvalConfig":
         for name in ("num_samples", "batch_size", "num_trajectories", "eps_timesteps"):
@@ -34,8 +39,11 @@ class EvalConfig:
                             f"got {self.floor_draws}")
         if self.sampler not in ("ddim", "ddpm"):
             raise DmatError(f"sampler must be ddim or ddpm, got {self.sampler!r}")
+        check_precision(self.precision)
         if self.features not in ("classifier", "inception"):
             raise DmatError(f"features must be classifier or inception, got {self.features!r}")
+        if any(s <= 0 for s in self.steps_grid):
+            raise DmatError(f"steps-grid must be positive integers, got {','.join(map(str, self.steps_grid))}")
         if self.steps != STUDENT_STEPS and not (str(self.steps).isdigit() and int(self.steps) > 0):
             raise DmatError(f"steps must be a positive integer or {STUDENT_STEPS!r}, got {self.steps!r}")
         return self
@@ -47,3 +55,9 @@ class EvalConfig:
         if role != "student" or "student_steps" not in params:
             raise DmatError(f"--steps {STUDENT_STEPS} needs a student run with a student_steps param: give a number")
         return int(float(params["student_steps"]))
+
+
+def check_precision(name: str) -> str:
+    if name not in PRECISIONS:
+        raise DmatError(f"precision must be {', '.join(PRECISIONS)}, got {name!r}")
+    return name

@@ -13,6 +13,7 @@ import io
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime
 from pathlib import Path
 
@@ -22,20 +23,22 @@ import pandas as pd
 
 from dmat import tracking
 from dmat.errors import DmatError
-from dmat.report import figures
-from dmat.report.findings import findings
+from dmat.report import figures, frontier, scaling
+from dmat.report.findings import findings, seeds_statement
 from dmat.report.query import Study, load_npz, load_study, metric_histories
-from dmat.report.tables import (format_table, memorisation_table, pareto_mask, quality_table, readable_subset,
-                                summary_table)
+from dmat.report.tables import (GROUP, budget_table, curve_interval_table, format_table, interval_table,
+                                memorisation_table, pareto_mask, per_run_means, quality_table, readable_subset,
+                                summary_table, variant)
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("summary", "quality", "memorisation", "efficiency", "sweep", "mse", "denoising", "time", "trajectory",
-            "training", "findings", "problems")
+SECTIONS = ("summary", "quality", "memorisation", "efficiency", "scaling", "frontier", "sweep", "mse", "denoising",
+            "time", "trajectory", "training", "findings", "problems")
 OPTIONAL_SECTIONS = ("mse", "denoising", "time", "trajectory")
 TITLES = {"summary": "Summary per size and method", "quality": "Quality against size (matched sample sizes)",
           "memorisation": "Memorisation: generated samples and their nearest training images",
-          "efficiency": "Efficiency", "sweep": "Optuna sweeps: FID against parameters",
+          "efficiency": "Efficiency", "scaling": "Scaling law: quality against size",
+          "frontier": "Quality per inference budget (size x sampling steps)", "sweep": "Optuna sweeps: FID against parameters",
           "mse": "Epsilon MSE against the teacher (size x timestep)", "denoising": "Denoising process",
           "time": "Time analysis", "trajectory": "Trajectory analysis", "training": "Training curves",
           "findings": "Findings", "problems": "Failed, unfinished and incomplete runs"}
@@ -59,6 +62,7 @@ class Section:
     notes: list[str] = field(default_factory=list)
     tables: list[pd.DataFrame] = field(default_factory=list)
     items: list[str] = field(default_factory=list)
+    csvs: dict[str, pd.DataFrame] = field(default_factory=dict)  # written to tables/<name>.csv
 
     def figure(self, name: str, fig, missing: str) -> None:
         if fig is None:
@@ -68,14 +72,14 @@ class Section:
 
 
 def _latest_per_group(evaluations: pd.DataFrame, sizes: list[float]) -> pd.DataFrame:
-    """The teacher's and, per (size, method) in `sizes`, the newest evaluation (inputs are newest first)."""
+    """The teacher's and, per (size, method, init) in `sizes`, the newest evaluation (inputs are newest first)."""
     chosen = evaluations[(evaluations.method == "teacher") | evaluations.size_factor.isin(sizes)]
-    return chosen.drop_duplicates(["method", "size_factor"], keep="first").sort_values(
-        ["size_factor", "method"], ascending=[False, True])
+    return chosen.drop_duplicates(GROUP, keep="first").sort_values(
+        ["size_factor", "method", "init"], ascending=[False, True, True])
 
 
 def _label(row) -> str:
-    return "teacher" if row.method == "teacher" else f"{row.size_factor:g} {row.method}"
+    return "teacher" if row.method == "teacher" else f"{row.size_factor:g} {variant(row.method, row.init)}"
 
 
 def _artifact_panels(section: Section, study: Study, sizes: list[float], path: str) -> list[tuple[str, dict]]:
@@ -173,6 +177,16 @@ class Inputs:
     def evals(self) -> pd.DataFrame:
         return self.study.evaluations
 
+    @cached_property
+    def scaling(self) -> scaling.Scaling:
+        """The scaling-law fits (bootstrapped: computed once for the scaling section and the findings)."""
+        return scaling.scaling_study(scaling.scaling_points(self.evals, self.study.models, self.histories))
+
+    @cached_property
+    def budget(self):
+        """The (size, steps) points, their frontiers and the budget-band sentences."""
+        return frontier.budget_study(self.evals, self.histories)
+
 
 def _inputs(study: Study, sections: tuple[str, ...], full_mse: bool) -> Inputs:
     evals = study.evaluations
@@ -183,20 +197,28 @@ def _inputs(study: Study, sections: tuple[str, ...], full_mse: bool) -> Inputs:
     wanted = {"mse": (evals if full_mse else shown_evals, ["eps_mse_teacher"]),
               "time": (shown_evals, ["eps_mse_true", "eps_mse_teacher"]),
               "trajectory": (shown_evals, ["traj_mse"]),
-              "training": (shown_models, list(figures.TRAINING_KEYS))}
+              "training": (shown_models, list(figures.TRAINING_KEYS)),
+              "scaling": (finished_models, ["val_task_loss"]),  # the findings state the fits and frontier too
+              "frontier": (evals, list(frontier.GRID_KEYS))}
+    needed = set(sections) | ({"scaling", "frontier"} if "findings" in sections else set())
     start = time.perf_counter()
     histories = pd.concat([metric_histories(runs.run_id, keys) for key, (runs, keys) in wanted.items()
-                           if key in sections] or [pd.DataFrame(columns=["run_id", "key", "step", "value"])])
+                           if key in needed] or [pd.DataFrame(columns=["run_id", "key", "step", "value"])])
+    histories = histories.drop_duplicates(["run_id", "key", "step"])  # a run and key two sections both asked for
     log.info("fetched %d history points in %.1f s", len(histories), time.perf_counter() - start)
     return Inputs(study, summary_table(evals), subset, shown_models, histories, full_mse)
 
 
 def _summary(section: Section, i: Inputs) -> None:
     section.tables.append(format_table(i.table))
-    section.notes.append("Mean ± half-width of the 95% t-interval over evaluations (n); n/a = not logged or "
-                         "not defined. kid, fid and their floors are at matched N (see the quality table). "
-                         "quality_per_mparam and quality_per_ms are (1/FID) per million parameters and per "
-                         "millisecond of latency. Raw numbers: tables/summary.csv.")
+    section.notes += seeds_statement(i.evals, i.study.models)
+    section.notes.append("Mean ± half-width of the 95% t-interval over evaluations (n; seeds: distinct training "
+                         "seeds); n/a = not logged or not defined. kid, fid and their floors are at matched N (see the "
+                         "quality table). quality_per_mparam and quality_per_ms are (1/FID) per million parameters "
+                         "and per millisecond of latency. Training budget: epochs_run, best_epoch (the evaluated "
+                         "checkpoint), optimizer_steps, train_flops ~ 3 x flops_per_forward x train images x epochs; "
+                         "still_improving: how many runs were still improving when they stopped. Raw numbers: "
+                         "tables/summary.csv.")
 
 
 def _quality(section: Section, i: Inputs) -> None:
@@ -211,12 +233,71 @@ def _mse(section: Section, i: Inputs) -> None:
     section.notes.append(f"sizes shown: {', '.join(f'{s:g}' for s in sizes) or 'none'}"
                          + ("" if i.full_mse else " (a readable subset; --full-mse shows every size)"))
     section.figure("mse_heatmap", figures.mse_heatmap(i.histories, i.evals, sizes), "no eps_mse_teacher history")
+    _curve_intervals(section, i, i.evals[i.evals.size_factor.isin(sizes)], "eps_mse_teacher")
+
+
+def _curve_intervals(section: Section, i: Inputs, runs: pd.DataFrame, key: str) -> None:
+    """Per size: each run's mean of a per-timestep series, then mean ± 95% interval over the runs (seeds)."""
+    means = per_run_means(i.histories, runs, key)
+    if not means.empty:
+        section.tables.append(curve_interval_table(means, f"{key} (mean over t) ± 95% CI over seeds"))
+
+
+def _time(section: Section, i: Inputs) -> None:
+    section.figures.append(("time_analysis", figures.time_figure(i.histories, i.evals, i.table, i.subset)))
+    section.notes.append("Curves: mean over runs (seeds), band: 95% t-interval where a size has several runs.")
+    _curve_intervals(section, i, i.evals[i.evals.size_factor.isin(i.subset)], "eps_mse_true")
+    section.tables.append(interval_table(i.table, ("latency_ms_per_image",)))
 
 
 def _trajectory(section: Section, i: Inputs) -> None:
     section.figure("trajectory_divergence", figures.trajectory_divergence_figure(i.histories, i.evals, i.subset),
                    "no traj_mse history")
     section.figure("trajectory_pca", trajectory_pca(i.study, i.subset), f"no {TRAJECTORIES_NPZ} artifact")
+    section.tables.append(interval_table(i.table, ("final_mse", "traj_mse_mean")))
+
+
+SCALING_NOTE = ("L(N) = L_inf + a N^-alpha fitted by least squares to every run of each student method and init (the "
+                "teacher is the reference, not a point), N = parameters or FLOPs per forward; intervals: 95% "
+                f"percentile bootstrap ({scaling.BOOTSTRAP} resamples) of runs within each size where sizes have "
+                "several seeds, else of the sizes. Band: the bootstrap fits' pointwise 95% range. The validation task "
+                "loss is the model's at its best epoch (the evaluated checkpoint).")
+
+
+def _scaling(section: Section, i: Inputs) -> None:
+    section.notes.append(SCALING_NOTE)
+    section.items = i.scaling.laws + i.scaling.needed
+    section.figure("scaling_law", figures.scaling_figure(i.scaling.panels),
+                   f"no fit (at least {scaling.MIN_SIZES} distinct sizes of one method, and a converged fit)")
+
+
+FRONTIER_NOTE = ("Each point is one (method, init, size, sampling steps): KID/FID at the same matched N as the "
+                 "headline scores (mean over seeds, 95% interval in tables/frontier.csv), against the cost of sampling "
+                 "one image: steps x FLOPs per forward, and the measured batch-1 latency of the evaluation. Red: the "
+                 "Pareto frontier, drawn as the best quality a budget buys. Steps come from `dmat evaluate "
+                 "--steps-grid` (the pipeline's default); an evaluation without a grid gives its own steps only.")
+
+
+def _frontier(section: Section, i: Inputs) -> None:
+    points, fronts, sentences = i.budget
+    section.notes.append(FRONTIER_NOTE)
+    section.items = [line for lines in sentences.values() for line in lines]
+    section.csvs["frontier"] = points
+    section.figure("budget_frontier", figures.frontier_figure(points, fronts, frontier.COSTS) if len(points) else None,
+                   "no evaluation has KID or FID with a sampling cost")
+    if len(points):
+        section.tables.append(fronts[("kid", "flops_per_image")].reindex(
+            columns=[*GROUP, "steps", "n", "kid", "kid_ci95", "fid", "flops_per_image", "latency_ms_per_image"]))
+
+
+def _training(section: Section, i: Inputs) -> None:
+    section.figure("training_curves", figures.training_figure(i.histories, i.shown_models),
+                   "no finished model run logged train_task_loss / val_task_loss")
+    section.notes.append("Curves: mean over runs (seeds), band: 95% t-interval. Below, each model's training budget: "
+                         "epochs run, best epoch (the checkpoint evaluated), optimizer steps where logged, training "
+                         "FLOPs ~ 3 x flops_per_forward x train images x epochs, and whether it was still improving "
+                         "when it stopped (unknown where the run did not log it).")
+    section.tables.append(budget_table(i.study.models))
 
 
 def _problems(section: Section, i: Inputs) -> None:
@@ -227,21 +308,20 @@ def _problems(section: Section, i: Inputs) -> None:
 
 
 def _findings(section: Section, i: Inputs) -> None:
-    section.items = findings(i.table, i.evals, i.study.problems)
+    section.items = findings(i.table, i.evals, i.study.problems, i.study.models,
+                             computed=[line for line in i.scaling.needed if line.startswith(("KID vs parameters",
+                                                                                              "FID vs parameters"))]
+                             + i.budget[2]["flops_per_image"])  # latency bands: in the frontier section
 
 
 BUILDERS = {
     "summary": _summary, "quality": _quality, "mse": _mse, "trajectory": _trajectory, "problems": _problems,
-    "findings": _findings,
+    "findings": _findings, "scaling": _scaling, "frontier": _frontier, "time": _time, "training": _training,
     "memorisation": lambda section, i: memorisation_section(section, i.study, i.subset),
     "efficiency": lambda section, i: section.figure("efficiency", figures.efficiency_figure(i.table),
                                                     "no evaluation has FID"),
     "sweep": lambda section, i: sweep_section(section, i.study.sweep_trials),
     "denoising": lambda section, i: denoising_section(section, i.study, i.subset),
-    "time": lambda section, i: section.figures.append(
-        ("time_analysis", figures.time_figure(i.histories, i.evals, i.table, i.subset))),
-    "training": lambda section, i: section.figure("training_curves", figures.training_figure(i.histories, i.shown_models),
-                                                  "no finished model run logged train_task_loss / val_task_loss"),
 }
 
 
@@ -298,6 +378,7 @@ def write_csvs(folder: Path, study: Study) -> None:
     study.evaluations.to_csv(folder / "evaluations.csv", index=False)
     study.models.to_csv(folder / "models.csv", index=False)
     study.problems.to_csv(folder / "problems.csv", index=False)
+    budget_table(study.models).to_csv(folder / "budget.csv", index=False)
 
 
 def build_report(experiment: str | None = None, sections: tuple[str, ...] = SECTIONS, full_mse: bool = False,
@@ -320,6 +401,8 @@ def build_report(experiment: str | None = None, sections: tuple[str, ...] = SECT
     out.mkdir(parents=True, exist_ok=True)
     built = build_sections(study, tuple(s for s in SECTIONS if s in sections), full_mse)
     write_csvs(out / "tables", study)
+    for name, frame in ((n, f) for section in built for n, f in section.csvs.items()):
+        frame.to_csv(out / "tables" / f"{name}.csv", index=False)
     report = out / "report.html"
     write_html(report, study, built)
     log.info("wrote %s in %.1f s", report, time.perf_counter() - start)

@@ -15,10 +15,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from dmat.report.tables import mean_curves, pareto_mask  # noqa: E402
+from dmat.report.tables import mean_curves, pareto_mask, variant, with_init  # noqa: E402
 
 LINESTYLE = {"distill": "-", "scratch": "--", "teacher": ":"}
 MARKER = {"distill": "o", "scratch": "s", "teacher": "*"}
+INIT_MARKER = {"pruned": "D"}  # a pruned start: diamonds (random: the method's marker)
 STUDENT_METHODS = ("distill", "scratch")
 
 
@@ -36,14 +37,14 @@ def _teacher_value(table: pd.DataFrame, column: str) -> float:
 
 
 def _errorbar_by_method(ax, table: pd.DataFrame, x: str, y: str) -> None:
-    """Mean per size, one line per method; a 95% interval only where one exists (a single evaluation has
-    none, and gets no bar rather than a zero-length one that would read as certainty)."""
-    for method, group in _students(table).groupby("method"):
+    """Mean per size, one line per method and init; a 95% interval only where one exists (a single evaluation
+    has none, and gets no bar rather than a zero-length one that would read as certainty)."""
+    for (method, init), group in with_init(_students(table)).groupby(["method", "init"]):
         group = group.dropna(subset=[x, y]).sort_values(x)
         if group.empty:
             continue
-        line, = ax.plot(group[x], group[y], marker=MARKER.get(method, "^"), linestyle=LINESTYLE.get(method, "-."),
-                        label=method)
+        line, = ax.plot(group[x], group[y], marker=INIT_MARKER.get(init, MARKER.get(method, "^")),
+                        linestyle=LINESTYLE.get(method, "-."), label=variant(method, init))
         known = group[np.isfinite(group[f"{y}_ci95"].astype(float))]
         if len(known):
             ax.errorbar(known[x], known[y], yerr=known[f"{y}_ci95"], fmt="none", capsize=3, color=line.get_color())
@@ -157,13 +158,13 @@ def mse_heatmap(histories: pd.DataFrame, evaluations: pd.DataFrame, sizes: list[
     curves = _student_curves(histories, evaluations, sizes, "eps_mse_teacher")
     if curves.empty:
         return None
-    grid = curves.pivot_table(index=["method", "size_factor"], columns="step", values="value")
+    grid = curves.pivot_table(index=["method", "init", "size_factor"], columns="step", values="value")
     values = np.ma.masked_invalid(grid.to_numpy(dtype=float))
     positive = values[values > 0]
     fig, ax = plt.subplots(figsize=(11, 1.2 + 0.35 * len(grid)))
     norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
     image = ax.imshow(values, aspect="auto", cmap="magma", norm=norm, interpolation="nearest")
-    ax.set_yticks(range(len(grid)), [f"{s:g} {m}" for m, s in grid.index])
+    ax.set_yticks(range(len(grid)), [f"{s:g} {variant(m, i)}" for m, i, s in grid.index])
     ticks = np.linspace(0, grid.shape[1] - 1, min(10, grid.shape[1])).round().astype(int)
     ax.set_xticks(ticks, [str(grid.columns[i]) for i in ticks])
     ax.set(xlabel="timestep t", ylabel="size factor, method", title="epsilon MSE against the teacher")
@@ -199,9 +200,16 @@ def denoising_figure(panels: list[tuple[str, np.ndarray, np.ndarray]]):
 
 
 def _curve_lines(ax, curves: pd.DataFrame) -> None:
-    for (method, size), curve in curves.groupby(["method", "size_factor"]):
-        ax.plot(curve.step, curve.value, color=size_color(size), linestyle=LINESTYLE.get(method, "-."),
-                marker="." if len(curve) < 10 else None, label=f"{size:g} {method}")
+    """One line per (method, init, size), its mean over runs, with a band of its 95% interval over the seeds
+    where there are several runs."""
+    for (method, init, size), curve in curves.groupby(["method", "init", "size_factor"]):
+        color = size_color(size)
+        ax.plot(curve.step, curve.value, color=color, linestyle=LINESTYLE.get(method, "-."),
+                marker="." if len(curve) < 10 else None, label=f"{size:g} {variant(method, init)}")
+        band = curve[np.isfinite(curve.ci95.astype(float))]
+        if len(band):
+            ax.fill_between(band.step, band.value - band.ci95, band.value + band.ci95, color=color, alpha=0.15,
+                            linewidth=0)
 
 
 def time_figure(histories: pd.DataFrame, evaluations: pd.DataFrame, table: pd.DataFrame, sizes: list[float]):
@@ -289,3 +297,72 @@ def training_figure(histories: pd.DataFrame, models: pd.DataFrame):
         plt.close(fig)
         return None
     return fig
+
+
+def scaling_figure(panels: list[dict]):
+    """One panel per (quality, size measure): each run a point, each group's fitted law and its 95% bootstrap band
+    (groups without a fit: points only), the teacher as a star and 1.1 x its value dotted. A panel is a dict:
+    title, x_label, points (x, y, method, init), fits {(method, init): Fit}, teacher (x, y)."""
+    if not panels:
+        return None
+    cols = 2
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(11, 3.6 * rows), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        for (method, init), group in panel["points"].groupby(["method", "init"]):
+            style = dict(marker=INIT_MARKER.get(init, MARKER.get(method, "^")), linestyle="none", alpha=0.7)
+            dots, = ax.plot(group.x, group.y, label=variant(method, init), **style)
+            fit = panel["fits"].get((method, init))
+            if fit is not None and fit.problem is None:
+                grid = np.geomspace(group.x.min(), max(group.x.max(), panel["teacher"][0]), 100)
+                low, high = fit.band(grid)
+                ax.plot(grid, fit.predict(grid), color=dots.get_color(), label=f"fit, alpha {fit.alpha:.2f}")
+                ax.fill_between(grid, low, high, color=dots.get_color(), alpha=0.2, linewidth=0)
+        tx, ty = panel["teacher"]
+        if np.isfinite(tx) and np.isfinite(ty):
+            ax.scatter([tx], [ty], marker="*", s=150, color="black", label="teacher", zorder=3)
+            ax.axhline(1.1 * ty, color="black", linestyle=":", linewidth=1, label="1.1 x teacher")
+        ax.set(xscale="log", xlabel=panel["x_label"], ylabel=panel["title"], title=f"{panel['title']} vs {panel['x_label']}")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def frontier_figure(points: pd.DataFrame, fronts: dict[tuple[str, str], pd.DataFrame], costs: dict[str, str]):
+    """Quality (rows: KID, FID) against sampling cost per image (columns), every (size, steps) point coloured by
+    size with its step count beside it, the teacher's as stars; the Pareto frontier in red."""
+    qualities = [q for q in ("kid", "fid") if points[q].notna().any()]
+    if not qualities:
+        return None
+    fig, axes = plt.subplots(len(qualities), len(costs), figsize=(12, 4.2 * len(qualities)), squeeze=False)
+    for r, quality in enumerate(qualities):
+        for c, (cost, cost_label) in enumerate(costs.items()):
+            ax = axes[r, c]
+            shown = points.dropna(subset=[cost, quality])
+            for _, row in shown.iterrows():
+                ax.scatter(row[cost], row[quality], color=size_color(row.size_factor), s=40,
+                           marker="*" if row.method == "teacher" else INIT_MARKER.get(row.init, MARKER.get(row.method, "^")))
+                ax.annotate(f"{row.steps:g}", (row[cost], row[quality]), textcoords="offset points", xytext=(4, 3),
+                            fontsize=7)
+            front = fronts[(quality, cost)]
+            ax.plot(front[cost], front[quality], color="red", drawstyle="steps-post", linewidth=1,
+                    label="Pareto frontier")
+            ax.scatter(front[cost], front[quality], s=140, facecolors="none", edgecolors="red")
+            ax.set(xscale="log", xlabel=cost_label, ylabel=f"{quality.upper()} (lower is better)",
+                   title=f"{quality.upper()} per sampling budget (labels: steps)")
+            ax.legend(handles=[*_size_handles(shown), *ax.get_legend_handles_labels()[0]], fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _size_handles(points: pd.DataFrame) -> list:
+    """Legend entries: a colour per size (the teacher a star), a marker per student method and init."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="*" if s >= 1.0 else "o", linestyle="none", color=size_color(s),
+                      label="teacher" if s >= 1.0 else f"size {s:g}") for s in sorted(set(points.size_factor))]
+    kinds = with_init(points[points.method != "teacher"])[["method", "init"]].drop_duplicates()
+    return handles + [Line2D([], [], marker=INIT_MARKER.get(k.init, MARKER.get(k.method, "^")), linestyle="none",
+                             color="grey", label=variant(k.method, k.init)) for k in kinds.itertuples()]

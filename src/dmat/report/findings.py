@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from dmat.report.tables import pareto_mask
+from dmat.report.tables import pareto_mask, variant, with_init
 
 WITHIN = 0.10  # "close to the teacher" = FID at most 10% above the teacher's
 FLOOR_SPREAD = 2.0  # "inside the floor's spread" = KID within 2 sd (over draws) of the real-vs-real floor
@@ -23,7 +23,8 @@ def smallest_near_teacher(table: pd.DataFrame) -> list[str]:
         return ["The teacher has no FID evaluation, so no size can be compared with it."]
     limit = (1 + WITHIN) * teacher.iloc[0]
     lines = []
-    for method, group in table[table.method != "teacher"].groupby("method"):
+    for (method, init), group in table[table.method != "teacher"].groupby(["method", "init"]):
+        method = variant(method, init)
         close = group[group.fid <= limit].sort_values("size_factor")
         if close.empty:
             best = group.dropna(subset=["fid"]).sort_values("fid").head(1)
@@ -38,25 +39,79 @@ def smallest_near_teacher(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def distill_vs_scratch(table: pd.DataFrame, evaluations: pd.DataFrame) -> list[str]:
-    """Per size with both methods: the FID difference, with a Welch t-test where both have n >= 2."""
+def _welch(a: pd.Series, b: pd.Series) -> str:
+    """A Welch t-test's verdict where both sides have n >= 2 (repeated seeds), else why there is none."""
+    if min(len(a), len(b)) < 2:
+        return " (single runs: no test possible)"
+    p = stats.ttest_ind(a, b, equal_var=False).pvalue
+    return f" (Welch t-test over seeds, n={len(a)} vs {len(b)}, p={p:.2g}{'' if p < 0.05 else ', not significant at 5%'})"
+
+
+def _compared(evaluations: pd.DataFrame, column: str, sides: dict[str, str], within: dict, wording: str) -> list[str]:
+    """Per size (and `within`, e.g. one init) with both `sides` of `column`: the FID difference, Welch-tested.
+    `wording` formats the sentence with size, a, b (mean FIDs) and verdict."""
+    rows = with_init(evaluations)
+    for key, value in within.items():
+        rows = rows[rows[key] == value]
+    fid = rows.get("fid", pd.Series(np.nan, index=rows.index))
     lines = []
-    both = set(table[table.method == "distill"].size_factor) & set(table[table.method == "scratch"].size_factor)
+    (a_value, a_name), (b_value, b_name) = sides.items()
+    both = set(rows[rows[column] == a_value].size_factor) & set(rows[rows[column] == b_value].size_factor)
     for size in sorted(both):
-        fids = {m: evaluations[(evaluations.method == m) & (evaluations.size_factor == size)].get("fid",
-                pd.Series(dtype=float)).dropna() for m in ("distill", "scratch")}
-        if fids["distill"].empty or fids["scratch"].empty:
-            lines.append(f"size {size:g}: FID missing for one method, no comparison.")
+        a, b = (fid[(rows[column] == v) & (rows.size_factor == size)].dropna() for v in (a_value, b_value))
+        if a.empty or b.empty:
+            lines.append(f"size {size:g}: FID missing on one side, no comparison.")
             continue
-        d, s = fids["distill"].mean(), fids["scratch"].mean()
-        verdict = "distillation better" if d < s else "scratch better" if s < d else "equal"
-        if min(len(fids["distill"]), len(fids["scratch"])) >= 2:
-            p = stats.ttest_ind(fids["distill"], fids["scratch"], equal_var=False).pvalue
-            verdict += f" (Welch t-test p={p:.2g}{'' if p < 0.05 else ', not significant at 5%'})"
-        else:
-            verdict += " (single runs: no test possible)"
-        lines.append(f"size {size:g}: distilled FID {d:.3g} vs scratch {s:.3g}: {verdict}.")
+        verdict = f"{a_name} better" if a.mean() < b.mean() else f"{b_name} better" if b.mean() < a.mean() else "equal"
+        lines.append(wording.format(size=size, a=a.mean(), b=b.mean(), verdict=verdict + _welch(a, b)))
+    return lines
+
+
+def distill_vs_scratch(table: pd.DataFrame, evaluations: pd.DataFrame) -> list[str]:
+    """Per size with both methods (from random weights): the FID difference, with a Welch t-test over seeds."""
+    lines = _compared(evaluations, "method", {"distill": "distillation", "scratch": "scratch"}, {"init": "random"},
+                      "size {size:g}: distilled FID {a:.3g} vs scratch {b:.3g}: {verdict}.")
     return lines or ["No size has both distilled and scratch students with evaluations."]
+
+
+def pruned_vs_random(evaluations: pd.DataFrame) -> list[str]:
+    """Per method and size with both inits: the FID of students started from the pruned teacher against random."""
+    rows = with_init(evaluations)
+    return [line for method in sorted(set(rows[rows.init == "pruned"].method))
+            for line in _compared(rows, "init", {"pruned": "pruned init", "random": "random init"}, {"method": method},
+                                  f"size {{size:g}} {method}: pruned-init FID {{a:.3g}} vs random-init {{b:.3g}}: "
+                                  "{verdict}.")]
+
+
+def seeds_statement(evaluations: pd.DataFrame, models: pd.DataFrame) -> list[str]:
+    """What the repeats of one (method, init, size) vary, read from the runs."""
+    students = with_init(evaluations[evaluations.method != "teacher"])
+    seeds = sorted(students.get("model_seed", pd.Series(dtype=object)).dropna().unique(), key=str)
+    repeats = students.groupby(["method", "init", "size_factor"]).size()
+    teachers = models[(models.role == "teacher") & (models.status == "FINISHED")]
+    teacher = ("one teacher run is shared by every student, so no interval includes the teacher's own seed"
+               if len(teachers) <= 1 else f"{len(teachers)} teacher runs")
+    if repeats.empty or repeats.max() < 2:
+        return [f"One run per size and method (student seeds: {', '.join(map(str, seeds)) or 'n/a'}): no interval "
+                f"over seeds; {teacher}."]
+    return [f"Seeds: {repeats.min()} to {repeats.max()} runs per size and method (student seeds "
+            f"{', '.join(map(str, seeds))}); a student's seed sets its initial weights (random init) and the order "
+            f"of its training data; {teacher}; every evaluation samples with the same evaluation seed. Intervals are "
+            "95% t-intervals over these runs."]
+
+
+def still_improving(evaluations: pd.DataFrame) -> list[str]:
+    """Models that were still improving when training stopped: their size comparison is partly a budget one."""
+    flags = evaluations.reindex(columns=["method", "init", "size_factor", "model_seed", "still_improving"])
+    known = flags.dropna(subset=["still_improving"])
+    if known.empty:
+        return ["Whether each model was still improving when it stopped is unknown (no run logged still_improving)."]
+    rising = known[known.still_improving > 0]
+    if rising.empty:
+        return [f"None of the {len(known)} models with a convergence flag was still improving when it stopped."]
+    names = ", ".join(sorted(f"{_name(r)} (seed {r.model_seed})" for r in rising.itertuples()))
+    return [f"{len(rising)} of {len(known)} models were still improving when they stopped: {names}; their quality "
+            "reflects their training budget as well as their size."]
 
 
 def pareto_sizes(table: pd.DataFrame) -> list[str]:
@@ -65,7 +120,7 @@ def pareto_sizes(table: pd.DataFrame) -> list[str]:
     if front.empty:
         return []
     return ["Pareto-optimal in parameters vs FID: "
-            + ", ".join(f"{r.size_factor:g} {r.method} ({int(r.num_parameters):,} params, FID {r.fid:.3g})"
+            + ", ".join(f"{r.size_factor:g} {variant(r.method, r.init)} ({int(r.num_parameters):,} params, FID {r.fid:.3g})"
                         for r in front.itertuples()) + "."]
 
 
@@ -78,13 +133,13 @@ def problem_summary(problems: pd.DataFrame) -> list[str]:
 
 
 def _name(row) -> str:
-    return "the teacher" if row.method == "teacher" else f"size {row.size_factor:g} {row.method}"
+    return "the teacher" if row.method == "teacher" else f"size {row.size_factor:g} {variant(row.method, row.init)}"
 
 
 def floor_comparison(evaluations: pd.DataFrame) -> list[str]:
     """Which models' KID (matched N, the headline comparison) is inside the real-vs-real floor's spread."""
     needed = ["kid", "kid_floor", "kid_floor_sd"]
-    rows = evaluations.reindex(columns=["method", "size_factor", "quality_n", *needed]).dropna(subset=needed)
+    rows = evaluations.reindex(columns=["method", "init", "size_factor", "quality_n", *needed]).dropna(subset=needed)
     if rows.empty:
         return ["No evaluation has a matched-N KID and floor."]
     inside = rows[(rows.kid - rows.kid_floor).abs() <= FLOOR_SPREAD * rows.kid_floor_sd]
@@ -96,7 +151,7 @@ def floor_comparison(evaluations: pd.DataFrame) -> list[str]:
 def memorisation_signs(evaluations: pd.DataFrame) -> list[str]:
     """Copy rates far above chance, and KID clearly worse against held-out images than against the train split."""
     lines = []
-    for row in evaluations.reindex(columns=["method", "size_factor", "copy_rate_pixel", "copy_rate_feature",
+    for row in evaluations.reindex(columns=["method", "init", "size_factor", "copy_rate_pixel", "copy_rate_feature",
                                             "kid_train", "kid_heldout", "kid_sd_train", "kid_sd_heldout"]).itertuples():
         rate = np.nanmax([row.copy_rate_pixel, row.copy_rate_feature, -1.0])
         if rate > COPY_ALARM:
@@ -112,6 +167,11 @@ def memorisation_signs(evaluations: pd.DataFrame) -> list[str]:
     return lines
 
 
-def findings(table: pd.DataFrame, evaluations: pd.DataFrame, problems: pd.DataFrame) -> list[str]:
-    return (smallest_near_teacher(table) + distill_vs_scratch(table, evaluations) + floor_comparison(evaluations)
-            + memorisation_signs(evaluations) + pareto_sizes(table) + problem_summary(problems))
+def findings(table: pd.DataFrame, evaluations: pd.DataFrame, problems: pd.DataFrame, models: pd.DataFrame,
+             computed: list[str] = ()) -> list[str]:
+    """Every finding; `computed` are sentences other sections worked out (scaling law, budget frontier)."""
+    evaluations = with_init(evaluations)
+    return (seeds_statement(evaluations, models) + smallest_near_teacher(table) + distill_vs_scratch(table, evaluations)
+            + pruned_vs_random(evaluations) + still_improving(evaluations) + list(computed)
+            + floor_comparison(evaluations) + memorisation_signs(evaluations) + pareto_sizes(table)
+            + problem_summary(problems))

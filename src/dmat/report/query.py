@@ -32,6 +32,8 @@ LEGACY_PROBLEM = ("evaluated by an older dmat: FID/KID not at matched sample siz
 STATUS_PROBLEMS = {"FAILED": "failed", "KILLED": "killed", "RUNNING": "unfinished (running or crashed)",
                    "SCHEDULED": "unfinished (scheduled)"}
 HISTORY_WORKERS = 16
+STILL_IMPROVING_TAG = "dmat.still_improving"  # or a metric still_improving (1/0); absent: unknown
+BUDGET_COLUMNS = ("best_epoch", "epochs_run", "optimizer_steps", "train_images", "still_improving", "train_flops")
 
 
 @dataclass
@@ -74,6 +76,8 @@ def tidy_runs(runs: pd.DataFrame) -> pd.DataFrame:
         "start_time": runs["start_time"],
         "role": _column(runs, f"tags.{tracking.ROLE}"),
         "method": _column(runs, f"tags.{tracking.METHOD}"),
+        "init": _column(runs, f"tags.{tracking.INIT}"),
+        "still_improving_tag": _column(runs, f"tags.{STILL_IMPROVING_TAG}"),
         "size_factor": pd.to_numeric(_column(runs, f"tags.{tracking.SIZE_FACTOR}"), errors="coerce"),
         "dataset": _column(runs, f"tags.{tracking.DATASET}"),
         "image_size": pd.to_numeric(_column(runs, f"tags.{tracking.IMAGE_SIZE}"), errors="coerce"),
@@ -81,6 +85,9 @@ def tidy_runs(runs: pd.DataFrame) -> pd.DataFrame:
         "model_run_id": _column(runs, f"tags.{tracking.MODEL_RUN_ID}"),
         "model_role": _column(runs, f"tags.{tracking.MODEL_ROLE}"),
         "seed": _column(runs, "params.seed"),
+        # an evaluation's sampling steps (a resolved --steps student is logged beside the user's "student")
+        "steps": pd.to_numeric(_column(runs, "params.resolved.steps").fillna(_column(runs, "params.steps")),
+                               errors="coerce"),
         "reference": _column(runs, "params.reference"),
         "study_name": _column(runs, f"tags.{tracking.STUDY_NAME}"),
         "trial": pd.to_numeric(_column(runs, f"tags.{tracking.TRIAL}"), errors="coerce"),
@@ -107,12 +114,40 @@ def load_study(experiment: str | None = None) -> Study:
     latest = finished.drop_duplicates(["model_run_id", "seed"], keep="first")
     latest = set_legacy_apart(latest.assign(method=latest.method.fillna(latest.model_role)))
     of_trials = latest.model_run_id.isin(trials.run_id)
-    evaluations = latest[~of_trials].reset_index(drop=True)
+    models = with_budget(models)
+    evaluations = with_model(latest[~of_trials].reset_index(drop=True), models)
     # a pruned trial is finished without an evaluation by design; a failed one is still a problem
     # a run that died before dmat could tag it (e.g. a broken environment under `mlflow run`) has no role
     untagged = runs[runs.role.isna() & runs.status.isin(STATUS_PROBLEMS)]
     problems = find_problems(pd.concat([models, trials[trials.status != "FINISHED"], untagged]), all_evals, latest)
     return Study(exp.name, models, evaluations, problems, sweep_trials(trials, latest[of_trials]))
+
+
+def with_budget(models: pd.DataFrame) -> pd.DataFrame:
+    """Model runs with `init` (random where untagged: the only init before --init existed) and their training
+    budget: best_epoch, epochs_run, optimizer_steps and train_images as logged (NaN where not), `still_improving`
+    (1/0 from its metric or tag, NaN: unknown) and `train_flops` ~ 3 x flops_per_forward x train_images x
+    epochs_run (forward plus backward, about twice the forward; a distilled student's teacher passes not counted)."""
+    out = models.assign(init=models.init.fillna("random"))
+    for name in BUDGET_COLUMNS[:4]:
+        out[name] = pd.to_numeric(out[name], errors="coerce") if name in out.columns else np.nan
+    tag = out.still_improving_tag.map(lambda v: {"true": 1.0, "1": 1.0, "false": 0.0, "0": 0.0}.get(str(v).lower()))
+    metric = out["still_improving"] if "still_improving" in out.columns else pd.Series(np.nan, index=out.index)
+    out["still_improving"] = metric.astype(float).fillna(tag.astype(float))
+    flops = out["flops_per_forward"] if "flops_per_forward" in out.columns else np.nan
+    out["train_flops"] = 3 * flops * out.train_images * out.epochs_run
+    return out
+
+
+def with_model(evaluations: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
+    """Evaluations with their model's training seed (`model_seed`: what separates repeated runs of one size and
+    method), init and training budget; an evaluation's own `seed` is its sampling seed."""
+    info = models.reindex(columns=["run_id", "seed", "init", *BUDGET_COLUMNS]).rename(
+        columns={"run_id": "model_run_id", "seed": "model_seed", "init": "model_init"})
+    out = evaluations.drop(columns=[c for c in BUDGET_COLUMNS if c in evaluations.columns]).merge(
+        info, on="model_run_id", how="left")
+    out["init"] = out.init.fillna(out.model_init).fillna("random")
+    return out.drop(columns="model_init")
 
 
 def set_legacy_apart(evaluations: pd.DataFrame) -> pd.DataFrame:

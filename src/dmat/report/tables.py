@@ -15,7 +15,8 @@ from scipy import stats
 
 SUMMARY_METRICS = ("num_parameters", "flops_per_forward", "latency_ms_per_image", "kid", "kid_floor", "fid",
                    "fid_floor", "copy_rate_pixel", "copy_rate_feature", "final_mse", "traj_mse_mean",
-                   "quality_per_mparam", "quality_per_ms")
+                   "quality_per_mparam", "quality_per_ms", "best_epoch", "epochs_run", "optimizer_steps", "train_flops")
+GROUP = ["method", "init", "size_factor"]  # a row of the size comparison: its repeats differ only in their seeds
 FLOOR_SPREADS = ("kid_floor_sd", "fid_floor_sd")
 METHOD_ORDER = {"teacher": 0, "distill": 1, "scratch": 2}
 
@@ -43,22 +44,39 @@ def _get(frame: pd.DataFrame, column: str) -> pd.Series:
     return frame[column].astype(float) if column in frame.columns else pd.Series(np.nan, index=frame.index)
 
 
+def variant(method: str, init) -> str:
+    """A method as the report names it: "distill", or "distill, pruned init" for a non-random start."""
+    return method if init in ("random", None) or init != init else f"{method}, {init} init"
+
+
+def with_init(evaluations: pd.DataFrame) -> pd.DataFrame:
+    """`init` filled with random where a frame (an older store, a hand-made one) has none."""
+    init = evaluations["init"] if "init" in evaluations.columns else pd.Series(np.nan, index=evaluations.index)
+    return evaluations.assign(init=init.fillna("random"))
+
+
 def summary_table(evaluations: pd.DataFrame) -> pd.DataFrame:
-    """Rows (method, size_factor) with n, each metric's mean and `<metric>_ci95` half-width; also the mean
-    over evaluations of each floor's sd over draws (`kid_floor_sd`, `fid_floor_sd`: the figures' bands)."""
-    evaluations = with_efficiency(evaluations)
+    """Rows (method, init, size_factor) with n (evaluations), `seeds` (distinct training seeds), each metric's mean
+    and `<metric>_ci95` half-width (over the evaluations, i.e. over seeds), `still_improving` (how many of the
+    models were still improving when they stopped; NaN: none says); also the mean over evaluations of each floor's
+    sd over draws (`kid_floor_sd`, `fid_floor_sd`: the figures' bands)."""
+    evaluations = with_efficiency(with_init(evaluations))
     rows = []
-    for (method, size), group in evaluations.groupby(["method", "size_factor"], dropna=False):
-        row = {"method": method, "size_factor": size, "n": len(group)}
+    for (method, init, size), group in evaluations.groupby(GROUP, dropna=False):
+        flags = _get(group, "still_improving").dropna()
+        row = {"method": method, "init": init, "size_factor": size, "n": len(group),
+               "seeds": group.get("model_seed", pd.Series(dtype=object)).nunique(),
+               "still_improving": flags.sum() if len(flags) else np.nan}
         for metric in SUMMARY_METRICS:
             row[metric], row[f"{metric}_ci95"] = mean_ci(_get(group, metric))
         for spread in FLOOR_SPREADS:
             row[spread] = mean_ci(_get(group, spread))[0]
         rows.append(row)
-    table = pd.DataFrame(rows, columns=["method", "size_factor", "n"]
+    table = pd.DataFrame(rows, columns=[*GROUP, "n", "seeds", "still_improving"]
                          + [c for m in SUMMARY_METRICS for c in (m, f"{m}_ci95")] + list(FLOOR_SPREADS))
     order = table.method.map(METHOD_ORDER).fillna(len(METHOD_ORDER))
-    return table.assign(_order=order).sort_values(["_order", "size_factor"]).drop(columns="_order").reset_index(drop=True)
+    return table.assign(_order=order).sort_values(["_order", "init", "size_factor"]).drop(
+        columns="_order").reset_index(drop=True)
 
 
 def _mean_sd_column(frame: pd.DataFrame, name: str) -> list[str]:
@@ -81,8 +99,8 @@ def quality_table(evaluations: pd.DataFrame) -> pd.DataFrame:
     (N real vs N other real) as "mean ± sd over draws"; `kid_z` = (KID - floor) / floor sd (within about 2:
     inside the floor's spread); train- and held-out-reference scores side by side; the copy rates."""
     order = _by_model(evaluations)
-    shown = pd.DataFrame({"method": order.method, "size_factor": order.size_factor, "seed": order.seed,
-                          "reference": order.get("reference"), "N": _plain(order, "quality_n", ".0f"),
+    shown = pd.DataFrame({"method": order.method, "init": order.init, "size_factor": order.size_factor,
+                          "model_seed": order.get("model_seed"), "seed": order.seed, "reference": order.get("reference"), "N": _plain(order, "quality_n", ".0f"),
                           "draws": _plain(order, "quality_draws", ".0f")})
     for name in QUALITY_SCORES:
         shown[name] = _mean_sd_column(order, name)
@@ -94,9 +112,9 @@ def quality_table(evaluations: pd.DataFrame) -> pd.DataFrame:
 
 
 def _by_model(evaluations: pd.DataFrame) -> pd.DataFrame:
-    """Evaluations in the report's order: teacher, distill, scratch; larger sizes first; by seed."""
-    order = evaluations.assign(_order=evaluations.method.map(METHOD_ORDER).fillna(len(METHOD_ORDER)))
-    return order.sort_values(["_order", "size_factor", "seed"], ascending=[True, False, True])
+    """Evaluations in the report's order: teacher, distill, scratch; by init; larger sizes first; by seed."""
+    order = with_init(evaluations).assign(_order=evaluations.method.map(METHOD_ORDER).fillna(len(METHOD_ORDER)))
+    return order.sort_values(["_order", "init", "size_factor", "seed"], ascending=[True, True, False, True])
 
 
 def _plain(frame: pd.DataFrame, column: str, spec: str) -> list[str]:
@@ -111,7 +129,8 @@ def memorisation_table(evaluations: pd.DataFrame) -> pd.DataFrame:
     """One row per evaluation: copy rates and the median nearest-training-image distance of its generated
     samples beside that of held-out real images (evaluation/memorisation.py)."""
     order = _by_model(evaluations)
-    shown = pd.DataFrame({"method": order.method, "size_factor": order.size_factor, "seed": order.seed})
+    shown = pd.DataFrame({"method": order.method, "init": order.init, "size_factor": order.size_factor,
+                          "model_seed": order.get("model_seed"), "seed": order.seed})
     for name in MEMORISATION_COLUMNS:
         shown[name] = _plain(order, name, ".3f" if name.startswith("copy") else ".4g")
     return shown.reset_index(drop=True)
@@ -129,8 +148,10 @@ def pareto_mask(cost, loss) -> np.ndarray:
 
 
 def format_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Display form: "mean ± ci" per metric, "n/a" for missing values."""
-    shown = table[["method", "size_factor", "n"]].copy()
+    """Display form: "mean ± ci" per metric, "n/a" for missing values, still improving as "k of n"."""
+    shown = table[[*GROUP, "n", "seeds"]].copy()
+    shown["still_improving"] = [f"{k:.0f} of {n}" if np.isfinite(k) else "unknown"
+                                for k, n in zip(table.still_improving.astype(float), table.n)]
     for metric in SUMMARY_METRICS:
         shown[metric] = [_format(m, c) for m, c in zip(table[metric], table[f"{metric}_ci95"])]
     return shown
@@ -144,10 +165,21 @@ def _format(mean: float, ci: float) -> str:
 
 
 def mean_curves(histories: pd.DataFrame, runs: pd.DataFrame, key: str) -> pd.DataFrame:
-    """Mean of a metric history per (method, size_factor, step) over the given runs."""
+    """Mean of a metric history per (method, init, size_factor, step) over the given runs (its seeds), with the
+    half-width `ci95` of its 95% t-interval and `n` runs (one run: NaN, no band)."""
     series = histories[(histories.key == key) & histories.run_id.isin(runs.run_id)]
-    merged = series.merge(runs[["run_id", "method", "size_factor"]], on="run_id")
-    return merged.groupby(["method", "size_factor", "step"], as_index=False)["value"].mean()
+    merged = series.merge(with_init(runs)[["run_id", *GROUP]], on="run_id")
+    rows = [(*keys, *mean_ci(group.value), len(group)) for keys, group in merged.groupby([*GROUP, "step"])]
+    return pd.DataFrame(rows, columns=[*GROUP, "step", "value", "ci95", "n"])
+
+
+def per_run_means(histories: pd.DataFrame, runs: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Per (method, init, size_factor): each run's mean of a metric history over its steps, then their mean and
+    95% interval over the runs (seeds), as columns value, ci95 and n."""
+    series = histories[(histories.key == key) & histories.run_id.isin(runs.run_id)]
+    per_run = series.groupby("run_id", as_index=False)["value"].mean().merge(with_init(runs)[["run_id", *GROUP]])
+    rows = [(*keys, *mean_ci(group.value), len(group)) for keys, group in per_run.groupby(GROUP)]
+    return pd.DataFrame(rows, columns=[*GROUP, "value", "ci95", "n"])
 
 
 def readable_subset(sizes, k: int = 6) -> list[float]:
@@ -156,3 +188,34 @@ def readable_subset(sizes, k: int = 6) -> list[float]:
     if len(sizes) <= k:
         return sizes
     return [sizes[i] for i in sorted(set(np.linspace(0, len(sizes) - 1, k).round().astype(int)))]
+
+
+def interval_table(table: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
+    """The summary's rows with only `metrics`, each "mean ± 95% interval over seeds" (n/a where not logged)."""
+    shown = table[[*GROUP, "n", "seeds"]].copy()
+    for metric in metrics:
+        shown[metric] = [_format(m, c) for m, c in zip(_get(table, metric), _get(table, f"{metric}_ci95"))]
+    return shown
+
+
+def curve_interval_table(summary: pd.DataFrame, label: str) -> pd.DataFrame:
+    """`per_run_means` output as a display table: "mean ± 95% interval over seeds" under `label`."""
+    shown = summary[[*GROUP, "n"]].copy()
+    shown[label] = [_format(m, c) for m, c in zip(summary.value, summary.ci95)]
+    return shown
+
+
+def budget_table(models: pd.DataFrame) -> pd.DataFrame:
+    """One row per finished model run: its seed, init and training budget (query.with_budget), best epoch and
+    whether it was still improving when it stopped (yes / no / unknown)."""
+    order = with_init(models[models.status == "FINISHED"])
+    order = order.assign(_order=order.method.map(METHOD_ORDER).fillna(len(METHOD_ORDER))).sort_values(
+        ["_order", "init", "size_factor", "seed"], ascending=[True, True, False, True])
+    shown = pd.DataFrame({"method": order.method, "init": order.init, "size_factor": order.size_factor,
+                          "seed": order.seed})
+    for name in ("epochs_run", "best_epoch", "optimizer_steps", "train_images"):
+        shown[name] = _plain(order, name, ".0f")
+    shown["train_flops"] = _plain(order, "train_flops", ".3g")
+    shown["still_improving"] = [{1.0: "yes", 0.0: "no"}.get(v, "unknown") for v in _get(order, "still_improving")]
+    shown["run_id"] = order.run_id
+    return shown.reset_index(drop=True)

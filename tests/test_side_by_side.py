@@ -1,0 +1,45 @@
+"""`dmat cost`: every model of a study timed in one process, interleaved, and what the report says of it."""
+
+from __future__ import annotations
+
+import mlflow
+from click.testing import CliRunner
+
+from dmat import tracking
+from dmat.cli import cli
+from dmat.side_by_side import TABLE, speed_sentences
+
+
+def _row(role, size, flops, ms, batch=1, seed=0):
+    return {"role": role, "size_factor": size, "flops_per_forward": flops, "ms_per_forward": ms, "batch_size": batch,
+            "seed": seed}
+
+
+def test_every_model_is_timed_at_every_batch_size_in_one_cost_run(study):
+    result = CliRunner().invoke(cli, ["cost", "--batch-sizes", "1,8", "--repeats", "3", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    run_id = result.output.split()[-1]
+    run = mlflow.get_run(run_id)
+    assert run.data.tags[tracking.ROLE] == tracking.COST
+    assert run.data.params["resolved.precision"] in ("fp32", "bf16")
+    rows = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/{TABLE}")["rows"]
+    models = {r.info.run_id: r for r in tracking.find_runs(None) if r.data.tags[tracking.ROLE] in tracking.MODEL_ROLES}
+    assert {(r["run_id"], r["batch_size"]) for r in rows} == {(m, b) for m in models for b in (1, 8)}
+    for r in rows:
+        assert r["ms_per_forward"] > 0 and abs(r["images_per_s"] - r["batch_size"] * 1000 / r["ms_per_forward"]) < 1e-6
+        assert r["flops_per_forward"] == mlflow.get_run(r["run_id"]).data.metrics["flops_per_forward"]
+
+
+def test_no_models_is_one_clear_error(store):
+    result = CliRunner().invoke(cli, ["cost", "--device", "cpu"])
+    assert result.exit_code != 0 and "no finished teacher or student in experiment" in result.output
+
+
+def test_the_sentences_say_how_much_faster_each_size_is_and_where_smaller_stops_paying():
+    rows = [_row("teacher", 1.0, 100.0, 10.0), _row("student", 0.5, 25.0, 4.0), _row("student", 0.5, 25.0, 4.4, seed=1),
+            _row("student", 0.2, 4.0, 3.9), _row("teacher", 1.0, 100.0, 40.0, batch=64),
+            _row("student", 0.5, 25.0, 10.0, batch=64), _row("student", 0.2, 4.0, 2.0, batch=64)]
+    assert speed_sentences(rows) == [
+        "At batch 1, against the teacher: 0.5: 4.0x fewer FLOPs, 2.4x faster; 0.2: 25.0x fewer FLOPs, 2.6x faster. "
+        "Below size 0.5 a smaller student is no longer faster (within 10%): fixed costs dominate.",
+        "At batch 64, against the teacher: 0.5: 4.0x fewer FLOPs, 4.0x faster; 0.2: 25.0x fewer FLOPs, 20.0x faster."]

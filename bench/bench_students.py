@@ -2,12 +2,16 @@
 
     .venv/bin/python bench/bench_students.py            # estimate from a few timed steps per size
     .venv/bin/python bench/bench_students.py --train    # train them for real (the `make students` defaults)
+    .venv/bin/python bench/bench_students.py --compare-shared [--sizes "0.2 0.5" --epochs 2]
 
 Without --train it times (on the CPU) `--steps` distillation steps per size (student forward and backward, frozen
 teacher forward, AdamW) on the default architecture and data, plus the validation and sample-grid
 forwards, and extrapolates to `--epochs` (an upper bound: early stopping may end sooner). With
 --train it runs `dmat.distill.train_students` against the latest teacher (or --teacher-run-id) and
-reports each run's real wall time. Prints a markdown table and one JSON line.
+reports each run's real wall time. With --compare-shared it trains the sizes twice in this one process,
+one by one and then in one loop that runs the teacher once per batch for all of them (`dmat students
+--shared-teacher false|true`), and prints both wall times and their ratio. Prints a markdown table and
+one JSON line.
 """
 
 from __future__ import annotations
@@ -74,10 +78,32 @@ def measured(outcome) -> dict:
     return row
 
 
+def compare_shared(cfg, sizes: list[float], teacher_run_id: str | None, experiment: str | None,
+                   student_steps: int) -> None:
+    """Wall time of training `sizes` one by one and in one shared-teacher loop, both in this process and run
+    (absolute times drift between runs and machines: the ratio is the figure)."""
+    walls, failed = {}, []
+    for shared in (False, True):
+        start = time.perf_counter()
+        outcomes = train_students(cfg, sizes, teacher_run_id, experiment, shared_teacher=shared,
+                                  student_steps=student_steps)
+        walls[shared] = time.perf_counter() - start
+        failed += [f"{o.size_factor:g} ({'shared' if shared else 'one by one'}): {o.error}" for o in outcomes if o.error]
+    ratio = walls[True] / walls[False]
+    print("| students | wall seconds |\n|---|---|")
+    print(f"| one by one | {walls[False]:.1f} |\n| one loop, shared teacher pass | {walls[True]:.1f} |")
+    print(f"| ratio (shared / one by one) | {ratio:.3f} |")
+    print(json.dumps({"bench": "students", "mode": "compare-shared", "sizes": sizes, "epochs": cfg.epochs,
+                      "threads": torch.get_num_threads(), "one_by_one_seconds": round(walls[False], 1),
+                      "shared_seconds": round(walls[True], 1), "ratio": round(ratio, 3), "failed": failed}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default=None, help="default: 0.2 0.4 0.5 0.6 0.8 1.0")
     parser.add_argument("--train", action="store_true", help="train the students for real instead of estimating")
+    parser.add_argument("--compare-shared", action="store_true",
+                        help="train the sizes one by one and then in one shared-teacher loop; print the wall-time ratio")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per size (estimate)")
     parser.add_argument("--teacher-run-id", default=None)
     parser.add_argument("--epochs", type=int, default=STUDENT_TRAIN.epochs)
@@ -93,9 +119,13 @@ def main() -> None:
     sizes = parse_sizes(args.sizes)
     cfg = replace(STUDENT_TRAIN, epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
                   sample_steps=args.sample_steps, num_sample_images=args.num_sample_images, device=args.device)
+    if args.compare_shared:
+        compare_shared(cfg, sizes, args.teacher_run_id, args.experiment, args.student_steps)
+        return
     start = time.perf_counter()
     if args.train:
-        outcomes = train_students(cfg, sizes, args.teacher_run_id, args.experiment, student_steps=args.student_steps)
+        outcomes = train_students(cfg, sizes, args.teacher_run_id, args.experiment, shared_teacher=False,
+                                  student_steps=args.student_steps)
         rows = [measured(o) for o in outcomes]
     else:
         splits = load_splits(cfg)

@@ -4,16 +4,17 @@
 # through the CLI against a throwaway MLflow store, each step timed.
 #
 #   bench/gpu_smoke.sh [OUT_DIR]        # needs a CUDA GPU; ~5 minutes on one H200
+#   BENCH=0 bench/gpu_smoke.sh          # the CLI part only
 #   DEVICE=cpu TEACHER_EPOCHS=1 STUDENT_EPOCHS=1 NUM_SAMPLES=500 bench/gpu_smoke.sh /tmp/smoke   # the CLI part only
 #
 # Prints everything; OUT_DIR (default gpu-smoke/) keeps the MLflow store and a summary of the metrics.
 set -euo pipefail
-out=${1:-gpu-smoke}
-mkdir -p "$out"
-export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 MLFLOW_TRACKING_URI="sqlite:///$PWD/$out/mlflow.db"
+mkdir -p "${1:-gpu-smoke}"
+out=$(cd "${1:-gpu-smoke}" && pwd)
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 MLFLOW_TRACKING_URI="sqlite:///$out/mlflow.db"
 python=${PYTHON:-python3}
 device=${DEVICE:-cuda} teacher_epochs=${TEACHER_EPOCHS:-10} student_epochs=${STUDENT_EPOCHS:-5} samples=${NUM_SAMPLES:-2000}
-if [ "$device" = cuda ]; then
+if [ "$device" = cuda ] && [ "${BENCH:-1}" = 1 ]; then
   $python -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(), flush=True)"
   for compile in "" --compile; do
     $python bench/bench_unet.py --device cuda --batch-size 256 --repeats 5 $compile
@@ -39,19 +40,22 @@ for precision in fp32 bf16; do
   done
 done
 
-$python - "$out" <<'EOF' | tee "$out/summary.md"
-import sys
+$python - <<'EOF' | tee "$out/summary.md"
 import mlflow
-print("| experiment | role | size | val_task_loss | fid | fid floor | kid | latency ms/img | img/s sampling |")
+from dmat import tracking
+print("| precision | role | size | best val loss | fid | fid floor | kid | latency ms/img | img/s sampling |")
 print("|---|---|---|---|---|---|---|---|---|")
-for name in ("gpu-smoke-fp32", "gpu-smoke-bf16"):
-    runs = mlflow.search_runs(experiment_names=[name])
-    trained = runs[runs["tags.dmat.role"].isin(["teacher", "student"])]
-    evals = runs[runs["tags.dmat.role"] == "evaluation"]
-    for _, r in trained.iterrows():
-        e = evals[evals["tags.dmat.model_run_id"] == r["run_id"]].iloc[0]
-        get = lambda row, k: row.get(f"metrics.{k}", float("nan"))
-        print(f"| {name} | {r['tags.dmat.role']} | {r['tags.dmat.size_factor']} | {get(r, 'best_val_loss'):.4f} | "
-              f"{get(e, 'fid'):.3f} | {get(e, 'fid_floor'):.3f} | {get(e, 'kid'):.4f} | "
-              f"{get(e, 'latency_ms_per_image'):.1f} | {get(e, 'throughput_images_per_s'):.0f} |")
+for precision in ("fp32", "bf16"):
+    experiment = mlflow.get_experiment_by_name(f"gpu-smoke-{precision}")
+    runs = tracking.find_runs(None, experiment_ids=[experiment.experiment_id]) if experiment else []
+    evaluations = {r.data.tags.get(tracking.MODEL_RUN_ID): r.data.metrics for r in runs
+                   if r.data.tags.get(tracking.ROLE) == tracking.EVALUATION}
+    for r in runs:
+        if r.data.tags.get(tracking.ROLE) in tracking.MODEL_ROLES:
+            m, e = r.data.metrics, evaluations.get(r.info.run_id, {})
+            get = lambda d, k: d.get(k, float("nan"))
+            print(f"| {precision} | {r.data.tags[tracking.ROLE]} | {r.data.tags[tracking.SIZE_FACTOR]} | "
+                  f"{get(m, 'best_val_loss'):.4f} | {get(e, 'fid'):.3f} | {get(e, 'fid_floor'):.3f} | "
+                  f"{get(e, 'kid'):.4f} | {get(e, 'latency_ms_per_image'):.1f} | "
+                  f"{get(e, 'throughput_images_per_s'):.0f} |")
 EOF

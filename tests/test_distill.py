@@ -16,7 +16,7 @@ from dmat import tracking
 from dmat.cli import cli
 from dmat.config import DEFAULT_SIZE_FACTORS, DistillConfig
 from dmat.data import load_splits
-from dmat.distill import DistillObjective, resolve_teacher, train_student
+from dmat.distill import DistillObjective, TeacherPass, resolve_teacher, train_student, train_students
 from dmat.errors import DmatError
 from dmat.training import fit
 from dmat.unet import UNet, UNetConfig
@@ -165,8 +165,62 @@ def test_extra_tags_and_an_epoch_callback_that_stops_training(study, teacher_run
     assert run.data.tags["sweep.trial"] == "7" and run.data.tags[tracking.TEACHER_RUN_ID] == teacher_run_id
 
 
+def _history(run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """Every metric of a run but the timings and system metrics, as (step, value) series."""
+    client = mlflow.MlflowClient()
+    names = [k for k in client.get_run(run_id).data.metrics
+             if not k.startswith("system/") and k not in ("epoch_seconds", "train_images_per_s")]
+    return {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in names}
+
+
+def _artifacts(run_id: str, path: str | None = None) -> set[str]:
+    found = set()
+    for item in mlflow.MlflowClient().list_artifacts(run_id, path):
+        found |= _artifacts(run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def _teacher_forwards(monkeypatch) -> list:
+    """Counts the teacher network's forward passes in the students that train from now on."""
+    calls, init = [], TeacherPass.__init__
+
+    def counting(self, model, remember=False):
+        init(self, model, remember)
+        model.register_forward_hook(lambda *args: calls.append(1))
+
+    monkeypatch.setattr(TeacherPass, "__init__", counting)
+    return calls
+
+
 @pytest.mark.slow
-def test_a_failed_size_is_reported_and_the_others_still_run(study, teacher_run_id, monkeypatch):
+def test_students_in_one_loop_are_the_students_trained_one_by_one(study, teacher_run_id, monkeypatch):
+    """The same metrics, weights, params, tags and artifacts, with one teacher pass per batch instead of one per
+    student and batch."""
+    train, sizes = tiny_train(epochs=2), [0.3, 0.6]
+    forwards = _teacher_forwards(monkeypatch)
+    alone = train_students(train, sizes, teacher_run_id, EXPERIMENT, shared_teacher=False, student_steps=4)
+    alone_forwards = len(forwards)
+    together = train_students(train, sizes, teacher_run_id, EXPERIMENT, student_steps=4)
+    splits = load_splits(train)
+    batches = train.epochs * sum(-(-len(part) // train.batch_size) for part in (splits.train, splits.val))
+    assert (alone_forwards, len(forwards) - alone_forwards) == (len(sizes) * (1 + batches), len(sizes) + batches)
+    for one, shared in zip(alone, together):  # (the 1 per size: the smoke check before each run)
+        assert one.error is None and shared.error is None
+        a, b = mlflow.get_run(one.run_id), mlflow.get_run(shared.run_id)
+        assert _history(shared.run_id) == _history(one.run_id) and len(_history(one.run_id)["val_loss"]) == 2
+        assert b.data.params == a.data.params and b.info.status == a.info.status == "FINISHED"
+        varying = (tracking.OWNER_PID, tracking.OWNER_STARTED, tracking.HEARTBEAT, tracking.NOTE)
+        assert {k: v for k, v in b.data.tags.items() if k not in varying} == \
+               {k: v for k, v in a.data.tags.items() if k not in varying}
+        assert _artifacts(shared.run_id) == _artifacts(one.run_id)
+        assert len(b.inputs.dataset_inputs) == len(a.inputs.dataset_inputs) == 2
+        weights = [tracking.load_model(run_id).model.state_dict() for run_id in (one.run_id, shared.run_id)]
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shared", ["true", "false"])
+def test_a_failed_size_is_reported_and_the_others_still_run(study, teacher_run_id, monkeypatch, shared):
     calls = {"n": 0}
     log_artifact = mlflow.log_artifact
 
@@ -178,7 +232,7 @@ def test_a_failed_size_is_reported_and_the_others_still_run(study, teacher_run_i
 
     monkeypatch.setattr(mlflow, "log_artifact", flaky)
     result = CliRunner().invoke(cli, ["students", "--sizes", "0.35 0.65", "--teacher-run-id", teacher_run_id,
-                                      *TINY_STUDENT_ARGS])
+                                      "--shared-teacher", shared, *TINY_STUDENT_ARGS])
     assert result.exit_code == 2, result.output
     assert "1 size(s) failed: 0.35" in result.stderr and "1 of 2 students trained" in result.stdout
     newest = {}

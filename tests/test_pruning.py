@@ -13,7 +13,10 @@ from dmat import tracking
 from dmat.data import load_splits
 from dmat.errors import DmatError
 from dmat.distill import train_student
-from dmat.pruning import channel_map, prune_weights
+from conftest import tiny_diffusion, tiny_unet
+from dmat import checkpoint
+from dmat.diffusion import GaussianDiffusion
+from dmat.pruning import channel_map, prune_weights, taylor_saliency
 from dmat.unet import UNet, UNetConfig
 
 
@@ -83,7 +86,39 @@ def test_a_pruned_student_starts_closer_to_its_teacher_than_a_random_one(study, 
 def test_init_pruned_is_a_logged_choice_and_a_bad_one_is_refused(study, teacher_run_id):
     with pytest.raises(DmatError, match="init must be random or pruned"):
         train_student(tiny_train(epochs=1), 0.5, teacher_run_id, init="copied")
-    run_id = train_student(tiny_train(epochs=1), 0.5, teacher_run_id, init="pruned", student_steps=4,
-                           experiment="dmat-test-pruning")
+    with pytest.raises(DmatError, match="prune-importance must be magnitude or taylor"):
+        train_student(tiny_train(epochs=1), 0.5, teacher_run_id, init="pruned", prune_importance="random")
+    run_id = train_student(tiny_train(epochs=1), 0.5, teacher_run_id, init="pruned", prune_importance="taylor",
+                           student_steps=4, experiment="dmat-test-pruning")
     run = mlflow.get_run(run_id)
     assert run.data.tags[tracking.INIT] == "pruned" and run.data.params["init"] == "pruned"
+    assert run.data.params["prune_importance"] == "taylor"
+
+
+def test_taylor_keeps_the_channels_the_loss_depends_on_where_magnitude_keeps_the_largest(tmp_path):
+    """In the timestep embedding's channel space, give the upper half the largest weights but let nothing read
+    them: magnitude must keep the upper half, Taylor (their gradient is zero) the lower half."""
+    torch.manual_seed(0)
+    teacher = UNet(tiny_unet(image_size=8)).eval()
+    m = channel_map(teacher)
+    width = teacher.time_mlp[0].out_features
+    upper = slice(width // 2, width)
+    with torch.no_grad():
+        state = teacher.state_dict()
+        for name, (out, into) in m.params.items():
+            if name in ("time_mlp.0.weight", "time_mlp.2.weight"):
+                state[name][upper] *= 10  # the largest producers of the upper channels
+            if name.endswith("weight") and into == [1]:  # space 1: the embedding; its readers ignore the upper half
+                state[name][:, upper] = 0
+    student = _student(teacher, 0.5)
+    diffusion, images = GaussianDiffusion(tiny_diffusion()), load_splits(tiny_train()).val
+    by_magnitude = prune_weights(teacher, student)
+    by_taylor = prune_weights(teacher, student, taylor_saliency(teacher, diffusion, images, batch_size=32, batches=2))
+    bias = teacher.state_dict()["time_mlp.0.bias"]  # one value per embedding channel: which were kept
+    assert torch.equal(by_magnitude["time_mlp.0.bias"], bias[upper])
+    assert torch.equal(by_taylor["time_mlp.0.bias"], bias[: width // 2])
+    for weights in (by_magnitude, by_taylor):  # exactly the student's widths, and a checkpoint that loads safely
+        student.load_state_dict(weights)
+        checkpoint.save(checkpoint.model_checkpoint(student, diffusion, student.state_dict()), tmp_path / "s.pt")
+        rebuilt, _ = checkpoint.build(checkpoint.load(tmp_path / "s.pt", "pruned student"))  # weights_only=True
+        assert rebuilt.config == student.config and rebuilt.num_parameters == UNet(student.config).num_parameters

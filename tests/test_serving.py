@@ -3,6 +3,7 @@ served by `mlflow models serve`, giving the images dmat's own sampler gives."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import signal
 import subprocess
@@ -114,3 +115,16 @@ def _up(url: str) -> bool:
         return requests.get(url + "/ping", timeout=2).ok
     except requests.ConnectionError:
         return False
+
+
+def test_requirements_pin_what_is_installed_and_name_dmat_when_it_runs_from_its_source_tree(monkeypatch):
+    installed = importlib.metadata.version
+
+    def version(name):
+        if name == "dmat":  # as under `PYTHONPATH=src python -m dmat` (the MLproject entry points)
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert serving.requirements() == [f"mlflow=={installed('mlflow')}", f"torch=={installed('torch')}",
+                                      f"numpy=={installed('numpy')}", f"pandas=={installed('pandas')}", "dmat"]

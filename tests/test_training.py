@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import mlflow
 import torch
+from torch.utils.data import Subset
 
 from conftest import tiny_diffusion, tiny_train, tiny_unet
-from dmat.data import load_splits
+from dmat.data import DataSplits, load_splits
 from dmat.diffusion import GaussianDiffusion
 from dmat.training import DiffusionObjective, Job, fit, fit_together
 from dmat.unet import UNet
@@ -80,6 +81,12 @@ def test_the_summary_says_whether_the_model_was_still_improving_when_it_stopped(
 TIMING = {"epoch_seconds", "train_images_per_s"}
 
 
+def _small(cfg) -> DataSplits:
+    """256 training images (4 batches of 64) and 64 validation images: a few steps, quickly."""
+    full = load_splits(cfg)
+    return DataSplits(Subset(full.train, range(256)), Subset(full.val, range(64)), full.image_size, full.channels)
+
+
 def _models():
     """Two models of different widths with dropout on, each built from its own seed (as `_prepare` does)."""
     models = []
@@ -92,8 +99,8 @@ def _models():
 def test_models_trained_together_get_exactly_what_they_get_alone():
     """Each model's noise and dropout are its own streams, so neither the other model's draws nor the order of
     their steps changes a number."""
-    cfg = tiny_train(epochs=2)
-    diffusion, splits = GaussianDiffusion(tiny_diffusion()), load_splits(cfg)
+    cfg = tiny_train(epochs=2, batch_size=64)
+    diffusion, splits = GaussianDiffusion(tiny_diffusion()), _small(cfg)
     alone = []
     for model in _models():
         recorder = MemoryRecorder()
@@ -129,8 +136,8 @@ class FailsAtStep(DiffusionObjective):
 
 
 def test_in_a_shared_loop_a_failing_or_stopping_model_drops_out_and_the_others_go_on():
-    cfg = tiny_train(epochs=3, early_stopping_patience=1)
-    diffusion, splits = GaussianDiffusion(tiny_diffusion()), load_splits(cfg)
+    cfg = tiny_train(epochs=3, batch_size=64, early_stopping_patience=1)
+    diffusion, splits = GaussianDiffusion(tiny_diffusion()), _small(cfg)
     steps_per_epoch = -(-len(splits.train) // cfg.batch_size)
     objectives = [FailsAtStep(diffusion, at=steps_per_epoch + 2), WorseningValidation(diffusion),
                   DiffusionObjective(diffusion)]

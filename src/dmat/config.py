@@ -131,6 +131,9 @@ class DistillConfig:
     student_steps: int = 50  # sampling steps the student uses at evaluation (when asked for)
     init: str = "random"  # "random", or "pruned": the teacher's weights cut down by channel pruning
     prune_importance: str = "magnitude"  # init=pruned keeps the channels with the most |w|, or |w * dL/dw| ("taylor")
+    # the student's resolution, at most the teacher's (0: the teacher's); below it, it learns from teacher samples
+    student_image_size: int = 0
+    teacher_sample_fraction: float = 0.5  # a lower-resolution distill student's share of teacher samples (dmat.resolution)
 
     def validate(self) -> "DistillConfig":
         self.size_factor = parse_size_factor(self.size_factor)
@@ -149,6 +152,10 @@ class DistillConfig:
             raise DmatError(f"init must be random or pruned, got {self.init!r}")
         if self.prune_importance not in PRUNE_IMPORTANCES:
             raise DmatError(f"prune-importance must be magnitude or taylor, got {self.prune_importance!r}")
+        if self.student_image_size < 0:
+            raise DmatError(f"student-image-size must be a positive integer (0: the teacher's), got {self.student_image_size}")
+        if not 0.0 < self.teacher_sample_fraction < 1.0:
+            raise DmatError(f"teacher-sample-fraction must be in (0, 1), got {self.teacher_sample_fraction}")
         return self
 
     def effective(self) -> "DistillConfig":

@@ -50,11 +50,17 @@ class ImagesOnly(Dataset):
         return item[0] if isinstance(item, (tuple, list)) else item
 
 
+def resize(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """[n, C, h, w] -> [n, C, image_size, image_size] by antialiased bilinear interpolation: how the tensor data
+    sets are resized, and what a lower-resolution student's teacher samples are resized with (dmat.resolution)."""
+    if images.shape[-1] == image_size:
+        return images
+    return F.interpolate(images, size=(image_size, image_size), mode="bilinear", antialias=True)
+
+
 def _resized(images: torch.Tensor, image_size: int) -> torch.Tensor:
     """[n, C, h, w] in [0, 1] -> [n, C, image_size, image_size] in [-1, 1] (antialiased bilinear)."""
-    if images.shape[-1] != image_size:
-        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", antialias=True)
-    return images.clamp(0, 1) * 2 - 1
+    return resize(images, image_size).clamp(0, 1) * 2 - 1
 
 
 def _digits(image_size: int) -> Dataset:

@@ -11,6 +11,8 @@ with the teacher frozen, in eval mode, with its EMA weights. The feature term fo
 (Kim et al. 2023): the middle block and every decoder level are matched, through a trainable 1x1
 convolution where the widths differ. `method="scratch"` keeps the task term alone: the baseline
 that shows, at each size, whether the teacher helps. Training itself is `model_run.train_model`.
+A student below the teacher's resolution (`student_image_size`) learns from the teacher's samples
+instead, on the plain DDPM loss: see dmat.resolution.
 
 `train_students` trains several sizes in one loop by default (`model_run.train_models_together`): every
 student draws the same timesteps and noise on the same batches (the same seed), so the teacher's
@@ -20,7 +22,6 @@ numbers it gets when trained alone.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from dmat import distributed, registry, tracking
+from dmat import distributed, registry, resolution, tracking
 from dmat.config import DistillConfig, TrainConfig, flat_params
 from dmat.data import DataSplits
 from dmat.diffusion import GaussianDiffusion
@@ -140,12 +141,14 @@ def train_student(train: TrainConfig, size_factor, teacher_run_id: str | None = 
                   resume: str | None = None, **settings) -> str:
     """Train one student as its own MLflow run and return the run id.
 
-    `settings` are DistillConfig fields (method, kd_weight, task_weight, feature_weight,
-    student_steps, init, prune_importance). `tags` are added to the run's (e.g. a sweep's parent run);
-    `on_epoch_end` is training.fit's (e.g. an Optuna pruner); `resume` continues that KILLED or FAILED
-    student run. Everything is checked (settings, device, store, teacher, data) before the run is created.
+    `settings` are DistillConfig fields (method, kd_weight, task_weight, feature_weight, student_steps, init,
+    prune_importance; student_image_size and teacher_sample_fraction: see dmat.resolution). `tags` are added to
+    the run's (e.g. a sweep's parent run); `on_epoch_end` is training.fit's (e.g. an Optuna pruner); `resume`
+    continues that KILLED or FAILED student run. Everything is checked (settings, device, store, teacher, data)
+    before the run is created.
     """
     config = DistillConfig(size_factor=size_factor, **settings).validate()
+    resolution.check(config, train)
     teacher = _Teacher(lambda: resolve_teacher(train, teacher_run_id))
     return train_model(train, lambda device: teacher.plan(train, config, device, tags), experiment, resume,
                        on_epoch_end)
@@ -160,6 +163,7 @@ class _Teacher:
         self.loaded: tracking.LoadedModel | None = None
         self.shared: TeacherPass | None = None
         self._saliency: dict[str, torch.Tensor] | None = None
+        self.low_resolution = resolution.LowResolution()  # one bank of teacher samples for the loop's students
 
     def plan(self, train: TrainConfig, config: DistillConfig, device, tags: dict[str, str] | None) -> ModelPlan:
         """The student `config` describes, as `model_run` trains it (the teacher is loaded here, on `device`)."""
@@ -170,9 +174,9 @@ class _Teacher:
         if config.student_steps > diffusion.timesteps:
             raise DmatError(f"student-steps {config.student_steps} exceeds the teacher's {diffusion.timesteps} "
                             f"timesteps: pass --student-steps {diffusion.timesteps} or fewer")
-        unet = dataclasses.replace(teacher.model.config, size_factor=config.size_factor)
+        unet = resolution.student_unet(teacher.model.config, config)
         pruned = (lambda student, splits: prune_weights(teacher.model, student, self.saliency(config, train, splits)))
-        return ModelPlan(
+        plan = ModelPlan(
             role=tracking.STUDENT,
             run_name=f"student-{config.size_factor:g}-{config.method}-{train.dataset}-{unet.image_size}px",
             unet=unet,
@@ -184,6 +188,7 @@ class _Teacher:
                     "teacher_run_id": teacher.run_id},
             initial_weights=pruned if config.init == "pruned" else None,
         )
+        return self.low_resolution.adapt(plan, teacher, train, config, device)
 
     def saliency(self, config: DistillConfig, train: TrainConfig, splits: DataSplits) -> dict[str, torch.Tensor] | None:
         """What ranks the teacher's channels for init=pruned: None for magnitude (pruning's default), else the
@@ -212,6 +217,8 @@ def train_students(train: TrainConfig, sizes: list[float], teacher_run_id: str |
     A failure at one size is recorded and the other sizes still train; Ctrl-C stops them all.
     """
     configs = [DistillConfig(size_factor=size, **settings).validate() for size in sizes]
+    for config in configs:
+        resolution.check(config, train)
     train.validate()
     tracking.check_tracking_reachable()
     teacher_run_id = resolve_teacher(train, teacher_run_id)

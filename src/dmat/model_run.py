@@ -49,6 +49,8 @@ class ModelPlan:
     params: dict[str, object]
     # weights to start from, given the network and the data (e.g. the pruned teacher); default: the seeded random init
     initial_weights: Callable[[UNet, DataSplits], dict] | None = None
+    # the splits to train and validate on when not the data set's own (a lower-resolution student's: dmat.resolution)
+    data: DataSplits | None = None
 
 
 def model_params(train: TrainConfig, unet: UNetConfig, diffusion: DiffusionConfig) -> dict[str, object]:
@@ -101,9 +103,11 @@ def train_models_together(train: TrainConfig, plans: list[Callable[[torch.device
     """
     outcomes: dict[int, str | Exception] = {}
     readies: dict[int, _Ready] = {}
+    splits = None  # loaded once: every model of the loop trains on the same batches
     for i, plan in enumerate(plans):
         try:
-            readies[i] = _prepare(train, plan, experiment, None, next(iter(readies.values())).splits if readies else None)
+            readies[i] = _prepare(train, plan, experiment, None, splits)
+            splits = readies[i].splits
         except Exception as exc:  # noqa: BLE001 - this model cannot start; the others still train
             outcomes[i] = exc
     runs: dict[int, tuple[contextlib.ExitStack, str, tracking.MlflowRecorder]] = {}
@@ -192,7 +196,7 @@ def _prepare(train: TrainConfig, plan: Callable[[torch.device], ModelPlan], expe
     tracking.check_writable(experiment, run_id=resume)
     spec = plan(device)
     train = _sample_steps_within_timesteps(train, spec)
-    splits = splits or load_splits(train)
+    splits = splits or spec.data or load_splits(train)
     seed_everything(train.seed)  # the seed fixes the initial weights too
     model = UNet(spec.unet)
     if spec.initial_weights is not None:

@@ -165,7 +165,11 @@ DEFAULT_SIZES = " ".join(map(str, DEFAULT_SIZE_FACTORS))
 STUDENT_ITEMS = (
     Option("teacher_run_id", "teacher run: a run id, models:/NAME@ALIAS or models:/NAME/VERSION (default: the latest "
                              "finished teacher for this data set and image size)"),
-    OptionGroup(DistillConfig, exclude=("size_factor",)),
+    OptionGroup(DistillConfig, exclude=("size_factor",), helps={
+        "student_image_size": "the student's resolution, at most the teacher's; below it, the student trains on teacher "
+                              "samples mixed with real images (README, dmat.resolution) ({}: the teacher's)",
+        "teacher_sample_fraction": "share of teacher samples in a lower-resolution distill student's training "
+                                   "images ({})"}),
     OptionGroup(TrainConfig, defaults=STUDENT_TRAIN),
     SYSTEM_METRICS,
     EXPERIMENT,

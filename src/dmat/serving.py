@@ -84,8 +84,16 @@ def input_example(sampler: str, steps: int) -> pd.DataFrame:
 def requirements() -> list[str]:
     """Pinned from this environment, so MLflow need not load the model in a subprocess to infer them;
     dmat itself is the project (pip install it from its checkout)."""
-    names = ("mlflow", "torch", "numpy", "pandas", "dmat")
-    return [f"{name}=={importlib.metadata.version(name)}" for name in names]
+    return [_pinned(name) for name in ("mlflow", "torch", "numpy", "pandas", "dmat")]
+
+
+def _pinned(name: str) -> str:
+    """`name==version`, or the bare name where it is not installed as a package: dmat run from its source
+    tree (`PYTHONPATH=src python -m dmat`, as the MLproject entry points do) has no version to pin."""
+    try:
+        return f"{name}=={importlib.metadata.version(name)}"
+    except importlib.metadata.PackageNotFoundError:
+        return name
 
 
 def log_sampler(run_id: str, sampler: str, steps: int) -> mlflow.models.model.ModelInfo:

@@ -37,6 +37,7 @@ from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
 from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
 from sqlalchemy.engine import make_url
 
 from dmat import checkpoint, runtime
@@ -275,7 +276,7 @@ def _create_run(run_name: str, experiment: str | None, system_metrics: bool | No
     try:
         found = client.get_experiment_by_name(experiment_name(experiment))
         run = client.create_run(found.experiment_id if found else client.create_experiment(experiment_name(experiment)),
-                                run_name=run_name)
+                                run_name=run_name, tags=resolve_tags())  # MLflow's source and user tags, as fluent runs get
     except MlflowException as exc:
         raise DmatError(f"tracking store {tracking_uri()} refused to start the run ({_first_line(exc)})") from None
     monitor = SystemMetricsMonitor(run.info.run_id) if system_metrics else None

@@ -8,11 +8,12 @@ split where it has one (no model trains on it), else the model's train split; sc
 train split are logged beside (`<metric>_train`, `<metric>_heldout`). Epsilon errors use the model's
 validation split. A student is compared with its teacher (tag dmat.teacher_run_id); a teacher's own
 evaluation leaves the vs-teacher metrics out (absent, not 0), since against itself they are zero by
-construction.
+construction, and so does a student below its teacher's resolution (param teacher_comparison says why).
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ SETTINGS = ("sampler", "steps", "num_samples", "features", "seed", "floor_draws"
 SAVED_TRAJECTORIES, DENOISING_IMAGES, DENOISING_STEPS = 4, 8, 8
 GRID_SCORES = ("kid", "kid_sd", "fid", "fid_sd")  # the headline reference's, at matched N (floor: kid_floor, ...)
 GRID_COSTS = ("flops_per_image", "latency_ms_per_image", "throughput_images_per_s")
+
+log = logging.getLogger(__name__)
 
 
 def _images(ds) -> torch.Tensor:
@@ -103,7 +106,7 @@ def _quality_n(cfg: EvalConfig, loaded, data: RealData, extractor_run_id: str | 
 
 
 def _teacher_of(loaded: tracking.LoadedModel, device) -> tracking.LoadedModel | None:
-    """The student's teacher, checked to share the student's resolution and noise schedule."""
+    """The student's teacher, checked to share the student's channels and noise schedule."""
     if loaded.role == tracking.TEACHER:
         return None
     teacher_id = loaded.tags.get(tracking.TEACHER_RUN_ID)
@@ -111,13 +114,26 @@ def _teacher_of(loaded: tracking.LoadedModel, device) -> tracking.LoadedModel | 
         raise DmatError(f"student run {loaded.run_id} has no {tracking.TEACHER_RUN_ID} tag: it cannot be compared")
     teacher = tracking.load_model(teacher_id, device=device)
     a, b = loaded.model.config, teacher.model.config
-    if (a.image_size, a.in_channels) != (b.image_size, b.in_channels):
-        raise DmatError(f"student {loaded.run_id} works at {a.image_size}px, its teacher at {b.image_size}px: "
-                        "trajectories need the same resolution")
+    if a.in_channels != b.in_channels:
+        raise DmatError(f"student {loaded.run_id} has {a.in_channels} channels, its teacher {b.in_channels}: "
+                        "they cannot be compared")
     sa, sb = loaded.diffusion.config, teacher.diffusion.config
     if (sa.timesteps, sa.schedule) != (sb.timesteps, sb.schedule):
         raise DmatError(f"student {loaded.run_id} and its teacher use different noise schedules")
     return teacher
+
+
+def _compared(loaded: tracking.LoadedModel, teacher: tracking.LoadedModel | None
+              ) -> tuple[tracking.LoadedModel | None, dict[str, str]]:
+    """The teacher to compare with through shared noise (trajectories, epsilon errors), and a param saying why
+    there is none. A student below its teacher's resolution (dmat.resolution) is not compared: one noise cannot
+    start both, and the teacher is never fed images of another size. Its vs-teacher metrics are absent, not 0."""
+    if teacher is None or teacher.model.config.image_size == loaded.model.config.image_size:
+        return teacher, {}
+    note = (f"skipped: the student works at {loaded.model.config.image_size}px, its teacher at "
+            f"{teacher.model.config.image_size}px (shared-noise comparisons need one resolution)")
+    log.warning(f"note: teacher comparison {note}")
+    return None, {"teacher_comparison": note}
 
 
 def _extractor(cfg: EvalConfig, loaded, feature_extractor_run_id, inception_weights, device):
@@ -296,6 +312,7 @@ def evaluate_run(model_run_id: str, config: EvalConfig | None = None, feature_ex
     for s in (steps, *cfg.steps_grid):
         loaded.diffusion.sampling_timesteps(s)  # within the model's timesteps, before any run exists
     teacher = _teacher_of(loaded, device)
+    compared, comparison = _compared(loaded, teacher)
     data = _model_data(loaded)
     n = _quality_n(cfg, loaded, data, feature_extractor_run_id, inception_weights)
     extractor_run_id, extractor = _extractor(cfg, loaded, feature_extractor_run_id, inception_weights, device)
@@ -313,7 +330,7 @@ def evaluate_run(model_run_id: str, config: EvalConfig | None = None, feature_ex
         tracking.log_params({**{k: getattr(cfg, k) for k in ("sampler", "num_samples", "features", "seed", "batch_size",
                                                             "num_trajectories", "eps_timesteps", "floor_draws", "precision")},
                              "steps": steps, **({"steps_grid": cfg.steps_grid} if cfg.steps_grid else {}),
-                             **data.params()})
+                             **data.params(), **comparison})
         lineage.log_evaluation_data(loaded.tags[tracking.DATASET], loaded.model.config.image_size, data.train, data.val,
                                     data.test)  # the run's dataset inputs
         notes.describe(run.info.run_id)  # the run's description in the MLflow UI
@@ -326,7 +343,7 @@ def evaluate_run(model_run_id: str, config: EvalConfig | None = None, feature_ex
         if cfg.steps_grid:
             headline.scores.update({**costs, **_throughput(cfg, seconds)})
             _steps_grid(loaded, extractor, cfg, steps, n, headline, device)
-        _behaviour(loaded, teacher, cfg, steps, data.val, device)
+        _behaviour(loaded, compared, cfg, steps, data.val, device)
         mlflow.log_metric("peak_memory_mb", cost.peak_memory_mb(device))
         registry.record_evaluation(loaded.run_id, run.info.run_id, SETTINGS)  # scores as version tags, @best-*
         return run.info.run_id

@@ -106,8 +106,8 @@ def fit_law(x, y, seed: int = 0, bootstrap: int = BOOTSTRAP) -> Fit:
     x, y = x[ok], y[ok]
     sizes = np.unique(x)
     if len(sizes) < MIN_SIZES:
-        return Fit(sizes=len(sizes), points=len(x), problem=f"{len(sizes)} distinct sizes; a fit of three "
-                                                            f"parameters needs at least {MIN_SIZES}")
+        return Fit(sizes=len(sizes), points=len(x), problem=f"{len(sizes)} distinct size{'' if len(sizes) == 1 else 's'}"
+                                                            f"; a fit of three parameters needs at least {MIN_SIZES}")
     unit = float(x.max())
     best = _fit_once(x / unit, y)
     if best is None:

@@ -35,3 +35,16 @@ def test_size_factor_outside_range_is_refused(bad):
 def test_image_size_that_cannot_be_halved_is_refused():
     with pytest.raises(DmatError, match="multiple of 4"):
         UNet(UNetConfig(image_size=18))
+
+
+def test_dropout_drops_each_element_with_probability_p_in_training_and_nothing_in_eval():
+    from dmat.unet import Dropout
+
+    drop = Dropout(0.1)
+    x = torch.ones(200_000)
+    y = drop(x)
+    assert sorted(y.unique().tolist()) == [0.0, pytest.approx(1 / 0.9)]
+    assert abs((y == 0).float().mean().item() - 0.1) < 0.003  # 0.1 +- 4 sd of a Bernoulli mean over 200k
+    assert abs(y.mean().item() - 1.0) < 0.01  # rescaled: the expected activation is unchanged
+    drop.eval()
+    assert torch.equal(drop(x), x)

@@ -112,7 +112,7 @@ def test_a_failed_student_stage_is_reported_while_the_rest_runs(store, tmp_path,
     *lines, last = result.stdout.splitlines()
     table = {words[0]: words for words in map(str.split, lines) if words[-2:-1] == ["run"]}  # label ... run ID
     assert list(table) == ["teacher", "student_distill_0.3", "student_distill_0.5", "evaluate_teacher",
-                           "evaluate_student_distill_0.3", "report"]
+                           "evaluate_student_distill_0.3", "cost", "report"]
     failed = table["student_distill_0.5"]
     assert failed[1] == "FAILED" and failed[-2] == "run"
     failed_run = mlflow.get_run(failed[-1])

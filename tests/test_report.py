@@ -212,11 +212,13 @@ def test_notebook_runs_on_a_store(store, project_env):
 
 @pytest.mark.slow
 def test_report_of_a_real_tiny_study(study, teacher_run_id, tmp_path, monkeypatch):
-    """Tiny teacher, two real students and their real evaluations: every section, table = MLflow."""
+    """Tiny teacher, real students (the distilled one with 2 seeds) and their real evaluations with a 2-step grid:
+    every section from MLflow alone, table = MLflow, the interval over seeds."""
     experiment = "report-e2e"  # its own experiment: other tests add students to the shared study's
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
-    students = [train_student(tiny_train(epochs=1), size, teacher_run_id, experiment, method=method, student_steps=4)
-                for size, method in ((0.5, "distill"), (0.5, "scratch"))]
+    students = [train_student(tiny_train(epochs=1, seed=seed), size, teacher_run_id, experiment, method=method,
+                              student_steps=4)
+                for size, method, seed in ((0.5, "distill", 0), (0.5, "distill", 1), (0.5, "scratch", 0))]
     extractor = train_feature_extractor("digits", 8, epochs=1, device="cpu", experiment=experiment)
     settings = dict(num_samples=96, steps="4", steps_grid=(2, 4), batch_size=96, num_trajectories=4, eps_timesteps=5,
                     device="cpu")
@@ -230,9 +232,11 @@ def test_report_of_a_real_tiny_study(study, teacher_run_id, tmp_path, monkeypatc
     assert re.findall(r"n/a: [^<]*", html) == ["n/a: no fit (at least 4 distinct sizes of one method, and a converged fit)"]
     summary = pd.read_csv(tmp_path / "real" / "tables" / "summary.csv")
     assert sorted(summary.method) == ["distill", "scratch", "teacher"]
+    assert summary.set_index("method").loc["distill", ["n", "seeds"]].tolist() == [2, 2]  # a mean and interval of 2
     assert_table_matches_mlflow(summary, evaluations)
     frontier_points = pd.read_csv(tmp_path / "real" / "tables" / "frontier.csv")  # every model at 2 and 4 steps
     assert len(frontier_points) == 6 and set(frontier_points.steps) == {2, 4}
+    assert sorted(frontier_points.n) == [1, 1, 1, 1, 2, 2]  # the distilled student's points: its 2 seeds' mean
     assert "Budget " in html and "no fit: 1 distinct size;" in html  # one student size: the law is not fitted
 
 

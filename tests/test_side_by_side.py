@@ -5,9 +5,12 @@ from __future__ import annotations
 import mlflow
 from click.testing import CliRunner
 
+from conftest import tiny_train
 from dmat import tracking
 from dmat.cli import cli
-from dmat.side_by_side import TABLE, speed_sentences
+from dmat.distill import train_student
+from dmat.report import build_report
+from dmat.report.speed import TABLE, speed_sentences
 
 
 def _row(role, size, flops, ms, batch=1, seed=0):
@@ -15,7 +18,8 @@ def _row(role, size, flops, ms, batch=1, seed=0):
             "seed": seed}
 
 
-def test_every_model_is_timed_at_every_batch_size_in_one_cost_run(study):
+def test_every_model_is_timed_at_every_batch_size_in_one_cost_run(study, teacher_run_id, tmp_path):
+    train_student(tiny_train(epochs=1), 0.5, teacher_run_id, student_steps=4)
     result = CliRunner().invoke(cli, ["cost", "--batch-sizes", "1,8", "--repeats", "3", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     run_id = result.output.split()[-1]
@@ -29,6 +33,9 @@ def test_every_model_is_timed_at_every_batch_size_in_one_cost_run(study):
     for r in rows:
         assert r["ms_per_forward"] > 0 and abs(r["images_per_s"] - r["batch_size"] * 1000 / r["ms_per_forward"]) < 1e-6
         assert r["flops_per_forward"] == mlflow.get_run(r["run_id"]).data.metrics["flops_per_forward"]
+    # the report's efficiency section says what these timings show
+    html = build_report(out_dir=tmp_path / "report", sections=("efficiency",)).read_text()
+    assert "Speed against size, from the newest `dmat cost` run" in html and "At batch 1, against the teacher" in html
 
 
 def test_no_models_is_one_clear_error(store):
@@ -37,6 +44,7 @@ def test_no_models_is_one_clear_error(store):
 
 
 def test_the_sentences_say_how_much_faster_each_size_is_and_where_smaller_stops_paying():
+    assert speed_sentences([_row("teacher", 1.0, 100.0, 10.0)]) == []  # no student: nothing to compare
     rows = [_row("teacher", 1.0, 100.0, 10.0), _row("student", 0.5, 25.0, 4.0), _row("student", 0.5, 25.0, 4.4, seed=1),
             _row("student", 0.2, 4.0, 3.9), _row("teacher", 1.0, 100.0, 40.0, batch=64),
             _row("student", 0.5, 25.0, 10.0, batch=64), _row("student", 0.2, 4.0, 2.0, batch=64)]

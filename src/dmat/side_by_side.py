@@ -22,9 +22,9 @@ from dmat.config import CostConfig
 from dmat.errors import DmatError
 from dmat.evaluation.cost import timed
 from dmat.measure import flops_per_forward
+from dmat.report.speed import TABLE
 from dmat.runtime import autocast, resolve_device, resolve_precision
 
-TABLE = "cost/side_by_side.json"
 WARMUP = 2
 
 
@@ -80,32 +80,3 @@ def run_cost(config: CostConfig | None = None, experiment: str | None = None) ->
                              "threads": torch.get_num_threads(), "models": len(loaded)})
         mlflow.log_dict({"rows": measure(loaded, cfg, device, precision)}, TABLE)
         return run.info.run_id
-
-
-def speed_sentences(rows: list[dict]) -> list[str]:
-    """Per batch size: how much faster than the teacher each size is, beside how many fewer FLOPs it has, and
-    the largest size below which a smaller model stops being faster (within 10%)."""
-    out = []
-    for batch in sorted({r["batch_size"] for r in rows}):
-        at = [r for r in rows if r["batch_size"] == batch]
-        teacher = next((r for r in at if r["role"] == tracking.TEACHER), None)
-        if teacher is None:
-            continue
-        by_size: dict[float, list[dict]] = {}
-        for r in at:
-            if r["role"] == tracking.STUDENT:
-                by_size.setdefault(r["size_factor"], []).append(r)
-        parts, floor, previous = [], None, None
-        for size in sorted(by_size, reverse=True):
-            ms = statistics.median(r["ms_per_forward"] for r in by_size[size])  # over seeds
-            flops = by_size[size][0]["flops_per_forward"]
-            parts.append(f"{size:g}: {teacher['flops_per_forward'] / flops:.1f}x fewer FLOPs, "
-                         f"{teacher['ms_per_forward'] / ms:.1f}x faster")
-            if previous is not None and floor is None and ms > 0.9 * previous[1]:
-                floor = previous[0]
-            previous = (size, ms)
-        text = f"At batch {batch}, against the teacher: " + "; ".join(parts) + "."
-        if floor is not None:
-            text += f" Below size {floor:g} a smaller student is no longer faster (within 10%): fixed costs dominate."
-        out.append(text)
-    return out

@@ -23,7 +23,7 @@ import pandas as pd
 
 from dmat import tracking
 from dmat.errors import DmatError
-from dmat.report import figures, frontier, scaling
+from dmat.report import figures, frontier, scaling, speed
 from dmat.report.findings import findings, seeds_statement
 from dmat.report.query import Study, load_npz, load_study, metric_histories
 from dmat.report.tables import (GROUP, budget_table, curve_interval_table, format_table, interval_table,
@@ -307,6 +307,19 @@ def _problems(section: Section, i: Inputs) -> None:
         section.tables.append(i.study.problems)
 
 
+def _efficiency(section: Section, i: Inputs) -> None:
+    """Quality against cost, and what the side-by-side timings (`dmat cost`) say of speed against size."""
+    section.figure("efficiency", figures.efficiency_figure(i.table), "no evaluation has FID")
+    rows = speed.side_by_side_rows(mlflow.get_experiment_by_name(i.study.experiment).experiment_id)
+    if rows is None:
+        section.notes.append("Speed against size: no side-by-side timings yet (`dmat cost`, which the pipeline "
+                             "runs); each evaluation's own latency was measured at whatever load the machine had.")
+        return
+    section.notes.append("Speed against size, from the newest `dmat cost` run: every model timed in one process, "
+                         "interleaved, one forward pass (one sampling step) each, median of its rounds.")
+    section.items = speed.speed_sentences(rows)
+
+
 def _findings(section: Section, i: Inputs) -> None:
     section.items = findings(i.table, i.evals, i.study.problems, i.study.models,
                              computed=[line for line in i.scaling.needed if line.startswith(("KID vs parameters",
@@ -318,8 +331,7 @@ BUILDERS = {
     "summary": _summary, "quality": _quality, "mse": _mse, "trajectory": _trajectory, "problems": _problems,
     "findings": _findings, "scaling": _scaling, "frontier": _frontier, "time": _time, "training": _training,
     "memorisation": lambda section, i: memorisation_section(section, i.study, i.subset),
-    "efficiency": lambda section, i: section.figure("efficiency", figures.efficiency_figure(i.table),
-                                                    "no evaluation has FID"),
+    "efficiency": _efficiency,
     "sweep": lambda section, i: sweep_section(section, i.study.sweep_trials),
     "denoising": lambda section, i: denoising_section(section, i.study, i.subset),
 }

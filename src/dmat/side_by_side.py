@@ -54,11 +54,12 @@ def time_side_by_side(models: list[torch.nn.Module], batch: int, repeats: int, d
 
 def measure(loaded: list[tracking.LoadedModel], cfg: CostConfig, device: torch.device, precision: str) -> list[dict]:
     """One row per model and batch size: ms per forward, images per second through one forward."""
+    described = [_describe(m) for m in loaded]  # FLOPs are counted once per model, not per batch size
     rows = []
     for batch in cfg.batch_sizes:
         medians = time_side_by_side([m.model for m in loaded], batch, cfg.repeats, device, precision)
-        rows += [{**_describe(m), "batch_size": batch, "ms_per_forward": 1000 * s, "images_per_s": batch / s}
-                 for m, s in zip(loaded, medians)]
+        rows += [{**d, "batch_size": batch, "ms_per_forward": 1000 * s, "images_per_s": batch / s}
+                 for d, s in zip(described, medians)]
     return rows
 
 

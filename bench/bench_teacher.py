@@ -38,8 +38,8 @@ def main() -> None:
     splits = load_splits(cfg)
     model = UNet(UNetConfig(image_size=splits.image_size, in_channels=splits.channels)).to(device)
     diffusion = GaussianDiffusion(DiffusionConfig())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    ema = AveragedModel(model, avg_fn=ema_average(cfg.ema_decay), use_buffers=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, foreach=True)
+    ema = AveragedModel(model, multi_avg_fn=ema_average(cfg.ema_decay), use_buffers=True)
     batches = iter(loader(splits.train, cfg.batch_size, shuffle=True, seed=0))
     times = []
     for step in range(args.warmup + args.steps):

@@ -1,5 +1,6 @@
 """The whole study in one command: every stage is an MLflow project run, and reruns reuse them."""
 
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -60,14 +61,20 @@ def test_pipeline_runs_every_stage_then_reuses_them(store, project_env, tmp_path
     assert pipelines.iloc[0]["tags.mlflow.project.entryPoint"] == "main"
     first_pipeline = pipelines.iloc[0]["run_id"]
     nested = runs[runs["tags.mlflow.parentRunId"] == first_pipeline]
-    assert set(nested["tags.dmat.role"]) == {"teacher", "student", "evaluation", "cost", "report"}
+    # the two students were trained in one loop sharing the teacher's pass: the `students` stage, nested under the
+    # pipeline, with the students' own runs nested under it
+    [loop] = nested[nested["tags.mlflow.project.entryPoint"] == "students"]["run_id"]
+    assert set(nested["tags.dmat.role"].dropna()) == {"teacher", "evaluation", "cost", "report"}
     assert all(nested["status"] == "FINISHED")
     students = runs[runs["tags.dmat.role"] == "student"]
+    assert set(students["tags.mlflow.parentRunId"]) == {loop}
+    assert students["tags.dmat.stage_key"].nunique() == 2  # each stands for its own distill stage: reused above
     assert set(students["tags.dmat.teacher_run_id"]) == {runs[runs["tags.dmat.role"] == "teacher"].iloc[0]["run_id"]}
     assert sorted(students["tags.dmat.size_factor"]) == ["0.3", "0.5"]
     # stages carry the commit they ran at, and dmat's names, not MLflow's random ones
-    assert set(nested["tags.mlflow.source.git.commit"]) == {source.commit}
-    assert set(nested["tags.dmat.source_dirty"]) == {str(source.dirty).lower()}
+    for stage_runs in (nested, students):
+        assert set(stage_runs["tags.mlflow.source.git.commit"]) == {source.commit}
+        assert set(stage_runs["tags.dmat.source_dirty"]) == {str(source.dirty).lower()}
     assert sorted(students["tags.mlflow.runName"]) == ["student-0.3-distill-digits-8px", "student-0.5-distill-digits-8px"]
 
 
@@ -86,12 +93,12 @@ def test_pipeline_bad_input_is_one_line_and_writes_nothing(store, args, message)
 
 
 # Sourced by every non-interactive bash, so by each stage's `bash -c "PYTHONPATH=src python -m dmat ..."`
-# that mlflow.projects.run starts: the 0.5 student's process dies before it gets going, every other
-# stage runs the real command.
-KILL_ONE_STUDENT = """
+# that mlflow.projects.run starts: the students' shared loop dies before it gets going, every other stage
+# runs the real command.
+KILL_THE_STUDENTS = """
 python() {
-  if [[ " $* " == *" distill "*"--size-factor 0.5 "* ]]; then
-    echo "test: the 0.5 student's process is killed" >&2
+  if [[ " $* " == *" dmat students "* ]]; then
+    echo "test: the students' process is killed" >&2
     return 3
   fi
   command python "$@"
@@ -101,42 +108,38 @@ python() {
 
 @pytest.mark.slow
 def test_a_failed_student_stage_is_reported_while_the_rest_runs(store, tmp_path, monkeypatch):
-    (tmp_path / "bash_env.sh").write_text(KILL_ONE_STUDENT)
+    (tmp_path / "bash_env.sh").write_text(KILL_THE_STUDENTS)
     monkeypatch.setenv("BASH_ENV", str(tmp_path / "bash_env.sh"))
     result = CliRunner().invoke(cli, ["pipeline", *TINY_PIPELINE])
 
     assert result.exit_code == 2, result.output + str(result.exception)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: 1 stage(s) failed: rerun the same command to retry them"], result.stderr
+    assert errors == ["error: 2 stage(s) failed: rerun the same command to retry them"], result.stderr
     assert "Traceback" not in result.stderr
     *lines, last = result.stdout.splitlines()
     table = {words[0]: words for words in map(str.split, lines) if words[-2:-1] == ["run"]}  # label ... run ID
-    assert list(table) == ["teacher", "student_distill_0.3", "student_distill_0.5", "evaluate_teacher",
-                           "evaluate_student_distill_0.3", "cost", "report"]
-    failed = table["student_distill_0.5"]
-    assert failed[1] == "FAILED" and failed[-2] == "run"
-    failed_run = mlflow.get_run(failed[-1])
-    assert f"Run (ID '{failed_run.info.run_id}') failed" in " ".join(failed)  # the stage's error
-
+    assert list(table) == ["teacher", "student_distill_0.3", "student_distill_0.5", "evaluate_teacher", "cost",
+                           "report"]
     runs = mlflow.search_runs(search_all_experiments=True)
     [pipeline_id] = runs[runs["tags.dmat.role"] == "pipeline"]["run_id"]
+    [loop_id] = runs[runs["tags.mlflow.project.entryPoint"] == "students"]["run_id"]
+    for label in ("student_distill_0.3", "student_distill_0.5"):  # each student's line names the failed loop
+        failed = table[label]
+        assert failed[1] == "FAILED" and failed[-1] == loop_id
+        assert f"Run (ID '{loop_id}') failed" in " ".join(failed)
     assert last == f"pipeline run {pipeline_id}"
     metrics = mlflow.get_run(pipeline_id).data.metrics
-    assert (metrics["stages"], metrics["stages_failed"], metrics["stages_reused"]) == (7, 1, 0)
-    # the failed stage: its own FAILED run of the distill entry point, under the pipeline run
-    assert failed_run.info.status == "FAILED"
-    assert failed_run.data.tags["mlflow.project.entryPoint"] == "distill"
-    assert failed_run.data.params["size_factor"] == "0.5"
-    assert failed_run.data.tags["mlflow.parentRunId"] == pipeline_id
-    # every other stage ran: the other student, and the teacher's and that student's evaluations
+    assert (metrics["stages"], metrics["stages_failed"], metrics["stages_reused"]) == (6, 2, 0)
+    loop = mlflow.get_run(loop_id)
+    assert loop.info.status == "FAILED"
+    assert shlex.split(loop.data.params["sizes"]) == ["0.3 0.5"]  # MLflow logs a value with spaces shell-quoted
+    assert loop.data.tags["mlflow.parentRunId"] == pipeline_id
+    # every other stage ran: the teacher and its evaluation, the timings, the report
     finished = runs[runs["status"] == "FINISHED"]
     assert finished["tags.dmat.role"].value_counts().to_dict() == {
-        "pipeline": 1, "teacher": 1, "student": 1, "feature-extractor": 1, "evaluation": 2, "cost": 1, "report": 1}
-    models = finished[finished["tags.dmat.role"].isin(["teacher", "student"])]
-    assert finished[finished["tags.dmat.role"] == "student"].iloc[0]["params.size_factor"] == "0.3"
-    evaluated = finished[finished["tags.dmat.role"] == "evaluation"]["tags.dmat.model_run_id"]
-    assert sorted(evaluated) == sorted(models["run_id"])
-    assert {table[label][-1] for label in ("teacher", "student_distill_0.3")} == set(models["run_id"])
+        "pipeline": 1, "teacher": 1, "feature-extractor": 1, "evaluation": 1, "cost": 1, "report": 1}
+    [teacher] = finished[finished["tags.dmat.role"] == "teacher"]["run_id"]
+    assert list(finished[finished["tags.dmat.role"] == "evaluation"]["tags.dmat.model_run_id"]) == [teacher]
     assert len(runs) == len(finished) + 1  # nothing else failed or was left running
 
 

@@ -341,3 +341,147 @@ def test_report_of_seeds_inits_and_a_steps_grid(store, tmp_path):
     budget = pd.read_csv(out / "tables" / "budget.csv")
     assert len(budget) == 17 and budget.still_improving.value_counts().to_dict() == {"no": 14, "yes": 2, "unknown": 1}
     assert budget.still_improving[budget.method == "teacher"].item() == "unknown"  # it logged no flag: not "no"
+
+
+def _evaluations_at(*image_sizes) -> pd.DataFrame:
+    """Hand-made evaluations: a teacher at the first image size, distilled and scratch students of size 0.5 with
+    seeds 0 and 1 at every image size (a smaller image: a higher FID, so that pooling would show)."""
+    rows = [("teacher", 1.0, image_sizes[0], 0, 3.0)] + [
+        (method, 0.5, px, seed, 4.0 + seed + 2.0 * (method == "scratch") + 32 / px)
+        for px in image_sizes for method in ("distill", "scratch") for seed in (0, 1)]
+    frame = pd.DataFrame(rows, columns=["method", "size_factor", "image_size", "model_seed", "fid"])
+    return frame.assign(run_id=[f"run{i}" for i in range(len(frame))], seed=0, kid=frame.fid / 100, kid_floor=0.01,
+                        kid_floor_sd=0.002, num_parameters=2e6 * frame.size_factor ** 2,
+                        latency_ms_per_image=1 + 4 * frame.size_factor)
+
+
+def _legend(ax) -> list[str]:
+    return [text.get_text() for text in ax.get_legend().get_texts()]
+
+
+def test_two_resolutions_of_one_size_are_two_models_everywhere():
+    """A 16 px and a 32 px student of size 0.5 are two rows, two lines, two fits and two frontiers, each labelled
+    with its resolution; nothing averages or joins them."""
+    from dmat.report import figures
+    from dmat.report.findings import distill_vs_scratch, seeds_statement, smallest_near_teacher
+    from dmat.report.frontier import COSTS, band_sentences, budget_points, frontier, grid_points
+    from dmat.report.scaling import scaling_study
+    from dmat.report.tables import format_table, summary_table
+
+    evaluations = _evaluations_at(32, 16)
+    table = summary_table(evaluations)
+    distill = table[table.method == "distill"]
+    assert distill.n.tolist() == [2, 2] and distill.image_size.tolist() == [32, 16]
+    assert distill.fid.tolist() == [5.5, 6.5]  # each the mean of its own seeds, not 6.0 over all four
+    assert list(format_table(table).columns[:4]) == ["method", "init", "image_size", "size_factor"]
+    legend = _legend(figures.quality_figure(table).axes[0])
+    assert {"distill, 32px", "distill, 16px", "scratch, 32px", "scratch, 16px", "teacher, 32px (0.03)",
+            "real-vs-real floor, 16px (0.01)"} <= set(legend)
+
+    lines = distill_vs_scratch(table, evaluations)  # Welch-tested within each resolution: n=2 vs 2, not 4 vs 4
+    assert [line.split(" (Welch")[0] for line in lines] == [
+        "size 0.5, 32px: distilled FID 5.5 vs scratch 7.5: distillation better",
+        "size 0.5, 16px: distilled FID 6.5 vs scratch 8.5: distillation better"]
+    assert all("n=2 vs 2" in line for line in lines)
+    assert smallest_near_teacher(table)[0].startswith("distill, 16px: not compared with the teacher's FID, which is "
+                                                      "of 32px images")
+    assert "Seeds: 2 to 2 runs per size and method" in seeds_statement(evaluations, pd.DataFrame(
+        {"role": ["teacher"], "status": ["FINISHED"]}))[0]
+
+    # per-timestep curves: one line per resolution, each the mean of its own runs
+    histories = pd.DataFrame([(r.run_id, "traj_mse", step, r.image_size + r.model_seed)
+                              for r in evaluations.itertuples() for step in range(3)],
+                             columns=["run_id", "key", "step", "value"])
+    ax = figures.trajectory_divergence_figure(histories, evaluations, [0.5]).axes[0]
+    lines = {line.get_label(): line.get_ydata()[0] for line in ax.get_lines()}
+    assert lines == {"0.5 distill, 32px": 32.5, "0.5 distill, 16px": 16.5, "0.5 scratch, 32px": 32.5,
+                     "0.5 scratch, 16px": 16.5}
+
+    # the budget frontier: one per resolution, its bands said per resolution
+    no_grid = pd.DataFrame(columns=["run_id", "key", "step", "value"])  # each evaluation: its own steps only
+    points = budget_points(grid_points(evaluations.assign(steps=10, flops_per_forward=1e5 * evaluations.size_factor),
+                                       no_grid))
+    front = frontier(points, "flops_per_image")
+    assert front.groupby("image_size").size().to_dict() == {16: 1, 32: 2}
+    sentences = band_sentences(front, "flops_per_image")
+    assert sentences[0].startswith("At 32px: Below 500 kFLOPs") and sentences[3].startswith("At 16px: Below")
+    assert "best is size 0.5 distill at 10 steps" in sentences[4]
+    fronts = {(q, c): frontier(points, c, q) for q in ("kid", "fid") for c in COSTS}
+    legend = _legend(figures.frontier_figure(points, fronts, COSTS).axes[0])
+    assert {"distill, 32px", "distill, 16px", "Pareto frontier, 32px", "Pareto frontier, 16px"} <= set(legend)
+
+    # the scaling law: one fit per resolution; the size needed only at the teacher's
+    x = np.geomspace(2e4, 1e6, 5)
+    rows = [("distill", px, n, 0.02 * 32 / px + 0.05 * (n / 1e6) ** -0.6) for px in (32, 16) for n in x]
+    points = pd.DataFrame(rows + [("teacher", 32, 2e6, 0.06)],
+                          columns=["method", "image_size", "num_parameters", "kid"])
+    points = points.assign(init="random", flops_per_forward=points.num_parameters, fid=100 * points.kid,
+                           val_task_loss=points.kid)
+    scaling = scaling_study(points)
+    kid_laws = [law.split(":")[0] for law in scaling.laws if law.startswith("KID vs parameters")]
+    assert kid_laws == ["KID vs parameters, distill, 16px", "KID vs parameters, distill, 32px"]
+    needed = [line for line in scaling.needed if line.startswith("KID vs parameters")]
+    assert needed[0] == "KID vs parameters, distill, 16px: not compared with the teacher, whose KID is of 32px images."
+    assert needed[1].startswith("KID vs parameters, distill, 32px: within 10% of the teacher's")
+    legend = _legend(figures.scaling_figure(scaling.panels).axes[0])
+    assert {"distill, 16px", "distill, 32px"} <= set(legend)
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_one_resolution_keeps_its_labels(drop):
+    """One resolution (or a frame without image_size): no resolution column and no "px" in any label."""
+    from dmat.report import figures
+    from dmat.report.findings import distill_vs_scratch, smallest_near_teacher
+    from dmat.report.tables import format_table, quality_table, summary_table
+
+    evaluations = _evaluations_at(32)
+    evaluations = evaluations.drop(columns="image_size") if drop else evaluations
+    table = summary_table(evaluations)
+    assert len(table) == 3
+    assert list(format_table(table).columns[:5]) == ["method", "init", "size_factor", "n", "seeds"]
+    assert "image_size" not in quality_table(evaluations).columns
+    assert set(_legend(figures.quality_figure(table).axes[0])) == {
+        "distill", "scratch", "teacher (0.03)", "real-vs-real floor (0.01)", "floor ± sd over draws"}
+    assert distill_vs_scratch(table, evaluations)[0].startswith("size 0.5: distilled FID 5.5 vs scratch 7.5")
+    assert smallest_near_teacher(table)[0].startswith("distill: no size is within 10% of the teacher's FID 3")
+
+
+def test_budget_frontier_legend_names_students_of_the_teachers_width():
+    """A size-1.0 student has a legend entry of its own (its size's colour, a student marker), beside the teacher's
+    star."""
+    from matplotlib.colors import to_rgba
+
+    from dmat.report.figures import frontier_figure, size_color
+    from dmat.report.frontier import COSTS, frontier
+
+    points = pd.DataFrame({"method": ["teacher", "distill", "distill"], "init": "random",
+                           "size_factor": [1.0, 1.0, 0.5], "steps": 10, "kid": [0.05, 0.06, 0.09],
+                           "fid": [5.0, 6.0, 9.0], "flops_per_image": [4e6, 4e6, 1e6],
+                           "latency_ms_per_image": [4.0, 4.0, 1.0]})
+    fronts = {(q, c): frontier(points, c, q) for q in ("kid", "fid") for c in COSTS}
+    legend = frontier_figure(points, fronts, COSTS).axes[0].get_legend()
+    handles = dict(zip(_legend(legend.axes), legend.legend_handles))
+    assert list(handles) == ["size 0.5", "size 1", "teacher", "distill", "Pareto frontier"]
+    assert handles["size 1"].get_marker() == "o" and handles["teacher"].get_marker() == "*"
+    assert to_rgba(handles["size 1"].get_color()) == to_rgba(size_color(1.0))
+
+
+def test_report_of_students_at_two_resolutions(store, tmp_path):
+    """From MLflow: a distilled student of size 0.5 at the teacher's 8 px and one at 4 px are two summary rows, and
+    the report's findings and frontier name each resolution."""
+    teacher = log_synthetic_study("syn", sizes=(0.5,), methods=("distill",), problems=False, artifacts=False,
+                                  steps_grid=(2,))["teacher"]
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("syn").experiment_id
+    low = _model_run(client, experiment, "student", "distill", 0.5, 0)
+    evaluation = _evaluation_run(client, experiment, low, teacher, "student", "distill", 0.5, 0, artifacts=False,
+                                 steps_grid=(2,))
+    for run_id in (low, evaluation):
+        client.set_tag(run_id, "dmat.image_size", "4")
+    html = build_report("syn", ["summary", "frontier", "findings"], out_dir=tmp_path, log_run=False).read_text()
+    summary = pd.read_csv(tmp_path / "tables" / "summary.csv")
+    distill = summary[summary.method == "distill"]
+    assert len(distill) == 2 and sorted(distill.image_size) == [4, 8]
+    assert "distill, 4px: not compared with the teacher&#x27;s FID, which is of 8px images" in html
+    assert "distill, 8px: no size is within 10% of the teacher&#x27;s FID" in html
+    assert "At 4px: Budget" in html and "At 8px: Budget" in html

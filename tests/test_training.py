@@ -150,3 +150,27 @@ def test_in_a_shared_loop_a_failing_or_stopping_model_drops_out_and_the_others_g
     assert [c["epoch"] for c in recorders[0].checkpoints] == [1]  # its last finished epoch stays resumable
     assert (stopped.best_epoch, stopped.epochs_run, stopped.stopped_early) == (1, 2, True)
     assert trained.epochs_run == 3 and sorted(recorders[2].metrics) == [1, 2, 3]
+
+
+def test_the_ema_follows_the_warm_up_recurrence_on_every_tensor():
+    """avg <- d * avg + (1 - d) * w with d = min(decay, (1+n)/(10+n)) after n updates; the first update copies."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from dmat.training import ema_average
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.GroupNorm(2, 4))
+    ema = AveragedModel(model, multi_avg_fn=ema_average(0.9), use_buffers=True)
+    expected = None
+    for n in range(6):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        weights = [p.detach().clone() for p in model.parameters()]
+        if expected is None:
+            expected = weights
+        else:
+            d = min(0.9, (1 + n) / (10 + n))  # n updates were averaged before this one
+            expected = [d * a + (1 - d) * w for a, w in zip(expected, weights)]
+        ema.update_parameters(model)
+    for got, want in zip(ema.module.parameters(), expected):
+        torch.testing.assert_close(got, want)

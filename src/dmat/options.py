@@ -77,6 +77,7 @@ class Option:
     required: bool = False  # an MLproject parameter without a default (the CLI checks it itself)
     metavar: str | None = None
     apply: typing.Callable[[bool], None] | None = None  # a process-wide bool switch, applied when parsed
+    mlproject: bool = True  # False: a CLI-only option, not a parameter of the command's entry point
 
     @property
     def flag(self) -> str:
@@ -183,11 +184,12 @@ COMMANDS: dict[str, CommandOptions] = {
         Option("size_factor", "student width relative to the teacher, 0.01 to 1.0 (required unless --resume)",
                mlproject_type="float", required=True),
         *STUDENT_ITEMS)),
-    "students": CommandOptions(None, (
+    "students": CommandOptions("students", (
         Option("sizes", f"size factors, space or comma separated (default: {DEFAULT_SIZES})"),
+        # the entry point always shares the pass: one by one, each student would take over the entry point's run
         Option("shared_teacher", "train the sizes in one loop that runs the teacher once per batch for all of them "
                                  "(the same results as one by one; default: true)", default=True, kind=bool,
-               cli_default=True),
+               cli_default=True, mlproject=False),
         *STUDENT_ITEMS)),
     "evaluate": CommandOptions("evaluate", (
         Option("run_id", "the teacher or student to evaluate: a run id, models:/NAME@ALIAS or models:/NAME/VERSION",
@@ -262,7 +264,7 @@ def render_mlproject() -> str:
     for command, spec in COMMANDS.items():
         if spec.entry_point is None:
             continue
-        options = spec.options()
+        options = [option for option in spec.options() if option.mlproject]
         out += [f"  {spec.entry_point}:", "    parameters:"]
         out += [f"      {option.name}: {option.mlproject_parameter()}" for option in options]
         words = [f"PYTHONPATH=src python -m dmat {command}", *spec.fixed_args,

@@ -6,11 +6,18 @@ with the same parameters, run at the same git commit from a clean checkout (MLfl
 commit too: params alone miss changed code), is reused instead of run again, so a rerun after a crash
 continues where it stopped and a rerun of a finished study trains nothing. Stage runs are nested under one
 `dmat.role=pipeline` run that records which runs were reused and how long each stage took.
+
+The students of one seed and method that are not finished yet are trained together by the `students` entry point,
+in one loop that computes the teacher's output once per batch for all of them (distill.train_students). Each is
+still its own run, nested under that stage's run and tagged with the `distill` stage it stands for (STAGE_KEY),
+so a rerun reuses it like a student trained alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import sys
 import time
@@ -27,6 +34,7 @@ from dmat.config import DistillConfig, PipelineConfig
 from dmat.errors import DmatError
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
+STAGE_KEY = "dmat.stage_key"  # on a run trained in a shared loop: the stage (entry point, parameters) it stands for
 
 
 @dataclass
@@ -55,13 +63,27 @@ def find_finished(entry_point: str, parameters: dict[str, str], experiment_id: s
     the git commit, see lineage.Source), if any."""
     runs = tracking.find_runs(None, {tracking.ENTRY_POINT: entry_point, **(same_code or {})}, params=parameters,
                               max_results=1, experiment_ids=[experiment_id])
+    if not runs:  # trained in a shared loop, standing for this stage
+        runs = tracking.find_runs(None, {STAGE_KEY: stage_key(entry_point, parameters), **(same_code or {})},
+                                  max_results=1, experiment_ids=[experiment_id])
     return runs[0].info.run_id if runs else None
+
+
+def encoded(parameters: dict) -> dict[str, str]:
+    """Stage parameters as `mlflow run -P` passes and logs them."""
+    return {k: tracking.encode_param(v) for k, v in parameters.items()}
+
+
+def stage_key(entry_point: str, parameters: dict[str, str]) -> str:
+    """A stage's identity as one tag value: its entry point and encoded parameters, hashed."""
+    text = json.dumps([entry_point, sorted(parameters.items())])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def run_stage(stage: Stage, parameters: dict, experiment_id: str, parent_run_id: str, reuse: bool = True,
               source: lineage.Source = lineage.Source(None)) -> Stage:
     """Reuse a finished run with the same parameters and code (when `reuse`), or run the entry point now."""
-    parameters = {k: tracking.encode_param(v) for k, v in parameters.items()}
+    parameters = encoded(parameters)
     start = time.perf_counter()
     reuse = reuse and source.reuse_tags is not None  # uncommitted changes: no finished stage ran this code
     stage.run_id = find_finished(stage.entry_point, parameters, experiment_id, source.reuse_tags) if reuse else None
@@ -142,6 +164,53 @@ class _Study:
         mlflow.log_metric(f"seconds_{label}", done.seconds)
         return done
 
+    def students(self, method: str, seed: int, teacher_run_id: str) -> list[Stage]:
+        """One `distill` stage per size; those not finished yet, when there are several, trained in one shared loop."""
+        cfg, suffix = self.cfg, f"_seed{seed}" if seed else ""
+        common = {**self.common(seed), **cfg.student_training(), "method": method,
+                  "student_steps": min(DistillConfig.student_steps, cfg.timesteps), "teacher_run_id": teacher_run_id}
+        stages = {size: (f"student_{method}_{tracking.encode_param(size)}{suffix}", {**common, "size_factor": size})
+                  for size in cfg.sizes}
+        reuse_tags = self.source.reuse_tags
+        missing = [size for size, (_, params) in stages.items() if reuse_tags is None
+                   or find_finished("distill", encoded(params), self.experiment_id, reuse_tags) is None]
+        if len(missing) < 2:
+            return [self.stage("distill", label, params) for label, params in stages.values()]
+        shared = self.shared_loop(f"students_{method}{suffix}", common, {size: stages[size] for size in missing})
+        return [shared[size] if size in shared else self.stage("distill", *stages[size]) for size in cfg.sizes]
+
+    def shared_loop(self, label: str, common: dict, stages: dict[float, tuple[str, dict]]) -> dict[float, Stage]:
+        """Train these students in one `students` stage; per size, the distill stage its run stands for: the run
+        is nested under the loop's run, tagged with the stage's key and code, and shares the loop's wall time."""
+        self.progress.set_postfix_str(label)
+        loop = run_stage(Stage("students", label), {**common, "sizes": " ".join(map(tracking.encode_param, stages))},
+                         self.experiment_id, self.result.run_id, False, self.source)
+        tqdm.write(f"{label}: {'failed' if loop.error else f'{loop.seconds:.0f} s'} (run {loop.run_id}, "
+                   f"{len(stages)} students in one loop)")
+        mlflow.log_metric(f"seconds_{label}", loop.seconds)
+        if loop.run_id:
+            MlflowClient().set_tag(loop.run_id, tracking.RUN_NAME, label.replace("_", "-"))
+        children = tracking.find_runs(tracking.STUDENT, {tracking.PARENT_RUN_ID: loop.run_id}, status=None,
+                                      experiment_ids=[self.experiment_id]) if loop.run_id else []
+        by_size = {float(run.data.tags[tracking.SIZE_FACTOR]): run for run in children}
+        out = {}
+        for size, (name, params) in stages.items():
+            stage = Stage("distill", name, seconds=loop.seconds / len(stages))
+            run = by_size.get(float(size))
+            stage.run_id = run.info.run_id if run else loop.run_id
+            if run is not None and run.info.status == "FINISHED":
+                key = stage_key("distill", encoded(params))
+                code = {tracking.GIT_COMMIT: self.source.commit, **self.source.run_tags} if self.source.commit else {}
+                for tag, value in {STAGE_KEY: key, **code}.items():
+                    MlflowClient().set_tag(stage.run_id, tag, value)
+            else:
+                stage.error = loop.error or f"its run ended {run.info.status if run else 'before it began'} in {label}"
+            self.result.stages.append(stage)
+            self.progress.update(1)
+            tqdm.write(f"{name}: {'failed' if stage.error else 'trained'} in {label} (run {stage.run_id})")
+            out[size] = stage
+        return out
+
     def common(self, seed: int) -> dict:
         cfg = self.cfg
         return {"dataset": cfg.dataset, "image_size": cfg.image_size, "seed": seed, "device": cfg.device,
@@ -156,12 +225,7 @@ class _Study:
         models = [teacher]
         for seed in cfg.seeds:
             for method in cfg.methods:
-                for size in cfg.sizes:
-                    label = f"student_{method}_{tracking.encode_param(size)}" + (f"_seed{seed}" if seed else "")
-                    models.append(self.stage("distill", label, {
-                        **self.common(seed), **cfg.student_training(), "size_factor": size, "method": method,
-                        "student_steps": min(DistillConfig.student_steps, cfg.timesteps),
-                        "teacher_run_id": teacher.run_id}))
+                models += self.students(method, seed, teacher.run_id)
         evaluate = {"num_samples": cfg.num_samples, "steps": cfg.steps, "steps_grid": cfg.steps_grid,
                     "device": cfg.device, "precision": cfg.precision}
         for model in models:

@@ -270,13 +270,15 @@ def _start_run(run_name: str, experiment: str | None, run_id: str | None, system
 
 
 def _create_run(run_name: str, experiment: str | None, system_metrics: bool | None):
-    """A new run that is not MLflow's active run, and its system metrics monitor (None when they are off)."""
+    """A new run that is not MLflow's active run, and its system metrics monitor (None when they are off).
+    Inside `mlflow run` (an entry point that trains several models) it is nested under the entry point's run."""
     use_experiment(experiment)  # refuses a deleted experiment, creates a new one
     client = MlflowClient()
+    parent = {PARENT_RUN_ID: os.environ["MLFLOW_RUN_ID"]} if "MLFLOW_RUN_ID" in os.environ else {}
     try:
         found = client.get_experiment_by_name(experiment_name(experiment))
         run = client.create_run(found.experiment_id if found else client.create_experiment(experiment_name(experiment)),
-                                run_name=run_name, tags=resolve_tags())  # MLflow's source and user tags, as fluent runs get
+                                run_name=run_name, tags=resolve_tags(parent))  # MLflow's source and user tags, as fluent runs get
     except MlflowException as exc:
         raise DmatError(f"tracking store {tracking_uri()} refused to start the run ({_first_line(exc)})") from None
     monitor = SystemMetricsMonitor(run.info.run_id) if system_metrics else None

@@ -66,13 +66,21 @@ def ema_average(decay: float):
     """EMA of the weights with a warm-up: the decay used at update n is min(decay, (1+n)/(10+n)), so
     the average follows the weights closely early on instead of staying near the random init. The
     warm-up is TensorFlow's `ExponentialMovingAverage(num_updates=...)`, also used by the original
-    DDPM code (Ho et al. 2020); the EMA itself is Polyak averaging as in Song & Ermon (2020)."""
+    DDPM code (Ho et al. 2020); the EMA itself is Polyak averaging as in Song & Ermon (2020).
 
-    def avg_fn(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
-        d = min(decay, (1 + num_averaged.item()) / (10 + num_averaged.item()))
-        return d * averaged + (1 - d) * current
+    An `AveragedModel` multi_avg_fn: one fused lerp over all tensors of a device and dtype (avg <- avg +
+    (1-d)(current - avg), i.e. d*avg + (1-d)*current) instead of one Python call per tensor."""
 
-    return avg_fn
+    def multi_avg_fn(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = num_averaged.item()
+        floats = [(a, c) for a, c in zip(averaged, current) if a.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1 - min(decay, (1 + n) / (10 + n)))
+        for a, c in zip(averaged, current):
+            if not a.is_floating_point():  # a counter buffer is followed, not averaged
+                a.copy_(c)
+
+    return multi_avg_fn
 
 
 @dataclass
@@ -180,8 +188,9 @@ class _TrainingState:
         self.recorder, self.on_epoch_end = recorder or Recorder(), on_epoch_end
         self.extras = list(getattr(objective, "trainable_parameters", list)())
         self.trainable = [*model.parameters(), *self.extras]
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.ema = AveragedModel(model, avg_fn=ema_average(cfg.ema_decay), use_buffers=True)
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                           foreach=True)  # CPU too: one kernel per tensor group, not per tensor
+        self.ema = AveragedModel(model, multi_avg_fn=ema_average(cfg.ema_decay), use_buffers=True)
         device, seed = next(model.parameters()).device, cfg.seed + distributed.rank()
         self.noise = torch.Generator(device).manual_seed(seed + NOISE_SEED)
         self.dropout = _DropoutStream(seed, device)

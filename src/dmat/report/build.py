@@ -27,8 +27,8 @@ from dmat.report import figures, frontier, scaling, speed
 from dmat.report.findings import findings, seeds_statement
 from dmat.report.query import Study, load_npz, load_study, metric_histories
 from dmat.report.tables import (GROUP, budget_table, curve_interval_table, format_table, interval_table,
-                                memorisation_table, pareto_mask, per_run_means, quality_table, readable_subset,
-                                summary_table, variant)
+                                key_columns, memorisation_table, namer, pareto_mask, per_run_means, quality_table,
+                                readable_subset, summary_table, with_keys)
 
 log = logging.getLogger(__name__)
 
@@ -72,25 +72,27 @@ class Section:
 
 
 def _latest_per_group(evaluations: pd.DataFrame, sizes: list[float]) -> pd.DataFrame:
-    """The teacher's and, per (size, method, init) in `sizes`, the newest evaluation (inputs are newest first)."""
-    chosen = evaluations[(evaluations.method == "teacher") | evaluations.size_factor.isin(sizes)]
+    """The teacher's and, per model (GROUP) of a size in `sizes`, the newest evaluation (inputs are newest first)."""
+    chosen = with_keys(evaluations[(evaluations.method == "teacher") | evaluations.size_factor.isin(sizes)])
     return chosen.drop_duplicates(GROUP, keep="first").sort_values(
-        ["size_factor", "method", "init"], ascending=[False, True, True])
+        ["image_size", "size_factor", "method", "init"], ascending=[False, False, True, True])
 
 
-def _label(row) -> str:
-    return "teacher" if row.method == "teacher" else f"{row.size_factor:g} {variant(row.method, row.init)}"
+def _label(row, name) -> str:
+    """A row's model in a panel; `name`: namer() of the study's evaluations."""
+    return ("teacher" if row.method == "teacher"
+            else f"{row.size_factor:g} {name(row.method, row.init, row.image_size)}")
 
 
 def _artifact_panels(section: Section, study: Study, sizes: list[float], path: str) -> list[tuple[str, dict]]:
     """(label, arrays of `path`) of the newest evaluation per group; a note names the groups without it."""
-    panels, missing = [], []
+    panels, missing, name = [], [], namer(study.evaluations)
     for row in _latest_per_group(study.evaluations, sizes).itertuples():
         data = load_npz(row.run_id, path)
         if data is None:
-            missing.append(_label(row))
+            missing.append(_label(row, name))
         else:
-            panels.append((_label(row), data))
+            panels.append((_label(row, name), data))
     if missing:
         section.notes.append(f"no {path} in the evaluations of: {', '.join(missing)}")
     return panels
@@ -134,7 +136,7 @@ def trajectory_pca(study: Study, sizes: list[float]):
         return None
     seeds = students_evals.seed.dropna()
     common = students_evals[students_evals.seed == seeds.mode().iloc[0]] if len(seeds) else students_evals
-    teacher, students = None, []
+    teacher, students, name = None, [], namer(study.evaluations)
     for row in _latest_per_group(common, sizes).itertuples():
         data = load_npz(row.run_id, TRAJECTORIES_NPZ)
         if data is None:
@@ -142,7 +144,7 @@ def trajectory_pca(study: Study, sizes: list[float]):
         if teacher is None:
             teacher = data["teacher"][0]
         if data["model"][0].shape == teacher.shape:
-            students.append((_label(row), row.size_factor, row.method, data["model"][0]))
+            students.append((_label(row, name), row.size_factor, row.method, data["model"][0]))
     return figures.trajectory_pca_figure(teacher, students)
 
 
@@ -257,11 +259,12 @@ def _trajectory(section: Section, i: Inputs) -> None:
     section.tables.append(interval_table(i.table, ("final_mse", "traj_mse_mean")))
 
 
-SCALING_NOTE = ("L(N) = L_inf + a N^-alpha fitted by least squares to every run of each student method and init (the "
-                "teacher is the reference, not a point), N = parameters or FLOPs per forward; intervals: 95% "
-                f"percentile bootstrap ({scaling.BOOTSTRAP} resamples) of runs within each size where sizes have "
-                "several seeds, else of the sizes. Band: the bootstrap fits' pointwise 95% range. The validation task "
-                "loss is the model's at its best epoch (the evaluated checkpoint).")
+SCALING_NOTE = ("L(N) = L_inf + a N^-alpha fitted by least squares to every run of each student method, init and "
+                "resolution (the teacher is the reference, not a point, and only for students at its resolution: "
+                "another resolution's quality is against other real images), N = parameters or FLOPs per forward; "
+                f"intervals: 95% percentile bootstrap ({scaling.BOOTSTRAP} resamples) of runs within each size where "
+                "sizes have several seeds, else of the sizes. Band: the bootstrap fits' pointwise 95% range. The "
+                "validation task loss is the model's at its best epoch (the evaluated checkpoint).")
 
 
 def _scaling(section: Section, i: Inputs) -> None:
@@ -271,11 +274,12 @@ def _scaling(section: Section, i: Inputs) -> None:
                    f"no fit (at least {scaling.MIN_SIZES} distinct sizes of one method, and a converged fit)")
 
 
-FRONTIER_NOTE = ("Each point is one (method, init, size, sampling steps): KID/FID at the same matched N as the "
-                 "headline scores (mean over seeds, 95% interval in tables/frontier.csv), against the cost of sampling "
-                 "one image: steps x FLOPs per forward, and the measured batch-1 latency of the evaluation. Red: the "
-                 "Pareto frontier, drawn as the best quality a budget buys. Steps come from `dmat evaluate "
-                 "--steps-grid` (the pipeline's default); an evaluation without a grid gives its own steps only.")
+FRONTIER_NOTE = ("Each point is one (method, init, resolution, size, sampling steps): KID/FID at the same matched "
+                 "N as the headline scores (mean over seeds, 95% interval in tables/frontier.csv), against the cost "
+                 "of sampling one image: steps x FLOPs per forward, and the measured batch-1 latency of the "
+                 "evaluation. Red: the Pareto frontier (one per resolution), drawn as the best quality a budget buys. "
+                 "Steps come from `dmat evaluate --steps-grid` (the pipeline's default); an evaluation without a grid "
+                 "gives its own steps only.")
 
 
 def _frontier(section: Section, i: Inputs) -> None:
@@ -286,8 +290,9 @@ def _frontier(section: Section, i: Inputs) -> None:
     section.figure("budget_frontier", figures.frontier_figure(points, fronts, frontier.COSTS) if len(points) else None,
                    "no evaluation has KID or FID with a sampling cost")
     if len(points):
-        section.tables.append(fronts[("kid", "flops_per_image")].reindex(
-            columns=[*GROUP, "steps", "n", "kid", "kid_ci95", "fid", "flops_per_image", "latency_ms_per_image"]))
+        front = fronts[("kid", "flops_per_image")]
+        section.tables.append(key_columns(front).join(front.reindex(
+            columns=["steps", "n", "kid", "kid_ci95", "fid", "flops_per_image", "latency_ms_per_image"])))
 
 
 def _training(section: Section, i: Inputs) -> None:

@@ -2,7 +2,9 @@
 
 Each function takes tables from `query`/`tables` and returns a Figure, or None when there is
 nothing to plot; missing values are left out of a plot, never drawn as 0. Colour encodes the size
-factor (the same in every figure), line style the method.
+factor (the same in every figure), line style the method. Each resolution is a series of its own, never
+joined to or averaged with another (its quality is against real images of its own size); where a figure
+shows several, its labels say which and, where colour is the size, lower resolutions have hollow markers.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from dmat.report.tables import mean_curves, pareto_mask, variant, with_init  # noqa: E402
+from dmat.report.frontier import frontier  # noqa: E402
+from dmat.report.tables import GROUP, mean_curves, namer, pareto_mask, with_keys  # noqa: E402
 
 LINESTYLE = {"distill": "-", "scratch": "--", "teacher": ":"}
 MARKER = {"distill": "o", "scratch": "s", "teacher": "*"}
@@ -25,6 +28,15 @@ STUDENT_METHODS = ("distill", "scratch")
 
 def size_color(size: float):
     return "black" if size >= 1.0 else plt.cm.viridis(0.9 * float(size))
+
+
+def _marker(method: str, init: str) -> str:
+    return INIT_MARKER.get(init, MARKER.get(method, "^"))
+
+
+def _hollow(image_size: float, frame: pd.DataFrame) -> bool:
+    """Whether a model at `image_size` is below the largest resolution of `frame` (drawn with hollow markers)."""
+    return image_size < frame.image_size.max()
 
 
 def _students(table: pd.DataFrame) -> pd.DataFrame:
@@ -37,30 +49,36 @@ def _teacher_value(table: pd.DataFrame, column: str) -> float:
 
 
 def _errorbar_by_method(ax, table: pd.DataFrame, x: str, y: str) -> None:
-    """Mean per size, one line per method and init; a 95% interval only where one exists (a single evaluation
-    has none, and gets no bar rather than a zero-length one that would read as certainty)."""
-    for (method, init), group in with_init(_students(table)).groupby(["method", "init"]):
+    """Mean per size, one line per method, init and resolution; a 95% interval only where one exists (a single
+    evaluation has none, and gets no bar rather than a zero-length one that would read as certainty)."""
+    name = namer(table)
+    for (method, init, px), group in with_keys(_students(table)).groupby(["method", "init", "image_size"]):
         group = group.dropna(subset=[x, y]).sort_values(x)
         if group.empty:
             continue
-        line, = ax.plot(group[x], group[y], marker=INIT_MARKER.get(init, MARKER.get(method, "^")),
-                        linestyle=LINESTYLE.get(method, "-."), label=variant(method, init))
+        line, = ax.plot(group[x], group[y], marker=_marker(method, init),
+                        linestyle=LINESTYLE.get(method, "-."), label=name(method, init, px))
         known = group[np.isfinite(group[f"{y}_ci95"].astype(float))]
         if len(known):
             ax.errorbar(known[x], known[y], yerr=known[f"{y}_ci95"], fmt="none", capsize=3, color=line.get_color())
 
 
 def _reference_lines(ax, table: pd.DataFrame, metric: str, floor: str | None) -> None:
-    """The teacher's value, and the real-vs-real floor as its mean with a band of ± its sd over draws."""
-    teacher = _teacher_value(table, metric)
-    if np.isfinite(teacher):
-        ax.axhline(teacher, color="black", linestyle=":", label=f"teacher ({teacher:.3g})")
-    if floor and floor in table.columns and table[floor].notna().any():
-        value = float(table[floor].mean())
-        ax.axhline(value, color="grey", linestyle="-.", label=f"real-vs-real floor ({value:.3g})")
-        sd = float(table[f"{floor}_sd"].mean()) if f"{floor}_sd" in table.columns else np.nan
-        if np.isfinite(sd):
-            ax.axhspan(value - sd, value + sd, color="grey", alpha=0.2, label="floor ± sd over draws")
+    """Per resolution: the teacher's value, and the real-vs-real floor as its mean with a band of ± its sd over
+    draws (a floor is of real images of one size: never averaged across resolutions)."""
+    name = namer(table)
+    for px, rows in with_keys(table).groupby("image_size"):
+        teacher = _teacher_value(rows, metric)
+        if np.isfinite(teacher):
+            ax.axhline(teacher, color="black", linestyle=":", label=f"{name('teacher', None, px)} ({teacher:.3g})")
+        if floor and floor in rows.columns and rows[floor].notna().any():
+            value = float(rows[floor].mean())
+            ax.axhline(value, color="grey", linestyle="-.",
+                       label=f"{name('real-vs-real floor', None, px)} ({value:.3g})")
+            sd = float(rows[f"{floor}_sd"].mean()) if f"{floor}_sd" in rows.columns else np.nan
+            if np.isfinite(sd):
+                ax.axhspan(value - sd, value + sd, color="grey", alpha=0.2,
+                           label=name("floor ± sd over draws", None, px))
 
 
 def quality_figure(table: pd.DataFrame):
@@ -106,22 +124,23 @@ def most_copied_figure(panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarra
 
 
 def efficiency_figure(table: pd.DataFrame):
-    """FID against parameters and against latency; Pareto-optimal sizes ringed and labelled."""
+    """FID against parameters and against latency; Pareto-optimal sizes (of each resolution) ringed and labelled."""
     if not table.fid.notna().any():
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    name = namer(table)
     for ax, cost, label, scale in ((axes[0], "num_parameters", "parameters", "log"),
                                    (axes[1], "latency_ms_per_image", "latency (ms / image)", "linear")):
         _errorbar_by_method(ax, table, cost, "fid")
         teacher = table[table.method == "teacher"].dropna(subset=[cost, "fid"])
         ax.scatter(teacher[cost], teacher.fid, marker="*", s=150, color="black", label="teacher", zorder=3)
-        points = table.dropna(subset=[cost, "fid"])
-        front = points[pareto_mask(points[cost], points.fid)].sort_values(cost)
-        ax.plot(front[cost], front.fid, color="red", linestyle=":", linewidth=1)
-        ax.scatter(front[cost], front.fid, s=180, facecolors="none", edgecolors="red", label="Pareto-optimal", zorder=4)
-        for _, row in front.iterrows():
-            ax.annotate(f"{row.size_factor:g} {row.method}", (row[cost], row.fid), textcoords="offset points", xytext=(6, 6),
-                        fontsize=8, color="red")
+        for px, front in frontier(table, cost, "fid").groupby("image_size", sort=False):
+            ax.plot(front[cost], front.fid, color="red", linestyle=":", linewidth=1)
+            ax.scatter(front[cost], front.fid, s=180, facecolors="none", edgecolors="red",
+                       label=name("Pareto-optimal", None, px), zorder=4)
+            for _, row in front.iterrows():
+                ax.annotate(f"{row.size_factor:g} {name(row.method, None, px)}", (row[cost], row.fid),
+                            textcoords="offset points", xytext=(6, 6), fontsize=8, color="red")
         ax.set(xscale=scale, xlabel=label, ylabel="FID", title=f"quality vs {label}")
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -158,13 +177,14 @@ def mse_heatmap(histories: pd.DataFrame, evaluations: pd.DataFrame, sizes: list[
     curves = _student_curves(histories, evaluations, sizes, "eps_mse_teacher")
     if curves.empty:
         return None
-    grid = curves.pivot_table(index=["method", "init", "size_factor"], columns="step", values="value")
+    grid = curves.pivot_table(index=GROUP, columns="step", values="value")
+    name = namer(curves)
     values = np.ma.masked_invalid(grid.to_numpy(dtype=float))
     positive = values[values > 0]
     fig, ax = plt.subplots(figsize=(11, 1.2 + 0.35 * len(grid)))
     norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
     image = ax.imshow(values, aspect="auto", cmap="magma", norm=norm, interpolation="nearest")
-    ax.set_yticks(range(len(grid)), [f"{s:g} {variant(m, i)}" for m, i, s in grid.index])
+    ax.set_yticks(range(len(grid)), [f"{s:g} {name(m, i, px)}" for m, i, px, s in grid.index])
     ticks = np.linspace(0, grid.shape[1] - 1, min(10, grid.shape[1])).round().astype(int)
     ax.set_xticks(ticks, [str(grid.columns[i]) for i in ticks])
     ax.set(xlabel="timestep t", ylabel="size factor, method", title="epsilon MSE against the teacher")
@@ -200,12 +220,15 @@ def denoising_figure(panels: list[tuple[str, np.ndarray, np.ndarray]]):
 
 
 def _curve_lines(ax, curves: pd.DataFrame) -> None:
-    """One line per (method, init, size), its mean over runs, with a band of its 95% interval over the seeds
-    where there are several runs."""
-    for (method, init, size), curve in curves.groupby(["method", "init", "size_factor"]):
+    """One line per GROUP (method, init, resolution, size), its mean over runs, with a band of its 95% interval over
+    the seeds where there are several runs."""
+    name = namer(curves)
+    for (method, init, px, size), curve in curves.groupby(GROUP):
         color = size_color(size)
+        marks = (dict(marker="o", markerfacecolor="none", markevery=max(1, len(curve) // 8)) if _hollow(px, curves)
+                 else dict(marker="." if len(curve) < 10 else None))
         ax.plot(curve.step, curve.value, color=color, linestyle=LINESTYLE.get(method, "-."),
-                marker="." if len(curve) < 10 else None, label=f"{size:g} {variant(method, init)}")
+                label=f"{size:g} {name(method, init, px)}", **marks)
         band = curve[np.isfinite(curve.ci95.astype(float))]
         if len(band):
             ax.fill_between(band.step, band.value - band.ci95, band.value + band.ci95, color=color, alpha=0.15,
@@ -300,19 +323,20 @@ def training_figure(histories: pd.DataFrame, models: pd.DataFrame):
 
 
 def scaling_figure(panels: list[dict]):
-    """One panel per (quality, size measure): each run a point, each group's fitted law and its 95% bootstrap band
-    (groups without a fit: points only), the teacher as a star and 1.1 x its value dotted. A panel is a dict:
-    title, x_label, points (x, y, method, init), fits {(method, init): Fit}, teacher (x, y)."""
+    """One panel per (quality, size measure): each run a point, each series' fitted law and its 95% bootstrap band
+    (series without a fit: points only), the teacher as a star and 1.1 x its value dotted. A panel is a dict:
+    title, x_label, points (x, y, method, init, series: the label of its fit), fits {series: Fit}, teacher (x, y)."""
     if not panels:
         return None
     cols = 2
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(11, 3.6 * rows), squeeze=False)
     for ax, panel in zip(axes.flat, panels):
-        for (method, init), group in panel["points"].groupby(["method", "init"]):
-            style = dict(marker=INIT_MARKER.get(init, MARKER.get(method, "^")), linestyle="none", alpha=0.7)
-            dots, = ax.plot(group.x, group.y, label=variant(method, init), **style)
-            fit = panel["fits"].get((method, init))
+        for series, group in panel["points"].groupby("series", sort=False):
+            method, init = group.method.iloc[0], group.init.iloc[0]
+            style = dict(marker=_marker(method, init), linestyle="none", alpha=0.7)
+            dots, = ax.plot(group.x, group.y, label=series, **style)
+            fit = panel["fits"].get(series)
             if fit is not None and fit.problem is None:
                 grid = np.geomspace(group.x.min(), max(group.x.max(), panel["teacher"][0]), 100)
                 low, high = fit.band(grid)
@@ -332,37 +356,46 @@ def scaling_figure(panels: list[dict]):
 
 def frontier_figure(points: pd.DataFrame, fronts: dict[tuple[str, str], pd.DataFrame], costs: dict[str, str]):
     """Quality (rows: KID, FID) against sampling cost per image (columns), every (size, steps) point coloured by
-    size with its step count beside it, the teacher's as stars; the Pareto frontier in red."""
+    size with its step count beside it, the teacher's as stars; each resolution's Pareto frontier in red."""
     qualities = [q for q in ("kid", "fid") if points[q].notna().any()]
     if not qualities:
         return None
+    points, name = with_keys(points), namer(points)
     fig, axes = plt.subplots(len(qualities), len(costs), figsize=(12, 4.2 * len(qualities)), squeeze=False)
     for r, quality in enumerate(qualities):
         for c, (cost, cost_label) in enumerate(costs.items()):
             ax = axes[r, c]
             shown = points.dropna(subset=[cost, quality])
             for _, row in shown.iterrows():
-                ax.scatter(row[cost], row[quality], color=size_color(row.size_factor), s=40,
-                           marker="*" if row.method == "teacher" else INIT_MARKER.get(row.init, MARKER.get(row.method, "^")))
+                color = size_color(row.size_factor)
+                ax.plot(row[cost], row[quality], color=color, marker=_marker(row.method, row.init), markersize=7,
+                        markerfacecolor="none" if _hollow(row.image_size, points) else color, linestyle="none")
                 ax.annotate(f"{row.steps:g}", (row[cost], row[quality]), textcoords="offset points", xytext=(4, 3),
                             fontsize=7)
-            front = fronts[(quality, cost)]
-            ax.plot(front[cost], front[quality], color="red", drawstyle="steps-post", linewidth=1,
-                    label="Pareto frontier")
-            ax.scatter(front[cost], front[quality], s=140, facecolors="none", edgecolors="red")
+            for i, (px, front) in enumerate(fronts[(quality, cost)].groupby("image_size", sort=False)):
+                ax.plot(front[cost], front[quality], color="red", drawstyle="steps-post", linewidth=1,
+                        linestyle=("-", "--", ":", "-.")[i % 4], label=name("Pareto frontier", None, px))
+                ax.scatter(front[cost], front[quality], s=140, facecolors="none", edgecolors="red")
             ax.set(xscale="log", xlabel=cost_label, ylabel=f"{quality.upper()} (lower is better)",
                    title=f"{quality.upper()} per sampling budget (labels: steps)")
-            ax.legend(handles=[*_size_handles(shown), *ax.get_legend_handles_labels()[0]], fontsize=7)
+            ax.legend(handles=[*_size_handles(shown, points), *ax.get_legend_handles_labels()[0]], fontsize=7)
     fig.tight_layout()
     return fig
 
 
-def _size_handles(points: pd.DataFrame) -> list:
-    """Legend entries: a colour per size (the teacher a star), a marker per student method and init."""
+def _size_handles(shown: pd.DataFrame, points: pd.DataFrame) -> list:
+    """Legend entries of the `shown` points: a colour per student size (1.0 too: a student of the teacher's width),
+    the teacher's star, a marker per student method, init and resolution (named, and hollow below the largest, as
+    among all `points`)."""
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], marker="*" if s >= 1.0 else "o", linestyle="none", color=size_color(s),
-                      label="teacher" if s >= 1.0 else f"size {s:g}") for s in sorted(set(points.size_factor))]
-    kinds = with_init(points[points.method != "teacher"])[["method", "init"]].drop_duplicates()
-    return handles + [Line2D([], [], marker=INIT_MARKER.get(k.init, MARKER.get(k.method, "^")), linestyle="none",
-                             color="grey", label=variant(k.method, k.init)) for k in kinds.itertuples()]
+    name = namer(points)
+    students = shown[shown.method != "teacher"]
+    handles = [Line2D([], [], marker="o", linestyle="none", color=size_color(s), label=f"size {s:g}")
+               for s in sorted(set(students.size_factor))]
+    if (shown.method == "teacher").any():
+        handles.append(Line2D([], [], marker="*", linestyle="none", color=size_color(1.0), label="teacher"))
+    kinds = students[["method", "init", "image_size"]].drop_duplicates()
+    return handles + [Line2D([], [], marker=_marker(k.method, k.init), linestyle="none", color="grey",
+                             markerfacecolor="none" if _hollow(k.image_size, points) else "grey",
+                             label=name(k.method, k.init, k.image_size)) for k in kinds.itertuples()]

@@ -1,4 +1,7 @@
-"""Findings written from the data: sentences computed from the summary table, nothing hand-written."""
+"""Findings written from the data: sentences computed from the summary table, nothing hand-written.
+
+Models are compared only at one resolution: a model's KID and FID are against real images of its own size, in
+features trained at it, so a 16 px student's FID says nothing against a 32 px teacher's."""
 
 from __future__ import annotations
 
@@ -6,7 +9,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from dmat.report.tables import pareto_mask, variant, with_init
+from dmat.report.frontier import frontier
+from dmat.report.tables import GROUP, namer, px_text, with_keys
 
 WITHIN = 0.10  # "close to the teacher" = FID at most 10% above the teacher's
 FLOOR_SPREAD = 2.0  # "inside the floor's spread" = KID within 2 sd (over draws) of the real-vs-real floor
@@ -18,22 +22,28 @@ def _fmt(mean: float, ci: float) -> str:
 
 
 def smallest_near_teacher(table: pd.DataFrame) -> list[str]:
-    teacher = table[table.method == "teacher"].fid.dropna()
-    if teacher.empty:
+    table, name = with_keys(table), namer(table)
+    teachers = table[table.method == "teacher"].dropna(subset=["fid"])
+    if teachers.empty:
         return ["The teacher has no FID evaluation, so no size can be compared with it."]
-    limit = (1 + WITHIN) * teacher.iloc[0]
+    teacher = teachers.iloc[0]
+    limit = (1 + WITHIN) * teacher.fid
     lines = []
-    for (method, init), group in table[table.method != "teacher"].groupby(["method", "init"]):
-        method = variant(method, init)
+    for (method, init, px), group in table[table.method != "teacher"].groupby(["method", "init", "image_size"]):
+        method = name(method, init, px)
+        if px != teacher.image_size:
+            lines.append(f"{method}: not compared with the teacher's FID, which is of {px_text(teacher.image_size)} "
+                         "images (other real images, other features).")
+            continue
         close = group[group.fid <= limit].sort_values("size_factor")
         if close.empty:
             best = group.dropna(subset=["fid"]).sort_values("fid").head(1)
             detail = f" (best: size {best.size_factor.iloc[0]:g}, FID {best.fid.iloc[0]:.3g})" if len(best) else ""
-            lines.append(f"{method}: no size is within {WITHIN:.0%} of the teacher's FID {teacher.iloc[0]:.3g}{detail}.")
+            lines.append(f"{method}: no size is within {WITHIN:.0%} of the teacher's FID {teacher.fid:.3g}{detail}.")
             continue
         row = close.iloc[0]
-        share = row.num_parameters / table[table.method == "teacher"].num_parameters.iloc[0]
-        lines.append(f"{method}: the smallest size within {WITHIN:.0%} of the teacher's FID {teacher.iloc[0]:.3g} is "
+        share = row.num_parameters / teacher.num_parameters
+        lines.append(f"{method}: the smallest size within {WITHIN:.0%} of the teacher's FID {teacher.fid:.3g} is "
                      f"{row.size_factor:g} (FID {_fmt(row.fid, row.fid_ci95)}, n={row.n}, {share:.0%} of the "
                      "teacher's parameters).")
     return lines
@@ -47,47 +57,53 @@ def _welch(a: pd.Series, b: pd.Series) -> str:
     return f" (Welch t-test over seeds, n={len(a)} vs {len(b)}, p={p:.2g}{'' if p < 0.05 else ', not significant at 5%'})"
 
 
-def _compared(evaluations: pd.DataFrame, column: str, sides: dict[str, str], within: dict, wording: str) -> list[str]:
-    """Per size (and `within`, e.g. one init) with both `sides` of `column`: the FID difference, Welch-tested.
-    `wording` formats the sentence with size, a, b (mean FIDs) and verdict."""
-    rows = with_init(evaluations)
+def _compared(evaluations: pd.DataFrame, column: str, sides: dict[str, str], within: dict, wording: str,
+              subject: str = "") -> list[str]:
+    """Per resolution and size (and `within`, e.g. one init) with both `sides` of `column`: the FID difference,
+    Welch-tested. `wording` formats the sentence with where ("size 0.5" + `subject`, and the resolution where there
+    are several), a, b (mean FIDs) and verdict."""
+    rows, name = with_keys(evaluations), namer(evaluations)
     for key, value in within.items():
         rows = rows[rows[key] == value]
     fid = rows.get("fid", pd.Series(np.nan, index=rows.index))
     lines = []
     (a_value, a_name), (b_value, b_name) = sides.items()
-    both = set(rows[rows[column] == a_value].size_factor) & set(rows[rows[column] == b_value].size_factor)
-    for size in sorted(both):
-        a, b = (fid[(rows[column] == v) & (rows.size_factor == size)].dropna() for v in (a_value, b_value))
+    models = [set(rows.loc[rows[column] == v, ["image_size", "size_factor"]].itertuples(index=False, name=None))
+              for v in (a_value, b_value)]
+    for px, size in sorted(models[0] & models[1], key=lambda key: (-key[0], key[1])):  # larger images first
+        at = (rows.image_size == px) & (rows.size_factor == size)
+        a, b = (fid[at & (rows[column] == v)].dropna() for v in (a_value, b_value))
+        where = name(f"size {size:g}{subject}", None, px)
         if a.empty or b.empty:
-            lines.append(f"size {size:g}: FID missing on one side, no comparison.")
+            lines.append(f"{where}: FID missing on one side, no comparison.")
             continue
         verdict = f"{a_name} better" if a.mean() < b.mean() else f"{b_name} better" if b.mean() < a.mean() else "equal"
-        lines.append(wording.format(size=size, a=a.mean(), b=b.mean(), verdict=verdict + _welch(a, b)))
+        lines.append(wording.format(where=where, a=a.mean(), b=b.mean(), verdict=verdict + _welch(a, b)))
     return lines
 
 
 def distill_vs_scratch(table: pd.DataFrame, evaluations: pd.DataFrame) -> list[str]:
-    """Per size with both methods (from random weights): the FID difference, with a Welch t-test over seeds."""
+    """Per size (and resolution) with both methods (from random weights): the FID difference, with a Welch t-test
+    over seeds."""
     lines = _compared(evaluations, "method", {"distill": "distillation", "scratch": "scratch"}, {"init": "random"},
-                      "size {size:g}: distilled FID {a:.3g} vs scratch {b:.3g}: {verdict}.")
+                      "{where}: distilled FID {a:.3g} vs scratch {b:.3g}: {verdict}.")
     return lines or ["No size has both distilled and scratch students with evaluations."]
 
 
 def pruned_vs_random(evaluations: pd.DataFrame) -> list[str]:
-    """Per method and size with both inits: the FID of students started from the pruned teacher against random."""
-    rows = with_init(evaluations)
+    """Per method and size (and resolution) with both inits: the FID of students started from the pruned teacher
+    against random."""
+    rows = with_keys(evaluations)
     return [line for method in sorted(set(rows[rows.init == "pruned"].method))
             for line in _compared(rows, "init", {"pruned": "pruned init", "random": "random init"}, {"method": method},
-                                  f"size {{size:g}} {method}: pruned-init FID {{a:.3g}} vs random-init {{b:.3g}}: "
-                                  "{verdict}.")]
+                                  "{where}: pruned-init FID {a:.3g} vs random-init {b:.3g}: {verdict}.", f" {method}")]
 
 
 def seeds_statement(evaluations: pd.DataFrame, models: pd.DataFrame) -> list[str]:
-    """What the repeats of one (method, init, size) vary, read from the runs."""
-    students = with_init(evaluations[evaluations.method != "teacher"])
+    """What the repeats of one model (GROUP: method, init, resolution, size) vary, read from the runs."""
+    students = with_keys(evaluations[evaluations.method != "teacher"])
     seeds = sorted(students.get("model_seed", pd.Series(dtype=object)).dropna().unique(), key=str)
-    repeats = students.groupby(["method", "init", "size_factor"]).size()
+    repeats = students.groupby(GROUP).size()
     teachers = models[(models.role == "teacher") & (models.status == "FINISHED")]
     teacher = ("one teacher run is shared by every student, so no interval includes the teacher's own seed"
                if len(teachers) <= 1 else f"{len(teachers)} teacher runs")
@@ -102,26 +118,26 @@ def seeds_statement(evaluations: pd.DataFrame, models: pd.DataFrame) -> list[str
 
 def still_improving(evaluations: pd.DataFrame) -> list[str]:
     """Models that were still improving when training stopped: their size comparison is partly a budget one."""
-    flags = evaluations.reindex(columns=["method", "init", "size_factor", "model_seed", "still_improving"])
+    flags = with_keys(evaluations).reindex(columns=[*GROUP, "model_seed", "still_improving"])
     known = flags.dropna(subset=["still_improving"])
     if known.empty:
         return ["Whether each model was still improving when it stopped is unknown (no run logged still_improving)."]
     rising = known[known.still_improving > 0]
     if rising.empty:
         return [f"None of the {len(known)} models with a convergence flag was still improving when it stopped."]
-    names = ", ".join(sorted(f"{_name(r)} (seed {r.model_seed})" for r in rising.itertuples()))
+    name = namer(evaluations)
+    names = ", ".join(sorted(f"{_name(r, name)} (seed {r.model_seed})" for r in rising.itertuples()))
     return [f"{len(rising)} of {len(known)} models were still improving when they stopped: {names}; their quality "
             "reflects their training budget as well as their size."]
 
 
 def pareto_sizes(table: pd.DataFrame) -> list[str]:
-    points = table.dropna(subset=["num_parameters", "fid"])
-    front = points[pareto_mask(points.num_parameters, points.fid)].sort_values("num_parameters")
-    if front.empty:
-        return []
+    """The Pareto front in parameters vs FID, one sentence per resolution."""
+    name = namer(table)
     return ["Pareto-optimal in parameters vs FID: "
-            + ", ".join(f"{r.size_factor:g} {variant(r.method, r.init)} ({int(r.num_parameters):,} params, FID {r.fid:.3g})"
-                        for r in front.itertuples()) + "."]
+            + ", ".join(f"{r.size_factor:g} {name(r.method, r.init, r.image_size)} ({int(r.num_parameters):,} params, "
+                        f"FID {r.fid:.3g})" for r in front.itertuples()) + "."
+            for _, front in frontier(table, "num_parameters", "fid").groupby("image_size", sort=False)]
 
 
 def problem_summary(problems: pd.DataFrame) -> list[str]:
@@ -132,34 +148,37 @@ def problem_summary(problems: pd.DataFrame) -> list[str]:
             + ", ".join(f"{n} {kind}" for kind, n in counts.items()) + "); a value they lack is n/a, never 0."]
 
 
-def _name(row) -> str:
-    return "the teacher" if row.method == "teacher" else f"size {row.size_factor:g} {variant(row.method, row.init)}"
+def _name(row, name) -> str:
+    """A row's model in a sentence; `name`: namer() of the rows it is among."""
+    return ("the teacher" if row.method == "teacher"
+            else f"size {row.size_factor:g} {name(row.method, row.init, row.image_size)}")
 
 
 def floor_comparison(evaluations: pd.DataFrame) -> list[str]:
     """Which models' KID (matched N, the headline comparison) is inside the real-vs-real floor's spread."""
     needed = ["kid", "kid_floor", "kid_floor_sd"]
-    rows = evaluations.reindex(columns=["method", "init", "size_factor", "quality_n", *needed]).dropna(subset=needed)
+    name = namer(evaluations)
+    rows = with_keys(evaluations).reindex(columns=[*GROUP, "quality_n", *needed]).dropna(subset=needed)
     if rows.empty:
         return ["No evaluation has a matched-N KID and floor."]
     inside = rows[(rows.kid - rows.kid_floor).abs() <= FLOOR_SPREAD * rows.kid_floor_sd]
-    names = ", ".join(sorted({_name(r) for r in inside.itertuples()})) or "none"
+    names = ", ".join(sorted({_name(r, name) for r in inside.itertuples()})) or "none"
     return [f"KID inside the spread of the real-vs-real floor (within {FLOOR_SPREAD:g} sd over draws, N = "
             f"{', '.join(f'{n:g}' for n in sorted(rows.quality_n.unique()))} a side): {names}."]
 
 
 def memorisation_signs(evaluations: pd.DataFrame) -> list[str]:
     """Copy rates far above chance, and KID clearly worse against held-out images than against the train split."""
-    lines = []
-    for row in evaluations.reindex(columns=["method", "init", "size_factor", "copy_rate_pixel", "copy_rate_feature",
-                                            "kid_train", "kid_heldout", "kid_sd_train", "kid_sd_heldout"]).itertuples():
+    lines, name = [], namer(evaluations)
+    for row in with_keys(evaluations).reindex(columns=[*GROUP, "copy_rate_pixel", "copy_rate_feature", "kid_train",
+                                                       "kid_heldout", "kid_sd_train", "kid_sd_heldout"]).itertuples():
         rate = np.nanmax([row.copy_rate_pixel, row.copy_rate_feature, -1.0])
         if rate > COPY_ALARM:
-            lines.append(f"{_name(row)}: copy rate {rate:.2f} (chance 0.01): its samples copy training images.")
+            lines.append(f"{_name(row, name)}: copy rate {rate:.2f} (chance 0.01): its samples copy training images.")
         gap = row.kid_heldout - row.kid_train
         if gap > FLOOR_SPREAD * np.hypot(row.kid_sd_train, row.kid_sd_heldout):
-            lines.append(f"{_name(row)}: KID against held-out images {row.kid_heldout:.3g} vs {row.kid_train:.3g} "
-                         "against its train split: a memorisation sign.")
+            lines.append(f"{_name(row, name)}: KID against held-out images {row.kid_heldout:.3g} vs "
+                         f"{row.kid_train:.3g} against its train split: a memorisation sign.")
     measured = evaluations.reindex(columns=["copy_rate_pixel"]).copy_rate_pixel.notna().any()
     if not lines and measured:
         lines.append(f"No evaluation shows memorisation: copy rates at most {COPY_ALARM:g} (chance 0.01) and no "
@@ -170,7 +189,7 @@ def memorisation_signs(evaluations: pd.DataFrame) -> list[str]:
 def findings(table: pd.DataFrame, evaluations: pd.DataFrame, problems: pd.DataFrame, models: pd.DataFrame,
              computed: list[str] = ()) -> list[str]:
     """Every finding; `computed` are sentences other sections worked out (scaling law, budget frontier)."""
-    evaluations = with_init(evaluations)
+    evaluations = with_keys(evaluations)
     return (seeds_statement(evaluations, models) + smallest_near_teacher(table) + distill_vs_scratch(table, evaluations)
             + pruned_vs_random(evaluations) + still_improving(evaluations) + list(computed)
             + floor_comparison(evaluations) + memorisation_signs(evaluations) + pareto_sizes(table)

@@ -1,12 +1,13 @@
 """Quality per inference budget: every (model size, sampling steps) pair as a point of quality against the
 sampling cost of one image, and the Pareto frontier over them.
 
-A point is a (method, init, size, steps) group: its KID and FID are the mean over the group's evaluations
-(seeds) with their 95% interval; its cost is steps x FLOPs per forward (`grid_flops_per_image`, what the
+A point is a (method, init, resolution, size, steps) group: its KID and FID are the mean over the group's
+evaluations (seeds) with their 95% interval; its cost is steps x FLOPs per forward (`grid_flops_per_image`, what the
 evaluation counted) or the measured batch-1 latency. Points come from the evaluations' steps grids
 (`grid_*` metric series, step = sampling steps), and from an evaluation's own steps where it has no grid.
 A budget band is the range of costs between two neighbouring frontier points: within it the cheaper one
-is the best quality that fits the budget, since the next better one costs more than the band allows.
+is the best quality that fits the budget, since the next better one costs more than the band allows. Each
+resolution has its own frontier: its KID and FID are against real images of its own size, in other features.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dmat.report.tables import GROUP, mean_ci, pareto_mask, variant, with_init
+from dmat.report.tables import GROUP, mean_ci, pareto_mask, px_text, several_resolutions, variant, with_keys
 
 GRID_KEYS = ("grid_kid", "grid_fid", "grid_flops_per_image", "grid_latency_ms_per_image")
 COSTS = {"flops_per_image": "sampling FLOPs per image", "latency_ms_per_image": "latency per image (batch 1, ms)"}
@@ -22,8 +23,8 @@ COSTS = {"flops_per_image": "sampling FLOPs per image", "latency_ms_per_image": 
 
 def grid_points(evaluations: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
     """One row per (evaluation, steps): kid, fid, flops_per_image, latency_ms_per_image, with the evaluation's
-    method, init, size_factor and model_seed; an evaluation without a grid contributes its own steps."""
-    evaluations = with_init(evaluations)
+    GROUP keys and model_seed; an evaluation without a grid contributes its own steps."""
+    evaluations = with_keys(evaluations)
     grid = histories[histories.key.isin(GRID_KEYS)]
     wide = grid.pivot_table(index=["run_id", "step"], columns="key", values="value").reset_index()
     wide = wide.rename(columns={"step": "steps", **{k: k.removeprefix("grid_") for k in GRID_KEYS}})
@@ -38,7 +39,7 @@ def grid_points(evaluations: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFr
 
 
 def budget_points(points: pd.DataFrame) -> pd.DataFrame:
-    """Per (method, init, size_factor, steps): n, mean kid/fid with `<name>_ci95` over seeds, mean costs."""
+    """Per GROUP and steps: n, mean kid/fid with `<name>_ci95` over seeds, mean costs."""
     rows = []
     for keys, group in points.groupby([*GROUP, "steps"]):
         row = dict(zip([*GROUP, "steps"], keys), n=len(group))
@@ -50,11 +51,12 @@ def budget_points(points: pd.DataFrame) -> pd.DataFrame:
 
 
 def frontier(points: pd.DataFrame, cost: str, quality: str = "kid") -> pd.DataFrame:
-    """The Pareto-optimal points (no other is at most as costly and at most as bad, one of them strictly), cheapest
-    first."""
-    ok = points.dropna(subset=[cost, quality])
-    front = ok[pareto_mask(ok[cost], ok[quality])].sort_values(cost)
-    return front.drop_duplicates([cost, quality]).reset_index(drop=True)  # of exact ties (same cost and quality), one
+    """The Pareto-optimal points of each resolution (no other of it is at most as costly and at most as bad, one of
+    them strictly), larger images first, each cheapest first."""
+    ok = with_keys(points).dropna(subset=[cost, quality])
+    front = pd.concat([part[pareto_mask(part[cost], part[quality])] for _, part in ok.groupby("image_size")] or [ok])
+    front = front.sort_values(["image_size", cost], ascending=[False, True])
+    return front.drop_duplicates(["image_size", cost, quality]).reset_index(drop=True)  # of exact ties, one
 
 
 def point_label(row) -> str:
@@ -77,9 +79,17 @@ def _quality_text(row, quality: str) -> str:
 
 
 def band_sentences(front: pd.DataFrame, cost: str, quality: str = "kid") -> list[str]:
-    """For each budget band of the frontier, which (size, steps) gives the best quality within it."""
+    """For each budget band of the frontier, which (size, steps) gives the best quality within it; each resolution's
+    sentences begin with it where the frontier has several."""
     if front.empty:
         return [f"No (size, steps) point has both {quality.upper()} and {COSTS[cost]}."]
+    front = with_keys(front)
+    several = several_resolutions(front)
+    return [f"At {px_text(px)}: {line}" if several else line
+            for px, part in front.groupby("image_size", sort=False) for line in _bands(part, cost, quality)]
+
+
+def _bands(front: pd.DataFrame, cost: str, quality: str) -> list[str]:
     costs = [cost_text(v, cost) for v in front[cost]]
     lines = [f"Below {costs[0]} ({COSTS[cost]}) no evaluated (size, steps) fits."]
     for i, (_, row) in enumerate(front.iterrows()):

@@ -1,8 +1,8 @@
 """The report's tables.
 
-The summary: one row per method and size factor, mean and 95% interval over evaluations. The
-interval is Student's t (n-1 degrees of freedom) on the mean; with one evaluation it is NaN (shown
-"n/a"), never 0. A metric an evaluation could not compute is absent and excluded from the mean of
+The summary: one row per model (GROUP: method, init, resolution and size factor), mean and 95% interval
+over evaluations. The interval is Student's t (n-1 degrees of freedom) on the mean; with one evaluation it
+is NaN (shown "n/a"), never 0. A metric an evaluation could not compute is absent and excluded from the mean of
 that metric only. The quality table: one row per evaluation, its matched-N KID and FID beside the
 real-vs-real floor, each mean ± sd over the evaluation's draws (evaluation/quality.py).
 """
@@ -16,7 +16,10 @@ from scipy import stats
 SUMMARY_METRICS = ("num_parameters", "flops_per_forward", "latency_ms_per_image", "kid", "kid_floor", "fid",
                    "fid_floor", "copy_rate_pixel", "copy_rate_feature", "final_mse", "traj_mse_mean",
                    "quality_per_mparam", "quality_per_ms", "best_epoch", "epochs_run", "optimizer_steps", "train_flops")
-GROUP = ["method", "init", "size_factor"]  # a row of the size comparison: its repeats differ only in their seeds
+# a row of the size comparison: its repeats differ only in their seeds; image_size, since a 16 px and a 32 px
+# student of one size are different models (each evaluated against real images at its own resolution)
+GROUP = ["method", "init", "image_size", "size_factor"]
+UNKNOWN_PX = 0  # the image_size of a run or frame without one: one unknown resolution
 FLOOR_SPREADS = ("kid_floor_sd", "fid_floor_sd")
 METHOD_ORDER = {"teacher": 0, "distill": 1, "scratch": 2}
 
@@ -44,27 +47,57 @@ def _get(frame: pd.DataFrame, column: str) -> pd.Series:
     return frame[column].astype(float) if column in frame.columns else pd.Series(np.nan, index=frame.index)
 
 
-def variant(method: str, init) -> str:
-    """A method as the report names it: "distill", or "distill, pruned init" for a non-random start."""
-    return method if init in ("random", None) or init != init else f"{method}, {init} init"
+def px_text(image_size) -> str:
+    """A resolution as labels say it: "16px"."""
+    return "unknown resolution" if image_size == UNKNOWN_PX else f"{image_size:g}px"
 
 
-def with_init(evaluations: pd.DataFrame) -> pd.DataFrame:
-    """`init` filled with random where a frame (an older store, a hand-made one) has none."""
-    init = evaluations["init"] if "init" in evaluations.columns else pd.Series(np.nan, index=evaluations.index)
-    return evaluations.assign(init=init.fillna("random"))
+def variant(method: str, init=None, image_size=None) -> str:
+    """A model kind as the report names it: "distill", "distill, pruned init" for a non-random start, and with an
+    image size (given only where a study has several, see namer) "distill, pruned init, 16px"."""
+    parts = [method] + ([] if init in ("random", None) or init != init else [f"{init} init"])
+    return ", ".join(parts + ([] if image_size is None else [px_text(image_size)]))
+
+
+def with_keys(frame: pd.DataFrame) -> pd.DataFrame:
+    """GROUP's keys filled where a frame (an older store, a hand-made one) has none: `init` random, `image_size`
+    UNKNOWN_PX. A value, not NaN: groupby and pivot_table drop NaN keys and == never matches them."""
+    missing = pd.Series(np.nan, index=frame.index)
+    return frame.assign(init=frame.get("init", missing).fillna("random"),
+                        image_size=frame.get("image_size", missing).fillna(UNKNOWN_PX))
+
+
+def several_resolutions(frame: pd.DataFrame) -> bool:
+    """Whether `frame`'s models span more than one image size: only then do labels and tables name it."""
+    return with_keys(frame).image_size.nunique() > 1
+
+
+def namer(frame: pd.DataFrame):
+    """variant() for the models of `frame`: with their resolution where they span several, else as plain as
+    before (no clutter in a one-resolution study)."""
+    several = several_resolutions(frame)
+    return lambda method, init=None, image_size=None: variant(method, init, image_size if several else None)
+
+
+def key_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """GROUP's columns of `frame` as a table shows them: image_size only where there are several (unknown: n/a)."""
+    keys = with_keys(frame)
+    keys = keys[[c for c in GROUP if c != "image_size" or several_resolutions(keys)]].copy()
+    if "image_size" in keys.columns:
+        keys["image_size"] = keys.image_size.replace(UNKNOWN_PX, np.nan)
+    return keys
 
 
 def summary_table(evaluations: pd.DataFrame) -> pd.DataFrame:
-    """Rows (method, init, size_factor) with n (evaluations), `seeds` (distinct training seeds), each metric's mean
-    and `<metric>_ci95` half-width (over the evaluations, i.e. over seeds), `still_improving` (how many of the
-    models were still improving when they stopped; NaN: none says); also the mean over evaluations of each floor's
-    sd over draws (`kid_floor_sd`, `fid_floor_sd`: the figures' bands)."""
-    evaluations = with_efficiency(with_init(evaluations))
+    """Rows (GROUP: method, init, image_size, size_factor) with n (evaluations), `seeds` (distinct training seeds),
+    each metric's mean and `<metric>_ci95` half-width (over the evaluations, i.e. over seeds), `still_improving`
+    (how many of the models were still improving when they stopped; NaN: none says); also the mean over evaluations
+    of each floor's sd over draws (`kid_floor_sd`, `fid_floor_sd`: the figures' bands)."""
+    evaluations = with_efficiency(with_keys(evaluations))
     rows = []
-    for (method, init, size), group in evaluations.groupby(GROUP, dropna=False):
+    for keys, group in evaluations.groupby(GROUP, dropna=False):
         flags = _get(group, "still_improving").dropna()
-        row = {"method": method, "init": init, "size_factor": size, "n": len(group),
+        row = {**dict(zip(GROUP, keys)), "n": len(group),
                "seeds": group.get("model_seed", pd.Series(dtype=object)).nunique(),
                "still_improving": flags.sum() if len(flags) else np.nan}
         for metric in SUMMARY_METRICS:
@@ -75,7 +108,8 @@ def summary_table(evaluations: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=[*GROUP, "n", "seeds", "still_improving"]
                          + [c for m in SUMMARY_METRICS for c in (m, f"{m}_ci95")] + list(FLOOR_SPREADS))
     order = table.method.map(METHOD_ORDER).fillna(len(METHOD_ORDER))
-    return table.assign(_order=order).sort_values(["_order", "init", "size_factor"]).drop(
+    return table.assign(_order=order).sort_values(["_order", "init", "image_size", "size_factor"],
+                                                  ascending=[True, True, False, True]).drop(
         columns="_order").reset_index(drop=True)
 
 
@@ -99,9 +133,9 @@ def quality_table(evaluations: pd.DataFrame) -> pd.DataFrame:
     (N real vs N other real) as "mean ± sd over draws"; `kid_z` = (KID - floor) / floor sd (within about 2:
     inside the floor's spread); train- and held-out-reference scores side by side; the copy rates."""
     order = _by_model(evaluations)
-    shown = pd.DataFrame({"method": order.method, "init": order.init, "size_factor": order.size_factor,
-                          "model_seed": order.get("model_seed"), "seed": order.seed, "reference": order.get("reference"), "N": _plain(order, "quality_n", ".0f"),
-                          "draws": _plain(order, "quality_draws", ".0f")})
+    shown = key_columns(order).assign(model_seed=order.get("model_seed"), seed=order.seed,
+                                      reference=order.get("reference"), N=_plain(order, "quality_n", ".0f"),
+                                      draws=_plain(order, "quality_draws", ".0f"))
     for name in QUALITY_SCORES:
         shown[name] = _mean_sd_column(order, name)
     z = (_get(order, "kid") - _get(order, "kid_floor")) / _get(order, "kid_floor_sd")
@@ -112,9 +146,10 @@ def quality_table(evaluations: pd.DataFrame) -> pd.DataFrame:
 
 
 def _by_model(evaluations: pd.DataFrame) -> pd.DataFrame:
-    """Evaluations in the report's order: teacher, distill, scratch; by init; larger sizes first; by seed."""
-    order = with_init(evaluations).assign(_order=evaluations.method.map(METHOD_ORDER).fillna(len(METHOD_ORDER)))
-    return order.sort_values(["_order", "init", "size_factor", "seed"], ascending=[True, True, False, True])
+    """Runs in the report's order: teacher, distill, scratch; by init; larger images, then sizes first; by seed."""
+    order = with_keys(evaluations).assign(_order=evaluations.method.map(METHOD_ORDER).fillna(len(METHOD_ORDER)))
+    return order.sort_values(["_order", "init", "image_size", "size_factor", "seed"],
+                             ascending=[True, True, False, False, True])
 
 
 def _plain(frame: pd.DataFrame, column: str, spec: str) -> list[str]:
@@ -129,8 +164,7 @@ def memorisation_table(evaluations: pd.DataFrame) -> pd.DataFrame:
     """One row per evaluation: copy rates and the median nearest-training-image distance of its generated
     samples beside that of held-out real images (evaluation/memorisation.py)."""
     order = _by_model(evaluations)
-    shown = pd.DataFrame({"method": order.method, "init": order.init, "size_factor": order.size_factor,
-                          "model_seed": order.get("model_seed"), "seed": order.seed})
+    shown = key_columns(order).assign(model_seed=order.get("model_seed"), seed=order.seed)
     for name in MEMORISATION_COLUMNS:
         shown[name] = _plain(order, name, ".3f" if name.startswith("copy") else ".4g")
     return shown.reset_index(drop=True)
@@ -149,7 +183,7 @@ def pareto_mask(cost, loss) -> np.ndarray:
 
 def format_table(table: pd.DataFrame) -> pd.DataFrame:
     """Display form: "mean ± ci" per metric, "n/a" for missing values, still improving as "k of n"."""
-    shown = table[[*GROUP, "n", "seeds"]].copy()
+    shown = key_columns(table).join(table[["n", "seeds"]])
     shown["still_improving"] = [f"{k:.0f} of {n}" if np.isfinite(k) else "unknown"
                                 for k, n in zip(table.still_improving.astype(float), table.n)]
     for metric in SUMMARY_METRICS:
@@ -165,19 +199,19 @@ def _format(mean: float, ci: float) -> str:
 
 
 def mean_curves(histories: pd.DataFrame, runs: pd.DataFrame, key: str) -> pd.DataFrame:
-    """Mean of a metric history per (method, init, size_factor, step) over the given runs (its seeds), with the
+    """Mean of a metric history per GROUP and step over the given runs (its seeds), with the
     half-width `ci95` of its 95% t-interval and `n` runs (one run: NaN, no band)."""
     series = histories[(histories.key == key) & histories.run_id.isin(runs.run_id)]
-    merged = series.merge(with_init(runs)[["run_id", *GROUP]], on="run_id")
+    merged = series.merge(with_keys(runs)[["run_id", *GROUP]], on="run_id")
     rows = [(*keys, *mean_ci(group.value), len(group)) for keys, group in merged.groupby([*GROUP, "step"])]
     return pd.DataFrame(rows, columns=[*GROUP, "step", "value", "ci95", "n"])
 
 
 def per_run_means(histories: pd.DataFrame, runs: pd.DataFrame, key: str) -> pd.DataFrame:
-    """Per (method, init, size_factor): each run's mean of a metric history over its steps, then their mean and
-    95% interval over the runs (seeds), as columns value, ci95 and n."""
+    """Per GROUP (method, init, image_size, size_factor): each run's mean of a metric history over its steps, then
+    their mean and 95% interval over the runs (seeds), as columns value, ci95 and n."""
     series = histories[(histories.key == key) & histories.run_id.isin(runs.run_id)]
-    per_run = series.groupby("run_id", as_index=False)["value"].mean().merge(with_init(runs)[["run_id", *GROUP]])
+    per_run = series.groupby("run_id", as_index=False)["value"].mean().merge(with_keys(runs)[["run_id", *GROUP]])
     rows = [(*keys, *mean_ci(group.value), len(group)) for keys, group in per_run.groupby(GROUP)]
     return pd.DataFrame(rows, columns=[*GROUP, "value", "ci95", "n"])
 
@@ -192,7 +226,7 @@ def readable_subset(sizes, k: int = 6) -> list[float]:
 
 def interval_table(table: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
     """The summary's rows with only `metrics`, each "mean ± 95% interval over seeds" (n/a where not logged)."""
-    shown = table[[*GROUP, "n", "seeds"]].copy()
+    shown = key_columns(table).join(table[["n", "seeds"]])
     for metric in metrics:
         shown[metric] = [_format(m, c) for m, c in zip(_get(table, metric), _get(table, f"{metric}_ci95"))]
     return shown
@@ -200,7 +234,7 @@ def interval_table(table: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFram
 
 def curve_interval_table(summary: pd.DataFrame, label: str) -> pd.DataFrame:
     """`per_run_means` output as a display table: "mean ± 95% interval over seeds" under `label`."""
-    shown = summary[[*GROUP, "n"]].copy()
+    shown = key_columns(summary).join(summary[["n"]])
     shown[label] = [_format(m, c) for m, c in zip(summary.value, summary.ci95)]
     return shown
 
@@ -208,11 +242,8 @@ def curve_interval_table(summary: pd.DataFrame, label: str) -> pd.DataFrame:
 def budget_table(models: pd.DataFrame) -> pd.DataFrame:
     """One row per finished model run: its seed, init and training budget (query.with_budget), best epoch and
     whether it was still improving when it stopped (yes / no / unknown)."""
-    order = with_init(models[models.status == "FINISHED"])
-    order = order.assign(_order=order.method.map(METHOD_ORDER).fillna(len(METHOD_ORDER))).sort_values(
-        ["_order", "init", "size_factor", "seed"], ascending=[True, True, False, True])
-    shown = pd.DataFrame({"method": order.method, "init": order.init, "size_factor": order.size_factor,
-                          "seed": order.seed})
+    order = _by_model(models[models.status == "FINISHED"])
+    shown = key_columns(order).assign(seed=order.seed)
     for name in ("epochs_run", "best_epoch", "optimizer_steps", "train_images"):
         shown[name] = _plain(order, name, ".0f")
     shown["train_flops"] = _plain(order, "train_flops", ".3g")

@@ -81,6 +81,7 @@ def test_pipeline_runs_every_stage_then_reuses_them(store, project_env, tmp_path
 @pytest.mark.parametrize("args,message", [
     (["--sizes", "0 0.5"], "size factor must be between"),
     (["--methods", "magic"], "methods must be among distill, scratch"),
+    (["--inits", "random magic"], "inits must be among random, pruned"),
     (["--teacher-epochs", "0"], "teacher-epochs must be a positive integer"),
     (["--seeds", "0 0"], "seeds must be distinct integers"),
     (["--student-budget", "forever"], "student-budget must be one of fixed, teacher, early-stopping"),
@@ -110,37 +111,36 @@ python() {
 def test_a_failed_student_stage_is_reported_while_the_rest_runs(store, tmp_path, monkeypatch):
     (tmp_path / "bash_env.sh").write_text(KILL_THE_STUDENTS)
     monkeypatch.setenv("BASH_ENV", str(tmp_path / "bash_env.sh"))
-    result = CliRunner().invoke(cli, ["pipeline", *TINY_PIPELINE])
+    result = CliRunner().invoke(cli, ["pipeline", *TINY_PIPELINE, "--inits", "random pruned"])
 
     assert result.exit_code == 2, result.output + str(result.exception)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: 2 stage(s) failed: rerun the same command to retry them"], result.stderr
+    assert errors == ["error: 4 stage(s) failed: rerun the same command to retry them"], result.stderr
     assert "Traceback" not in result.stderr
     *lines, last = result.stdout.splitlines()
     table = {words[0]: words for words in map(str.split, lines) if words[-2:-1] == ["run"]}  # label ... run ID
-    assert list(table) == ["teacher", "student_distill_0.3", "student_distill_0.5", "evaluate_teacher", "cost",
-                           "report"]
+    assert list(table) == ["teacher", "student_distill_0.3", "student_distill_0.5", "student_distill_0.3_pruned",
+                           "student_distill_0.5_pruned", "evaluate_teacher", "cost", "report"]
     runs = mlflow.search_runs(search_all_experiments=True)
     [pipeline_id] = runs[runs["tags.dmat.role"] == "pipeline"]["run_id"]
-    [loop_id] = runs[runs["tags.mlflow.project.entryPoint"] == "students"]["run_id"]
-    for label in ("student_distill_0.3", "student_distill_0.5"):  # each student's line names the failed loop
-        failed = table[label]
-        assert failed[1] == "FAILED" and failed[-1] == loop_id
-        assert f"Run (ID '{loop_id}') failed" in " ".join(failed)
+    loops = runs[runs["tags.mlflow.project.entryPoint"] == "students"].set_index("params.init")  # one loop per init
+    for label in table:  # each student's line names its failed loop
+        if label.startswith("student"):
+            loop_id = loops.loc["pruned" if label.endswith("pruned") else "random", "run_id"]
+            assert table[label][1] == "FAILED" and table[label][-1] == loop_id
+            assert f"Run (ID '{loop_id}') failed" in " ".join(table[label])
     assert last == f"pipeline run {pipeline_id}"
     metrics = mlflow.get_run(pipeline_id).data.metrics
-    assert (metrics["stages"], metrics["stages_failed"], metrics["stages_reused"]) == (6, 2, 0)
-    loop = mlflow.get_run(loop_id)
-    assert loop.info.status == "FAILED"
-    assert shlex.split(loop.data.params["sizes"]) == ["0.3 0.5"]  # MLflow logs a value with spaces shell-quoted
-    assert loop.data.tags["mlflow.parentRunId"] == pipeline_id
+    assert (metrics["stages"], metrics["stages_failed"], metrics["stages_reused"]) == (8, 4, 0)
+    assert set(loops["status"]) == {"FAILED"} and set(loops["tags.mlflow.parentRunId"]) == {pipeline_id}
+    assert [shlex.split(s) for s in loops["params.sizes"]] == [["0.3 0.5"]] * 2  # MLflow shell-quotes a value with spaces
     # every other stage ran: the teacher and its evaluation, the timings, the report
     finished = runs[runs["status"] == "FINISHED"]
     assert finished["tags.dmat.role"].value_counts().to_dict() == {
         "pipeline": 1, "teacher": 1, "feature-extractor": 1, "evaluation": 1, "cost": 1, "report": 1}
     [teacher] = finished[finished["tags.dmat.role"] == "teacher"]["run_id"]
     assert list(finished[finished["tags.dmat.role"] == "evaluation"]["tags.dmat.model_run_id"]) == [teacher]
-    assert len(runs) == len(finished) + 1  # nothing else failed or was left running
+    assert len(runs) == len(finished) + 2  # nothing else failed or was left running
 
 
 @pytest.mark.parametrize("budget, epochs", [("fixed", 20), ("teacher", 60), ("early-stopping", 120)])

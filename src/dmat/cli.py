@@ -210,11 +210,12 @@ def evaluate(run_id, all_runs, feature_extractor_run_id, inception_weights, expe
 @cli.command()
 @command_options("pipeline")
 @friendly_errors
-def pipeline(sizes, methods, experiment, **options):
+def pipeline(sizes, methods, inits, experiment, **options):
     """The whole study: teacher, students, evaluations, report; reuses finished stages with the same parameters."""
     from dmat.pipeline import run_pipeline
 
-    cfg = replace(pick(PipelineConfig, options), sizes=tuple(parse_sizes(sizes)), methods=tuple(methods.split()))
+    cfg = replace(pick(PipelineConfig, options), sizes=tuple(parse_sizes(sizes)), methods=tuple(methods.split()),
+                  inits=tuple(inits.split()))
     result = run_pipeline(cfg, experiment)
     for stage in result.stages:
         how = "FAILED " + stage.error if stage.error else "reused" if stage.reused else f"{stage.seconds:7.1f} s"

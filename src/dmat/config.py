@@ -206,6 +206,7 @@ class PipelineConfig:
     image_size: int = TrainConfig.image_size
     sizes: tuple[float, ...] = DEFAULT_SIZE_FACTORS
     methods: tuple[str, ...] = (DistillConfig.method,)
+    inits: tuple[str, ...] = (DistillConfig.init,)  # every student once per init (random and/or pruned)
     teacher_epochs: int = TrainConfig.epochs
     student_epochs: int = STUDENT_TRAIN.epochs
     base_channels: int = UNetConfig.base_channels  # the teacher's
@@ -231,6 +232,8 @@ class PipelineConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise DmatError(f"methods must be among {', '.join(METHODS)}, got {' '.join(self.methods) or 'nothing'}")
+        if not self.inits or any(i not in INITS for i in self.inits):
+            raise DmatError(f"inits must be among {', '.join(INITS)}, got {' '.join(self.inits) or 'nothing'}")
         for name in ("teacher_epochs", "student_epochs", "num_samples", "steps", "timesteps", "base_channels"):
             if getattr(self, name) <= 0:
                 raise DmatError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")

@@ -206,7 +206,10 @@ COMMANDS: dict[str, CommandOptions] = {
                default=DEFAULT_SIZES),
         Option("methods", "student methods, space separated: distill and/or scratch",
                default=" ".join(PipelineConfig.methods), cli_default=" ".join(PipelineConfig.methods)),
-        OptionGroup(PipelineConfig, exclude=("sizes", "methods"),
+        Option("inits", "student initialisations, space separated: random and/or pruned (the teacher's weights cut "
+                        "down by channel pruning)", default=" ".join(PipelineConfig.inits),
+               cli_default=" ".join(PipelineConfig.inits)),
+        OptionGroup(PipelineConfig, exclude=("sizes", "methods", "inits"),
                     helps={"reuse_any_commit": "reuse a finished stage with the same parameters even if it ran at another "
                                                 "git commit or from uncommitted changes ({})"}),
         SYSTEM_METRICS, EXPERIMENT)),

@@ -130,7 +130,7 @@ def run_pipeline(config: PipelineConfig, experiment: str | None = None) -> Pipel
         tracking.log_params({**{k: getattr(cfg, k) for k in (
             "dataset", "teacher_epochs", "student_epochs", "student_budget", "num_samples", "steps", "steps_grid",
             "precision", "reuse_any_commit")}, "sizes": " ".join(map(tracking.encode_param, cfg.sizes)),
-            "methods": " ".join(cfg.methods), "seeds": " ".join(map(str, cfg.seeds))})
+            "methods": " ".join(cfg.methods), "inits": " ".join(cfg.inits), "seeds": " ".join(map(str, cfg.seeds))})
         if source.reuse_tags is None:
             tqdm.write(f"note: {PROJECT_DIR} has uncommitted changes, so no finished stage ran this code and none is "
                        "reused: commit them, or pass --reuse-any-commit")
@@ -150,7 +150,7 @@ class _Study:
 
     def __init__(self, cfg: PipelineConfig, result: PipelineResult, experiment_id: str, source: lineage.Source):
         self.cfg, self.result, self.experiment_id, self.source = cfg, result, experiment_id, source
-        students = len(cfg.sizes) * len(cfg.methods) * len(cfg.seeds)
+        students = len(cfg.sizes) * len(cfg.methods) * len(cfg.inits) * len(cfg.seeds)
         self.progress = tqdm(total=2 * (1 + students) + 2, desc="pipeline", unit="stage")
 
     def stage(self, entry_point: str, label: str, parameters: dict, reuse: bool = True) -> Stage:
@@ -164,10 +164,11 @@ class _Study:
         mlflow.log_metric(f"seconds_{label}", done.seconds)
         return done
 
-    def students(self, method: str, seed: int, teacher_run_id: str) -> list[Stage]:
+    def students(self, method: str, init: str, seed: int, teacher_run_id: str) -> list[Stage]:
         """One `distill` stage per size; those not finished yet, when there are several, trained in one shared loop."""
-        cfg, suffix = self.cfg, f"_seed{seed}" if seed else ""
-        common = {**self.common(seed), **cfg.student_training(), "method": method,
+        cfg = self.cfg
+        suffix = ("" if init == DistillConfig.init else f"_{init}") + (f"_seed{seed}" if seed else "")
+        common = {**self.common(seed), **cfg.student_training(), "method": method, "init": init,
                   "student_steps": min(DistillConfig.student_steps, cfg.timesteps), "teacher_run_id": teacher_run_id}
         stages = {size: (f"student_{method}_{tracking.encode_param(size)}{suffix}", {**common, "size_factor": size})
                   for size in cfg.sizes}
@@ -225,7 +226,8 @@ class _Study:
         models = [teacher]
         for seed in cfg.seeds:
             for method in cfg.methods:
-                models += self.students(method, seed, teacher.run_id)
+                for init in cfg.inits:
+                    models += self.students(method, init, seed, teacher.run_id)
         evaluate = {"num_samples": cfg.num_samples, "steps": cfg.steps, "steps_grid": cfg.steps_grid,
                     "device": cfg.device, "precision": cfg.precision}
         for model in models:

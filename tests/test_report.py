@@ -343,16 +343,47 @@ def test_report_of_seeds_inits_and_a_steps_grid(store, tmp_path):
     assert budget.still_improving[budget.method == "teacher"].item() == "unknown"  # it logged no flag: not "no"
 
 
-def _evaluations_at(*image_sizes) -> pd.DataFrame:
-    """Hand-made evaluations: a teacher at the first image size, distilled and scratch students of size 0.5 with
-    seeds 0 and 1 at every image size (a smaller image: a higher FID, so that pooling would show)."""
-    rows = [("teacher", 1.0, image_sizes[0], 0, 3.0)] + [
-        (method, 0.5, px, seed, 4.0 + seed + 2.0 * (method == "scratch") + 32 / px)
-        for px in image_sizes for method in ("distill", "scratch") for seed in (0, 1)]
-    frame = pd.DataFrame(rows, columns=["method", "size_factor", "image_size", "model_seed", "fid"])
+def _evaluations(rows: list[tuple], columns: list[str]) -> pd.DataFrame:
+    """Hand-made evaluations of `rows` (each with its fid): the other metrics the report reads follow from fid, size."""
+    frame = pd.DataFrame(rows, columns=columns)
     return frame.assign(run_id=[f"run{i}" for i in range(len(frame))], seed=0, kid=frame.fid / 100, kid_floor=0.01,
                         kid_floor_sd=0.002, num_parameters=2e6 * frame.size_factor ** 2,
                         latency_ms_per_image=1 + 4 * frame.size_factor)
+
+
+def _evaluations_at(*image_sizes) -> pd.DataFrame:
+    """A teacher at the first image size, distilled and scratch students of size 0.5 with seeds 0 and 1 at every
+    image size (a smaller image: a higher FID, so that pooling would show)."""
+    rows = [("teacher", 1.0, image_sizes[0], 0, 3.0)] + [
+        (method, 0.5, px, seed, 4.0 + seed + 2.0 * (method == "scratch") + 32 / px)
+        for px in image_sizes for method in ("distill", "scratch") for seed in (0, 1)]
+    return _evaluations(rows, ["method", "size_factor", "image_size", "model_seed", "fid"])
+
+
+def _evaluations_with_budgets(*budgets, teacher_epochs=100) -> pd.DataFrame:
+    """A teacher trained for `teacher_epochs`, and students of size 0.5 (distilled and scratch from random weights,
+    distilled from the pruned teacher) with seeds 0 and 1 at every budget (epochs): a longer budget, a lower FID, so
+    that pooling would show."""
+    kinds = (("distill", "random"), ("scratch", "random"), ("distill", "pruned"))
+    rows = [("teacher", "random", 1.0, teacher_epochs, 0, 3.0)] + [
+        (method, init, 0.5, epochs, seed, 4.0 + seed + 2.0 * (method == "scratch") - (init == "pruned") + 120 / epochs)
+        for epochs in budgets for method, init in kinds for seed in (0, 1)]
+    return _evaluations(rows, ["method", "init", "size_factor", "epochs", "model_seed", "fid"])
+
+
+def _law_points(key: str, values: tuple, teacher) -> pd.DataFrame:
+    """Scaling points: distilled students of 5 sizes on a known law per value of `key` (its floor L_inf scaled by
+    values[0] / value), and a teacher of 2M parameters at `teacher` of that key."""
+    x = np.geomspace(2e4, 1e6, 5)
+    rows = [("distill", v, n, 0.02 * values[0] / v + 0.05 * (n / 1e6) ** -0.6) for v in values for n in x]
+    points = pd.DataFrame(rows + [("teacher", teacher, 2e6, 0.06)], columns=["method", key, "num_parameters", "kid"])
+    return points.assign(init="random", flops_per_forward=points.num_parameters, fid=100 * points.kid,
+                         val_task_loss=points.kid)
+
+
+def _kid_laws(scaling) -> list[str]:
+    """The series of the KID-vs-parameters laws of a scaling_study."""
+    return [law.split(":")[0] for law in scaling.laws if law.startswith("KID vs parameters")]
 
 
 def _legend(ax) -> list[str]:
@@ -411,15 +442,8 @@ def test_two_resolutions_of_one_size_are_two_models_everywhere():
     assert {"distill, 32px", "distill, 16px", "Pareto frontier, 32px", "Pareto frontier, 16px"} <= set(legend)
 
     # the scaling law: one fit per resolution; the size needed only at the teacher's
-    x = np.geomspace(2e4, 1e6, 5)
-    rows = [("distill", px, n, 0.02 * 32 / px + 0.05 * (n / 1e6) ** -0.6) for px in (32, 16) for n in x]
-    points = pd.DataFrame(rows + [("teacher", 32, 2e6, 0.06)],
-                          columns=["method", "image_size", "num_parameters", "kid"])
-    points = points.assign(init="random", flops_per_forward=points.num_parameters, fid=100 * points.kid,
-                           val_task_loss=points.kid)
-    scaling = scaling_study(points)
-    kid_laws = [law.split(":")[0] for law in scaling.laws if law.startswith("KID vs parameters")]
-    assert kid_laws == ["KID vs parameters, distill, 16px", "KID vs parameters, distill, 32px"]
+    scaling = scaling_study(_law_points("image_size", (32, 16), teacher=32))
+    assert _kid_laws(scaling) == ["KID vs parameters, distill, 16px", "KID vs parameters, distill, 32px"]
     needed = [line for line in scaling.needed if line.startswith("KID vs parameters")]
     assert needed[0] == "KID vs parameters, distill, 16px: not compared with the teacher, whose KID is of 32px images."
     assert needed[1].startswith("KID vs parameters, distill, 32px: within 10% of the teacher's")
@@ -428,22 +452,82 @@ def test_two_resolutions_of_one_size_are_two_models_everywhere():
 
 
 @pytest.mark.parametrize("drop", [False, True])
-def test_one_resolution_keeps_its_labels(drop):
-    """One resolution (or a frame without image_size): no resolution column and no "px" in any label."""
+def test_one_resolution_and_budget_keep_their_labels(drop):
+    """One resolution and one student budget beside a teacher trained longer, as in a normal study (or a frame
+    without image_size and epochs): no resolution or epochs column and neither in any label."""
     from dmat.report import figures
     from dmat.report.findings import distill_vs_scratch, smallest_near_teacher
-    from dmat.report.tables import format_table, quality_table, summary_table
+    from dmat.report.tables import budget_table, format_table, quality_table, summary_table
 
     evaluations = _evaluations_at(32)
-    evaluations = evaluations.drop(columns="image_size") if drop else evaluations
+    evaluations = evaluations.assign(epochs=np.where(evaluations.method == "teacher", 60, 20))
+    evaluations = evaluations.drop(columns=["image_size", "epochs"]) if drop else evaluations
     table = summary_table(evaluations)
     assert len(table) == 3
     assert list(format_table(table).columns[:5]) == ["method", "init", "size_factor", "n", "seeds"]
-    assert "image_size" not in quality_table(evaluations).columns
+    assert not {"image_size", "epochs"} & set(quality_table(evaluations).columns)
+    models = evaluations.assign(status="FINISHED").drop_duplicates(["method", "model_seed"])
+    assert list(budget_table(models).columns[:4]) == ["method", "init", "size_factor", "seed"]
     assert set(_legend(figures.quality_figure(table).axes[0])) == {
         "distill", "scratch", "teacher (0.03)", "real-vs-real floor (0.01)", "floor ± sd over draws"}
     assert distill_vs_scratch(table, evaluations)[0].startswith("size 0.5: distilled FID 5.5 vs scratch 7.5")
     assert smallest_near_teacher(table)[0].startswith("distill: no size is within 10% of the teacher's FID 3")
+
+
+def test_two_budgets_of_one_size_are_two_models_everywhere():
+    """Students of size 0.5 trained for 20 and for 60 epochs (beside a teacher of 100) are two rows, two lines, two
+    fits and two frontier points, each labelled with its epochs; students are compared only within a budget."""
+    from dmat.report import figures
+    from dmat.report.findings import distill_vs_scratch, pruned_vs_random
+    from dmat.report.frontier import band_sentences, budget_points, frontier, grid_points
+    from dmat.report.scaling import scaling_study
+    from dmat.report.tables import format_table, namer, summary_table
+
+    evaluations = _evaluations_with_budgets(20, 60)
+    table = summary_table(evaluations)
+    distill = table[(table.method == "distill") & (table.init == "random")]
+    assert distill.n.tolist() == [2, 2] and distill.epochs.tolist() == [20, 60]
+    assert distill.fid.tolist() == [10.5, 6.5]  # each the mean of its own seeds, not 8.5 over all four
+    assert list(format_table(table).columns[:4]) == ["method", "init", "epochs", "size_factor"]
+    legend = _legend(figures.quality_figure(table).axes[0])
+    assert {"distill, 20 epochs", "distill, 60 epochs", "scratch, 20 epochs", "distill, pruned init, 60 epochs",
+            "teacher (0.03)"} <= set(legend)
+
+    # Welch-tested within each budget: n=2 vs 2, not 4 vs 4
+    lines = distill_vs_scratch(table, evaluations) + pruned_vs_random(evaluations)
+    assert [line.split(" (Welch")[0] for line in lines] == [
+        "size 0.5, 20 epochs: distilled FID 10.5 vs scratch 12.5: distillation better",
+        "size 0.5, 60 epochs: distilled FID 6.5 vs scratch 8.5: distillation better",
+        "size 0.5 distill, 20 epochs: pruned-init FID 9.5 vs random-init 10.5: pruned init better",
+        "size 0.5 distill, 60 epochs: pruned-init FID 5.5 vs random-init 6.5: pruned init better"]
+    assert all("n=2 vs 2" in line for line in lines)
+    # distilled students only at 20 epochs and scratch ones only at 60: nothing like with like to compare
+    kept = {("teacher", 100), ("distill", 20), ("scratch", 60)}
+    unlike = evaluations[[(m, e) in kept for m, e in zip(evaluations.method, evaluations.epochs)]]
+    assert distill_vs_scratch(summary_table(unlike), unlike) == [
+        "No size has both distilled and scratch students with evaluations."]
+
+    # per-timestep curves: one line per budget, each the mean of its own runs
+    histories = pd.DataFrame([(r.run_id, "traj_mse", step, r.epochs + r.model_seed)
+                              for r in evaluations.itertuples() for step in range(3)],
+                             columns=["run_id", "key", "step", "value"])
+    ax = figures.trajectory_divergence_figure(histories, evaluations, [0.5]).axes[0]
+    assert {line.get_label(): line.get_ydata()[0] for line in ax.get_lines()} == {
+        f"0.5 {kind}, {epochs} epochs": epochs + 0.5 for kind in ("distill", "scratch", "distill, pruned init")
+        for epochs in (20, 60)}
+
+    # the budget frontier: a point per budget (the mean of its own 2 seeds), its best said with its epochs
+    no_grid = pd.DataFrame(columns=["run_id", "key", "step", "value"])
+    points = budget_points(grid_points(evaluations.assign(steps=10, flops_per_forward=1e5 * evaluations.size_factor),
+                                       no_grid))
+    assert points[points.method != "teacher"].n.tolist() == [2] * 6
+    sentences = band_sentences(frontier(points, "flops_per_image"), "flops_per_image", name=namer(points))
+    assert "best is size 0.5 distill, pruned init, 60 epochs at 10 steps" in sentences[1]
+
+    # the scaling law: one fit per budget
+    scaling = scaling_study(_law_points("epochs", (60, 20), teacher=100))
+    assert _kid_laws(scaling) == ["KID vs parameters, distill, 20 epochs", "KID vs parameters, distill, 60 epochs"]
+    assert {"distill, 20 epochs", "distill, 60 epochs"} <= set(_legend(figures.scaling_figure(scaling.panels).axes[0]))
 
 
 def test_budget_frontier_legend_names_students_of_the_teachers_width():
@@ -485,3 +569,32 @@ def test_report_of_students_at_two_resolutions(store, tmp_path):
     assert "distill, 4px: not compared with the teacher&#x27;s FID, which is of 8px images" in html
     assert "distill, 8px: no size is within 10% of the teacher&#x27;s FID" in html
     assert "At 4px: Budget" in html and "At 8px: Budget" in html
+
+
+def test_report_of_students_with_two_budgets(store, tmp_path):
+    """From MLflow: students of size 0.6 trained for 20 epochs and others for 60 (`dmat distill --epochs 60`), each
+    from random and from pruned weights, beside a teacher of 60 epochs: each evaluation gets its model's epochs, each
+    budget is a summary row of its own, and pruned is compared with random within each budget."""
+    ids = log_synthetic_study("syn", sizes=(0.6,), methods=("distill",), seeds=(0, 1), inits=(None, "pruned"),
+                              problems=False, artifacts=False)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("syn").experiment_id
+    for run_id in (ids["teacher"], *ids["students"]):
+        client.log_param(run_id, "epochs", 60 if run_id == ids["teacher"] else 20)
+    for init, seed in ((None, 0), (None, 1), ("pruned", 0), ("pruned", 1)):
+        longer = _model_run(client, experiment, "student", "distill", 0.6, seed, init=init)
+        client.log_param(longer, "epochs", 60)
+        _evaluation_run(client, experiment, longer, ids["teacher"], "student", "distill", 0.6, seed, artifacts=False,
+                        init=init)
+    html = build_report("syn", ["summary", "findings"], out_dir=tmp_path, log_run=False).read_text()
+    summary = pd.read_csv(tmp_path / "tables" / "summary.csv")
+    students = summary[summary.method == "distill"]
+    assert students.n.tolist() == [2, 2, 2, 2]  # not two rows of 4 evaluations
+    evaluations = pd.read_csv(tmp_path / "tables" / "evaluations.csv")
+    assert sorted(evaluations.epochs) == [20] * 4 + [60] * 5  # the model's param: an evaluation run has none
+    assert sorted(zip(students.init, students.epochs, students.n)) == [
+        ("pruned", 20, 2), ("pruned", 60, 2), ("random", 20, 2), ("random", 60, 2)]
+    assert "epochs" in pd.read_csv(tmp_path / "tables" / "budget.csv").columns
+    for epochs in (20, 60):
+        assert f"size 0.6 distill, {epochs} epochs: pruned-init FID" in html
+    assert html.count("Welch t-test over seeds, n=2 vs 2") == 2 and "n=4 vs 4" not in html

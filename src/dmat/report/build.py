@@ -27,8 +27,8 @@ from dmat.report import figures, frontier, scaling, speed
 from dmat.report.findings import findings, seeds_statement
 from dmat.report.query import Study, load_npz, load_study, metric_histories
 from dmat.report.tables import (GROUP, budget_table, curve_interval_table, format_table, interval_table,
-                                key_columns, memorisation_table, namer, pareto_mask, per_run_means, quality_table,
-                                readable_subset, summary_table, with_keys)
+                                key_columns, kind_of, memorisation_table, namer, pareto_mask, per_run_means,
+                                quality_table, readable_subset, summary_table, with_keys)
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +75,13 @@ def _latest_per_group(evaluations: pd.DataFrame, sizes: list[float]) -> pd.DataF
     """The teacher's and, per model (GROUP) of a size in `sizes`, the newest evaluation (inputs are newest first)."""
     chosen = with_keys(evaluations[(evaluations.method == "teacher") | evaluations.size_factor.isin(sizes)])
     return chosen.drop_duplicates(GROUP, keep="first").sort_values(
-        ["image_size", "size_factor", "method", "init"], ascending=[False, False, True, True])
+        ["image_size", "size_factor", "method", "init", "epochs"], ascending=[False, False, True, True, True])
 
 
 def _label(row, name) -> str:
     """A row's model in a panel; `name`: namer() of the study's evaluations."""
     return ("teacher" if row.method == "teacher"
-            else f"{row.size_factor:g} {name(row.method, row.init, row.image_size)}")
+            else f"{row.size_factor:g} {name(*kind_of(row))}")
 
 
 def _artifact_panels(section: Section, study: Study, sizes: list[float], path: str) -> list[tuple[str, dict]]:
@@ -217,10 +217,11 @@ def _summary(section: Section, i: Inputs) -> None:
     section.notes.append("Mean ± half-width of the 95% t-interval over evaluations (n; seeds: distinct training "
                          "seeds); n/a = not logged or not defined. kid, fid and their floors are at matched N (see the "
                          "quality table). quality_per_mparam and quality_per_ms are (1/FID) per million parameters "
-                         "and per millisecond of latency. Training budget: epochs_run, best_epoch (the evaluated "
-                         "checkpoint), optimizer_steps, train_flops ~ 3 x flops_per_forward x train images x epochs; "
-                         "still_improving: how many runs were still improving when they stopped. Raw numbers: "
-                         "tables/summary.csv.")
+                         "and per millisecond of latency. Training budget: epochs (the configured maximum; students of "
+                         "different epochs are different rows, and the column is shown only where they differ), "
+                         "epochs_run, best_epoch (the evaluated checkpoint), optimizer_steps, train_flops ~ 3 x "
+                         "flops_per_forward x train images x epochs; still_improving: how many runs were still "
+                         "improving when they stopped. Raw numbers: tables/summary.csv.")
 
 
 def _quality(section: Section, i: Inputs) -> None:
@@ -259,12 +260,12 @@ def _trajectory(section: Section, i: Inputs) -> None:
     section.tables.append(interval_table(i.table, ("final_mse", "traj_mse_mean")))
 
 
-SCALING_NOTE = ("L(N) = L_inf + a N^-alpha fitted by least squares to every run of each student method, init and "
-                "resolution (the teacher is the reference, not a point, and only for students at its resolution: "
-                "another resolution's quality is against other real images), N = parameters or FLOPs per forward; "
-                f"intervals: 95% percentile bootstrap ({scaling.BOOTSTRAP} resamples) of runs within each size where "
-                "sizes have several seeds, else of the sizes. Band: the bootstrap fits' pointwise 95% range. The "
-                "validation task loss is the model's at its best epoch (the evaluated checkpoint).")
+SCALING_NOTE = ("L(N) = L_inf + a N^-alpha fitted by least squares to every run of each student method, init, "
+                "resolution and training budget (the teacher is the reference, not a point, and only for students at "
+                "its resolution: another resolution's quality is against other real images), N = parameters or FLOPs "
+                f"per forward; intervals: 95% percentile bootstrap ({scaling.BOOTSTRAP} resamples) of runs within "
+                "each size where sizes have several seeds, else of the sizes. Band: the bootstrap fits' pointwise 95% "
+                "range. The validation task loss is the model's at its best epoch (the evaluated checkpoint).")
 
 
 def _scaling(section: Section, i: Inputs) -> None:
@@ -274,12 +275,12 @@ def _scaling(section: Section, i: Inputs) -> None:
                    f"no fit (at least {scaling.MIN_SIZES} distinct sizes of one method, and a converged fit)")
 
 
-FRONTIER_NOTE = ("Each point is one (method, init, resolution, size, sampling steps): KID/FID at the same matched "
-                 "N as the headline scores (mean over seeds, 95% interval in tables/frontier.csv), against the cost "
-                 "of sampling one image: steps x FLOPs per forward, and the measured batch-1 latency of the "
-                 "evaluation. Red: the Pareto frontier (one per resolution), drawn as the best quality a budget buys. "
-                 "Steps come from `dmat evaluate --steps-grid` (the pipeline's default); an evaluation without a grid "
-                 "gives its own steps only.")
+FRONTIER_NOTE = ("Each point is one (method, init, resolution, training budget, size, sampling steps): KID/FID at the "
+                 "same matched N as the headline scores (mean over seeds, 95% interval in tables/frontier.csv), "
+                 "against the cost of sampling one image: steps x FLOPs per forward, and the measured batch-1 latency "
+                 "of the evaluation. Red: the Pareto frontier (one per resolution), drawn as the best quality a budget "
+                 "buys. Steps come from `dmat evaluate --steps-grid` (the pipeline's default); an evaluation without a "
+                 "grid gives its own steps only.")
 
 
 def _frontier(section: Section, i: Inputs) -> None:

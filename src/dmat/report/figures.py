@@ -2,9 +2,10 @@
 
 Each function takes tables from `query`/`tables` and returns a Figure, or None when there is
 nothing to plot; missing values are left out of a plot, never drawn as 0. Colour encodes the size
-factor (the same in every figure), line style the method. Each resolution is a series of its own, never
-joined to or averaged with another (its quality is against real images of its own size); where a figure
-shows several, its labels say which and, where colour is the size, lower resolutions have hollow markers.
+factor (the same in every figure), line style the method. Each resolution and each training budget (epochs) is a
+series of its own, never joined to or averaged with another (a resolution's quality is against real images of its
+own size; a longer budget is another model); where a figure shows several, its labels say which and, where colour
+is the size, lower resolutions have hollow markers.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
 from dmat.report.frontier import frontier  # noqa: E402
-from dmat.report.tables import GROUP, mean_curves, namer, pareto_mask, with_keys  # noqa: E402
+from dmat.report.tables import GROUP, KIND, mean_curves, namer, pareto_mask, with_keys  # noqa: E402
 
 LINESTYLE = {"distill": "-", "scratch": "--", "teacher": ":"}
 MARKER = {"distill": "o", "scratch": "s", "teacher": "*"}
@@ -49,15 +50,16 @@ def _teacher_value(table: pd.DataFrame, column: str) -> float:
 
 
 def _errorbar_by_method(ax, table: pd.DataFrame, x: str, y: str) -> None:
-    """Mean per size, one line per method, init and resolution; a 95% interval only where one exists (a single
-    evaluation has none, and gets no bar rather than a zero-length one that would read as certainty)."""
+    """Mean per size, one line per method, init, resolution and budget; a 95% interval only where one exists (a
+    single evaluation has none, and gets no bar rather than a zero-length one that would read as certainty)."""
     name = namer(table)
-    for (method, init, px), group in with_keys(_students(table)).groupby(["method", "init", "image_size"]):
+    for kind, group in with_keys(_students(table)).groupby(KIND):
         group = group.dropna(subset=[x, y]).sort_values(x)
         if group.empty:
             continue
+        method, init = kind[:2]
         line, = ax.plot(group[x], group[y], marker=_marker(method, init),
-                        linestyle=LINESTYLE.get(method, "-."), label=name(method, init, px))
+                        linestyle=LINESTYLE.get(method, "-."), label=name(*kind))
         known = group[np.isfinite(group[f"{y}_ci95"].astype(float))]
         if len(known):
             ax.errorbar(known[x], known[y], yerr=known[f"{y}_ci95"], fmt="none", capsize=3, color=line.get_color())
@@ -139,7 +141,7 @@ def efficiency_figure(table: pd.DataFrame):
             ax.scatter(front[cost], front.fid, s=180, facecolors="none", edgecolors="red",
                        label=name("Pareto-optimal", None, px), zorder=4)
             for _, row in front.iterrows():
-                ax.annotate(f"{row.size_factor:g} {name(row.method, None, px)}", (row[cost], row.fid),
+                ax.annotate(f"{row.size_factor:g} {name(row.method, None, px, row.epochs)}", (row[cost], row.fid),
                             textcoords="offset points", xytext=(6, 6), fontsize=8, color="red")
         ax.set(xscale=scale, xlabel=label, ylabel="FID", title=f"quality vs {label}")
         ax.legend(fontsize=8)
@@ -184,7 +186,7 @@ def mse_heatmap(histories: pd.DataFrame, evaluations: pd.DataFrame, sizes: list[
     fig, ax = plt.subplots(figsize=(11, 1.2 + 0.35 * len(grid)))
     norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
     image = ax.imshow(values, aspect="auto", cmap="magma", norm=norm, interpolation="nearest")
-    ax.set_yticks(range(len(grid)), [f"{s:g} {name(m, i, px)}" for m, i, px, s in grid.index])
+    ax.set_yticks(range(len(grid)), [f"{keys[-1]:g} {name(*keys[:-1])}" for keys in grid.index])
     ticks = np.linspace(0, grid.shape[1] - 1, min(10, grid.shape[1])).round().astype(int)
     ax.set_xticks(ticks, [str(grid.columns[i]) for i in ticks])
     ax.set(xlabel="timestep t", ylabel="size factor, method", title="epsilon MSE against the teacher")
@@ -220,15 +222,16 @@ def denoising_figure(panels: list[tuple[str, np.ndarray, np.ndarray]]):
 
 
 def _curve_lines(ax, curves: pd.DataFrame) -> None:
-    """One line per GROUP (method, init, resolution, size), its mean over runs, with a band of its 95% interval over
-    the seeds where there are several runs."""
+    """One line per GROUP (method, init, resolution, budget, size), its mean over runs, with a band of its 95% interval
+    over the seeds where there are several runs."""
     name = namer(curves)
-    for (method, init, px, size), curve in curves.groupby(GROUP):
-        color = size_color(size)
-        marks = (dict(marker="o", markerfacecolor="none", markevery=max(1, len(curve) // 8)) if _hollow(px, curves)
-                 else dict(marker="." if len(curve) < 10 else None))
-        ax.plot(curve.step, curve.value, color=color, linestyle=LINESTYLE.get(method, "-."),
-                label=f"{size:g} {name(method, init, px)}", **marks)
+    for keys, curve in curves.groupby(GROUP):
+        key = dict(zip(GROUP, keys))
+        color = size_color(key["size_factor"])
+        marks = (dict(marker="o", markerfacecolor="none", markevery=max(1, len(curve) // 8))
+                 if _hollow(key["image_size"], curves) else dict(marker="." if len(curve) < 10 else None))
+        ax.plot(curve.step, curve.value, color=color, linestyle=LINESTYLE.get(key["method"], "-."),
+                label=f"{key['size_factor']:g} {name(*keys[:-1])}", **marks)
         band = curve[np.isfinite(curve.ci95.astype(float))]
         if len(band):
             ax.fill_between(band.step, band.value - band.ci95, band.value + band.ci95, color=color, alpha=0.15,
@@ -314,7 +317,8 @@ def training_figure(histories: pd.DataFrame, models: pd.DataFrame):
         drawn |= not curves.empty
         _curve_lines(ax, curves)
         ax.set(xlabel="epoch", ylabel=key, yscale="log", title=key.replace("_", " ") + " (eps MSE to the true noise)")
-        ax.legend(fontsize=7, ncol=2)
+        if not curves.empty:
+            ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     if not drawn:
         plt.close(fig)
@@ -385,8 +389,8 @@ def frontier_figure(points: pd.DataFrame, fronts: dict[tuple[str, str], pd.DataF
 
 def _size_handles(shown: pd.DataFrame, points: pd.DataFrame) -> list:
     """Legend entries of the `shown` points: a colour per student size (1.0 too: a student of the teacher's width),
-    the teacher's star, a marker per student method, init and resolution (named, and hollow below the largest, as
-    among all `points`)."""
+    the teacher's star, a marker per student method, init, resolution and budget (named, and hollow below the
+    largest resolution, as among all `points`)."""
     from matplotlib.lines import Line2D
 
     name = namer(points)
@@ -395,7 +399,7 @@ def _size_handles(shown: pd.DataFrame, points: pd.DataFrame) -> list:
                for s in sorted(set(students.size_factor))]
     if (shown.method == "teacher").any():
         handles.append(Line2D([], [], marker="*", linestyle="none", color=size_color(1.0), label="teacher"))
-    kinds = students[["method", "init", "image_size"]].drop_duplicates()
+    kinds = students[KIND].drop_duplicates()
     return handles + [Line2D([], [], marker=_marker(k.method, k.init), linestyle="none", color="grey",
                              markerfacecolor="none" if _hollow(k.image_size, points) else "grey",
-                             label=name(k.method, k.init, k.image_size)) for k in kinds.itertuples()]
+                             label=name(*k)) for k in kinds.itertuples(index=False)]

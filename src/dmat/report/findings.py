@@ -1,7 +1,9 @@
 """Findings written from the data: sentences computed from the summary table, nothing hand-written.
 
 Models are compared only at one resolution: a model's KID and FID are against real images of its own size, in
-features trained at it, so a 16 px student's FID says nothing against a 32 px teacher's."""
+features trained at it, so a 16 px student's FID says nothing against a 32 px teacher's. Students are compared with
+each other only at one training budget (epochs), so that a difference is one of method or init, not of budget; the
+teacher is the reference whatever its budget."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import pandas as pd
 from scipy import stats
 
 from dmat.report.frontier import frontier
-from dmat.report.tables import GROUP, namer, px_text, with_keys
+from dmat.report.tables import GROUP, KIND, key_text, kind_of, namer, with_keys
 
 WITHIN = 0.10  # "close to the teacher" = FID at most 10% above the teacher's
 FLOOR_SPREAD = 2.0  # "inside the floor's spread" = KID within 2 sd (over draws) of the real-vs-real floor
@@ -29,11 +31,11 @@ def smallest_near_teacher(table: pd.DataFrame) -> list[str]:
     teacher = teachers.iloc[0]
     limit = (1 + WITHIN) * teacher.fid
     lines = []
-    for (method, init, px), group in table[table.method != "teacher"].groupby(["method", "init", "image_size"]):
-        method = name(method, init, px)
-        if px != teacher.image_size:
-            lines.append(f"{method}: not compared with the teacher's FID, which is of {px_text(teacher.image_size)} "
-                         "images (other real images, other features).")
+    for kind, group in table[table.method != "teacher"].groupby(KIND):
+        method = name(*kind)
+        if group.image_size.iloc[0] != teacher.image_size:
+            lines.append(f"{method}: not compared with the teacher's FID, which is of "
+                         f"{key_text('image_size', teacher.image_size)} images (other real images, other features).")
             continue
         close = group[group.fid <= limit].sort_values("size_factor")
         if close.empty:
@@ -59,21 +61,21 @@ def _welch(a: pd.Series, b: pd.Series) -> str:
 
 def _compared(evaluations: pd.DataFrame, column: str, sides: dict[str, str], within: dict, wording: str,
               subject: str = "") -> list[str]:
-    """Per resolution and size (and `within`, e.g. one init) with both `sides` of `column`: the FID difference,
-    Welch-tested. `wording` formats the sentence with where ("size 0.5" + `subject`, and the resolution where there
-    are several), a, b (mean FIDs) and verdict."""
+    """Per model of both `sides` of `column` (like with like: one resolution, budget and size, and `within`, e.g.
+    one init): the FID difference, Welch-tested. `wording` formats the sentence with where ("size 0.5" + `subject`,
+    and the resolution and budget where there are several), a, b (mean FIDs) and verdict."""
     rows, name = with_keys(evaluations), namer(evaluations)
     for key, value in within.items():
         rows = rows[rows[key] == value]
-    fid = rows.get("fid", pd.Series(np.nan, index=rows.index))
-    lines = []
+    rows = rows.assign(fid=rows.get("fid", np.nan))
     (a_value, a_name), (b_value, b_name) = sides.items()
-    models = [set(rows.loc[rows[column] == v, ["image_size", "size_factor"]].itertuples(index=False, name=None))
-              for v in (a_value, b_value)]
-    for px, size in sorted(models[0] & models[1], key=lambda key: (-key[0], key[1])):  # larger images first
-        at = (rows.image_size == px) & (rows.size_factor == size)
-        a, b = (fid[at & (rows[column] == v)].dropna() for v in (a_value, b_value))
-        where = name(f"size {size:g}{subject}", None, px)
+    like = [key for key in GROUP if key != column and key not in within]  # (image_size, epochs, size_factor)
+    lines = []
+    for keys, group in sorted(rows.groupby(like), key=lambda item: (-item[0][0], *item[0][1:])):  # larger images first
+        if not {a_value, b_value} <= set(group[column]):
+            continue
+        a, b = (group.fid[group[column] == v].dropna() for v in (a_value, b_value))
+        where = name(f"size {keys[-1]:g}{subject}", None, *keys[:-1])
         if a.empty or b.empty:
             lines.append(f"{where}: FID missing on one side, no comparison.")
             continue
@@ -83,16 +85,16 @@ def _compared(evaluations: pd.DataFrame, column: str, sides: dict[str, str], wit
 
 
 def distill_vs_scratch(table: pd.DataFrame, evaluations: pd.DataFrame) -> list[str]:
-    """Per size (and resolution) with both methods (from random weights): the FID difference, with a Welch t-test
-    over seeds."""
+    """Per size (and resolution and budget) with both methods (from random weights): the FID difference, with a
+    Welch t-test over seeds."""
     lines = _compared(evaluations, "method", {"distill": "distillation", "scratch": "scratch"}, {"init": "random"},
                       "{where}: distilled FID {a:.3g} vs scratch {b:.3g}: {verdict}.")
     return lines or ["No size has both distilled and scratch students with evaluations."]
 
 
 def pruned_vs_random(evaluations: pd.DataFrame) -> list[str]:
-    """Per method and size (and resolution) with both inits: the FID of students started from the pruned teacher
-    against random."""
+    """Per method and size (and resolution and budget) with both inits: the FID of students started from the pruned
+    teacher against random."""
     rows = with_keys(evaluations)
     return [line for method in sorted(set(rows[rows.init == "pruned"].method))
             for line in _compared(rows, "init", {"pruned": "pruned init", "random": "random init"}, {"method": method},
@@ -100,7 +102,7 @@ def pruned_vs_random(evaluations: pd.DataFrame) -> list[str]:
 
 
 def seeds_statement(evaluations: pd.DataFrame, models: pd.DataFrame) -> list[str]:
-    """What the repeats of one model (GROUP: method, init, resolution, size) vary, read from the runs."""
+    """What the repeats of one model (GROUP: method, init, resolution, budget, size) vary, read from the runs."""
     students = with_keys(evaluations[evaluations.method != "teacher"])
     seeds = sorted(students.get("model_seed", pd.Series(dtype=object)).dropna().unique(), key=str)
     repeats = students.groupby(GROUP).size()
@@ -135,7 +137,7 @@ def pareto_sizes(table: pd.DataFrame) -> list[str]:
     """The Pareto front in parameters vs FID, one sentence per resolution."""
     name = namer(table)
     return ["Pareto-optimal in parameters vs FID: "
-            + ", ".join(f"{r.size_factor:g} {name(r.method, r.init, r.image_size)} ({int(r.num_parameters):,} params, "
+            + ", ".join(f"{r.size_factor:g} {name(*kind_of(r))} ({int(r.num_parameters):,} params, "
                         f"FID {r.fid:.3g})" for r in front.itertuples()) + "."
             for _, front in frontier(table, "num_parameters", "fid").groupby("image_size", sort=False)]
 
@@ -151,7 +153,7 @@ def problem_summary(problems: pd.DataFrame) -> list[str]:
 def _name(row, name) -> str:
     """A row's model in a sentence; `name`: namer() of the rows it is among."""
     return ("the teacher" if row.method == "teacher"
-            else f"size {row.size_factor:g} {name(row.method, row.init, row.image_size)}")
+            else f"size {row.size_factor:g} {name(*kind_of(row))}")
 
 
 def floor_comparison(evaluations: pd.DataFrame) -> list[str]:

@@ -1,7 +1,7 @@
 """Quality per inference budget: every (model size, sampling steps) pair as a point of quality against the
 sampling cost of one image, and the Pareto frontier over them.
 
-A point is a (method, init, resolution, size, steps) group: its KID and FID are the mean over the group's
+A point is a (method, init, resolution, budget, size, steps) group: its KID and FID are the mean over the group's
 evaluations (seeds) with their 95% interval; its cost is steps x FLOPs per forward (`grid_flops_per_image`, what the
 evaluation counted) or the measured batch-1 latency. Points come from the evaluations' steps grids
 (`grid_*` metric series, step = sampling steps), and from an evaluation's own steps where it has no grid.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dmat.report.tables import GROUP, mean_ci, pareto_mask, px_text, several_resolutions, variant, with_keys
+from dmat.report.tables import GROUP, key_text, mean_ci, namer, pareto_mask, several, with_keys
 
 GRID_KEYS = ("grid_kid", "grid_fid", "grid_flops_per_image", "grid_latency_ms_per_image")
 COSTS = {"flops_per_image": "sampling FLOPs per image", "latency_ms_per_image": "latency per image (batch 1, ms)"}
@@ -59,9 +59,11 @@ def frontier(points: pd.DataFrame, cost: str, quality: str = "kid") -> pd.DataFr
     return front.drop_duplicates(["image_size", cost, quality]).reset_index(drop=True)  # of exact ties, one
 
 
-def point_label(row) -> str:
-    name = "teacher" if row.method == "teacher" else f"size {row.size_factor:g} {variant(row.method, row.init)}"
-    return f"{name} at {row.steps:g} steps"
+def point_label(row, name) -> str:
+    """A frontier point in a sentence; `name`: namer() of the study's points (the resolution is said per part)."""
+    if row.method == "teacher":
+        return f"teacher at {row.steps:g} steps"
+    return f"size {row.size_factor:g} {name(row.method, row.init, None, row.epochs)} at {row.steps:g} steps"
 
 
 def cost_text(value: float, cost: str) -> str:
@@ -78,23 +80,25 @@ def _quality_text(row, quality: str) -> str:
     return f"{quality.upper()} {row[quality]:.3g}" + (f" ± {ci:.2g}" if np.isfinite(ci) else "")
 
 
-def band_sentences(front: pd.DataFrame, cost: str, quality: str = "kid") -> list[str]:
+def band_sentences(front: pd.DataFrame, cost: str, quality: str = "kid", name=None) -> list[str]:
     """For each budget band of the frontier, which (size, steps) gives the best quality within it; each resolution's
-    sentences begin with it where the frontier has several."""
+    sentences begin with it where the frontier has several. `name`: namer() of all the points (default: of the
+    frontier's), so that a model's training budget is said wherever the study has several."""
     if front.empty:
         return [f"No (size, steps) point has both {quality.upper()} and {COSTS[cost]}."]
-    front = with_keys(front)
-    several = several_resolutions(front)
-    return [f"At {px_text(px)}: {line}" if several else line
-            for px, part in front.groupby("image_size", sort=False) for line in _bands(part, cost, quality)]
+    front, name = with_keys(front), name or namer(front)
+    apart = several(front, "image_size")
+    return [f"At {key_text('image_size', px)}: {line}" if apart else line
+            for px, part in front.groupby("image_size", sort=False) for line in _bands(part, cost, quality, name)]
 
 
-def _bands(front: pd.DataFrame, cost: str, quality: str) -> list[str]:
+def _bands(front: pd.DataFrame, cost: str, quality: str, name) -> list[str]:
     costs = [cost_text(v, cost) for v in front[cost]]
     lines = [f"Below {costs[0]} ({COSTS[cost]}) no evaluated (size, steps) fits."]
     for i, (_, row) in enumerate(front.iterrows()):
         span = f"from {costs[i]} to {costs[i + 1]}" if i + 1 < len(front) else f"{costs[i]} and above"
-        lines.append(f"Budget {span} ({COSTS[cost]}): best is {point_label(row)} ({_quality_text(row, quality)}).")
+        lines.append(f"Budget {span} ({COSTS[cost]}): best is {point_label(row, name)} "
+                     f"({_quality_text(row, quality)}).")
     return lines
 
 
@@ -102,5 +106,5 @@ def budget_study(evaluations: pd.DataFrame, histories: pd.DataFrame):
     """(points per (size, steps) group, {(quality, cost): frontier}, {cost: KID band sentences})."""
     points = budget_points(grid_points(evaluations, histories))
     fronts = {(q, c): frontier(points, c, q) for q in ("kid", "fid") for c in COSTS}
-    sentences = {c: band_sentences(fronts[("kid", c)], c) for c in COSTS}
+    sentences = {c: band_sentences(fronts[("kid", c)], c, name=namer(points)) for c in COSTS}
     return points, fronts, sentences

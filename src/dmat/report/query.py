@@ -34,6 +34,9 @@ STATUS_PROBLEMS = {"FAILED": "failed", "KILLED": "killed", "RUNNING": "unfinishe
 HISTORY_WORKERS = 16
 STILL_IMPROVING_TAG = "dmat.still_improving"  # or a metric still_improving (1/0); absent: unknown
 BUDGET_COLUMNS = ("best_epoch", "epochs_run", "optimizer_steps", "train_images", "still_improving", "train_flops")
+# an evaluation's from its model run: `epochs`, the configured (maximum) epochs that tell apart models of one size
+# trained with different budgets (report.tables.GROUP), and what it used of them
+FROM_MODEL = ("epochs", *BUDGET_COLUMNS)
 
 
 @dataclass
@@ -89,6 +92,7 @@ def tidy_runs(runs: pd.DataFrame) -> pd.DataFrame:
         "steps": pd.to_numeric(_column(runs, "params.resolved.steps").fillna(_column(runs, "params.steps")),
                                errors="coerce"),
         "reference": _column(runs, "params.reference"),
+        "epochs": pd.to_numeric(_column(runs, "params.epochs"), errors="coerce"),  # a model's configured budget
         "study_name": _column(runs, f"tags.{tracking.STUDY_NAME}"),
         "trial": pd.to_numeric(_column(runs, f"tags.{tracking.TRIAL}"), errors="coerce"),
     })
@@ -141,10 +145,11 @@ def with_budget(models: pd.DataFrame) -> pd.DataFrame:
 
 def with_model(evaluations: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
     """Evaluations with their model's training seed (`model_seed`: what separates repeated runs of one size and
-    method), init and training budget; an evaluation's own `seed` is its sampling seed."""
-    info = models.reindex(columns=["run_id", "seed", "init", *BUDGET_COLUMNS]).rename(
+    method), init and training budget (FROM_MODEL, never an evaluation's own); an evaluation's own `seed` is its
+    sampling seed."""
+    info = models.reindex(columns=["run_id", "seed", "init", *FROM_MODEL]).rename(
         columns={"run_id": "model_run_id", "seed": "model_seed", "init": "model_init"})
-    out = evaluations.drop(columns=[c for c in BUDGET_COLUMNS if c in evaluations.columns]).merge(
+    out = evaluations.drop(columns=[c for c in FROM_MODEL if c in evaluations.columns]).merge(
         info, on="model_run_id", how="left")
     out["init"] = out.init.fillna(out.model_init).fillna("random")
     return out.drop(columns="model_init")

@@ -1,13 +1,13 @@
 """Scaling-law fit of the report: quality against model size, L(N) = L_inf + a * N^-alpha.
 
 N is the parameter count or the FLOPs of one forward pass; L is KID, FID or the validation task loss
-(lower is better). One fit per student method, init and resolution, over every run (seed) of every size: never
-across resolutions, whose qualities are against real images of different sizes. The teacher is the reference
-the sizes are measured against, not a point of the fit, and only at its own resolution. The intervals are a
-bootstrap: runs are resampled within each size when some size has several seeds (the seeds' spread is the
-uncertainty), else the sizes themselves are resampled. A fit needs MIN_SIZES distinct sizes (three
-parameters and at least one degree of freedom) and must converge with its exponent inside its bounds;
-otherwise it says why and draws nothing.
+(lower is better). One fit per student method, init, resolution and training budget (epochs), over every run (seed)
+of every size: never across resolutions, whose qualities are against real images of different sizes, nor across
+budgets, which are other models. The teacher is the reference the sizes are measured against, not a point of the
+fit, and only at its own resolution. The intervals are a bootstrap: runs are resampled within each size when some
+size has several seeds (the seeds' spread is the uncertainty), else the sizes themselves are resampled. A fit needs
+MIN_SIZES distinct sizes (three parameters and at least one degree of freedom) and must converge with its exponent
+inside its bounds; otherwise it says why and draws nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import OptimizeWarning, curve_fit
 
-from dmat.report.tables import namer, px_text, with_keys
+from dmat.report.tables import GROUP, KIND, key_text, namer, with_keys
 
 MIN_SIZES = 4
 BOOTSTRAP = 200
@@ -175,15 +175,15 @@ def law_sentence(fit: Fit, label: str, x_label: str) -> str:
 
 
 def scaling_points(evaluations: pd.DataFrame, models: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
-    """One row per evaluation: method, init, image size, size factor, parameters, FLOPs per forward, kid, fid and its
-    model's validation task loss at its best epoch (the checkpoint that was evaluated; the last logged where the run
-    did not log a best epoch)."""
+    """One row per evaluation: its GROUP keys (method, init, image size, budget, size factor), parameters, FLOPs per
+    forward, kid, fid and its model's validation task loss at its best epoch (the checkpoint that was evaluated; the
+    last logged where the run did not log a best epoch)."""
     losses = histories[histories.key == "val_task_loss"].merge(
         models.reindex(columns=["run_id", "best_epoch"]), on="run_id", how="left")
     at_best = losses[losses.step == losses.best_epoch].groupby("run_id").value.last()
     last = losses.sort_values("step").groupby("run_id").value.last()
     loss = at_best.reindex(last.index).fillna(last)
-    columns = ["method", "init", "image_size", "size_factor", "num_parameters", "flops_per_forward", "kid", "fid"]
+    columns = [*GROUP, "num_parameters", "flops_per_forward", "kid", "fid"]
     points = with_keys(evaluations.reindex(columns=[*columns, "model_run_id"]))
     points["val_task_loss"] = points.model_run_id.map(loss)
     return points
@@ -208,16 +208,16 @@ def _teacher_mean(points: pd.DataFrame, column: str) -> float:
 
 
 def scaling_study(points: pd.DataFrame) -> Scaling:
-    """Fit each quality against each size measure, per student method, init and resolution (scaling_points rows);
-    the size needed to come near the teacher only at the teacher's resolution."""
+    """Fit each quality against each size measure, per student method, init, resolution and budget (scaling_points
+    rows); the size needed to come near the teacher only at the teacher's resolution."""
     points, name, out = with_keys(points), namer(points), Scaling([], [], [])
     students, teacher_px = points[points.method != "teacher"], points.image_size[points.method == "teacher"].max()
     for quality, q_label in QUALITIES.items():
         teacher = _teacher_mean(points, quality)
         for size, s_label in SIZES.items():
             fits, shown = {}, []
-            for (method, init, px), group in students.groupby(["method", "init", "image_size"]):
-                series = name(method, init, px)
+            for kind, group in students.groupby(KIND):
+                series, px = name(*kind), group.image_size.iloc[0]
                 label = f"{q_label} vs {s_label}, {series}"
                 fit = fits[series] = fit_law(group[size], group[quality])
                 out.laws.append(law_sentence(fit, label, s_label))
@@ -225,7 +225,7 @@ def scaling_study(points: pd.DataFrame) -> Scaling:
                     out.needed.append(needed_sentence(fit, teacher, label, s_label, _teacher_mean(points, size))
                                       if px == teacher_px or np.isnan(teacher_px) else
                                       f"{label}: not compared with the teacher, whose {q_label} is of "
-                                      f"{px_text(teacher_px)} images.")
+                                      f"{key_text('image_size', teacher_px)} images.")
                 shown.append(group.assign(x=group[size], y=group[quality], series=series).dropna(subset=["x", "y"]))
             if any(f.problem is None for f in fits.values()):
                 out.panels.append({"title": q_label, "x_label": s_label, "points": pd.concat(shown), "fits": fits,

@@ -1,13 +1,15 @@
 """The report's tables.
 
-The summary: one row per model (GROUP: method, init, resolution and size factor), mean and 95% interval
-over evaluations. The interval is Student's t (n-1 degrees of freedom) on the mean; with one evaluation it
+The summary: one row per model (GROUP: method, init, resolution, training budget and size factor), mean and 95%
+interval over evaluations. The interval is Student's t (n-1 degrees of freedom) on the mean; with one evaluation it
 is NaN (shown "n/a"), never 0. A metric an evaluation could not compute is absent and excluded from the mean of
 that metric only. The quality table: one row per evaluation, its matched-N KID and FID beside the
 real-vs-real floor, each mean ± sd over the evaluation's draws (evaluation/quality.py).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -16,10 +18,27 @@ from scipy import stats
 SUMMARY_METRICS = ("num_parameters", "flops_per_forward", "latency_ms_per_image", "kid", "kid_floor", "fid",
                    "fid_floor", "copy_rate_pixel", "copy_rate_feature", "final_mse", "traj_mse_mean",
                    "quality_per_mparam", "quality_per_ms", "best_epoch", "epochs_run", "optimizer_steps", "train_flops")
-# a row of the size comparison: its repeats differ only in their seeds; image_size, since a 16 px and a 32 px
-# student of one size are different models (each evaluated against real images at its own resolution)
-GROUP = ["method", "init", "image_size", "size_factor"]
-UNKNOWN_PX = 0  # the image_size of a run or frame without one: one unknown resolution
+
+
+class Named(NamedTuple):
+    """A model key beyond method, init and size, named in labels and tables only where the models span several (so
+    that a study with one of it keeps plain labels)."""
+
+    label: str  # a value as labels say it
+    unknown: str  # the label of UNKNOWN
+    teacher_apart: bool  # whether the teacher's value counts only against other teachers' (it differs by design)
+
+
+# Models that differ in these are different models, never repeats: a 16 px and a 32 px student of one size (each
+# evaluated against real images of its own size), and students trained for 20 and for 60 epochs (the configured,
+# maximum epochs: early stopping may end sooner, which is still the same budget). The teacher normally trains
+# longer than its students, which alone does not make a study of several budgets.
+NAMED = {"image_size": Named("{:g}px", "unknown resolution", False),
+         "epochs": Named("{:g} epochs", "unknown budget", True)}
+UNKNOWN = 0  # a NAMED key of a run or frame without it: one unknown resolution, one unknown budget
+# a row of the size comparison: its repeats differ only in their seeds
+GROUP = ["method", "init", *NAMED, "size_factor"]
+KIND = GROUP[:-1]  # a model without its size: one line, fit or series over the sizes
 FLOOR_SPREADS = ("kid_floor_sd", "fid_floor_sd")
 METHOD_ORDER = {"teacher": 0, "distill": 1, "scratch": 2}
 
@@ -47,50 +66,62 @@ def _get(frame: pd.DataFrame, column: str) -> pd.Series:
     return frame[column].astype(float) if column in frame.columns else pd.Series(np.nan, index=frame.index)
 
 
-def px_text(image_size) -> str:
-    """A resolution as labels say it: "16px"."""
-    return "unknown resolution" if image_size == UNKNOWN_PX else f"{image_size:g}px"
+def key_text(key: str, value) -> str:
+    """A NAMED key's value as labels say it: "16px", "60 epochs"."""
+    return NAMED[key].unknown if value == UNKNOWN else NAMED[key].label.format(value)
 
 
-def variant(method: str, init=None, image_size=None) -> str:
-    """A model kind as the report names it: "distill", "distill, pruned init" for a non-random start, and with an
-    image size (given only where a study has several, see namer) "distill, pruned init, 16px"."""
+def variant(method: str, init=None, **keys) -> str:
+    """A model kind as the report names it: "distill", "distill, pruned init" for a non-random start, and with the
+    NAMED keys given (only those a study has several of, see namer) "distill, pruned init, 16px, 60 epochs"."""
     parts = [method] + ([] if init in ("random", None) or init != init else [f"{init} init"])
-    return ", ".join(parts + ([] if image_size is None else [px_text(image_size)]))
+    return ", ".join(parts + [key_text(key, value) for key, value in keys.items() if value is not None])
 
 
 def with_keys(frame: pd.DataFrame) -> pd.DataFrame:
-    """GROUP's keys filled where a frame (an older store, a hand-made one) has none: `init` random, `image_size`
-    UNKNOWN_PX. A value, not NaN: groupby and pivot_table drop NaN keys and == never matches them."""
+    """GROUP's keys filled where a frame (an older store, a hand-made one) has none: `init` random, NAMED keys
+    UNKNOWN. A value, not NaN: groupby and pivot_table drop NaN keys and == never matches them."""
     missing = pd.Series(np.nan, index=frame.index)
     return frame.assign(init=frame.get("init", missing).fillna("random"),
-                        image_size=frame.get("image_size", missing).fillna(UNKNOWN_PX))
+                        **{key: frame.get(key, missing).fillna(UNKNOWN) for key in NAMED})
 
 
-def several_resolutions(frame: pd.DataFrame) -> bool:
-    """Whether `frame`'s models span more than one image size: only then do labels and tables name it."""
-    return with_keys(frame).image_size.nunique() > 1
+def several(frame: pd.DataFrame, key: str) -> bool:
+    """Whether `frame`'s models span more than one value of the NAMED `key`: only then do labels and tables name it.
+    Where the key sets the teacher apart, its value is compared only with other teachers'."""
+    keys = with_keys(frame)
+    sides = keys.method == "teacher" if NAMED[key].teacher_apart else pd.Series(True, index=keys.index)
+    return bool(keys[key].groupby(sides).nunique().max() > 1)  # no rows: NaN, False
 
 
 def namer(frame: pd.DataFrame):
-    """variant() for the models of `frame`: with their resolution where they span several, else as plain as
-    before (no clutter in a one-resolution study)."""
-    several = several_resolutions(frame)
-    return lambda method, init=None, image_size=None: variant(method, init, image_size if several else None)
+    """name(method, init, *values of the NAMED keys in their order) for the models of `frame`: variant() with the
+    keys they span several of, else as plain as before (no clutter in a one-resolution, one-budget study)."""
+    shown = [key for key in NAMED if several(frame, key)]
+
+    def name(method: str, init=None, *values) -> str:
+        return variant(method, init, **{key: value for key, value in zip(NAMED, values) if key in shown})
+
+    return name
+
+
+def kind_of(row) -> tuple:
+    """A row's KIND values (method, init, NAMED keys), as namer's name takes them: name(*kind_of(row))."""
+    return tuple(getattr(row, key) for key in KIND)
 
 
 def key_columns(frame: pd.DataFrame) -> pd.DataFrame:
-    """GROUP's columns of `frame` as a table shows them: image_size only where there are several (unknown: n/a)."""
+    """GROUP's columns of `frame` as a table shows them: a NAMED key only where there are several (unknown: n/a)."""
     keys = with_keys(frame)
-    keys = keys[[c for c in GROUP if c != "image_size" or several_resolutions(keys)]].copy()
-    if "image_size" in keys.columns:
-        keys["image_size"] = keys.image_size.replace(UNKNOWN_PX, np.nan)
+    keys = keys[[c for c in GROUP if c not in NAMED or several(keys, c)]].copy()
+    for key in NAMED.keys() & set(keys.columns):
+        keys[key] = keys[key].replace(UNKNOWN, np.nan)
     return keys
 
 
 def summary_table(evaluations: pd.DataFrame) -> pd.DataFrame:
-    """Rows (GROUP: method, init, image_size, size_factor) with n (evaluations), `seeds` (distinct training seeds),
-    each metric's mean and `<metric>_ci95` half-width (over the evaluations, i.e. over seeds), `still_improving`
+    """Rows (GROUP: method, init, image_size, epochs, size_factor) with n (evaluations), `seeds` (distinct training
+    seeds), each metric's mean and `<metric>_ci95` half-width (over the evaluations, i.e. over seeds), `still_improving`
     (how many of the models were still improving when they stopped; NaN: none says); also the mean over evaluations
     of each floor's sd over draws (`kid_floor_sd`, `fid_floor_sd`: the figures' bands)."""
     evaluations = with_efficiency(with_keys(evaluations))
@@ -108,8 +139,8 @@ def summary_table(evaluations: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=[*GROUP, "n", "seeds", "still_improving"]
                          + [c for m in SUMMARY_METRICS for c in (m, f"{m}_ci95")] + list(FLOOR_SPREADS))
     order = table.method.map(METHOD_ORDER).fillna(len(METHOD_ORDER))
-    return table.assign(_order=order).sort_values(["_order", "init", "image_size", "size_factor"],
-                                                  ascending=[True, True, False, True]).drop(
+    return table.assign(_order=order).sort_values(["_order", "init", "image_size", "epochs", "size_factor"],
+                                                  ascending=[True, True, False, True, True]).drop(
         columns="_order").reset_index(drop=True)
 
 
@@ -146,10 +177,11 @@ def quality_table(evaluations: pd.DataFrame) -> pd.DataFrame:
 
 
 def _by_model(evaluations: pd.DataFrame) -> pd.DataFrame:
-    """Runs in the report's order: teacher, distill, scratch; by init; larger images, then sizes first; by seed."""
+    """Runs in the report's order: teacher, distill, scratch; by init; larger images, smaller budgets (epochs), then
+    sizes first; by seed."""
     order = with_keys(evaluations).assign(_order=evaluations.method.map(METHOD_ORDER).fillna(len(METHOD_ORDER)))
-    return order.sort_values(["_order", "init", "image_size", "size_factor", "seed"],
-                             ascending=[True, True, False, False, True])
+    return order.sort_values(["_order", "init", "image_size", "epochs", "size_factor", "seed"],
+                             ascending=[True, True, False, True, False, True])
 
 
 def _plain(frame: pd.DataFrame, column: str, spec: str) -> list[str]:
@@ -208,8 +240,8 @@ def mean_curves(histories: pd.DataFrame, runs: pd.DataFrame, key: str) -> pd.Dat
 
 
 def per_run_means(histories: pd.DataFrame, runs: pd.DataFrame, key: str) -> pd.DataFrame:
-    """Per GROUP (method, init, image_size, size_factor): each run's mean of a metric history over its steps, then
-    their mean and 95% interval over the runs (seeds), as columns value, ci95 and n."""
+    """Per GROUP (method, init, image_size, epochs, size_factor): each run's mean of a metric history over its steps,
+    then their mean and 95% interval over the runs (seeds), as columns value, ci95 and n."""
     series = histories[(histories.key == key) & histories.run_id.isin(runs.run_id)]
     per_run = series.groupby("run_id", as_index=False)["value"].mean().merge(with_keys(runs)[["run_id", *GROUP]])
     rows = [(*keys, *mean_ci(group.value), len(group)) for keys, group in per_run.groupby(GROUP)]

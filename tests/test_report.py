@@ -598,3 +598,13 @@ def test_report_of_students_with_two_budgets(store, tmp_path):
     for epochs in (20, 60):
         assert f"size 0.6 distill, {epochs} epochs: pruned-init FID" in html
     assert html.count("Welch t-test over seeds, n=2 vs 2") == 2 and "n=4 vs 4" not in html
+
+
+def test_students_pruned_by_another_channel_ranking_are_other_models():
+    """A Taylor-pruned and a magnitude-pruned student of one size are never pooled as seeds of one model."""
+    from dmat.report.query import tidy_runs
+
+    runs = pd.DataFrame({"run_id": ["a", "b", "c", "d"], "status": "FINISHED", "start_time": 0,
+                         "tags.dmat.init": ["pruned", "pruned", "random", None],
+                         "params.prune_importance": ["magnitude", "taylor", "taylor", None]})
+    assert list(tidy_runs(runs).init.fillna("untagged")) == ["pruned", "pruned (taylor)", "random", "untagged"]

@@ -70,6 +70,14 @@ def _column(runs: pd.DataFrame, name: str) -> pd.Series:
     return runs[name] if name in runs.columns else pd.Series([None] * len(runs), index=runs.index, dtype=object)
 
 
+def _init(runs: pd.DataFrame) -> pd.Series:
+    """A model's start as the report keys it: random, pruned (by weight magnitude, the default) or "pruned (taylor)":
+    students pruned by another channel ranking are other models, never repeats of the magnitude-pruned ones."""
+    init, importance = _column(runs, f"tags.{tracking.INIT}"), _column(runs, "params.prune_importance")
+    ranked = (init == "pruned") & importance.notna() & (importance != "magnitude")
+    return init.where(~ranked, "pruned (" + importance.astype(str) + ")")
+
+
 def tidy_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """search_runs output -> one row per run: lineage tags, a few params and every metric by its own name."""
     frame = pd.DataFrame({
@@ -79,7 +87,7 @@ def tidy_runs(runs: pd.DataFrame) -> pd.DataFrame:
         "start_time": runs["start_time"],
         "role": _column(runs, f"tags.{tracking.ROLE}"),
         "method": _column(runs, f"tags.{tracking.METHOD}"),
-        "init": _column(runs, f"tags.{tracking.INIT}"),
+        "init": _init(runs),
         "still_improving_tag": _column(runs, f"tags.{STILL_IMPROVING_TAG}"),
         "size_factor": pd.to_numeric(_column(runs, f"tags.{tracking.SIZE_FACTOR}"), errors="coerce"),
         "dataset": _column(runs, f"tags.{tracking.DATASET}"),
@@ -145,13 +153,13 @@ def with_budget(models: pd.DataFrame) -> pd.DataFrame:
 
 def with_model(evaluations: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
     """Evaluations with their model's training seed (`model_seed`: what separates repeated runs of one size and
-    method), init and training budget (FROM_MODEL, never an evaluation's own); an evaluation's own `seed` is its
+    method), init (the model's, see _init) and training budget (FROM_MODEL, never an evaluation's own); an evaluation's own `seed` is its
     sampling seed."""
     info = models.reindex(columns=["run_id", "seed", "init", *FROM_MODEL]).rename(
         columns={"run_id": "model_run_id", "seed": "model_seed", "init": "model_init"})
     out = evaluations.drop(columns=[c for c in FROM_MODEL if c in evaluations.columns]).merge(
         info, on="model_run_id", how="left")
-    out["init"] = out.init.fillna(out.model_init).fillna("random")
+    out["init"] = out.model_init.fillna(out.init).fillna("random")  # the model's: it knows its pruning ranking
     return out.drop(columns="model_init")
 
 

@@ -154,15 +154,24 @@ class _Study:
         self.progress = tqdm(total=2 * (1 + students) + 2, desc="pipeline", unit="stage")
 
     def stage(self, entry_point: str, label: str, parameters: dict, reuse: bool = True) -> Stage:
+        """Run (or reuse) one stage and count it among the pipeline's stages."""
+        done = self._run(entry_point, label, parameters, reuse)
+        self._record(done)
+        return done
+
+    def _run(self, entry_point: str, label: str, parameters: dict, reuse: bool, note: str = "") -> Stage:
+        """Run (or reuse) an entry point; its line and `seconds_<label>` metric."""
         self.progress.set_postfix_str(label)
         done = run_stage(Stage(entry_point, label), parameters, self.experiment_id, self.result.run_id, reuse,
                          self.source)
-        self.result.stages.append(done)
-        self.progress.update(1)
         how = "failed" if done.error else "reused" if done.reused else f"{done.seconds:.0f} s"
-        tqdm.write(f"{label}: {how} (run {done.run_id})")
+        tqdm.write(f"{label}: {how} (run {done.run_id}{note})")
         mlflow.log_metric(f"seconds_{label}", done.seconds)
         return done
+
+    def _record(self, stage: Stage) -> None:
+        self.result.stages.append(stage)
+        self.progress.update(1)
 
     def students(self, method: str, init: str, seed: int, teacher_run_id: str) -> list[Stage]:
         """One `distill` stage per size; those not finished yet, when there are several, trained in one shared loop."""
@@ -183,12 +192,8 @@ class _Study:
     def shared_loop(self, label: str, common: dict, stages: dict[float, tuple[str, dict]]) -> dict[float, Stage]:
         """Train these students in one `students` stage; per size, the distill stage its run stands for: the run
         is nested under the loop's run, tagged with the stage's key and code, and shares the loop's wall time."""
-        self.progress.set_postfix_str(label)
-        loop = run_stage(Stage("students", label), {**common, "sizes": " ".join(map(tracking.encode_param, stages))},
-                         self.experiment_id, self.result.run_id, False, self.source)
-        tqdm.write(f"{label}: {'failed' if loop.error else f'{loop.seconds:.0f} s'} (run {loop.run_id}, "
-                   f"{len(stages)} students in one loop)")
-        mlflow.log_metric(f"seconds_{label}", loop.seconds)
+        loop = self._run("students", label, {**common, "sizes": " ".join(map(tracking.encode_param, stages))},
+                         reuse=False, note=f", {len(stages)} students in one loop")
         if loop.run_id:
             MlflowClient().set_tag(loop.run_id, tracking.RUN_NAME, label.replace("_", "-"))
         children = tracking.find_runs(tracking.STUDENT, {tracking.PARENT_RUN_ID: loop.run_id}, status=None,
@@ -206,8 +211,7 @@ class _Study:
                     MlflowClient().set_tag(stage.run_id, tag, value)
             else:
                 stage.error = loop.error or f"its run ended {run.info.status if run else 'before it began'} in {label}"
-            self.result.stages.append(stage)
-            self.progress.update(1)
+            self._record(stage)
             tqdm.write(f"{name}: {'failed' if stage.error else 'trained'} in {label} (run {stage.run_id})")
             out[size] = stage
         return out

@@ -153,8 +153,8 @@ def with_budget(models: pd.DataFrame) -> pd.DataFrame:
 
 def with_model(evaluations: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
     """Evaluations with their model's training seed (`model_seed`: what separates repeated runs of one size and
-    method), init (the model's, see _init) and training budget (FROM_MODEL, never an evaluation's own); an evaluation's own `seed` is its
-    sampling seed."""
+    method), init (the model's, see _init) and training budget (FROM_MODEL, never an evaluation's own); an
+    evaluation's own `seed` is its sampling seed."""
     info = models.reindex(columns=["run_id", "seed", "init", *FROM_MODEL]).rename(
         columns={"run_id": "model_run_id", "seed": "model_seed", "init": "model_init"})
     out = evaluations.drop(columns=[c for c in FROM_MODEL if c in evaluations.columns]).merge(

@@ -25,12 +25,13 @@ from pathlib import Path
 import mlflow
 import torch
 
-from dmat import checkpoint, tracking
-from dmat.diffusion import DiffusionConfig, GaussianDiffusion
+from dmat import tracking
+from dmat.config.evaluation import EvalConfig
 from dmat.evaluation.evaluate import evaluate_run
 from dmat.evaluation.features import feature_extractor_for
-from dmat.evaluation.settings import EvalConfig
-from dmat.unet import UNet, UNetConfig
+from dmat.model import checkpoint
+from dmat.model.diffusion import DiffusionConfig, GaussianDiffusion
+from dmat.model.unet import UNet, UNetConfig
 
 TINY = dict(image_size=8, base_channels=8, timesteps=20, num_samples=100, steps="4", batch_size=100)
 

@@ -26,11 +26,12 @@ import mlflow
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from conftest import tiny_diffusion, tiny_train, tiny_unet  # noqa: E402
+
 from dmat import lineage, notes, registry, tracking  # noqa: E402
 from dmat.config import TrainConfig  # noqa: E402
-from dmat.diffusion import DiffusionConfig  # noqa: E402
-from dmat.teacher import train_teacher  # noqa: E402
-from dmat.unet import UNetConfig  # noqa: E402
+from dmat.model.diffusion import DiffusionConfig  # noqa: E402
+from dmat.model.unet import UNetConfig  # noqa: E402
+from dmat.stages.teacher import train_teacher  # noqa: E402
 
 HOOKS = [(registry, "publish"), (lineage, "log_training_data"), (notes, "describe"), (tracking, "mark_model_development"),
          (registry, "record_evaluation"), (lineage, "log_evaluation_data")]

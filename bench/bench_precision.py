@@ -19,10 +19,10 @@ import tempfile
 import mlflow
 
 from dmat.config import TrainConfig
-from dmat.diffusion import DiffusionConfig
 from dmat.evaluation.evaluate import evaluate_run
-from dmat.teacher import train_teacher
-from dmat.unet import UNetConfig
+from dmat.model.diffusion import DiffusionConfig
+from dmat.model.unet import UNetConfig
+from dmat.stages.teacher import train_teacher
 
 
 def main() -> None:

@@ -7,7 +7,7 @@
 Without --train it times (on the CPU) `--steps` distillation steps per size (student forward and backward, frozen
 teacher forward, AdamW) on the default architecture and data, plus the validation and sample-grid
 forwards, and extrapolates to `--epochs` (an upper bound: early stopping may end sooner). With
---train it runs `dmat.distill.train_students` against the latest teacher (or --teacher-run-id) and
+--train it runs `dmat.stages.distill.train_students` against the latest teacher (or --teacher-run-id) and
 reports each run's real wall time. With --compare-shared it trains the sizes twice in this one process,
 one by one and then in one loop that runs the teacher once per batch for all of them (`dmat students
 --shared-teacher false|true`), and prints both wall times and their ratio. Prints a markdown table and
@@ -26,10 +26,11 @@ import torch
 from dmat import tracking
 from dmat.config import STUDENT_TRAIN, DistillConfig, parse_sizes, replace
 from dmat.data import load_splits
-from dmat.diffusion import DiffusionConfig, GaussianDiffusion
-from dmat.distill import DistillObjective, train_students
-from dmat.measure import flops_per_forward
-from dmat.unet import UNet, UNetConfig
+from dmat.model.diffusion import DiffusionConfig, GaussianDiffusion
+from dmat.model.flops import flops_per_forward
+from dmat.model.unet import UNet, UNetConfig
+from dmat.stages.distill import train_students
+from dmat.training.distillation import DistillObjective
 
 
 def timed(fn, repeats: int) -> float:

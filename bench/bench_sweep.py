@@ -18,10 +18,10 @@ import mlflow
 import optuna
 
 from dmat.config import SweepConfig, TrainConfig
-from dmat.diffusion import DiffusionConfig
-from dmat.sweep import run_sweep
-from dmat.teacher import train_teacher
-from dmat.unet import UNetConfig
+from dmat.model.diffusion import DiffusionConfig
+from dmat.model.unet import UNetConfig
+from dmat.stages.teacher import train_teacher
+from dmat.study.sweep import run_sweep
 
 
 def main() -> None:

@@ -19,10 +19,10 @@ from torch.optim.swa_utils import AveragedModel
 
 from dmat.config import TrainConfig
 from dmat.data import load_splits, loader
-from dmat.diffusion import DiffusionConfig, GaussianDiffusion
+from dmat.model.diffusion import DiffusionConfig, GaussianDiffusion
+from dmat.model.unet import UNet, UNetConfig
 from dmat.runtime import resolve_device
-from dmat.training import ema_average
-from dmat.unet import UNet, UNetConfig
+from dmat.training.loop import ema_average
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from dmat.model.unet import UNet, UNetConfig
 from dmat.runtime import resolve_device
-from dmat.unet import UNet, UNetConfig
 
 
 def diffusers_unet(image_size: int, dropout: float):

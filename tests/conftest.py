@@ -13,9 +13,9 @@ import mlflow
 import pytest
 
 from dmat.config import TrainConfig
-from dmat.diffusion import DiffusionConfig
-from dmat.options import to_cli_args
-from dmat.unet import UNetConfig
+from dmat.config.options import to_cli_args
+from dmat.model.diffusion import DiffusionConfig
+from dmat.model.unet import UNetConfig
 
 TINY_TRAIN = dict(dataset="digits", image_size=8, epochs=2, batch_size=128, sample_steps=4, num_sample_images=4,
                   save_interval=1, device="cpu")
@@ -71,7 +71,7 @@ def _study_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def teacher_run_id(_study_dir) -> str:
     """A tiny teacher trained once per session in the shared study store."""
-    from dmat.teacher import train_teacher
+    from dmat.stages.teacher import train_teacher
 
     with pytest.MonkeyPatch.context() as mp:
         _point_at(_study_dir, mp)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dmat.recorder import Recorder
+from dmat.training.recorder import Recorder
 
 
 class MemoryRecorder(Recorder):

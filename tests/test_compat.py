@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from dmat import tracking
-from dmat.cli import cli
+from dmat.cli.main import cli
 from dmat.evaluation.evaluate import evaluate_all
 from dmat.report.query import load_study
 

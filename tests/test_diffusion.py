@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from dmat.diffusion import DiffusionConfig, GaussianDiffusion, make_betas, sample, sample_ddim, sample_ddpm
 from dmat.errors import DmatError
+from dmat.model.diffusion import DiffusionConfig, GaussianDiffusion, make_betas, sample, sample_ddim, sample_ddpm
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
@@ -114,7 +114,7 @@ def test_linear_schedule_check_runs_before_the_teacher_run_exists(store):
     import mlflow
     from click.testing import CliRunner
 
-    from dmat.cli import cli
+    from dmat.cli.main import cli
 
     result = CliRunner().invoke(cli, ["teacher", "--schedule", "linear", "--timesteps", "20", "--epochs", "1"])
     assert result.exit_code == 2, result.output

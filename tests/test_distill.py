@@ -10,17 +10,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
-
 from conftest import tiny_train
+from recording import MemoryRecorder
+
 from dmat import tracking
-from dmat.cli import cli
+from dmat.cli.main import cli
 from dmat.config import DEFAULT_SIZE_FACTORS, DistillConfig
 from dmat.data import load_splits
-from dmat.distill import DistillObjective, TeacherPass, resolve_teacher, train_student, train_students
 from dmat.errors import DmatError
-from dmat.training import fit
-from dmat.unet import UNet, UNetConfig
-from recording import MemoryRecorder
+from dmat.model.unet import UNet, UNetConfig
+from dmat.stages.distill import resolve_teacher, train_student, train_students
+from dmat.training.distillation import DistillObjective, TeacherPass
+from dmat.training.loop import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "dmat-test-distill"  # students of these tests stay out of the other tests' experiment

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from dmat import distributed
 from dmat.errors import DmatError
-from dmat.teacher import train_teacher
+from dmat.stages.teacher import train_teacher
 
 # Both runs start from the same weights and see the same global batches; only the diffusion noise
 # differs (each process draws its own). Measured: 0.2% apart after 3 epochs, where a different

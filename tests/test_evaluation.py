@@ -8,12 +8,12 @@ import scipy.linalg
 import torch
 from conftest import _end_active_runs, _point_at, tiny_diffusion, tiny_unet
 
+from dmat.config.evaluation import EvalConfig
 from dmat.data import load_dataset
-from dmat.diffusion import GaussianDiffusion, sample
 from dmat.errors import DmatError
 from dmat.evaluation import cost, features, memorisation, quality, trajectories
-from dmat.evaluation.settings import EvalConfig
-from dmat.unet import UNet
+from dmat.model.diffusion import GaussianDiffusion, sample
+from dmat.model.unet import UNet
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,14 @@ import torch
 from click.testing import CliRunner
 from conftest import _end_active_runs, _point_at, tiny_diffusion, tiny_train, tiny_unet
 
-from dmat import checkpoint, tracking
-from dmat.cli import cli
-from dmat.diffusion import GaussianDiffusion
+from dmat import tracking
+from dmat.cli.main import cli
 from dmat.errors import DmatError
 from dmat.evaluation import features
 from dmat.evaluation.evaluate import evaluate_all, evaluate_run
-from dmat.unet import UNet
+from dmat.model import checkpoint
+from dmat.model.diffusion import GaussianDiffusion
+from dmat.model.unet import UNet
 
 FAST = dict(num_samples=80, steps="4", batch_size=40, num_trajectories=3, eps_timesteps=5, device="cpu")
 FAST_CLI = ["--num-samples", "80", "--steps", "4", "--batch-size", "40", "--num-trajectories", "3",
@@ -52,7 +53,7 @@ def _student_like_run(teacher_id: str | None) -> str:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
-    from dmat.teacher import train_teacher
+    from dmat.stages.teacher import train_teacher
 
     with pytest.MonkeyPatch.context() as mp:
         _point_at(tmp_path_factory.mktemp("evaluation"), mp)
@@ -253,7 +254,7 @@ def test_mlflow_run_evaluate_entry_point(in_store, project_env):
 
 @pytest.mark.slow
 def test_a_distilled_student_is_evaluated_against_its_teacher(in_store):
-    from dmat.distill import train_student
+    from dmat.stages.distill import train_student
 
     student = train_student(tiny_train(epochs=1), 0.5, in_store["teacher"], student_steps=3)
     run = mlflow.get_run(evaluate_run(student, **{**FAST, "steps": "student"}))

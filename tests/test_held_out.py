@@ -53,7 +53,7 @@ def test_mnist5k_is_the_real_file_of_the_installed_package_with_its_fixed_split(
 def test_a_tiny_teacher_trains_on_mnist5k_and_is_evaluated_against_its_held_out_split(store):
     from dmat.evaluation.evaluate import evaluate_run
     from dmat.evaluation.features import train_feature_extractor
-    from dmat.teacher import train_teacher
+    from dmat.stages.teacher import train_teacher
 
     teacher = train_teacher(tiny_train(dataset="mnist5k", epochs=1), tiny_unet(), tiny_diffusion())
     run = mlflow.get_run(teacher)

@@ -8,14 +8,15 @@ import time
 from types import SimpleNamespace
 
 import mlflow
-import pytest
 from click.testing import CliRunner
+from conftest import tiny_train
 from mlflow.tracking import MlflowClient
 
-from conftest import tiny_train
-from dmat import lineage, pipeline, tracking
-from dmat.cli import cli
+from dmat import tracking
+from dmat.cli.main import cli
 from dmat.data import load_splits
+from dmat.study import pipeline
+from dmat.tracking import lineage
 
 
 def _inputs(run_id: str) -> dict[str, tuple[str, str, dict]]:

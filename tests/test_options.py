@@ -5,17 +5,17 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import TINY_CLI_ARGS, tiny_diffusion, tiny_train, tiny_unet
 from mlflow.projects import _project_spec
 
-from conftest import TINY_CLI_ARGS, tiny_diffusion, tiny_train, tiny_unet
 from dmat import tracking
-from dmat.cli import cli
+from dmat.cli.main import cli
 from dmat.config import STUDENT_TRAIN, SweepConfig, TrainConfig, replace
-from dmat.diffusion import DiffusionConfig
-from dmat.evaluation.settings import EvalConfig
-from dmat.options import ARCHITECTURE_FIELDS, COMMANDS, pick, render_mlproject, to_cli_args
-from dmat.sweep import _worker_command
-from dmat.unet import UNetConfig
+from dmat.config.evaluation import EvalConfig
+from dmat.config.options import ARCHITECTURE_FIELDS, COMMANDS, pick, render_mlproject, to_cli_args
+from dmat.model.diffusion import DiffusionConfig
+from dmat.model.unet import UNetConfig
+from dmat.study.sweep import _worker_command
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = {name: spec.entry_point for name, spec in COMMANDS.items() if spec.entry_point}
@@ -33,7 +33,7 @@ def parse(command: str, args: list[str]) -> dict:
 
 
 def test_committed_mlproject_is_rendered_from_the_option_table():
-    assert (ROOT / "MLproject").read_text() == render_mlproject(), "regenerate it: python -m dmat.options > MLproject"
+    assert (ROOT / "MLproject").read_text() == render_mlproject(), "regenerate it: python -m dmat.config.options > MLproject"
 
 
 @pytest.mark.parametrize("command", ENTRY_POINTS)
@@ -102,7 +102,7 @@ def test_sweep_workers_get_the_studys_own_settings():
 
 
 def test_one_worker_sweeps_reproducibly_and_workers_sample_differently():
-    from dmat.sweep import default_sampler
+    from dmat.study.sweep import default_sampler
 
     def proposals(sampler):
         study = optuna.create_study(sampler=sampler)

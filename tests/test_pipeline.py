@@ -8,9 +8,9 @@ import mlflow
 import pytest
 from click.testing import CliRunner
 
-from dmat import lineage
+from dmat.cli.main import cli
 from dmat.config import PipelineConfig, TrainConfig
-from dmat.cli import cli
+from dmat.tracking import lineage
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_PIPELINE = ["--sizes", "0.3 0.5", "--image-size", "8", "--teacher-epochs", "1", "--student-epochs", "1",

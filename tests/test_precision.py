@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import tiny_diffusion, tiny_train, tiny_unet
+
 from dmat import runtime
 from dmat.data import load_splits
-from dmat.diffusion import GaussianDiffusion, sample_from_seed
 from dmat.errors import DmatError
-from dmat.training import DiffusionObjective, fit
-from dmat.unet import UNet
+from dmat.model.diffusion import GaussianDiffusion, sample_from_seed
+from dmat.model.unet import UNet
+from dmat.training.loop import DiffusionObjective, fit
 
 CPU = torch.device("cpu")
 

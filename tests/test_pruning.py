@@ -7,17 +7,16 @@ import dataclasses
 import mlflow
 import pytest
 import torch
+from conftest import tiny_diffusion, tiny_train, tiny_unet
 
-from conftest import tiny_train
 from dmat import tracking
 from dmat.data import load_splits
 from dmat.errors import DmatError
-from dmat.distill import train_student
-from conftest import tiny_diffusion, tiny_unet
-from dmat import checkpoint
-from dmat.diffusion import GaussianDiffusion
-from dmat.pruning import channel_map, prune_weights, taylor_saliency
-from dmat.unet import UNet, UNetConfig
+from dmat.model import checkpoint
+from dmat.model.diffusion import GaussianDiffusion
+from dmat.model.pruning import channel_map, prune_weights, taylor_saliency
+from dmat.model.unet import UNet, UNetConfig
+from dmat.stages.distill import train_student
 
 
 def _student(teacher: UNet, size_factor: float) -> UNet:

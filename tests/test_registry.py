@@ -6,13 +6,14 @@ from __future__ import annotations
 import mlflow
 import pytest
 from click.testing import CliRunner
+from conftest import tiny_train
 from mlflow.tracking import MlflowClient
 
-from conftest import tiny_train
-from dmat import registry, tracking
-from dmat.cli import cli
-from dmat.distill import resolve_teacher
+from dmat import tracking
+from dmat.cli.main import cli
 from dmat.errors import DmatError
+from dmat.stages.distill import resolve_teacher
+from dmat.tracking import registry
 
 TEACHERS = "dmat-digits-8px-teacher"
 

@@ -12,19 +12,19 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from conftest import tiny_train
 from mlflow.tracking import MlflowClient
 from nbclient import NotebookClient
 from scipy import stats
+from synthetic_study import _evaluation_run, _model_run, log_synthetic_study
 
-from conftest import tiny_train
-from dmat.cli import cli
-from dmat.distill import train_student
+from dmat.cli.main import cli
 from dmat.errors import DmatError
 from dmat.evaluation.evaluate import evaluate_run
 from dmat.evaluation.features import train_feature_extractor
 from dmat.report import SECTIONS, build_report, choose_sections
 from dmat.report.tables import mean_ci, pareto_mask, readable_subset
-from synthetic_study import _evaluation_run, _model_run, log_synthetic_study
+from dmat.stages.distill import train_student
 
 ROOT = Path(__file__).resolve().parents[1]
 

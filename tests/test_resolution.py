@@ -8,18 +8,18 @@ import mlflow
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import tiny_train
+
 from dmat import tracking
-from dmat.cli import cli
+from dmat.cli.main import cli
 from dmat.config import DistillConfig
 from dmat.data import load_splits
-from dmat.distill import train_student, train_students
 from dmat.errors import DmatError
 from dmat.evaluation import features
 from dmat.evaluation.evaluate import evaluate_run
-from dmat.resolution import student_splits, teacher_samples
-from dmat.unet import UNet
+from dmat.model.unet import UNet
+from dmat.stages.distill import train_student, train_students
+from dmat.stages.resolution import student_splits, teacher_samples
 
 EXPERIMENT = "dmat-test-resolution"  # these students stay out of the other tests' experiments
 LOW = dict(student_image_size=4, student_steps=4)

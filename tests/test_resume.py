@@ -16,14 +16,15 @@ from click.testing import CliRunner
 from conftest import TINY_CLI_ARGS, tiny_diffusion, tiny_train, tiny_unet
 from mlflow.tracking import MlflowClient
 
-from dmat import checkpoint, tracking
-from dmat.cli import cli
-from dmat.diffusion import GaussianDiffusion
+from dmat import tracking
+from dmat.cli.main import cli
 from dmat.errors import DmatError
-from dmat.teacher import train_teacher
-from dmat.model_run import ModelPlan, train_model
-from dmat.training import DiffusionObjective
-from dmat.unet import UNet
+from dmat.model import checkpoint
+from dmat.model.diffusion import GaussianDiffusion
+from dmat.model.unet import UNet
+from dmat.stages.model_run import ModelPlan, train_model
+from dmat.stages.teacher import train_teacher
+from dmat.training.loop import DiffusionObjective
 
 EPOCHS = 6
 
@@ -177,7 +178,7 @@ def test_non_finite_loss_fails_the_run_and_keeps_the_last_good_epoch(store):
 
 
 def test_a_failed_student_resumes_in_the_same_run_with_its_own_options(study, teacher_run_id):
-    from dmat.distill import train_student
+    from dmat.stages.distill import train_student
 
     run_id = train_student(tiny_train(epochs=1), 0.5, teacher_run_id, kd_weight=0.5, student_steps=10)
     MlflowClient().set_terminated(run_id, "FAILED")  # as if the process had died after epoch 1

@@ -28,19 +28,20 @@ import torch
 from click.testing import CliRunner
 from conftest import TINY_CLI_ARGS, tiny_diffusion, tiny_train, tiny_unet
 from mlflow.tracking import MlflowClient
-from torch.utils.data import Subset
 from recording import MemoryRecorder
+from torch.utils.data import Subset
 
 import dmat
-from dmat import checkpoint, tracking
-from dmat.cli import cli
+from dmat import tracking
+from dmat.cli.main import cli
 from dmat.data import DataSplits, load_splits
-from dmat.diffusion import GaussianDiffusion
 from dmat.errors import DmatError
-from dmat.model_run import ModelPlan, model_params, train_model
-from dmat.teacher import train_teacher
-from dmat.training import DiffusionObjective, _TrainingState, fit
-from dmat.unet import UNet
+from dmat.model import checkpoint
+from dmat.model.diffusion import GaussianDiffusion
+from dmat.model.unet import UNet
+from dmat.stages.model_run import ModelPlan, model_params, train_model
+from dmat.stages.teacher import train_teacher
+from dmat.training.loop import DiffusionObjective, _TrainingState, fit
 
 
 def runs_in_store() -> list:
@@ -126,7 +127,7 @@ def test_the_cli_prints_what_became_of_an_interrupted_run_and_the_resume_command
         exc.__notes__ = ["run abc is KILLED with checkpoints/last.pt at epoch 3: resume with `dmat teacher --resume abc`"]
         raise exc
 
-    monkeypatch.setattr("dmat.teacher.train_teacher", interrupted)
+    monkeypatch.setattr("dmat.stages.teacher.train_teacher", interrupted)
     result = CliRunner().invoke(cli, ["teacher", *TINY_CLI_ARGS])
     one_line_error(result, "interrupted (SIGINT): run abc is KILLED", "`dmat teacher --resume abc`", exit_code=130)
 
@@ -135,7 +136,7 @@ def test_an_unexpected_error_is_one_line_naming_a_log_with_the_traceback(store, 
     def broken(*args, **kwargs):
         raise RuntimeError("something nobody foresaw\nwith a second line")
 
-    monkeypatch.setattr("dmat.teacher.train_teacher", broken)
+    monkeypatch.setattr("dmat.stages.teacher.train_teacher", broken)
     result = CliRunner().invoke(cli, ["teacher", *TINY_CLI_ARGS])
     one_line_error(result, "error: unexpected RuntimeError: something nobody foresaw (full traceback in", exit_code=1)
     log = Path(result.stderr.split("full traceback in ")[1].rstrip(")\n"))

@@ -20,7 +20,8 @@ import requests
 from conftest import TINY_CLI_ARGS, tiny_train
 from mlflow.tracking import MlflowClient
 
-from dmat import checkpoint, tracking
+from dmat import tracking
+from dmat.model import checkpoint
 
 
 def free_port() -> int:
@@ -97,10 +98,10 @@ def server(postgres, tmp_path_factory):
 @pytest.mark.slow
 def test_teacher_student_evaluation_round_trip_through_a_postgres_backed_server(server, tmp_path, monkeypatch,
                                                                                 project_env):
-    from dmat.distill import train_student
     from dmat.evaluation.evaluate import evaluate_run
     from dmat.evaluation.features import train_feature_extractor
     from dmat.report.query import load_study
+    from dmat.stages.distill import train_student
 
     monkeypatch.chdir(tmp_path)  # nothing may land in a local ./mlruns
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)

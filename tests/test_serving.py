@@ -17,11 +17,11 @@ import pytest
 import requests
 import torch
 from mlflow.exceptions import MlflowException
-
 from test_server import free_port
 
-from dmat import registry, serving, tracking
-from dmat.diffusion import sample
+from dmat import tracking
+from dmat.model.diffusion import sample
+from dmat.tracking import registry, serving
 
 REQUESTS = [{"num_images": 2, "sampler": "ddim", "steps": 4, "seed": 1},
             {"num_images": 3, "sampler": "ddpm", "steps": 5, "seed": 2}]
@@ -69,7 +69,7 @@ def test_defaults_fill_left_out_columns_and_a_bad_request_says_why(study, teache
     params = mlflow.get_run(teacher_run_id).data.params
     alone = model.predict(pd.DataFrame([{"num_images": 2}]))  # the run's own sampler and steps, seed 0
     loaded = tracking.load_model(teacher_run_id)
-    from dmat.diffusion import sample_from_seed
+    from dmat.model.diffusion import sample_from_seed
 
     expected = sample_from_seed(loaded.model, loaded.diffusion, 2, params["sampler"], int(params["sample_steps"]), 0)
     np.testing.assert_allclose(alone, expected.numpy(), atol=1e-5)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import mlflow
 from click.testing import CliRunner
-
 from conftest import tiny_train
+
 from dmat import tracking
-from dmat.cli import cli
-from dmat.distill import train_student
+from dmat.cli.main import cli
 from dmat.report import build_report
 from dmat.report.speed import TABLE, speed_sentences
+from dmat.stages.distill import train_student
 
 
 def _row(role, size, flops, ms, batch=1, seed=0):

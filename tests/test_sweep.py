@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 from dmat import tracking
-from dmat.cli import cli
+from dmat.cli.main import cli
 from dmat.config import SweepConfig
 from dmat.report import build_report
 from dmat.report.query import load_study
-from dmat.sweep import create_study, run_sweep
+from dmat.study.sweep import create_study, run_sweep
 
 TINY_SWEEP = ["--image-size", "8", "--max-epochs", "1", "--num-samples", "80", "--device", "cpu"]
 
@@ -97,13 +97,13 @@ def test_two_workers_finish_every_trial_of_one_study(study, teacher_run_id, tmp_
 def test_the_pruner_compares_a_loss_that_the_trials_weights_do_not_scale():
     """Same student, same batch, same noise: the weighted total moves with the weights, the pruner's loss does not."""
     import torch
-
     from conftest import tiny_diffusion, tiny_unet
+
     from dmat.config import DistillConfig
-    from dmat.diffusion import GaussianDiffusion
-    from dmat.distill import DistillObjective
-    from dmat.sweep import pruning_loss
-    from dmat.unet import UNet
+    from dmat.model.diffusion import GaussianDiffusion
+    from dmat.model.unet import UNet
+    from dmat.study.sweep import pruning_loss
+    from dmat.training.distillation import DistillObjective
 
     torch.manual_seed(0)
     teacher, student = UNet(tiny_unet()), UNet(tiny_unet(size_factor=0.5))

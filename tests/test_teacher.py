@@ -7,12 +7,13 @@ import mlflow
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import TINY_CLI_ARGS, tiny_diffusion, tiny_unet
-from dmat import checkpoint, tracking
-from dmat.cli import cli
-from dmat.diffusion import GaussianDiffusion
-from dmat.unet import UNet
+
+from dmat import tracking
+from dmat.cli.main import cli
+from dmat.model import checkpoint
+from dmat.model.diffusion import GaussianDiffusion
+from dmat.model.unet import UNet
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import mlflow
 import torch
+from conftest import tiny_diffusion, tiny_train, tiny_unet
+from recording import MemoryRecorder
 from torch.utils.data import Subset
 
-from conftest import tiny_diffusion, tiny_train, tiny_unet
 from dmat.data import DataSplits, load_splits
-from dmat.diffusion import GaussianDiffusion
-from dmat.training import DiffusionObjective, Job, fit, fit_together
-from dmat.unet import UNet
-from recording import MemoryRecorder
+from dmat.model.diffusion import GaussianDiffusion
+from dmat.model.unet import UNet
+from dmat.training.loop import DiffusionObjective, Job, fit, fit_together
 
 
 class WorseningValidation(DiffusionObjective):
@@ -156,7 +156,7 @@ def test_the_ema_follows_the_warm_up_recurrence_on_every_tensor():
     """avg <- d * avg + (1 - d) * w with d = min(decay, (1+n)/(10+n)) after n updates; the first update copies."""
     from torch.optim.swa_utils import AveragedModel
 
-    from dmat.training import ema_average
+    from dmat.training.loop import ema_average
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.GroupNorm(2, 4))
     ema = AveragedModel(model, multi_avg_fn=ema_average(0.9), use_buffers=True)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dmat.errors import DmatError
-from dmat.unet import UNet, UNetConfig
+from dmat.model.unet import UNet, UNetConfig
 
 
 @pytest.mark.parametrize("size_factor", [0.01, 0.1, 0.5, 1.0])
@@ -38,7 +38,7 @@ def test_image_size_that_cannot_be_halved_is_refused():
 
 
 def test_dropout_drops_each_element_with_probability_p_in_training_and_nothing_in_eval():
-    from dmat.unet import Dropout
+    from dmat.model.unet import Dropout
 
     drop = Dropout(0.1)
     x = torch.ones(200_000)

@@ -1,3 +1,3 @@
-from dmat.cli import main
+from dmat.cli.main import main
 
 main()

@@ -52,7 +52,7 @@ class ImagesOnly(Dataset):
 
 def resize(images: torch.Tensor, image_size: int) -> torch.Tensor:
     """[n, C, h, w] -> [n, C, image_size, image_size] by antialiased bilinear interpolation: how the tensor data
-    sets are resized, and what a lower-resolution student's teacher samples are resized with (dmat.resolution)."""
+    sets are resized, and what a lower-resolution student's teacher samples are resized with (dmat.stages.resolution)."""
     if images.shape[-1] == image_size:
         return images
     return F.interpolate(images, size=(image_size, image_size), mode="bilinear", antialias=True)

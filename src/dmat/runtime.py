@@ -12,9 +12,17 @@ import torch
 
 from dmat import distributed
 from dmat.errors import DmatError
-from dmat.evaluation.settings import check_precision
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; what kill, timeout, schedulers and container stops send
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def check_precision(name: str) -> str:
+    if name not in PRECISIONS:
+        raise DmatError(f"precision must be {', '.join(PRECISIONS)}, got {name!r}")
+    return name
 
 
 def resolve_device(name: str) -> torch.device:

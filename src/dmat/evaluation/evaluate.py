@@ -27,15 +27,16 @@ from mlflow.tracking import MlflowClient
 from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
-from dmat import lineage, notes, registry, tracking
+from dmat import tracking
 from dmat.config import TrainConfig, replace
+from dmat.config.evaluation import STUDENT_STEPS, EvalConfig
 from dmat.data import load_held_out, load_splits
-from dmat.diffusion import sample
 from dmat.errors import DmatError
-from dmat.evaluation import cost, features, memorisation, quality, trajectories
-from dmat.evaluation.settings import STUDENT_STEPS, EvalConfig
-from dmat.measure import flops_per_forward
+from dmat.evaluation import features, memorisation, quality, timing, trajectories
+from dmat.model.diffusion import sample
+from dmat.model.flops import flops_per_forward
 from dmat.runtime import resolve_device, resolve_precision
+from dmat.tracking import lineage, notes, registry
 
 # what makes two evaluations comparable (one logged before a setting existed counts as its default)
 SETTINGS = ("sampler", "steps", "num_samples", "features", "seed", "floor_draws")
@@ -126,7 +127,7 @@ def _teacher_of(loaded: tracking.LoadedModel, device) -> tracking.LoadedModel | 
 def _compared(loaded: tracking.LoadedModel, teacher: tracking.LoadedModel | None
               ) -> tuple[tracking.LoadedModel | None, dict[str, str]]:
     """The teacher to compare with through shared noise (trajectories, epsilon errors), and a param saying why
-    there is none. A student below its teacher's resolution (dmat.resolution) is not compared: one noise cannot
+    there is none. A student below its teacher's resolution (dmat.stages.resolution) is not compared: one noise cannot
     start both, and the teacher is never fed images of another size. Its vs-teacher metrics are absent, not 0."""
     if teacher is None or teacher.model.config.image_size == loaded.model.config.image_size:
         return teacher, {}
@@ -206,7 +207,7 @@ def _generate(model, diffusion, cfg: EvalConfig, steps: int, device) -> tuple[to
     for start in tqdm(range(0, cfg.num_samples, cfg.batch_size), desc="sampling", unit="batch", dynamic_ncols=True):
         n = min(cfg.batch_size, cfg.num_samples - start)
         x_T = torch.randn((n, c.in_channels, c.image_size, c.image_size), generator=noise_gen).to(device)
-        x, s = cost.timed(lambda: sample(model, diffusion, x_T, cfg.sampler, steps, generator=step_gen,
+        x, s = timing.timed(lambda: sample(model, diffusion, x_T, cfg.sampler, steps, generator=step_gen,
                                                precision=cfg.precision), device)
         images.append(x.cpu())
         if n == cfg.batch_size:
@@ -219,7 +220,7 @@ def _latency_ms(loaded, cfg: EvalConfig, steps: int, device) -> float:
     model, c = loaded.model, loaded.model.config
     one = torch.randn((1, c.in_channels, c.image_size, c.image_size), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        latency = cost.median_seconds(lambda: sample(model, loaded.diffusion, one.to(device), cfg.sampler, steps,
+        latency = timing.median_seconds(lambda: sample(model, loaded.diffusion, one.to(device), cfg.sampler, steps,
                                                              precision=cfg.precision),
                                       device, repeats=3)
     return 1000 * latency
@@ -228,7 +229,7 @@ def _latency_ms(loaded, cfg: EvalConfig, steps: int, device) -> float:
 def _cost_metrics(loaded, cfg: EvalConfig, steps: int, device) -> dict[str, float]:
     model = loaded.model
     return {"num_parameters": model.num_parameters, "flops_per_forward": flops_per_forward(model),
-            "checkpoint_mb": cost.checkpoint_mb(loaded.run_id),
+            "checkpoint_mb": timing.checkpoint_mb(loaded.run_id),
             "latency_ms_per_image": _latency_ms(loaded, cfg, steps, device)}
 
 
@@ -334,7 +335,7 @@ def evaluate_run(model_run_id: str, config: EvalConfig | None = None, feature_ex
         lineage.log_evaluation_data(loaded.tags[tracking.DATASET], loaded.model.config.image_size, data.train, data.val,
                                     data.test)  # the run's dataset inputs
         notes.describe(run.info.run_id)  # the run's description in the MLflow UI
-        cost.reset_peak_memory(device)
+        timing.reset_peak_memory(device)
         costs = _cost_metrics(loaded, cfg, steps, device)
         mlflow.log_metrics(costs)
         fake, seconds = _generate(loaded.model, loaded.diffusion, cfg, steps, device)
@@ -344,7 +345,7 @@ def evaluate_run(model_run_id: str, config: EvalConfig | None = None, feature_ex
             headline.scores.update({**costs, **_throughput(cfg, seconds)})
             _steps_grid(loaded, extractor, cfg, steps, n, headline, device)
         _behaviour(loaded, compared, cfg, steps, data.val, device)
-        mlflow.log_metric("peak_memory_mb", cost.peak_memory_mb(device))
+        mlflow.log_metric("peak_memory_mb", timing.peak_memory_mb(device))
         registry.record_evaluation(loaded.run_id, run.info.run_id, SETTINGS)  # scores as version tags, @best-*
         return run.info.run_id
 

@@ -22,10 +22,11 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 from tqdm.auto import tqdm
 
-from dmat import checkpoint, tracking
+from dmat import tracking
 from dmat.config import TrainConfig, dataset_kind
 from dmat.data import load_dataset, loader, split
 from dmat.errors import DmatError
+from dmat.model import checkpoint
 
 CHECKPOINT = "feature_extractor.pt"
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's file name

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dmat.diffusion import GaussianDiffusion, sample
+from dmat.model.diffusion import GaussianDiffusion, sample
 
 
 @dataclass

@@ -13,8 +13,8 @@ import io
 import logging
 import time
 from dataclasses import dataclass, field
-from functools import cached_property
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -26,9 +26,23 @@ from dmat.errors import DmatError
 from dmat.report import figures, frontier, scaling, speed
 from dmat.report.findings import findings, seeds_statement
 from dmat.report.query import Study, load_npz, load_study, metric_histories
-from dmat.report.tables import (GROUP, budget_table, curve_interval_table, format_table, interval_table,
-                                key_columns, kind_of, memorisation_table, namer, pareto_mask, per_run_means,
-                                quality_table, readable_subset, summary_table, with_keys)
+from dmat.report.tables import (
+    GROUP,
+    budget_table,
+    curve_interval_table,
+    format_table,
+    interval_table,
+    key_columns,
+    kind_of,
+    memorisation_table,
+    namer,
+    pareto_mask,
+    per_run_means,
+    quality_table,
+    readable_subset,
+    summary_table,
+    with_keys,
+)
 
 log = logging.getLogger(__name__)
 

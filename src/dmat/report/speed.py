@@ -13,15 +13,13 @@ import mlflow
 
 from dmat import tracking
 
-TABLE = "cost/side_by_side.json"  # written by dmat.side_by_side
-
 
 def side_by_side_rows(experiment_id: str) -> list[dict] | None:
     """The rows of the experiment's newest finished cost run, or None when it has none."""
     runs = tracking.find_runs(tracking.COST, experiment_ids=[experiment_id], max_results=1)
     if not runs:
         return None
-    return mlflow.artifacts.load_dict(f"{runs[0].info.artifact_uri}/{TABLE}")["rows"]
+    return mlflow.artifacts.load_dict(f"{runs[0].info.artifact_uri}/{tracking.SIDE_BY_SIDE_TABLE}")["rows"]
 
 
 def speed_sentences(rows: list[dict]) -> list[str]:

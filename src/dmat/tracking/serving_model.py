@@ -1,8 +1,8 @@
 """The sampler as MLflow "models from code": MLflow copies this file into every logged sampler model and
-runs it when the model is loaded, so no pickled Python object is stored (dmat.serving has the model)."""
+runs it when the model is loaded, so no pickled Python object is stored (dmat.tracking.serving has the model)."""
 
 import mlflow
 
-from dmat.serving import DiffusionSampler
+from dmat.tracking.serving import DiffusionSampler
 
 mlflow.models.set_model(DiffusionSampler())

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dmat.errors import DmatError
+from dmat.runtime import check_precision
 
-PRECISIONS = ("auto", "fp32", "bf16")
 STUDENT_STEPS = "student"  # --steps student: a student's own `student_steps` param
 
 
@@ -55,9 +55,3 @@ class EvalConfig:
         if role != "student" or "student_steps" not in params:
             raise DmatError(f"--steps {STUDENT_STEPS} needs a student run with a student_steps param: give a number")
         return int(float(params["student_steps"]))
-
-
-def check_precision(name: str) -> str:
-    if name not in PRECISIONS:
-        raise DmatError(f"precision must be {', '.join(PRECISIONS)}, got {name!r}")
-    return name

@@ -9,7 +9,7 @@ import shlex
 from mlflow.tracking import MlflowClient
 
 from dmat import tracking
-from dmat.options import COMMANDS
+from dmat.config.options import COMMANDS
 
 COMMAND_OF = {tracking.TEACHER: "teacher", tracking.STUDENT: "distill", tracking.EVALUATION: "evaluate"}
 

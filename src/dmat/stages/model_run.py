@@ -23,15 +23,17 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import save_image
 
-from dmat import distributed, lineage, notes, registry, tracking
+from dmat import distributed, tracking
 from dmat.config import TrainConfig, flat_params
 from dmat.data import DataSplits, load_splits
-from dmat.diffusion import DiffusionConfig, GaussianDiffusion, sample_from_seed
-from dmat.measure import flops_per_forward
-from dmat.resume import checkpoint_to_resume, resume_command
+from dmat.model.diffusion import DiffusionConfig, GaussianDiffusion, sample_from_seed
+from dmat.model.flops import flops_per_forward
+from dmat.model.unet import UNet, UNetConfig
 from dmat.runtime import resolve_device, resolve_precision, seed_everything
-from dmat.training import EpochCallback, Job, Objective, TrainResult, fit, fit_together, micro_batch_size
-from dmat.unet import UNet, UNetConfig
+from dmat.stages.resume import checkpoint_to_resume, resume_command
+from dmat.tracking import lineage, notes, registry
+from dmat.tracking.recorder import MlflowRecorder
+from dmat.training.loop import EpochCallback, Job, Objective, TrainResult, fit, fit_together, micro_batch_size
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ class ModelPlan:
     params: dict[str, object]
     # weights to start from, given the network and the data (e.g. the pruned teacher); default: the seeded random init
     initial_weights: Callable[[UNet, DataSplits], dict] | None = None
-    # the splits to train and validate on when not the data set's own (a lower-resolution student's: dmat.resolution)
+    # the splits to train and validate on when not the data set's own (a lower-resolution student's: dmat.stages.resolution)
     data: DataSplits | None = None
 
 
@@ -74,7 +76,7 @@ def train_model(train: TrainConfig, plan: Callable[[torch.device], ModelPlan], e
         fit(*fit_args, resume=ready.checkpoint, on_epoch_end=on_epoch_end, micro_batch=ready.micro_batch)
         return None
     start_epoch = ready.checkpoint["epoch"] if ready.checkpoint else 0
-    recorder, run_id = tracking.MlflowRecorder(saved_epoch=start_epoch), None
+    recorder, run_id = MlflowRecorder(saved_epoch=start_epoch), None
     try:
         with tracking.tracked_run(spec.run_name, _tags(ready), experiment, run_id=resume) as run:
             run_id = run.info.run_id
@@ -110,12 +112,12 @@ def train_models_together(train: TrainConfig, plans: list[Callable[[torch.device
             splits = readies[i].splits
         except Exception as exc:  # noqa: BLE001 - this model cannot start; the others still train
             outcomes[i] = exc
-    runs: dict[int, tuple[contextlib.ExitStack, str, tracking.MlflowRecorder]] = {}
+    runs: dict[int, tuple[contextlib.ExitStack, str, MlflowRecorder]] = {}
     try:
         for i, ready in readies.items():
             stack = contextlib.ExitStack()
             run = stack.enter_context(tracking.tracked_run(ready.spec.run_name, _tags(ready), experiment, active=False))
-            runs[i] = (stack, run.info.run_id, tracking.MlflowRecorder(run_id=run.info.run_id))
+            runs[i] = (stack, run.info.run_id, MlflowRecorder(run_id=run.info.run_id))
             _open(run.info.run_id, ready, 0)
         first = next(iter(readies.values()), None)
         jobs = [Job(r.model, r.spec.diffusion, r.objective, runs[i][2], r.micro_batch) for i, r in readies.items()]
@@ -132,7 +134,7 @@ def train_models_together(train: TrainConfig, plans: list[Callable[[torch.device
     return [outcomes[i] for i in range(len(plans))]
 
 
-def _finish_together(stack: contextlib.ExitStack, run_id: str, recorder: tracking.MlflowRecorder, ready: _Ready,
+def _finish_together(stack: contextlib.ExitStack, run_id: str, recorder: MlflowRecorder, ready: _Ready,
                      result: TrainResult | Exception) -> str | Exception:
     """End one run of a shared loop: made MLflow's active run, it logs its datasets and, if it trained, its
     sample grid and MLflow Model; returns the run id, or the error that ended it FAILED (with how to resume)."""

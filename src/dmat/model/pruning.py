@@ -25,11 +25,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
-from dmat.data import loader
-from dmat.diffusion import GaussianDiffusion
-from dmat.unet import ResBlock, SelfAttention, UNet
+from dmat.model.diffusion import GaussianDiffusion
+from dmat.model.unet import ResBlock, SelfAttention, UNet
 
 IMAGE = -1  # the image channels: never pruned
 TAYLOR_BATCHES = 4  # held-out batches whose DDPM-loss gradient the Taylor score uses
@@ -138,7 +137,7 @@ def taylor_saliency(teacher: UNet, diffusion: GaussianDiffusion, images: Dataset
     model = copy.deepcopy(teacher).eval().requires_grad_(True)
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)
-    for x0 in itertools.islice(loader(images, batch_size, shuffle=False), batches):
+    for x0 in itertools.islice(DataLoader(images, batch_size=batch_size, shuffle=False), batches):
         diffusion.training_loss(model, x0.to(device), generator).backward()
     return {name: (p.detach() * p.grad).abs() if p.grad is not None else torch.zeros_like(p)
             for name, p in model.named_parameters()}

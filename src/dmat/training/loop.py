@@ -28,14 +28,14 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from dmat import distributed
-from dmat.checkpoint import model_checkpoint
 from dmat.config import TrainConfig
 from dmat.data import DataSplits, loader
-from dmat.diffusion import GaussianDiffusion
 from dmat.errors import DmatError
-from dmat.recorder import Recorder
+from dmat.model.checkpoint import model_checkpoint
+from dmat.model.diffusion import GaussianDiffusion
+from dmat.model.unet import UNet
 from dmat.runtime import autocast, resolve_precision
-from dmat.unet import UNet
+from dmat.training.recorder import Recorder
 
 VALIDATION_SEED = 1234  # the same noise and timesteps for every epoch's validation
 NOISE_SEED = 7919  # the training noise's generator is seeded seed + NOISE_SEED: a stream apart from dropout's (seed)

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from dmat import tracking
 from dmat.config import TrainConfig, replace
-from dmat.diffusion import DiffusionConfig, GaussianDiffusion
-from dmat.model_run import ModelPlan, model_params, train_model
-from dmat.training import DiffusionObjective
-from dmat.unet import UNetConfig
+from dmat.model.diffusion import DiffusionConfig, GaussianDiffusion
+from dmat.model.unet import UNetConfig
+from dmat.stages.model_run import ModelPlan, model_params, train_model
+from dmat.training.loop import DiffusionObjective
 
 
 def train_teacher(train: TrainConfig, unet: UNetConfig, diffusion: DiffusionConfig, experiment: str | None = None,
                   resume: str | None = None) -> str | None:
     """Train a teacher as its own MLflow run and return the run id (None on ranks > 0 under torchrun).
 
-    `resume` continues that KILLED or FAILED teacher run instead (see dmat.resume).
+    `resume` continues that KILLED or FAILED teacher run instead (see dmat.stages.resume).
 
     `unet` gives the architecture; its image size and channels are set from the data set here.
     Everything is validated (config, device, tracking store, data) before the run is created.

@@ -1,6 +1,6 @@
 """What sampling from a model costs: checkpoint size, wall time and memory (measured, never assumed).
 
-Parameters and FLOPs are `dmat.measure`'s: training logs them too."""
+Parameters and FLOPs are `dmat.model.flops`'s: training logs them too."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 import mlflow
 import torch
 
-from dmat import checkpoint, tracking
+from dmat import tracking
+from dmat.model import checkpoint
 
 
 def checkpoint_mb(run_id: str, name: str = checkpoint.BEST) -> float:

@@ -29,9 +29,10 @@ from mlflow.exceptions import ExecutionException
 from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
-from dmat import lineage, tracking
+from dmat import tracking
 from dmat.config import DistillConfig, PipelineConfig
 from dmat.errors import DmatError
+from dmat.tracking import lineage
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 STAGE_KEY = "dmat.stage_key"  # on a run trained in a shared loop: the stage (entry point, parameters) it stands for

@@ -2,7 +2,7 @@
 
 `COMMANDS` says once which config fields and other options each `dmat` command takes. The CLI's
 decorators (`command_options`), the MLproject entry points (`render_mlproject`, regenerate with
-`python -m dmat.options > MLproject`) and `to_cli_args` all read it, so an option, its MLproject
+`python -m dmat.config.options > MLproject`) and `to_cli_args` all read it, so an option, its MLproject
 parameter and their defaults cannot drift apart. Options a command has besides these (report
 section flags, --resume, --all, ...) make no sense as MLproject parameters and live in cli.py.
 """
@@ -19,11 +19,20 @@ from dataclasses import dataclass, field
 import click
 import yaml
 
-from dmat.config import (DEFAULT_SIZE_FACTORS, STUDENT_TRAIN, CostConfig, DistillConfig, PipelineConfig, SweepConfig,
-                         TrainConfig, replace)
-from dmat.diffusion import DiffusionConfig
-from dmat.evaluation.settings import EvalConfig
-from dmat.unet import UNetConfig
+from dmat.config import (
+    DEFAULT_SIZE_FACTORS,
+    STUDENT_TRAIN,
+    CostConfig,
+    DistillConfig,
+    PipelineConfig,
+    SweepConfig,
+    TrainConfig,
+    replace,
+)
+from dmat.config.codec import encode_param
+from dmat.config.evaluation import EvalConfig
+from dmat.model.diffusion import DiffusionConfig
+from dmat.model.unet import UNetConfig
 
 ARCHITECTURE_FIELDS = ("base_channels", "channel_mults", "num_res_blocks", "attention_resolutions", "dropout")
 
@@ -39,12 +48,6 @@ def _show(value) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-
-
-def _encode(value) -> str:
-    from dmat.tracking import encode_param  # imported late: tracking loads MLflow, which --help needs not
-
-    return encode_param(value)
 
 
 def _switch(text: str) -> bool:
@@ -109,7 +112,7 @@ class Option:
         kind = self.mlproject_type or ("float" if self.kind in (int, float) else "string")
         if self.required:
             return kind if kind == "float" else f"{{type: {kind}}}"
-        text = "" if self.default is None else _encode(self.default)
+        text = "" if self.default is None else encode_param(self.default)
         # plain where YAML reads back the same text, since MLflow passes (and logs) str(default)
         plain = kind == "float" or (re.fullmatch(r"[\w.-]+", text) and yaml.safe_load(text) == text)
         return f"{{type: {kind}, default: {text if plain else json.dumps(text)}}}"
@@ -168,7 +171,7 @@ STUDENT_ITEMS = (
                              "finished teacher for this data set and image size)"),
     OptionGroup(DistillConfig, exclude=("size_factor",), helps={
         "student_image_size": "the student's resolution, at most the teacher's; below it, the student trains on teacher "
-                              "samples mixed with real images (README, dmat.resolution) ({}: the teacher's)",
+                              "samples mixed with real images (README, dmat.stages.resolution) ({}: the teacher's)",
         "teacher_sample_fraction": "share of teacher samples in a lower-resolution distill student's training "
                                    "images ({})"}),
     OptionGroup(TrainConfig, defaults=STUDENT_TRAIN),
@@ -234,11 +237,11 @@ def pick(cls, options: dict, base=None):
 def to_cli_args(config, only: tuple[str, ...] | None = None, exclude: tuple[str, ...] = ()) -> list[str]:
     """The inverse of the option generator: `["--field-name", "value", ...]` that parse back to `config`."""
     options = OptionGroup(type(config), only, exclude).options()
-    return [arg for option in options for arg in (option.flag, _encode(getattr(config, option.name)))]
+    return [arg for option in options for arg in (option.flag, encode_param(getattr(config, option.name)))]
 
 
 MLPROJECT_HEADER = """\
-# Generated from the option table in src/dmat/options.py by `python -m dmat.options > MLproject`:
+# Generated from the option table in src/dmat/config/options.py by `python -m dmat.config.options > MLproject`:
 # change that table (or the config defaults), not this file; tests/test_options.py checks they agree.
 name: dmat
 

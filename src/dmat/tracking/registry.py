@@ -22,8 +22,9 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from dmat import notes, serving, tracking
+from dmat import tracking
 from dmat.errors import DmatError
+from dmat.tracking import notes, serving
 
 SCHEME = "models:/"
 LATEST = "latest"
@@ -39,7 +40,7 @@ def registered_name(dataset: str, image_size: int | str, role: str) -> str:
 
 
 def publish(run_id: str, sampler: str, steps: int) -> ModelVersion:
-    """Log the active run's model as an MLflow Model (dmat.serving) and register it as a new version."""
+    """Log the active run's model as an MLflow Model (dmat.tracking.serving) and register it as a new version."""
     info = serving.log_sampler(run_id, sampler, steps)
     run = tracking.get_run(run_id)
     tags = run.data.tags

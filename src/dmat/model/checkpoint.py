@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from dmat.diffusion import DiffusionConfig, GaussianDiffusion
 from dmat.errors import DmatError
-from dmat.unet import UNet, UNetConfig
+from dmat.model.diffusion import DiffusionConfig, GaussianDiffusion
+from dmat.model.unet import UNet, UNetConfig
 
 FORMAT = "dmat-checkpoint-v1"
 BEST, LAST = "best.pt", "last.pt"  # best EMA weights by validation loss; state to resume from

@@ -12,7 +12,7 @@ with the teacher frozen, in eval mode, with its EMA weights. The feature term fo
 convolution where the widths differ. `method="scratch"` keeps the task term alone: the baseline
 that shows, at each size, whether the teacher helps. Training itself is `model_run.train_model`.
 A student below the teacher's resolution (`student_image_size`) learns from the teacher's samples
-instead, on the plain DDPM loss: see dmat.resolution.
+instead, on the plain DDPM loss: see dmat.stages.resolution.
 
 `train_students` trains several sizes in one loop by default (`model_run.train_models_together`): every
 student draws the same timesteps and noise on the same batches (the same seed), so the teacher's
@@ -27,90 +27,18 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
-from dmat import distributed, registry, resolution, tracking
+from dmat import distributed, tracking
 from dmat.config import DistillConfig, TrainConfig, flat_params
 from dmat.data import DataSplits
-from dmat.diffusion import GaussianDiffusion
 from dmat.errors import DmatError
-from dmat.model_run import ModelPlan, model_params, train_model, train_models_together
-from dmat.pruning import prune_weights, taylor_saliency
-from dmat.training import EpochCallback
-from dmat.unet import UNet
-
-
-class TeacherPass:
-    """The frozen teacher's forward pass (eval mode, no gradients). With `remember`, its outputs on the current
-    batch are kept and given again for the same x_t and t: students trained in one loop draw the same x_t and t
-    (the same seeded noise on the same batches), so the teacher runs once per batch for all of them. `forget`
-    before each batch (what `training.fit_together`'s `before_batch` is for)."""
-
-    def __init__(self, model: UNet, remember: bool = False):
-        self.model, self.remember = model.eval().requires_grad_(False), remember
-        self._seen: list[tuple[torch.Tensor, torch.Tensor, bool, tuple]] = []
-
-    @torch.no_grad()
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, features: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(output, features: the middle block's and every decoder level's, or [] when not asked for)."""
-        for seen_x, seen_t, seen_features, output in self._seen:
-            if seen_features >= features and torch.equal(seen_t, t) and torch.equal(seen_x, x_t):
-                return output
-        output = self.model(x_t, t, return_features=features)
-        output = output if features else (output, [])
-        if self.remember:
-            self._seen.append((x_t, t, features, output))
-        return output
-
-    def forget(self) -> None:
-        self._seen.clear()
-
-
-class DistillObjective:
-    """The student's loss (a training.Objective); the 1x1 feature projections are trained with the student.
-    `teacher` is the teacher's network, or a `TeacherPass` that several students' objectives share."""
-
-    def __init__(self, diffusion: GaussianDiffusion, settings: DistillConfig, teacher: UNet | TeacherPass | None = None,
-                 student_channels: list[int] | None = None):
-        self.diffusion, self.settings = diffusion, settings.effective()
-        shared = teacher if isinstance(teacher, TeacherPass) or teacher is None else TeacherPass(teacher)
-        self.teacher = shared if self.settings.method == "distill" else None
-        self.projections = nn.ModuleList()
-        if self.teacher is not None and self.settings.feature_weight > 0:
-            device = next(self.teacher.model.parameters()).device
-            self.projections.extend(
-                nn.Conv2d(s, t, 1, device=device) if s != t else nn.Identity()
-                for s, t in zip(student_channels, self.teacher.model.feature_channels))
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.projections.parameters())
-
-    def loss(self, model, x0, generator=None):
-        d, w = self.diffusion, self.settings
-        t = d.sample_timesteps(x0.shape[0], x0.device, generator)
-        noise = torch.randn(x0.shape, device=x0.device, generator=generator)
-        x_t = d.q_sample(x0, t, noise)
-        features = len(self.projections) > 0
-        out = model(x_t, t, return_features=features)
-        out, student_features = out if features else (out, [])
-        eps = d.eps_from_output(out, x_t, t)
-        task = F.mse_loss(eps, noise)
-        total, parts = w.task_weight * task, {"task_loss": task.item()}
-        if self.teacher is not None:
-            t_out, teacher_features = self.teacher(x_t, t, features)
-            with torch.no_grad():
-                teacher_eps = d.eps_from_output(t_out, x_t, t)
-            kd = F.mse_loss(eps, teacher_eps)
-            total = total + w.kd_weight * kd
-            parts["kd_loss"] = kd.item()
-            if features:
-                feat = torch.stack([F.mse_loss(p(s), t_f) for p, s, t_f in
-                                    zip(self.projections, student_features, teacher_features)]).mean()
-                total = total + w.feature_weight * feat
-                parts["feature_loss"] = feat.item()
-        return total, parts
+from dmat.model.pruning import prune_weights, taylor_saliency
+from dmat.stages import resolution
+from dmat.stages.model_run import ModelPlan, model_params, train_model, train_models_together
+from dmat.tracking import registry
+from dmat.training.distillation import DistillObjective, TeacherPass
+from dmat.training.loop import EpochCallback
 
 
 def resolve_teacher(train: TrainConfig, teacher_run_id: str | None) -> str:
@@ -142,7 +70,7 @@ def train_student(train: TrainConfig, size_factor, teacher_run_id: str | None = 
     """Train one student as its own MLflow run and return the run id.
 
     `settings` are DistillConfig fields (method, kd_weight, task_weight, feature_weight, student_steps, init,
-    prune_importance; student_image_size and teacher_sample_fraction: see dmat.resolution). `tags` are added to
+    prune_importance; student_image_size and teacher_sample_fraction: see dmat.stages.resolution). `tags` are added to
     the run's (e.g. a sweep's parent run); `on_epoch_end` is training.fit's (e.g. an Optuna pruner); `resume`
     continues that KILLED or FAILED student run. Everything is checked (settings, device, store, teacher, data)
     before the run is created.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dmat.unet import UNet
+from dmat.model.unet import UNet
 
 
 def flops_per_forward(model: UNet) -> int:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from mlflow.entities import RunStatus
 
-from dmat import checkpoint, tracking
-from dmat.diffusion import GaussianDiffusion
+from dmat import tracking
 from dmat.errors import DmatError
-from dmat.unet import UNet
+from dmat.model import checkpoint
+from dmat.model.diffusion import GaussianDiffusion
+from dmat.model.unet import UNet
 
 RESUMABLE = (RunStatus.to_string(RunStatus.KILLED), RunStatus.to_string(RunStatus.FAILED))
 COMMANDS = {tracking.TEACHER: "dmat teacher", tracking.STUDENT: "dmat distill"}  # the command that trains a role
@@ -46,7 +47,7 @@ def checkpoint_to_resume(run_id: str, role: str, model: UNet, diffusion: Gaussia
 
 
 def _still_running(run) -> str:
-    from dmat.stale import STALE_MINUTES, why_stale
+    from dmat.stages.stale import STALE_MINUTES, why_stale
 
     run_id, reason = run.info.run_id, why_stale(run)
     if reason:

@@ -24,10 +24,10 @@ from mlflow.tracking import MlflowClient
 
 from dmat import tracking
 from dmat.config import INITS, STUDENT_TRAIN, SweepConfig, replace
-from dmat.distill import resolve_teacher, train_student
+from dmat.config.evaluation import STUDENT_STEPS
 from dmat.errors import DmatError
 from dmat.evaluation.evaluate import evaluate_run
-from dmat.evaluation.settings import STUDENT_STEPS
+from dmat.stages.distill import resolve_teacher, train_student
 
 STUDENT_STEP_CHOICES = (10, 20, 50)  # sampling steps a trial's student may use (at most the teacher's T)
 
@@ -160,7 +160,7 @@ def work(cfg: SweepConfig, n_trials: int, parent_run_id: str, experiment: str | 
 def _worker_command(cfg: SweepConfig, n_trials: int, parent_run_id: str, experiment: str | None,
                     worker: int) -> list[str]:
     """`dmat sweep` for one worker process: the study's own settings, `n_trials` of its trials."""
-    from dmat.options import to_cli_args
+    from dmat.config.options import to_cli_args
 
     args = [sys.executable, "-m", "dmat", "sweep", "--worker-of", parent_run_id, "--worker-index", str(worker),
             *to_cli_args(replace(cfg, n_trials=n_trials), exclude=("workers",))]

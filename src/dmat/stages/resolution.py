@@ -32,13 +32,13 @@ from tqdm.auto import tqdm
 
 from dmat.config import DistillConfig, TrainConfig
 from dmat.data import DataSplits, ImagesOnly, load_splits, resize
-from dmat.diffusion import sample
 from dmat.errors import DmatError
-from dmat.model_run import ModelPlan
+from dmat.model.diffusion import sample
+from dmat.model.unet import UNetConfig
 from dmat.runtime import resolve_precision
+from dmat.stages.model_run import ModelPlan
 from dmat.tracking import LoadedModel
-from dmat.training import DiffusionObjective
-from dmat.unet import UNetConfig
+from dmat.training.loop import DiffusionObjective
 
 log = logging.getLogger(__name__)
 

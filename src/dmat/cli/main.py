@@ -1,6 +1,6 @@
 """The `dmat` command line: thin wrappers that parse options and call the library.
 
-Options come from the table in dmat.options (the MLproject file is rendered from it too), so a new
+Options come from the table in dmat.config.options (the MLproject file is rendered from it too), so a new
 config field is a new option with the same name everywhere (CLI, MLproject parameter, MLflow param).
 Every DmatError becomes one line on stderr and exit status 2; Ctrl-C or SIGTERM one line saying what
 became of the run (exit status 128 + the signal); anything unexpected one line naming a log file that
@@ -19,18 +19,29 @@ import traceback
 
 import click
 
-from dmat.config import STUDENT_TRAIN, CostConfig, DistillConfig, PipelineConfig, SweepConfig, TrainConfig, parse_sizes, replace
-from dmat.diffusion import DiffusionConfig
+from dmat.config import (
+    STUDENT_TRAIN,
+    CostConfig,
+    DistillConfig,
+    PipelineConfig,
+    SweepConfig,
+    TrainConfig,
+    parse_sizes,
+    replace,
+)
+from dmat.config.evaluation import EvalConfig
+from dmat.config.options import command_options, pick
 from dmat.errors import DmatError
-from dmat.evaluation.settings import EvalConfig
-from dmat.options import command_options, pick
-from dmat.unet import UNetConfig
+from dmat.model.diffusion import DiffusionConfig
+from dmat.model.unet import UNetConfig
 
 
 def friendly_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        from dmat.runtime import stop_signals  # SIGTERM like Ctrl-C for the whole command (imports torch: not at --help)
+        from dmat.runtime import (
+            stop_signals,  # SIGTERM like Ctrl-C for the whole command (imports torch: not at --help)
+        )
 
         try:
             with stop_signals():
@@ -90,8 +101,8 @@ def cli():
 @friendly_errors
 def teacher(experiment, resume, **options):
     """Train the teacher (size factor 1.0) on a data set, as one MLflow run."""
-    from dmat.resume import configs_from_run
-    from dmat.teacher import train_teacher
+    from dmat.stages.resume import configs_from_run
+    from dmat.stages.teacher import train_teacher
 
     classes = (TrainConfig, UNetConfig, DiffusionConfig)
     bases = configs_from_run(resume, classes) if resume else (None,) * len(classes)
@@ -113,11 +124,11 @@ def _student_configs(options: dict, train_base=STUDENT_TRAIN, distill_base=None)
 @friendly_errors
 def distill(size_factor, teacher_run_id, experiment, resume, **options):
     """Train one student of the teacher at a size factor, as one MLflow run."""
-    from dmat.distill import train_student
+    from dmat.stages.distill import train_student
 
     train_base, distill_base = STUDENT_TRAIN, None
     if resume:  # the interrupted run's own options, unless given again
-        from dmat.resume import student_settings_from_run
+        from dmat.stages.resume import student_settings_from_run
 
         train_base, distill_base, run_teacher = student_settings_from_run(resume)
         size_factor = size_factor or distill_base.size_factor
@@ -134,7 +145,7 @@ def distill(size_factor, teacher_run_id, experiment, resume, **options):
 @friendly_errors
 def students(sizes, teacher_run_id, shared_teacher, experiment, **options):
     """Train one student per size factor against the same teacher, in one loop (or one after another)."""
-    from dmat.distill import train_students
+    from dmat.stages.distill import train_students
 
     train, settings = _student_configs(options)
     outcomes = train_students(train, parse_sizes(sizes), teacher_run_id, experiment, shared_teacher, **settings)
@@ -184,7 +195,7 @@ def report(mse, denoising, time_, trajectory, all_sections, full_mse, out_dir, v
 @friendly_errors
 def cost(experiment, **options):
     """Time every teacher and student of the experiment side by side (one process, interleaved) as a cost run."""
-    from dmat.side_by_side import run_cost
+    from dmat.evaluation.side_by_side import run_cost
 
     click.echo(f"cost run {run_cost(pick(CostConfig, options), experiment)}")
 
@@ -212,7 +223,7 @@ def evaluate(run_id, all_runs, feature_extractor_run_id, inception_weights, expe
 @friendly_errors
 def pipeline(sizes, methods, inits, experiment, **options):
     """The whole study: teacher, students, evaluations, report; reuses finished stages with the same parameters."""
-    from dmat.pipeline import run_pipeline
+    from dmat.study.pipeline import run_pipeline
 
     cfg = replace(pick(PipelineConfig, options), sizes=tuple(parse_sizes(sizes)), methods=tuple(methods.split()),
                   inits=tuple(inits.split()))
@@ -233,8 +244,8 @@ def pipeline(sizes, methods, inits, experiment, **options):
 @friendly_errors
 def runs(stale, stale_minutes, mark_killed):
     """Runs still marked RUNNING; --stale: those whose process is gone, to mark KILLED and resume."""
-    from dmat import stale as stale_runs
-    from dmat.resume import resume_command
+    from dmat.stages import stale as stale_runs
+    from dmat.stages.resume import resume_command
     from dmat.tracking import check_tracking_reachable
 
     if mark_killed and not stale:
@@ -262,7 +273,7 @@ def runs(stale, stale_minutes, mark_killed):
 @friendly_errors
 def sweep(create_only, worker_of, worker_index, experiment, **options):
     """Optuna study over distillation settings and size factor; each trial is a student + evaluation run."""
-    from dmat.sweep import create_study, run_sweep, work
+    from dmat.study.sweep import create_study, run_sweep, work
 
     cfg = pick(SweepConfig, options).validate()
     if worker_of:

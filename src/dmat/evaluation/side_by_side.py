@@ -20,9 +20,8 @@ import torch
 from dmat import tracking
 from dmat.config import CostConfig
 from dmat.errors import DmatError
-from dmat.evaluation.cost import timed
-from dmat.measure import flops_per_forward
-from dmat.report.speed import TABLE
+from dmat.evaluation.timing import timed
+from dmat.model.flops import flops_per_forward
 from dmat.runtime import autocast, resolve_device, resolve_precision
 
 WARMUP = 2
@@ -79,5 +78,5 @@ def run_cost(config: CostConfig | None = None, experiment: str | None = None) ->
     with tracking.tracked_run("cost-side-by-side", {tracking.ROLE: tracking.COST}, experiment) as run:
         tracking.log_params({**asdict(cfg), "resolved.precision": precision, "device": str(device),
                              "threads": torch.get_num_threads(), "models": len(loaded)})
-        mlflow.log_dict({"rows": measure(loaded, cfg, device, precision)}, TABLE)
+        mlflow.log_dict({"rows": measure(loaded, cfg, device, precision)}, tracking.SIDE_BY_SIDE_TABLE)
         return run.info.run_id

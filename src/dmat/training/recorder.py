@@ -1,6 +1,6 @@
 """What the training loop reports, and to whom: a `Recorder` receives each epoch's metrics and the
 checkpoints worth keeping. This base class keeps nothing, so `fit` runs (and is tested) without any
-tracking; `dmat.tracking.MlflowRecorder` writes to an MLflow run.
+tracking; `dmat.tracking.recorder.MlflowRecorder` writes to an MLflow run.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ class Recorder:
     `on_epoch` (the epoch's metrics); `on_resume` when a run continues, `on_end` once at the end."""
 
     def on_best(self, state: dict) -> None:
-        """A checkpoint dict (dmat.checkpoint format) with the new best EMA weights."""
+        """A checkpoint dict (dmat.model.checkpoint format) with the new best EMA weights."""
 
     def on_checkpoint(self, state: dict) -> None:
         """A checkpoint dict with `train_state`: everything needed to resume after its epoch."""

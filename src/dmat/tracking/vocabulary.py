@@ -1,0 +1,51 @@
+"""The words dmat writes into MLflow: roles, tag keys, artifact folders. Every reader and writer of the
+store uses these names, so a tag is spelled once."""
+
+from __future__ import annotations
+
+DEFAULT_EXPERIMENT = "dmat"
+SIDE_BY_SIDE_TABLE = "cost/side_by_side.json"  # a cost run's timings (evaluation.side_by_side), read by report.speed
+CHECKPOINT_DIR = "checkpoints"  # the artifact folder of a run's checkpoints (checkpoint.BEST, checkpoint.LAST)
+
+# Roles: the value of the ROLE tag, one per kind of run.
+TEACHER, STUDENT = "teacher", "student"
+EVALUATION = "evaluation"
+FEATURE_EXTRACTOR = "feature-extractor"
+REPORT, PIPELINE, SWEEP = "report", "pipeline", "sweep"
+COST = "cost"  # models of a study timed side by side (dmat.evaluation.side_by_side)
+MODEL_ROLES = (TEACHER, STUDENT)
+
+# Lineage tags: the MLflow UI filters on them and the report rebuilds its tables from them.
+ROLE = "dmat.role"
+DATASET = "dmat.dataset"
+IMAGE_SIZE = "dmat.image_size"
+SIZE_FACTOR = "dmat.size_factor"
+TEACHER_RUN_ID = "dmat.teacher_run_id"
+MODEL_RUN_ID = "dmat.model_run_id"
+METHOD = "dmat.method"
+INIT = "dmat.init"  # a student's starting weights: random or pruned (from its teacher)
+STUDY_NAME = "dmat.study_name"  # an Optuna sweep's study, on its parent run and its trials' students
+TRIAL = "dmat.trial"  # the Optuna trial number of a sweep's student run
+PRUNED = "dmat.pruned"  # a sweep student stopped by the pruner (the epoch)
+MODEL_ROLE = "dmat.model_role"  # on an evaluation run: the role of the model it evaluates
+FEATURE_EXTRACTOR_RUN_ID = "dmat.feature_extractor_run_id"
+BEST_STUDENT_RUN_ID = "dmat.best_student_run_id"  # on a sweep run
+# Who runs a run, for `dmat runs --stale` (a run left RUNNING by a process that is gone)
+OWNER_HOST = "dmat.host"
+OWNER_PID = "dmat.pid"
+OWNER_STARTED = "dmat.pid_started"  # the process's start time: a reused pid is another process
+HEARTBEAT = "dmat.heartbeat"  # unix time, renewed every HEARTBEAT_SECONDS while the run's process lives
+HEARTBEAT_SECONDS = 60
+# MLflow's own tags
+RUN_NAME = "mlflow.runName"
+PARENT_RUN_ID = "mlflow.parentRunId"
+ENTRY_POINT = "mlflow.project.entryPoint"
+# MLflow-native models and lineage (dmat.tracking.serving, dmat.tracking.registry, dmat.tracking.lineage, dmat.tracking.notes)
+GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's: the commit a project run (a pipeline stage) ran at
+SOURCE_DIRTY = "dmat.source_dirty"  # on a pipeline stage: "true" if the checkout had uncommitted changes
+NOTE = "mlflow.note.content"  # MLflow's run description (markdown), shown on the run page
+EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow's experiment tag choosing the UI's view
+MODEL_DEVELOPMENT = "custom_model_development"  # its value for a model-training study (not the GenAI view)
+EVALUATION_RUN_ID = "dmat.evaluation_run_id"  # on a model version: the evaluation its score tags come from
+EVAL_SETTINGS = "dmat.eval_settings"  # on a model version: how its scores were measured (like compared with like)
+SYSTEM_METRICS_ROLES = (TEACHER, STUDENT, FEATURE_EXTRACTOR, EVALUATION)  # runs that log system/* metrics

@@ -121,7 +121,7 @@ def test_a_stage_logged_at_another_commit_is_not_reused(store, monkeypatch):
         run = client.create_run(experiment_id, tags={tracking.ENTRY_POINT: "teacher"})
         client.set_terminated(run.info.run_id)
         launched.append(run.info.run_id)
-        return SimpleNamespace(run_id=run.info.run_id)
+        return SimpleNamespace(run_id=run.info.run_id, wait=lambda: True)
 
     monkeypatch.setattr(pipeline.mlflow.projects, "run", launch)
 

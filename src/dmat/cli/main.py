@@ -4,21 +4,16 @@ Options come from the table in dmat.config.options (the MLproject file is render
 config field is a new option with the same name everywhere (CLI, MLproject parameter, MLflow param).
 Every DmatError becomes one line on stderr and exit status 2; Ctrl-C or SIGTERM one line saying what
 became of the run (exit status 128 + the signal); anything unexpected one line naming a log file that
-holds the full traceback (exit status 1).
+holds the full traceback (exit status 1): dmat.cli.errors.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import signal
-import sys
-import tempfile
-import time
-import traceback
 
 import click
 
+from dmat.cli.errors import friendly_errors
 from dmat.config import (
     STUDENT_TRAIN,
     CostConfig,
@@ -27,64 +22,12 @@ from dmat.config import (
     SweepConfig,
     TrainConfig,
     parse_sizes,
-    replace,
 )
 from dmat.config.evaluation import EvalConfig
 from dmat.config.options import command_options, pick
 from dmat.errors import DmatError
 from dmat.model.diffusion import DiffusionConfig
 from dmat.model.unet import UNetConfig
-
-
-def friendly_errors(func):
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        from dmat.runtime import (
-            stop_signals,  # SIGTERM like Ctrl-C for the whole command (imports torch: not at --help)
-        )
-
-        try:
-            with stop_signals():
-                return func(*args, **kwargs)
-        except DmatError as exc:
-            _fail(f"error: {_with_notes(exc)}", 2)
-        except KeyboardInterrupt as exc:
-            signum = getattr(exc, "signum", signal.SIGINT)
-            notes = f": {_notes(exc)}" if _notes(exc) else ""
-            _fail(f"interrupted ({signal.Signals(signum).name}){notes}", 128 + signum)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise
-        except Exception as exc:  # noqa: BLE001 - the last resort: one line here, the traceback in a file
-            summary = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
-            _fail(f"error: unexpected {summary}" + (f"; {_notes(exc)}" if _notes(exc) else "") + _saved_traceback(), 1)
-
-    return wrapper
-
-
-def _notes(exc: BaseException) -> str:
-    """What the library added on the way out (e.g. the run's status and how to resume it)."""
-    return "; ".join(getattr(exc, "__notes__", []))
-
-
-def _with_notes(exc: BaseException) -> str:
-    return "; ".join(filter(None, [str(exc), _notes(exc)]))
-
-
-def _saved_traceback() -> str:
-    """Write the current exception's full traceback to a log file; the text that names it."""
-    try:
-        with tempfile.NamedTemporaryFile("w", prefix=f"dmat-error-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".log",
-                                         delete=False) as log:
-            log.write(traceback.format_exc())
-        return f" (full traceback in {log.name})"
-    except OSError:
-        return ""
-
-
-def _fail(message: str, status: int):
-    click.echo(message, err=True)
-    sys.exit(status)
-
 
 resume_option = click.option("--resume", default=None, metavar="RUN_ID",
                              help="continue this KILLED or FAILED run from its last checkpoint, with its own options")
@@ -201,6 +144,23 @@ def cost(experiment, **options):
 
 
 @cli.command()
+@click.option("--dataset", default="digits", help="data set whose held-out split is corrupted and scored")
+@click.option("--image-size", default=None, type=int, help="resolution (default: the data set's)")
+@click.option("--num-samples", default=2000, type=int, help="as in evaluate: N = min(this, half the held-out split)")
+@click.option("--floor-draws", default=10, type=int, help="K draws, as in evaluate")
+@click.option("--seed", default=0, type=int)
+@click.option("--device", default="auto")
+@click.option("--feature-extractor-run-id", default=None, help="classifier run (default: the newest, else trained)")
+@click.option("--experiment", default=None, help="MLflow experiment")
+@friendly_errors
+def sensitivity(**options):
+    """Which corruptions each metric detects: held-out images under noise, blur, shift, class mix, scored like a model."""
+    from dmat.evaluation.sensitivity import run_sensitivity
+
+    click.echo(f"sensitivity run {run_sensitivity(**options)}")
+
+
+@cli.command()
 @click.option("--all", "all_runs", is_flag=True, help="every teacher and student run not yet evaluated with these settings")
 @command_options("evaluate")
 @friendly_errors
@@ -221,12 +181,15 @@ def evaluate(run_id, all_runs, feature_extractor_run_id, inception_weights, expe
 @cli.command()
 @command_options("pipeline")
 @friendly_errors
-def pipeline(sizes, methods, inits, experiment, **options):
-    """The whole study: teacher, students, evaluations, report; reuses finished stages with the same parameters."""
+def pipeline(preset, sizes, methods, inits, experiment, **options):
+    """The whole study (--preset quick or full): teacher, students, evaluations, report; reuses finished stages."""
     from dmat.study.pipeline import run_pipeline
 
-    cfg = replace(pick(PipelineConfig, options), sizes=tuple(parse_sizes(sizes)), methods=tuple(methods.split()),
-                  inits=tuple(inits.split()))
+    fields = {f.name for f in dataclasses.fields(PipelineConfig)}
+    cfg = PipelineConfig.from_preset(
+        preset or PipelineConfig.preset, sizes=tuple(parse_sizes(sizes)) if sizes else None,
+        methods=tuple(methods.split()) if methods else None, inits=tuple(inits.split()) if inits else None,
+        **{k: v for k, v in options.items() if k in fields})
     result = run_pipeline(cfg, experiment)
     for stage in result.stages:
         how = "FAILED " + stage.error if stage.error else "reused" if stage.reused else f"{stage.seconds:7.1f} s"
@@ -245,7 +208,7 @@ def pipeline(sizes, methods, inits, experiment, **options):
 def runs(stale, stale_minutes, mark_killed):
     """Runs still marked RUNNING; --stale: those whose process is gone, to mark KILLED and resume."""
     from dmat.stages import stale as stale_runs
-    from dmat.stages.resume import resume_command
+    from dmat.stages.resume import what_to_do
     from dmat.tracking import check_tracking_reachable
 
     if mark_killed and not stale:
@@ -258,7 +221,7 @@ def runs(stale, stale_minutes, mark_killed):
     if mark_killed:
         stale_runs.mark_killed(found)
         for r in found:
-            click.echo(f"marked {r.run_id} KILLED: resume it with `{resume_command(r.role, r.run_id)}`")
+            click.echo(f"marked {r.run_id} KILLED: {what_to_do(r.role, r.run_id)}")
     elif found and stale:
         click.echo(f"{len(found)} stale run(s): mark them KILLED with `dmat runs --stale --mark-killed`")
     if not found:

@@ -27,10 +27,11 @@ from dmat.config import (
     PipelineConfig,
     SweepConfig,
     TrainConfig,
-    replace,
+    with_overrides,
 )
 from dmat.config.codec import encode_param
 from dmat.config.evaluation import EvalConfig
+from dmat.config.study import FULL, PRESET_FIELDS, QUICK
 from dmat.model.diffusion import DiffusionConfig
 from dmat.model.unet import UNetConfig
 
@@ -42,6 +43,19 @@ def _int_tuple(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in re.split(r"[,\s]+", str(text)) if part)
     except ValueError:
         raise click.BadParameter(f"expected integers separated by commas or spaces, got {text!r}") from None
+
+
+def _number(text: str | None, kind: type) -> int | float | None:
+    """An int or float option that may be "" (not given): MLflow passes a float parameter as "12" or "12.0"."""
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise click.BadParameter(f"expected a number, got {text!r}") from None
+    if kind is int and not value.is_integer():
+        raise click.BadParameter(f"expected an integer, got {text!r}")
+    return kind(value)
 
 
 def _show(value) -> str:
@@ -95,12 +109,22 @@ class Option:
                                 metavar="[true|false]", callback=lambda ctx, param, v: self._applied(v))(command)
         kwargs = dict(type=self.kind, default=self.cli_default, help=self.help, metavar=self.metavar)
         if typing.get_origin(self.kind) is tuple:
-            kwargs.update(type=str, callback=lambda ctx, param, v: None if v is None else _int_tuple(v))
+            kwargs.update(type=str, callback=lambda ctx, param, v: self._tuple(v))
         elif self.kind is bool:  # `--flag` alone is true; `--flag false` lets MLproject pass a value
             kwargs.update(type=click.BOOL, is_flag=False, flag_value=True, metavar=self.metavar or "[true|false]")
+        elif self.default is None and self.kind in (int, float):  # MLproject passes "" for not given
+            kwargs.update(type=str, callback=lambda ctx, param, v: _number(v, self.kind),
+                          metavar=self.metavar or self.kind.__name__.upper())
         elif self.default is None:
-            kwargs.update(callback=lambda ctx, param, v: v or None)  # MLproject passes "" for not given
+            kwargs.update(callback=lambda ctx, param, v: v or None)
         return click.option(self.flag, self.name, **kwargs)(command)
+
+    def _tuple(self, text: str | None) -> tuple[int, ...] | None:
+        """Integers; for an option whose default a preset sets, "" is not given (as MLproject passes it) and
+        "none" the empty tuple."""
+        if text is None or (self.default is None and not text):
+            return None
+        return () if self.default is None and text.strip().lower() == "none" else _int_tuple(text)
 
     def _applied(self, text: str | None) -> bool | None:
         if not text:
@@ -109,7 +133,7 @@ class Option:
         return on
 
     def mlproject_parameter(self) -> str:
-        kind = self.mlproject_type or ("float" if self.kind in (int, float) else "string")
+        kind = self.mlproject_type or ("float" if self.kind in (int, float) and self.default is not None else "string")
         if self.required:
             return kind if kind == "float" else f"{{type: {kind}}}"
         text = "" if self.default is None else encode_param(self.default)
@@ -166,6 +190,8 @@ SYSTEM_METRICS = Option("system_metrics", "log CPU, memory and GPU use as system
                                           "runs (default: true, unless MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false)",
                         kind=bool, apply=_system_metrics)
 DEFAULT_SIZES = " ".join(map(str, DEFAULT_SIZE_FACTORS))
+# pipeline options a preset sets: not given (None) unless the user gives them, so the preset decides
+PRESET_DEFAULTS = type("PresetDefaults", (), dict.fromkeys(PRESET_FIELDS))()
 STUDENT_ITEMS = (
     Option("teacher_run_id", "teacher run: a run id, models:/NAME@ALIAS or models:/NAME/VERSION (default: the latest "
                              "finished teacher for this data set and image size)"),
@@ -205,16 +231,22 @@ COMMANDS: dict[str, CommandOptions] = {
         SYSTEM_METRICS, EXPERIMENT)),
     "report": CommandOptions("report", (EXPERIMENT,), fixed_args=("--all",)),
     "pipeline": CommandOptions("main", (
-        Option("sizes", f"student size factors, space or comma separated (default: {DEFAULT_SIZES})",
-               default=DEFAULT_SIZES),
-        Option("methods", "student methods, space separated: distill and/or scratch",
-               default=" ".join(PipelineConfig.methods), cli_default=" ".join(PipelineConfig.methods)),
+        Option("preset", "quick: the whole study in about 15 minutes on a laptop CPU, from models still improving; "
+                         "full: every model trained until converged, both inits and methods, three seeds "
+                         "(default: quick; each value below overrides the preset's)", default="quick"),
+        Option("sizes", "student size factors, space or comma separated (default: the preset's)"),
+        Option("methods", "student methods, space separated: distill and/or scratch (default: the preset's)"),
         Option("inits", "student initialisations, space separated: random and/or pruned (the teacher's weights cut "
-                        "down by channel pruning)", default=" ".join(PipelineConfig.inits),
-               cli_default=" ".join(PipelineConfig.inits)),
-        OptionGroup(PipelineConfig, exclude=("sizes", "methods", "inits"),
+                        "down by channel pruning; default: the preset's)"),
+        OptionGroup(PipelineConfig, exclude=("preset", "sizes", "methods", "inits"), defaults=PRESET_DEFAULTS,
                     helps={"reuse_any_commit": "reuse a finished stage with the same parameters even if it ran at another "
-                                                "git commit or from uncommitted changes ({})"}),
+                                                "git commit or from uncommitted changes ({})",
+                           "workers": "stages run at once on this machine, each with its share of the CPU threads "
+                                      "and, with several GPUs, one GPU each (0: what pays on this hardware; {})",
+                           "executor": "local (this machine) or ray (a Ray cluster: every stage a Ray task; {})",
+                           "ray_address": "the Ray cluster for --executor ray ($RAY_ADDRESS, else a local instance)",
+                           **{name: f"the preset's: quick {_show(QUICK[name]) or 'none'}, full {_show(FULL[name])}"
+                              for name in PRESET_FIELDS}}),
         SYSTEM_METRICS, EXPERIMENT)),
     "cost": CommandOptions("cost", (OptionGroup(CostConfig), EXPERIMENT)),
     "sweep": CommandOptions("sweep", (
@@ -231,7 +263,7 @@ def command_options(command: str):
 def pick(cls, options: dict, base=None):
     """The options that belong to `cls`, applied over its defaults (or over `base`)."""
     names = {f.name for f in dataclasses.fields(cls)}
-    return replace(base or cls(), **{k: v for k, v in options.items() if k in names})
+    return with_overrides(base or cls(), **{k: v for k, v in options.items() if k in names})
 
 
 def to_cli_args(config, only: tuple[str, ...] | None = None, exclude: tuple[str, ...] = ()) -> list[str]:

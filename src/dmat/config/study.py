@@ -12,7 +12,6 @@ from dmat.config.training import (
     INITS,
     METHODS,
     STUDENT_TRAIN,
-    DistillConfig,
     TrainConfig,
     parse_size_factor,
 )
@@ -25,32 +24,72 @@ from dmat.runtime import check_precision
 # epochs (early stopping on), so no student has less training than its teacher; early-stopping: until the
 # validation loss stops improving (patience 10), capped at twice the teacher's epochs.
 STUDENT_BUDGETS = ("fixed", "teacher", "early-stopping")
+EXECUTORS = ("local", "ray")  # local: `workers` processes on this machine; ray: a Ray cluster (dmat.study.executor)
+
+# Two studies a user can afford. Every value here can still be overridden by its own option.
+# quick: ends with the full report in about 15 minutes on a 2-core laptop CPU without bf16, from models that are
+#   still improving (one seed, one student init and method, fixed short budgets): it shows what the study
+#   measures, not the answer; its report says so on its first screen.
+# full: every model trained until converged (early stopping on the validation loss with patience 10, under an
+#   epoch cap), students both ways (pruned and random init) with and without the teacher, three seeds, the
+#   steps grid.
+QUICK: dict[str, object] = {
+    "sizes": (0.25, 0.5, 1.0), "methods": ("distill",), "inits": ("pruned",), "seeds": (0,),
+    "teacher_epochs": 12, "student_epochs": 6, "student_budget": "fixed", "base_channels": 16,
+    "num_samples": 400, "steps": 20, "steps_grid": ()}
+FULL: dict[str, object] = {
+    "sizes": DEFAULT_SIZE_FACTORS, "methods": METHODS, "inits": ("random", "pruned"), "seeds": (0, 1, 2),
+    "teacher_epochs": 300, "student_epochs": 300, "student_budget": "early-stopping",
+    "base_channels": UNetConfig.base_channels, "num_samples": EvalConfig.num_samples,
+    "steps": int(EvalConfig.steps), "steps_grid": (5, 10, 20, 50)}
+PRESETS = {"quick": QUICK, "full": FULL}
+PRESET_FIELDS = tuple(PRESETS["full"])  # the fields a preset sets: their options default to the preset's value
 
 
 @dataclass
 class PipelineConfig:
-    """What the study varies and how long each stage trains; every other setting keeps its default."""
+    """What the study varies and how long each stage trains; every other setting keeps its default.
 
+    The class defaults are the quick preset's values; `from_preset` builds either preset with overrides."""
+
+    preset: str = "quick"  # see PRESETS
     dataset: str = TrainConfig.dataset
     image_size: int = TrainConfig.image_size
-    sizes: tuple[float, ...] = DEFAULT_SIZE_FACTORS
-    methods: tuple[str, ...] = (DistillConfig.method,)
-    inits: tuple[str, ...] = (DistillConfig.init,)  # every student once per init (random and/or pruned)
-    teacher_epochs: int = TrainConfig.epochs
-    student_epochs: int = STUDENT_TRAIN.epochs
-    base_channels: int = UNetConfig.base_channels  # the teacher's
+    sizes: tuple[float, ...] = QUICK["sizes"]
+    methods: tuple[str, ...] = QUICK["methods"]
+    inits: tuple[str, ...] = QUICK["inits"]  # every student once per init (random and/or pruned)
+    teacher_epochs: int = QUICK["teacher_epochs"]  # an epoch cap: early stopping on the validation loss
+    student_epochs: int = QUICK["student_epochs"]
+    base_channels: int = QUICK["base_channels"]  # the teacher's
     timesteps: int = DiffusionConfig.timesteps
-    num_samples: int = EvalConfig.num_samples
-    steps: int = int(EvalConfig.steps)
-    steps_grid: tuple[int, ...] = (5, 10, 20, 50)  # every evaluation also at these step counts (EvalConfig.steps_grid)
-    seeds: tuple[int, ...] = (0, 1)  # every student once per seed; the teacher with the first
-    student_budget: str = "fixed"  # how long students train: see STUDENT_BUDGETS
+    num_samples: int = QUICK["num_samples"]
+    steps: int = QUICK["steps"]
+    steps_grid: tuple[int, ...] = QUICK["steps_grid"]  # every evaluation also at these step counts
+    seeds: tuple[int, ...] = QUICK["seeds"]  # every student once per seed; the teacher with the first
+    student_budget: str = QUICK["student_budget"]  # how long students train: see STUDENT_BUDGETS
     device: str = TrainConfig.device
     precision: str = TrainConfig.precision
     reuse_any_commit: bool = False  # reuse finished stages on params alone, even from other code (git commits)
+    workers: int = 0  # stages run at once; 0: what pays on this hardware (dmat.study.executor.default_workers)
+    executor: str = "local"  # see EXECUTORS
+    ray_address: str = ""  # --executor ray: the cluster (default: $RAY_ADDRESS, else a local Ray instance)
+
+    @classmethod
+    def from_preset(cls, preset: str = "quick", **given) -> "PipelineConfig":
+        """The preset's values, then each option given (None: not given, the preset's value stays)."""
+        if preset not in PRESETS:
+            raise DmatError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        values = {**PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}
+        return cls(preset=preset, **values)
 
     def validate(self) -> "PipelineConfig":
         check_precision(self.precision)
+        if self.preset not in PRESETS:
+            raise DmatError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        if self.executor not in EXECUTORS:
+            raise DmatError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        if self.workers < 0:
+            raise DmatError(f"workers must be 0 (decide from the hardware) or more, got {self.workers}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise DmatError(f"seeds must be distinct integers >= 0, e.g. --seeds 0,1,2, got {self.seeds or 'nothing'}")
         if self.student_budget not in STUDENT_BUDGETS:

@@ -1,109 +1,49 @@
-"""The whole study in one command: teacher -> students -> evaluations -> report.
-
-Each stage is an `mlflow.projects.run` of this project's own entry point (env_manager="local"),
-as in mlflow/examples `multistep_workflow`: a stage whose entry point already has a FINISHED run
-with the same parameters, run at the same git commit from a clean checkout (MLflow's example checks the
-commit too: params alone miss changed code), is reused instead of run again, so a rerun after a crash
-continues where it stopped and a rerun of a finished study trains nothing. Stage runs are nested under one
-`dmat.role=pipeline` run that records which runs were reused and how long each stage took.
+"""The whole study in one command: teacher -> students -> evaluations -> timings -> report, each stage an MLflow
+run nested under one `dmat.role=pipeline` run that records which stages were reused and how long each took.
+A stage with a finished run of the same parameters and code is reused (dmat.study.stage), so a rerun after a crash
+continues where it stopped and a rerun of a finished study trains nothing. `--preset` chooses the study
+(dmat.config.study.PRESETS: quick or full); every value it sets can be overridden by its own option.
 
 The students of one seed and method that are not finished yet are trained together by the `students` entry point,
 in one loop that computes the teacher's output once per batch for all of them (distill.train_students). Each is
 still its own run, nested under that stage's run and tagged with the `distill` stage it stands for (STAGE_KEY),
 so a rerun reuses it like a student trained alone.
+
+Stages whose inputs are ready run at once (dmat.study.executor: `workers` on this machine, or Ray tasks): after
+the teacher, every students loop and the teacher's evaluation; each model's evaluation once its model is trained
+(and the teacher's evaluation has trained the shared feature extractor); the side-by-side timings (`cost`) alone
+once everything else is done, so no other stage loads the machine while it times; then the report.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
+import dataclasses
 import os
 import sys
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import mlflow
-from mlflow.exceptions import ExecutionException
 from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from dmat import tracking
 from dmat.config import DistillConfig, PipelineConfig
 from dmat.errors import DmatError
+from dmat.study import executor
+from dmat.study.stage import (
+    PROJECT_DIR,
+    STAGE_KEY,
+    PipelineResult,
+    Stage,
+    encoded,
+    find_finished,
+    run_stage,
+    stage_key,
+    stop_stages,
+)
 from dmat.tracking import lineage
-
-PROJECT_DIR = Path(__file__).resolve().parents[2]
-STAGE_KEY = "dmat.stage_key"  # on a run trained in a shared loop: the stage (entry point, parameters) it stands for
-
-
-@dataclass
-class Stage:
-    entry_point: str
-    label: str
-    run_id: str | None = None
-    reused: bool = False
-    seconds: float = 0.0
-    error: str | None = None
-
-
-@dataclass
-class PipelineResult:
-    run_id: str
-    stages: list[Stage] = field(default_factory=list)
-
-    @property
-    def failed(self) -> list[Stage]:
-        return [s for s in self.stages if s.error]
-
-
-def find_finished(entry_point: str, parameters: dict[str, str], experiment_id: str,
-                  same_code: dict[str, str] | None = None) -> str | None:
-    """The newest FINISHED run of an entry point with exactly these parameter values (and `same_code` tags:
-    the git commit, see lineage.Source), if any."""
-    runs = tracking.find_runs(None, {tracking.ENTRY_POINT: entry_point, **(same_code or {})}, params=parameters,
-                              max_results=1, experiment_ids=[experiment_id])
-    if not runs:  # trained in a shared loop, standing for this stage
-        runs = tracking.find_runs(None, {STAGE_KEY: stage_key(entry_point, parameters), **(same_code or {})},
-                                  max_results=1, experiment_ids=[experiment_id])
-    return runs[0].info.run_id if runs else None
-
-
-def encoded(parameters: dict) -> dict[str, str]:
-    """Stage parameters as `mlflow run -P` passes and logs them."""
-    return {k: tracking.encode_param(v) for k, v in parameters.items()}
-
-
-def stage_key(entry_point: str, parameters: dict[str, str]) -> str:
-    """A stage's identity as one tag value: its entry point and encoded parameters, hashed."""
-    text = json.dumps([entry_point, sorted(parameters.items())])
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def run_stage(stage: Stage, parameters: dict, experiment_id: str, parent_run_id: str, reuse: bool = True,
-              source: lineage.Source = lineage.Source(None)) -> Stage:
-    """Reuse a finished run with the same parameters and code (when `reuse`), or run the entry point now."""
-    parameters = encoded(parameters)
-    start = time.perf_counter()
-    reuse = reuse and source.reuse_tags is not None  # uncommitted changes: no finished stage ran this code
-    stage.run_id = find_finished(stage.entry_point, parameters, experiment_id, source.reuse_tags) if reuse else None
-    stage.reused = stage.run_id is not None
-    if not stage.reused:
-        try:
-            submitted = mlflow.projects.run(str(PROJECT_DIR), entry_point=stage.entry_point, parameters=parameters,
-                                            experiment_id=experiment_id, env_manager="local", synchronous=True)
-            stage.run_id = submitted.run_id
-        except ExecutionException as exc:
-            stage.error = str(exc).splitlines()[0]
-        if stage.run_id is None:
-            failed = tracking.find_runs(None, {tracking.ENTRY_POINT: stage.entry_point}, status=None, max_results=1,
-                                        experiment_ids=[experiment_id])
-            stage.run_id = failed[0].info.run_id if failed else None
-        for key, value in {tracking.PARENT_RUN_ID: parent_run_id, **source.run_tags}.items() if stage.run_id else ():
-            MlflowClient().set_tag(stage.run_id, key, value)
-    stage.seconds = time.perf_counter() - start
-    return stage
 
 
 @contextlib.contextmanager
@@ -120,39 +60,50 @@ def this_python_first():
 def run_pipeline(config: PipelineConfig, experiment: str | None = None) -> PipelineResult:
     """Run (or resume) the whole study; returns the pipeline run and what each stage did.
 
-    One teacher (trained with the first seed); then every student once per seed, size and method (the seed
-    sets the student's initial weights and its data order), then one evaluation per model, then the report."""
+    One teacher (trained with the first seed); then every student once per seed, size, method and init (the seed
+    sets the student's initial weights and its data order), then one evaluation per model, the side-by-side
+    timings and the report."""
     cfg = config.validate()
     tracking.check_tracking_reachable()
     source = lineage.Source.of(PROJECT_DIR, cfg.reuse_any_commit)  # stages are reused at this commit only
-    with this_python_first(), tracking.tracked_run(f"pipeline-{cfg.dataset}", {tracking.ROLE: tracking.PIPELINE,
-                                                                                tracking.DATASET: cfg.dataset},
+    runner = executor.executor_for(cfg.executor, cfg.workers, cfg.ray_address)
+    with this_python_first(), tracking.tracked_run(f"pipeline-{cfg.preset}-{cfg.dataset}",
+                                                    {tracking.ROLE: tracking.PIPELINE, tracking.DATASET: cfg.dataset},
                                                     experiment) as run:
-        tracking.log_params({**{k: getattr(cfg, k) for k in (
-            "dataset", "teacher_epochs", "student_epochs", "student_budget", "num_samples", "steps", "steps_grid",
-            "precision", "reuse_any_commit")}, "sizes": " ".join(map(tracking.encode_param, cfg.sizes)),
-            "methods": " ".join(cfg.methods), "inits": " ".join(cfg.inits), "seeds": " ".join(map(str, cfg.seeds))})
+        tracking.log_params({**logged_params(cfg), "workers": runner.workers})
+        tqdm.write(f"{cfg.preset} study on {cfg.dataset}: {runner.workers} stage(s) at once ({cfg.executor})")
         if source.reuse_tags is None:
             tqdm.write(f"note: {PROJECT_DIR} has uncommitted changes, so no finished stage ran this code and none is "
                        "reused: commit them, or pass --reuse-any-commit")
-        study = _Study(cfg, PipelineResult(run.info.run_id), run.info.experiment_id, source)
+        study = _Study(cfg, PipelineResult(run.info.run_id), run.info.experiment_id, source, runner)
         try:
             study.run_all()
         finally:
             study.progress.close()
+            runner.close()
         reused = sum(s.reused for s in study.result.stages)
         mlflow.log_metrics({"stages": len(study.result.stages), "stages_reused": reused,
                             "stages_failed": len(study.result.failed)})
         return study.result
 
 
-class _Study:
-    """The stages of one pipeline run, in order, each reused or run (see `run_stage`)."""
+def logged_params(cfg: PipelineConfig) -> dict[str, object]:
+    """The preset and every value it resolved to (after the options given), as the pipeline run's params."""
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ("workers",)}
+    spaced = {name: " ".join(map(tracking.encode_param, values[name]))
+              for name in ("sizes", "methods", "inits", "seeds")}
+    return {**values, **spaced}
 
-    def __init__(self, cfg: PipelineConfig, result: PipelineResult, experiment_id: str, source: lineage.Source):
-        self.cfg, self.result, self.experiment_id, self.source = cfg, result, experiment_id, source
+
+class _Study:
+    """The stages of one pipeline run and the order they wait for each other in (see the module docstring)."""
+
+    def __init__(self, cfg: PipelineConfig, result: PipelineResult, experiment_id: str, source: lineage.Source,
+                 runner):
+        self.cfg, self.result, self.experiment_id, self.source, self.runner = cfg, result, experiment_id, source, runner
         students = len(cfg.sizes) * len(cfg.methods) * len(cfg.inits) * len(cfg.seeds)
-        self.progress = tqdm(total=2 * (1 + students) + 2, desc="pipeline", unit="stage")
+        self.progress = tqdm(total=2 * (1 + students) + 2, desc=f"{cfg.preset} study", unit="stage")
+        self._lock = threading.Lock()
 
     def stage(self, entry_point: str, label: str, parameters: dict, reuse: bool = True) -> Stage:
         """Run (or reuse) one stage and count it among the pipeline's stages."""
@@ -161,18 +112,19 @@ class _Study:
         return done
 
     def _run(self, entry_point: str, label: str, parameters: dict, reuse: bool, note: str = "") -> Stage:
-        """Run (or reuse) an entry point; its line and `seconds_<label>` metric."""
-        self.progress.set_postfix_str(label)
-        done = run_stage(Stage(entry_point, label), parameters, self.experiment_id, self.result.run_id, reuse,
-                         self.source)
+        """Run (or reuse) an entry point where the executor has room; its line and `seconds_<label>` metric."""
+        done = self.runner.run(run_stage, Stage(entry_point, label), parameters, self.experiment_id,
+                               self.result.run_id, reuse, self.source)
         how = "failed" if done.error else "reused" if done.reused else f"{done.seconds:.0f} s"
         tqdm.write(f"{label}: {how} (run {done.run_id}{note})")
-        mlflow.log_metric(f"seconds_{label}", done.seconds)
+        MlflowClient().log_metric(self.result.run_id, f"seconds_{label}", done.seconds)
         return done
 
     def _record(self, stage: Stage) -> None:
-        self.result.stages.append(stage)
-        self.progress.update(1)
+        with self._lock:
+            self.result.stages.append(stage)
+            self.progress.update(1)
+            self.progress.set_postfix_str(stage.label)
 
     def students(self, method: str, init: str, seed: int, teacher_run_id: str) -> list[Stage]:
         """One `distill` stage per size; those not finished yet, when there are several, trained in one shared loop."""
@@ -191,8 +143,7 @@ class _Study:
         return [shared[size] if size in shared else self.stage("distill", *stages[size]) for size in cfg.sizes]
 
     def shared_loop(self, label: str, common: dict, stages: dict[float, tuple[str, dict]]) -> dict[float, Stage]:
-        """Train these students in one `students` stage; per size, the distill stage its run stands for: the run
-        is nested under the loop's run, tagged with the stage's key and code, and shares the loop's wall time."""
+        """Train these students in one `students` stage; per size, the distill stage its run stands for."""
         loop = self._run("students", label, {**common, "sizes": " ".join(map(tracking.encode_param, stages))},
                          reuse=False, note=f", {len(stages)} students in one loop")
         if loop.run_id:
@@ -202,46 +153,62 @@ class _Study:
         by_size = {float(run.data.tags[tracking.SIZE_FACTOR]): run for run in children}
         out = {}
         for size, (name, params) in stages.items():
-            stage = Stage("distill", name, seconds=loop.seconds / len(stages))
-            run = by_size.get(float(size))
-            stage.run_id = run.info.run_id if run else loop.run_id
-            if run is not None and run.info.status == "FINISHED":
-                key = stage_key("distill", encoded(params))
-                code = {tracking.GIT_COMMIT: self.source.commit, **self.source.run_tags} if self.source.commit else {}
-                for tag, value in {STAGE_KEY: key, **code}.items():
-                    MlflowClient().set_tag(stage.run_id, tag, value)
-            else:
-                stage.error = loop.error or f"its run ended {run.info.status if run else 'before it began'} in {label}"
-            self._record(stage)
-            tqdm.write(f"{name}: {'failed' if stage.error else 'trained'} in {label} (run {stage.run_id})")
-            out[size] = stage
+            out[size] = self._loop_member(loop, by_size.get(float(size)), name, params, len(stages))
+            tqdm.write(f"{name}: {'failed' if out[size].error else 'trained'} in {label} (run {out[size].run_id})")
         return out
+
+    def _loop_member(self, loop: Stage, run, name: str, params: dict, members: int) -> Stage:
+        """The distill stage a run of a shared loop stands for: tagged with the stage's key and code when it
+        finished, so a rerun reuses it; it shares the loop's wall time."""
+        stage = Stage("distill", name, seconds=loop.seconds / members)
+        stage.run_id = run.info.run_id if run else loop.run_id
+        if run is not None and run.info.status == "FINISHED":
+            code = {tracking.GIT_COMMIT: self.source.commit, **self.source.run_tags} if self.source.commit else {}
+            for tag, value in {STAGE_KEY: stage_key("distill", encoded(params)), **code}.items():
+                MlflowClient().set_tag(stage.run_id, tag, value)
+        else:
+            stage.error = loop.error or f"its run ended {run.info.status if run else 'before it began'} in {loop.label}"
+        self._record(stage)
+        return stage
 
     def common(self, seed: int) -> dict:
         cfg = self.cfg
         return {"dataset": cfg.dataset, "image_size": cfg.image_size, "seed": seed, "device": cfg.device,
                 "precision": cfg.precision}
 
+    def evaluate(self, model: Stage) -> Stage | None:
+        cfg = self.cfg
+        if model.error:
+            with self._lock:
+                self.progress.update(1)
+            return None
+        return self.stage("evaluate", f"evaluate_{model.label}", {
+            "num_samples": cfg.num_samples, "steps": cfg.steps, "steps_grid": cfg.steps_grid, "device": cfg.device,
+            "precision": cfg.precision, "run_id": model.run_id})
+
     def run_all(self) -> None:
+        """Teacher; then its evaluation (which trains the feature extractor every evaluation shares) beside every
+        students loop; each student's evaluation once its loop is done; the timings alone; the report."""
         cfg = self.cfg
         teacher = self.stage("teacher", "teacher", {**self.common(cfg.seeds[0]), "epochs": cfg.teacher_epochs,
                                                     "base_channels": cfg.base_channels, "timesteps": cfg.timesteps})
         if teacher.error:
             raise DmatError(f"the teacher stage failed ({teacher.error}): see run {teacher.run_id} in the MLflow UI")
-        models = [teacher]
-        for seed in cfg.seeds:
-            for method in cfg.methods:
-                for init in cfg.inits:
-                    models += self.students(method, init, seed, teacher.run_id)
-        evaluate = {"num_samples": cfg.num_samples, "steps": cfg.steps, "steps_grid": cfg.steps_grid,
-                    "device": cfg.device, "precision": cfg.precision}
-        for model in models:
-            if model.error:
-                self.progress.update(1)
-                continue
-            self.stage("evaluate", f"evaluate_{model.label}", {**evaluate, "run_id": model.run_id})
-        # timings compared across models are taken side by side, and the report only reads the store: both are
-        # done every time, to include every model
+        groups = [(m, i, s) for s in cfg.seeds for m in cfg.methods for i in cfg.inits]
+        with ThreadPoolExecutor(max_workers=len(groups) * (1 + len(cfg.sizes)) + 1) as pool:
+            try:
+                teacher_evaluation = pool.submit(self.evaluate, teacher)
+                loops = [pool.submit(self.students, *group, teacher.run_id) for group in groups]
+                teacher_evaluation.result()
+                evaluations = [pool.submit(self.evaluate, model)
+                               for loop in as_completed(loops) for model in loop.result()]
+                for evaluation in evaluations:
+                    evaluation.result()
+            except BaseException:
+                stop_stages()
+                raise
+        # timings compared across models are taken side by side with nothing else running, and the report only
+        # reads the store: both are done every time, to include every model
         experiment = mlflow.get_experiment(self.experiment_id).name
         self.stage("cost", "cost", {"experiment": experiment, "device": cfg.device, "precision": cfg.precision},
                    reuse=False)

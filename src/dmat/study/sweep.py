@@ -23,7 +23,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from dmat import tracking
-from dmat.config import INITS, STUDENT_TRAIN, SweepConfig, replace
+from dmat.config import INITS, STUDENT_TRAIN, SweepConfig, with_overrides
 from dmat.config.evaluation import STUDENT_STEPS
 from dmat.errors import DmatError
 from dmat.evaluation.evaluate import evaluate_run
@@ -107,14 +107,14 @@ def parent_run(cfg: SweepConfig, experiment: str | None) -> str:
 
 def objective(cfg: SweepConfig, parent_run_id: str, experiment: str | None):
     """The Optuna objective: distill one student with the trial's settings and return its FID (+ params)."""
-    base = replace(STUDENT_TRAIN, dataset=cfg.dataset, image_size=cfg.image_size, seed=cfg.seed, device=cfg.device,
+    base = with_overrides(STUDENT_TRAIN, dataset=cfg.dataset, image_size=cfg.image_size, seed=cfg.seed, device=cfg.device,
                    precision=cfg.precision)
     timesteps = int(tracking.param_value(tracking.get_run(cfg.teacher_run_id).data.params, "timesteps"))
     step_choices = [s for s in STUDENT_STEP_CHOICES if s <= timesteps] or [timesteps]
 
     def run_trial(trial: optuna.Trial):
         size_factor = trial.suggest_float("size_factor", cfg.min_size_factor, 1.0, log=True)
-        train = replace(base, lr=trial.suggest_float("lr", 5e-5, 2e-3, log=True),
+        train = with_overrides(base, lr=trial.suggest_float("lr", 5e-5, 2e-3, log=True),
                         epochs=trial.suggest_int("epochs", max(1, cfg.max_epochs // 4), cfg.max_epochs))
         settings = dict(kd_weight=trial.suggest_float("kd_weight", 0.1, 2.0),
                         task_weight=trial.suggest_float("task_weight", 0.0, 2.0),
@@ -137,7 +137,7 @@ def objective(cfg: SweepConfig, parent_run_id: str, experiment: str | None):
                                 on_epoch_end=report, **settings)
         trial.set_user_attr("student_run_id", student)
         if pruned:
-            MlflowClient().set_tag(student, tracking.PRUNED, f"epoch {pruned[0]}")
+            MlflowClient().set_tag(student, tracking.STOPPED_BY_PRUNER, f"epoch {pruned[0]}")
             raise optuna.TrialPruned(f"stopped by the pruner at epoch {pruned[0]} (validation loss worse than it allows)")
         evaluation = evaluate_run(student, num_samples=cfg.num_samples, steps=STUDENT_STEPS, seed=cfg.seed,
                                   device=cfg.device, precision=cfg.precision, experiment=experiment)
@@ -163,7 +163,7 @@ def _worker_command(cfg: SweepConfig, n_trials: int, parent_run_id: str, experim
     from dmat.config.options import to_cli_args
 
     args = [sys.executable, "-m", "dmat", "sweep", "--worker-of", parent_run_id, "--worker-index", str(worker),
-            *to_cli_args(replace(cfg, n_trials=n_trials), exclude=("workers",))]
+            *to_cli_args(with_overrides(cfg, n_trials=n_trials), exclude=("workers",))]
     return args + (["--experiment", experiment] if experiment else [])
 
 
@@ -180,8 +180,8 @@ def run_sweep(cfg: SweepConfig, experiment: str | None = None,
     store = storage(cfg.storage)
     check_objectives(cfg, store)
     # one teacher for every trial and worker, fixed before the first trial
-    cfg = replace(cfg, teacher_run_id=resolve_teacher(
-        replace(STUDENT_TRAIN, dataset=cfg.dataset, image_size=cfg.image_size), cfg.teacher_run_id or None))
+    cfg = with_overrides(cfg, teacher_run_id=resolve_teacher(
+        with_overrides(STUDENT_TRAIN, dataset=cfg.dataset, image_size=cfg.image_size), cfg.teacher_run_id or None))
     study = create_study(cfg, store)
     parent = parent_run(cfg, experiment)
     shares = [cfg.n_trials // cfg.workers + (i < cfg.n_trials % cfg.workers) for i in range(cfg.workers)]

@@ -1,0 +1,135 @@
+"""Where a study's stages run: on this machine, `workers` at a time, each stage process with its share of the
+CPU threads (and one GPU each where there are several); or as Ray tasks on a cluster.
+
+A stage is one `mlflow run` of an entry point (dmat.study.stage.run_stage): MLflow stays the only hand-off
+between stages and the record of what is done, so an executor only decides where and how many at once. The
+graph walk (which stage waits for which) is the pipeline's; no scheduler is written here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import sys
+import threading
+from dataclasses import dataclass
+
+import mlflow
+import torch
+
+from dmat.errors import DmatError
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # torch sizes its CPU thread pool from these
+WORKER = "DMAT_WORKER"  # the slot a stage runs in, tagged on its run (dmat runs shows it)
+_SPAWN = threading.Lock()  # os.environ is the process's: one stage starts at a time with its slot's variables
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One of `workers` places a stage runs in: its CPU threads and, with several GPUs, its GPU."""
+
+    index: int
+    threads: int
+    gpu: int | None = None
+
+    def environment(self) -> dict[str, str]:
+        env = {name: str(self.threads) for name in THREAD_VARIABLES} | {WORKER: str(self.index)}
+        return env | ({"CUDA_VISIBLE_DEVICES": str(self.gpu)} if self.gpu is not None else {})
+
+
+def default_workers(gpus: int | None = None) -> int:
+    """What pays on this hardware: one stage per GPU where there are several; on a CPU alone, one stage with every
+    thread (bench/bench_workers.py: two 1-thread stages on a 2-core CPU were no faster than one after the other
+    with 2 threads, and the parallel evaluations' timings were noisier)."""
+    gpus = torch.cuda.device_count() if gpus is None else gpus
+    return gpus if gpus > 1 else 1
+
+
+def slots(workers: int, cores: int | None = None, gpus: int | None = None) -> list[Slot]:
+    """`workers` slots sharing the cores evenly (at least one thread each) and the GPUs round-robin."""
+    cores = cores or os.cpu_count() or 1
+    gpus = torch.cuda.device_count() if gpus is None else gpus
+    threads = max(1, cores // workers)
+    return [Slot(i, threads, i % gpus if gpus > 1 else None) for i in range(workers)]
+
+
+@contextlib.contextmanager
+def spawn_environment(env: dict[str, str]):
+    """These variables set while a stage process starts (it copies os.environ then), restored after."""
+    with _SPAWN:
+        saved = {name: os.environ.get(name) for name in env}
+        os.environ.update(env)
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+class LocalExecutor:
+    """Runs `fn(*args, env=...)` in the calling thread once a slot is free; the slot's variables go to the stage."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._free: queue.Queue[Slot] = queue.Queue()
+        for slot in slots(workers):
+            self._free.put(slot)
+
+    def run(self, fn, *args):
+        slot = self._free.get()
+        try:
+            return fn(*args, env=slot.environment())
+        finally:
+            self._free.put(slot)
+
+    def close(self) -> None:
+        pass
+
+
+class RayExecutor:
+    """Runs each stage as a Ray task that declares its resources (`cpus` each, one GPU where the cluster has
+    them); a task lost with its node is retried, and a retried stage reuses its run if it finished."""
+
+    def __init__(self, address: str = "", cpus: int = 1, retries: int = 2):
+        try:
+            import ray
+        except ImportError:
+            raise DmatError("--executor ray needs Ray: pip install 'dmat[ray]' (make test installs it)") from None
+        self._ray = ray
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        env = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+               "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+        if not ray.is_initialized():
+            ray.init(address=address, runtime_env={"env_vars": env}, include_dashboard=False,
+                     log_to_driver=True, **({} if address else {"num_cpus": os.cpu_count()}))
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        self.workers = int(ray.cluster_resources().get("CPU", 1)) // cpus
+        self._options = dict(num_cpus=cpus, num_gpus=1 if gpus else 0, max_retries=retries, retry_exceptions=True)
+        self._threads = {name: str(cpus) for name in THREAD_VARIABLES}
+
+    def run(self, fn, *args):
+        task = self._ray.remote(_in_ray_task).options(**self._options)
+        return self._ray.get(task.remote(fn, args, self._threads))
+
+    def close(self) -> None:
+        self._ray.shutdown()
+
+
+def _in_ray_task(fn, args, threads: dict[str, str]):
+    """A stage inside a Ray worker: its node's slot is the task's CPUs (and the GPU Ray assigned it)."""
+    import ray
+
+    gpus = ray.get_gpu_ids()
+    env = threads | {WORKER: ray.get_runtime_context().get_node_id()[:8]}
+    return fn(*args, env=env | ({"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))} if gpus else {}))
+
+
+def executor_for(name: str, workers: int, ray_address: str = ""):
+    """The executor named by --executor: 'local' with `workers` (0: default_workers()) or 'ray'."""
+    if name == "ray":
+        return RayExecutor(ray_address)
+    return LocalExecutor(workers or default_workers())

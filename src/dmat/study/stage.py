@@ -1,0 +1,122 @@
+"""One stage of a study: an `mlflow run` of this project's own entry point (env_manager="local"), or the finished
+run that already did it.
+
+As in mlflow/examples `multistep_workflow`, a stage whose entry point already has a FINISHED run with the same
+parameters, run at the same git commit from a clean checkout, is reused instead of run again (params alone miss
+changed code), so a rerun after a crash continues where it stopped. A student trained in a shared loop is tagged
+with the `distill` stage it stands for (STAGE_KEY) and is reused like one trained alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import ExecutionException
+from mlflow.tracking import MlflowClient
+
+from dmat import tracking
+from dmat.study import executor
+from dmat.tracking import lineage
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+STAGE_KEY = "dmat.stage_key"  # on a run trained in a shared loop: the stage (entry point, parameters) it stands for
+
+
+@dataclass
+class Stage:
+    entry_point: str
+    label: str
+    run_id: str | None = None
+    reused: bool = False
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class PipelineResult:
+    run_id: str
+    stages: list[Stage] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Stage]:
+        return [s for s in self.stages if s.error]
+
+
+def find_finished(entry_point: str, parameters: dict[str, str], experiment_id: str,
+                  same_code: dict[str, str] | None = None) -> str | None:
+    """The newest FINISHED run of an entry point with exactly these parameter values (and `same_code` tags:
+    the git commit, see lineage.Source), if any."""
+    runs = tracking.find_runs(None, {tracking.ENTRY_POINT: entry_point, **(same_code or {})}, params=parameters,
+                              max_results=1, experiment_ids=[experiment_id])
+    if not runs:  # trained in a shared loop, standing for this stage
+        runs = tracking.find_runs(None, {STAGE_KEY: stage_key(entry_point, parameters), **(same_code or {})},
+                                  max_results=1, experiment_ids=[experiment_id])
+    return runs[0].info.run_id if runs else None
+
+
+def encoded(parameters: dict) -> dict[str, str]:
+    """Stage parameters as `mlflow run -P` passes and logs them."""
+    return {k: tracking.encode_param(v) for k, v in parameters.items()}
+
+
+def stage_key(entry_point: str, parameters: dict[str, str]) -> str:
+    """A stage's identity as one tag value: its entry point and encoded parameters, hashed."""
+    text = json.dumps([entry_point, sorted(parameters.items())])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def run_stage(stage: Stage, parameters: dict, experiment_id: str, parent_run_id: str, reuse: bool = True,
+              source: lineage.Source = lineage.Source(None), env: dict[str, str] | None = None) -> Stage:
+    """Reuse a finished run with the same parameters and code (when `reuse`), or run the entry point now, its
+    process started with `env` (its worker's threads and GPU) on top of this one's environment."""
+    parameters = encoded(parameters)
+    start = time.perf_counter()
+    reuse = reuse and source.reuse_tags is not None  # uncommitted changes: no finished stage ran this code
+    stage.run_id = find_finished(stage.entry_point, parameters, experiment_id, source.reuse_tags) if reuse else None
+    stage.reused = stage.run_id is not None
+    if not stage.reused:
+        try:
+            # storage_dir: MLflow makes a folder there per run (for `path` parameters, which dmat has none of),
+            # else in the temp folder, where it would stay
+            with executor.spawn_environment(env or {}), tempfile.TemporaryDirectory(prefix="dmat-stage-") as storage:
+                submitted = mlflow.projects.run(str(PROJECT_DIR), entry_point=stage.entry_point, parameters=parameters,
+                                                experiment_id=experiment_id, env_manager="local", synchronous=False,
+                                                storage_dir=storage)
+            stage.run_id = submitted.run_id
+            stage.error = _wait(submitted)
+        except ExecutionException as exc:
+            stage.error = str(exc).splitlines()[0]
+        for key, value in {tracking.PARENT_RUN_ID: parent_run_id, **source.run_tags}.items() if stage.run_id else ():
+            MlflowClient().set_tag(stage.run_id, key, value)
+    stage.seconds = time.perf_counter() - start
+    return stage
+
+
+_LIVE: dict = {}  # run id -> stage process this process started and that still run: stopped with the pipeline
+
+
+def _wait(submitted) -> str | None:
+    """Wait for a stage process; None if it succeeded, else what became of its run. A run its process left
+    RUNNING (it died before it could end it) is ended FAILED, as `mlflow run` does."""
+    _LIVE[submitted.run_id] = submitted
+    try:
+        ok = submitted.wait()
+    finally:
+        _LIVE.pop(submitted.run_id, None)
+    status = tracking.get_run(submitted.run_id).info.status
+    if status == "RUNNING":
+        MlflowClient().set_terminated(submitted.run_id, "FINISHED" if ok else "FAILED")
+        status = "FINISHED" if ok else "FAILED"
+    return None if ok else f"its process ended and its run is {status}"
+
+
+def stop_stages() -> None:
+    """Stop every stage process still running (SIGTERM: each marks its run KILLED and keeps its last checkpoint)."""
+    for submitted in list(_LIVE.values()):
+        submitted.cancel()

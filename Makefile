@@ -17,7 +17,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install --quiet -e '.[dev,fidelity,server]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,fidelity,server,ray]'
 	touch $@
 
 ## test: the whole suite, slow end-to-end tests included (what CI runs)
@@ -52,11 +52,16 @@ students: setup
 report: setup
 	$(BIN)/dmat report --all $(ARGS)
 
-.PHONY: pipeline sweep
+.PHONY: pipeline study sweep
 SEEDS ?=
-## pipeline: the whole study on the bundled digits (teacher, students, evaluations, report); reruns reuse finished stages (SEEDS="0 1 2" overrides the seeds)
+WORKERS ?=
+## pipeline: the quick study on the bundled digits (teacher, students, evaluations, timings, report) in about 15 minutes on a laptop CPU; reruns reuse finished stages
 pipeline: setup
-	$(BIN)/dmat pipeline $(if $(strip $(SEEDS)),--seeds "$(SEEDS)") $(ARGS)
+	$(BIN)/dmat pipeline --preset quick $(if $(strip $(SEEDS)),--seeds "$(SEEDS)") $(if $(strip $(WORKERS)),--workers $(WORKERS)) $(ARGS)
+
+## study: the full, converged study (every model until its validation loss stops improving, both inits and methods, three seeds, the steps grid); WORKERS=4 on a GPU box
+study: setup
+	$(BIN)/dmat pipeline --preset full $(if $(strip $(SEEDS)),--seeds "$(SEEDS)") $(if $(strip $(WORKERS)),--workers $(WORKERS)) $(ARGS)
 
 N_TRIALS ?= 20
 STUDY ?= dmat-sweep

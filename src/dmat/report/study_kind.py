@@ -1,0 +1,49 @@
+"""Which study a report is about (the newest pipeline run's preset) and what it cannot conclude, for the report's
+first screen. The quick study shows what the study measures in minutes, from models still improving, one seed and
+one student init and method: its numbers are no answer to how size changes quality, and the report says so."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from dmat import tracking
+
+FULL_STUDY_COMMAND = "make study  (or: dmat pipeline --preset full)"
+
+
+def preset_of(experiment_id: str) -> str | None:
+    """The preset of the newest pipeline run in the experiment (None: no pipeline ran, e.g. stages run by hand)."""
+    runs = tracking.find_runs(tracking.PIPELINE, status=None, max_results=1, experiment_ids=[experiment_id])
+    return runs[0].data.params.get("preset") if runs else None
+
+
+def caveats(preset: str | None, models: pd.DataFrame) -> list[str]:
+    """What this study cannot support, one sentence each, read from its models (report.query's `models`)."""
+    out = []
+    students = models[models["role"] == tracking.STUDENT] if "role" in models else models.iloc[0:0]
+    if "still_improving" in models:
+        improving = int((models["still_improving"] > 0).sum())
+        if improving:
+            out.append(f"{improving} of {len(models)} models were still improving when training stopped: "
+                       "differences between sizes may be differences in training, not in size.")
+    seeds = students["seed"].nunique() if "seed" in students else 0
+    if seeds < 2:
+        out.append("Each student was trained with one seed: there is no interval over seeds, and no difference "
+                   "between two sizes is tested.")
+    for column, what in (("init", "initialisation"), ("method", "training method")):
+        if column in students and students[column].nunique() == 1:
+            out.append(f"One student {what} ({students[column].iloc[0]}): whether the conclusion holds for another "
+                       "is not measured.")
+    if preset == "quick":
+        out.insert(0, "This is the quick study: short training budgets and a small teacher, to show in minutes what "
+                      "the study measures. Its numbers are not the answer to how model size changes quality.")
+    return out
+
+
+def banner(preset: str | None, models: pd.DataFrame) -> list[str]:
+    """The first-screen notes: the study's kind, what it cannot conclude, and the one command for the full study."""
+    notes = caveats(preset, models)
+    if notes and preset != "full":
+        notes.append(f"The full, converged study (every model until its validation loss stops improving, both "
+                     f"initialisations and methods, three seeds): {FULL_STUDY_COMMAND}")
+    return notes

@@ -32,9 +32,11 @@ class Slot:
     index: int
     threads: int
     gpu: int | None = None
+    quiet: bool = False  # side by side, stages' own progress bars would interleave: the pipeline shows a line each
 
     def environment(self) -> dict[str, str]:
         env = {name: str(self.threads) for name in THREAD_VARIABLES} | {WORKER: str(self.index)}
+        env |= {"TQDM_DISABLE": "1"} if self.quiet else {}
         return env | ({"CUDA_VISIBLE_DEVICES": str(self.gpu)} if self.gpu is not None else {})
 
 
@@ -51,7 +53,7 @@ def slots(workers: int, cores: int | None = None, gpus: int | None = None) -> li
     cores = cores or os.cpu_count() or 1
     gpus = torch.cuda.device_count() if gpus is None else gpus
     threads = max(1, cores // workers)
-    return [Slot(i, threads, i % gpus if gpus > 1 else None) for i in range(workers)]
+    return [Slot(i, threads, i % gpus if gpus > 1 else None, quiet=workers > 1) for i in range(workers)]
 
 
 @contextlib.contextmanager
@@ -101,7 +103,7 @@ class RayExecutor:
             raise DmatError("--executor ray needs Ray: pip install 'dmat[ray]' (make test installs it)") from None
         self._ray = ray
         address = address or os.environ.get("RAY_ADDRESS") or None
-        env = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+        env = {"MLFLOW_TRACKING_URI": _absolute(mlflow.get_tracking_uri()), "TQDM_DISABLE": "1",
                "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
         if not ray.is_initialized():
             ray.init(address=address, runtime_env={"env_vars": env}, include_dashboard=False,
@@ -117,6 +119,14 @@ class RayExecutor:
 
     def close(self) -> None:
         self._ray.shutdown()
+
+
+def _absolute(uri: str) -> str:
+    """A relative sqlite store as an absolute one, so that a task started in another folder finds it."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + os.path.abspath(uri[len(prefix):])
+    return uri
 
 
 def _in_ray_task(fn, args, threads: dict[str, str]):

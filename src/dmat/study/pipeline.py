@@ -78,6 +78,10 @@ def run_pipeline(config: PipelineConfig, experiment: str | None = None) -> Pipel
         study = _Study(cfg, PipelineResult(run.info.run_id), run.info.experiment_id, source, runner)
         try:
             study.run_all()
+        except KeyboardInterrupt as exc:
+            exc.add_note("the pipeline run and the stages it was running are KILLED; rerun the same command to "
+                         "continue (finished stages are reused)")
+            raise
         finally:
             study.progress.close()
             runner.close()
@@ -113,8 +117,9 @@ class _Study:
 
     def _run(self, entry_point: str, label: str, parameters: dict, reuse: bool, note: str = "") -> Stage:
         """Run (or reuse) an entry point where the executor has room; its line and `seconds_<label>` metric."""
-        done = self.runner.run(run_stage, Stage(entry_point, label), parameters, self.experiment_id,
-                               self.result.run_id, reuse, self.source)
+        with tqdm(desc=f"  {label}", bar_format="{desc}: running", leave=False):  # one line per running stage
+            done = self.runner.run(run_stage, Stage(entry_point, label), parameters, self.experiment_id,
+                                   self.result.run_id, reuse, self.source)
         how = "failed" if done.error else "reused" if done.reused else f"{done.seconds:.0f} s"
         tqdm.write(f"{label}: {how} (run {done.run_id}{note})")
         MlflowClient().log_metric(self.result.run_id, f"seconds_{label}", done.seconds)
@@ -146,8 +151,6 @@ class _Study:
         """Train these students in one `students` stage; per size, the distill stage its run stands for."""
         loop = self._run("students", label, {**common, "sizes": " ".join(map(tracking.encode_param, stages))},
                          reuse=False, note=f", {len(stages)} students in one loop")
-        if loop.run_id:
-            MlflowClient().set_tag(loop.run_id, tracking.RUN_NAME, label.replace("_", "-"))
         children = tracking.find_runs(tracking.STUDENT, {tracking.PARENT_RUN_ID: loop.run_id}, status=None,
                                       experiment_ids=[self.experiment_id]) if loop.run_id else []
         by_size = {float(run.data.tags[tracking.SIZE_FACTOR]): run for run in children}

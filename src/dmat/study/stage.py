@@ -89,13 +89,22 @@ def run_stage(stage: Stage, parameters: dict, experiment_id: str, parent_run_id:
                                                 experiment_id=experiment_id, env_manager="local", synchronous=False,
                                                 storage_dir=storage)
             stage.run_id = submitted.run_id
+            _tag_started(stage, parent_run_id, source)  # now: a stage stopped half-way is nested and named too
             stage.error = _wait(submitted)
         except ExecutionException as exc:
             stage.error = str(exc).splitlines()[0]
-        for key, value in {tracking.PARENT_RUN_ID: parent_run_id, **source.run_tags}.items() if stage.run_id else ():
-            MlflowClient().set_tag(stage.run_id, key, value)
     stage.seconds = time.perf_counter() - start
     return stage
+
+
+def _tag_started(stage: Stage, parent_run_id: str, source: lineage.Source) -> None:
+    """Nest a started stage's run under the pipeline run, with the code it runs; a students loop (whose run its
+    process does not name) gets its label as name and its role."""
+    tags = {tracking.PARENT_RUN_ID: parent_run_id, **source.run_tags}
+    if stage.entry_point == "students":
+        tags |= {tracking.RUN_NAME: stage.label.replace("_", "-"), tracking.ROLE: tracking.STUDENTS_LOOP}
+    for key, value in tags.items():
+        MlflowClient().set_tag(stage.run_id, key, value)
 
 
 _LIVE: dict = {}  # run id -> stage process this process started and that still run: stopped with the pipeline
@@ -120,3 +129,5 @@ def stop_stages() -> None:
     """Stop every stage process still running (SIGTERM: each marks its run KILLED and keeps its last checkpoint)."""
     for submitted in list(_LIVE.values()):
         submitted.cancel()
+        if tracking.get_run(submitted.run_id).info.status in ("RUNNING", "FAILED"):  # the process did not say KILLED
+            MlflowClient().set_terminated(submitted.run_id, "KILLED")

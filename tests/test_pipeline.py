@@ -2,6 +2,7 @@
 
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -199,3 +200,40 @@ def test_workers_share_the_cores_and_the_gpus():
                                                            "DMAT_WORKER": "0"}
     assert slots(3, cores=2, gpus=0)[0].threads == 1  # never fewer than one thread
     assert default_workers(gpus=0) == 1 and default_workers(gpus=4) == 4
+
+
+@pytest.mark.slow
+def test_a_pipeline_stopped_by_sigterm_is_killed_as_a_whole_and_a_rerun_continues(store, project_env, tmp_path):
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "dmat", "pipeline", *TINY_PIPELINE, "--student-epochs", "30",
+            "--reuse-any-commit", "true"]
+    process = subprocess.Popen(args, env=project_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline:  # stop it while the students loop trains
+        runs = mlflow.search_runs(search_all_experiments=True)
+        if not runs.empty and ((runs["tags.dmat.role"] == "student") & (runs["status"] == "RUNNING")).any():
+            break
+        time.sleep(2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("interrupted (SIGTERM)") and "rerun the same command to continue" in last
+
+    runs = mlflow.search_runs(search_all_experiments=True).set_index("run_id")
+    [pipeline] = runs.index[runs["tags.dmat.role"] == "pipeline"]
+    under = runs[runs["tags.mlflow.parentRunId"] == pipeline]
+    assert runs.loc[pipeline, "status"] == "KILLED"
+    [loop] = under.index[under["tags.mlflow.project.entryPoint"] == "students"]
+    assert (runs.loc[loop, "status"], runs.loc[loop, "tags.dmat.role"]) == ("KILLED", "students-loop")
+    assert runs.loc[loop, "tags.mlflow.runName"] == "students-distill"
+    assert set(runs[runs["tags.mlflow.parentRunId"] == loop]["status"]) == {"KILLED"}
+    assert not (runs["status"] == "RUNNING").any()
+
+    rerun = subprocess.run(args[:args.index("--student-epochs")] + ["--reuse-any-commit", "true"], env=project_env,
+                           cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "teacher" in [line.split()[0] for line in rerun.stdout.splitlines() if "reused" in line.split()[1:2]]

@@ -35,6 +35,7 @@ from dmat.study import executor
 from dmat.study.stage import (
     PROJECT_DIR,
     STAGE_KEY,
+    STOPPING,
     PipelineResult,
     Stage,
     encoded,
@@ -75,6 +76,7 @@ def run_pipeline(config: PipelineConfig, experiment: str | None = None) -> Pipel
         if source.reuse_tags is None:
             tqdm.write(f"note: {PROJECT_DIR} has uncommitted changes, so no finished stage ran this code and none is "
                        "reused: commit them, or pass --reuse-any-commit")
+        STOPPING.clear()
         study = _Study(cfg, PipelineResult(run.info.run_id), run.info.experiment_id, source, runner)
         try:
             study.run_all()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +81,9 @@ def run_stage(stage: Stage, parameters: dict, experiment_id: str, parent_run_id:
     reuse = reuse and source.reuse_tags is not None  # uncommitted changes: no finished stage ran this code
     stage.run_id = find_finished(stage.entry_point, parameters, experiment_id, source.reuse_tags) if reuse else None
     stage.reused = stage.run_id is not None
-    if not stage.reused:
+    if not stage.reused and STOPPING.is_set():
+        stage.error = "not started: the pipeline was stopped"
+    elif not stage.reused:
         try:
             # storage_dir: MLflow makes a folder there per run (for `path` parameters, which dmat has none of),
             # else in the temp folder, where it would stay
@@ -107,6 +110,7 @@ def _tag_started(stage: Stage, parent_run_id: str, source: lineage.Source) -> No
         MlflowClient().set_tag(stage.run_id, key, value)
 
 
+STOPPING = threading.Event()  # set by stop_stages: no further stage starts in this process
 _LIVE: dict = {}  # run id -> stage process this process started and that still run: stopped with the pipeline
 
 
@@ -127,6 +131,7 @@ def _wait(submitted) -> str | None:
 
 def stop_stages() -> None:
     """Stop every stage process still running (SIGTERM: each marks its run KILLED and keeps its last checkpoint)."""
+    STOPPING.set()
     for submitted in list(_LIVE.values()):
         submitted.cancel()
         if tracking.get_run(submitted.run_id).info.status in ("RUNNING", "FAILED"):  # the process did not say KILLED

@@ -24,13 +24,13 @@ import time
 import torch
 
 from dmat import tracking
-from dmat.config import STUDENT_TRAIN, DistillConfig, parse_sizes, replace
+from dmat.config import STUDENT_TRAIN, DistillConfig, parse_sizes, with_overrides
 from dmat.data import load_splits
 from dmat.model.diffusion import DiffusionConfig, GaussianDiffusion
 from dmat.model.flops import flops_per_forward
 from dmat.model.unet import UNet, UNetConfig
 from dmat.stages.distill import train_students
-from dmat.training.distillation import DistillObjective
+from dmat.training.distillation import DistillLoss
 
 
 def timed(fn, repeats: int) -> float:
@@ -46,8 +46,8 @@ def timed(fn, repeats: int) -> float:
 
 def estimate(size: float, teacher: UNet, diffusion: GaussianDiffusion, splits, cfg, steps: int) -> dict:
     """Seconds one student of this size would train for, from timed steps."""
-    student = UNet(replace(teacher.config, size_factor=size))
-    objective = DistillObjective(diffusion, DistillConfig(size_factor=size), teacher, student.feature_channels)
+    student = UNet(with_overrides(teacher.config, size_factor=size))
+    objective = DistillLoss(diffusion, DistillConfig(size_factor=size), teacher, student.feature_channels)
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr)
     x0 = torch.stack([splits.train[i] for i in range(cfg.batch_size)])
 
@@ -118,7 +118,7 @@ def main() -> None:
     args = parser.parse_args()
 
     sizes = parse_sizes(args.sizes)
-    cfg = replace(STUDENT_TRAIN, epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
+    cfg = with_overrides(STUDENT_TRAIN, epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
                   sample_steps=args.sample_steps, num_sample_images=args.num_sample_images, device=args.device)
     if args.compare_shared:
         compare_shared(cfg, sizes, args.teacher_run_id, args.experiment, args.student_steps)

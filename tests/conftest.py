@@ -7,6 +7,8 @@ train/evaluate cycle takes seconds on a CPU.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -25,6 +27,54 @@ TINY_DIFFUSION = dict(timesteps=20)
 TINY_CLI_ARGS = [arg for cls, tiny in ((TrainConfig, TINY_TRAIN), (UNetConfig, TINY_UNET),
                                        (DiffusionConfig, TINY_DIFFUSION))
                  for arg in to_cli_args(cls(**tiny), only=tuple(tiny))]
+
+
+# ---------------------------------------------------------------- the temp folder is left as found
+# The suite (and every process it starts) writes temp files to a private folder made here, so other processes on
+# the machine cannot interfere with the check; at the end anything left in it but pytest's own tmp_path folders
+# fails the run. xdist workers inherit the folder from the controller, which alone checks it.
+_TMP_ENV = "DMAT_TEST_TMPDIR"
+# pytest's own tmp_path folders; torch's per-user compile cache, which importing torchvision.models creates and torch
+# keeps between processes on purpose (like ~/.cache): neither is a leak of dmat's
+_KEPT = ("pytest-of-", "torchinductor_")
+
+
+def _private_tmp() -> Path:
+    if not os.environ.get(_TMP_ENV):
+        os.environ[_TMP_ENV] = tempfile.mkdtemp(prefix="dmat-tests-")
+    os.environ["TMPDIR"] = os.environ[_TMP_ENV]
+    tempfile.tempdir = None  # gettempdir() caches its answer: ask again
+    assert tempfile.gettempdir() == os.environ[_TMP_ENV]
+    return Path(os.environ[_TMP_ENV])
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):
+        os.environ.pop(_TMP_ENV, None)  # a fresh folder per session, also when pytest runs inside a test
+    config._dmat_tmp = _private_tmp()
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:  # pytest -n N: the cores shared out, in this worker and the processes its tests start
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+
+
+@pytest.hookimpl(trylast=True)  # after session fixtures are torn down
+def pytest_sessionfinish(session, exitstatus):
+    config = session.config
+    if hasattr(config, "workerinput") or not hasattr(config, "_dmat_tmp"):
+        return
+    folder = config._dmat_tmp
+    left = sorted(entry.name for entry in folder.iterdir() if not entry.name.startswith(_KEPT))
+    shutil.rmtree(folder, ignore_errors=True)
+    if left:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        message = f"the suite left {len(left)} entries in the temp folder: {', '.join(left[:20])}"
+        if reporter:
+            reporter.write_line(f"FAILED: {message}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def tiny_train(**overrides) -> TrainConfig:

@@ -14,11 +14,14 @@ import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from dmat.config.metrics import METRICS, REFERENCES, grid_key, per_reference
+from dmat.config.training import PRUNED
+
 TIMESTEPS, STEPS, EPOCHS, IMAGE, TRAIN_IMAGES = 20, 10, 4, 8, 1000
 
 
 def fid_of(size: float, method: str, seed: int, init: str | None = None) -> float:
-    penalty = {"teacher": 1.0, "distill": 1.0, "scratch": 1.4}[method] * (0.8 if init == "pruned" else 1.0)
+    penalty = {"teacher": 1.0, "distill": 1.0, "scratch": 1.4}[method] * (0.8 if init == PRUNED else 1.0)
     return 5.0 + 30.0 * (1.0 - size) ** 2 * penalty + 0.3 * seed
 
 
@@ -74,7 +77,7 @@ def quality_metrics(fid: float, copy_rate: float) -> dict[str, float]:
     """The matched-N quality metrics an evaluation logs (evaluation/quality.py), against the train split."""
     headline = {"fid": fid, "fid_sd": fid / 20, "fid_floor": 2.0, "fid_floor_sd": 0.2, "kid": fid / 100,
                 "kid_sd": fid / 2000, "kid_floor": 0.01, "kid_floor_sd": 0.002}
-    return {**headline, **{f"{k}_train": v for k, v in headline.items()}, "quality_n": 32, "quality_draws": 10,
+    return {**headline, **{per_reference(k, "train"): v for k, v in headline.items()}, "quality_n": 32, "quality_draws": 10,
             "copy_rate_pixel": copy_rate, "copy_rate_feature": copy_rate, "nn_distance_pixel": 2.0,
             "nn_distance_pixel_heldout": 2.1, "nn_distance_feature": 1.0, "nn_distance_feature_heldout": 1.1}
 
@@ -87,9 +90,15 @@ def kid_at(kid: float, steps: int) -> float:
 def grid_series(kid: float, size: float, steps_grid) -> dict[str, list[tuple[int, float]]]:
     """The grid_* series an evaluation with --steps-grid logs (step = sampling steps), STEPS always in it."""
     steps = sorted({*steps_grid, STEPS})
-    return {"grid_kid": [(s, kid_at(kid, s)) for s in steps], "grid_fid": [(s, 100 * kid_at(kid, s)) for s in steps],
-            "grid_flops_per_image": [(s, s * 1e6 * size) for s in steps],
-            "grid_latency_ms_per_image": [(s, (1.0 + 4 * size) * s / STEPS) for s in steps]}
+    return {grid_key("kid"): [(s, kid_at(kid, s)) for s in steps],
+            grid_key("fid"): [(s, 100 * kid_at(kid, s)) for s in steps],
+            grid_key("flops_per_image"): [(s, s * 1e6 * size) for s in steps],
+            grid_key("latency_ms_per_image"): [(s, (1.0 + 4 * size) * s / STEPS) for s in steps]}
+
+
+def declared(name: str) -> bool:
+    """Whether a logged metric is one of dmat.config.metrics' (or its score against one real reference)."""
+    return name in METRICS or any(name == per_reference(m, r) for m in METRICS for r in REFERENCES)
 
 
 def _evaluation_run(client, exp_id, model_run_id, teacher_id, role, method, size, seed, artifacts=True,
@@ -107,6 +116,7 @@ def _evaluation_run(client, exp_id, model_run_id, teacher_id, role, method, size
                "traj_cosine_mean": 1 - gap / 10, "path_length": 3.0, "teacher_path_length": 3.0}
     if role == "teacher":  # nothing to compare the teacher with: absent, as in a real evaluation
         drop = (*drop, "final_mse", "traj_mse_mean", "traj_cosine_mean")
+    assert all(map(declared, metrics)), [m for m in metrics if not declared(m)]  # the registry's names only
     metrics = {k: v for k, v in {**metrics, **(extra or {})}.items() if k not in drop}
     histories = {"traj_mse": [(s, gap * s / STEPS) for s in range(STEPS + 1)],
                  "traj_cosine": [(s, 1 - gap * s / STEPS / 10) for s in range(STEPS + 1)],

@@ -9,14 +9,17 @@ import tarfile
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from dmat import tracking
 from dmat.cli.main import cli
-from dmat.evaluation.evaluate import evaluate_all
-from dmat.report.query import load_study
+from dmat.config.evaluation import EvalConfig
+from dmat.evaluation import pending
+from dmat.evaluation.pending import still_to_evaluate
+from dmat.report.query import LEGACY_PROBLEM, load_study
 
 ARCHIVE = Path(__file__).parent / "data" / "store-085adac.tar.gz"
 WRITTEN_AT = "/tmp/oldstore"  # where the store was written; artifact paths are absolute in sqlite
@@ -46,8 +49,14 @@ def test_old_models_load_and_count_as_evaluated(old_store):
     teacher, student = tracking.load_model(TEACHER), tracking.load_model(STUDENT)
     assert (teacher.role, student.role) == ("teacher", "student")
     assert student.model.config.size_factor == 0.5 and student.diffusion.config == teacher.diffusion.config
-    assert evaluate_all(num_samples=100, steps="4", num_trajectories=4, eps_timesteps=4, batch_size=100,
-                        device="cpu") == []
+    settings = dict(num_samples=100, steps="4", num_trajectories=4, eps_timesteps=4, batch_size=100, device="cpu")
+    # their evaluations are found and read, but their headline KID was the classifier's (no headline_space param):
+    # not like with like, so both are still to evaluate with today's headline, and with it alone
+    assert set(still_to_evaluate(**settings)) == {TEACHER, STUDENT}
+    old = [pending.settings_of(r.data.params) for r in tracking.find_runs(tracking.EVALUATION)]
+    assert old and all(dict(zip(pending.SETTINGS, s))["headline_space"] == "classifier" for s in old)
+    today = pending.settings_of(pending.wanted_settings(EvalConfig(**{**settings, "precision": "fp32"}), 4))
+    assert [s[:-1] for s in old] == [today[:-1]] * len(old)  # the same in every other setting, precision fp32
 
 
 def test_old_killed_teacher_resumes_in_its_own_run(old_store):
@@ -60,9 +69,26 @@ def test_old_killed_teacher_resumes_in_its_own_run(old_store):
 
 
 def test_old_study_appears_in_the_report(old_store):
+    """Each old model is a row of the report's tables with the values its evaluation logged: size and latency as
+    they were, its FID (from before matched sample sizes) kept apart as fid_legacy and named under problems."""
     study = load_study()
     assert set(study.evaluations.model_run_id) == {TEACHER, STUDENT}
     assert KILLED in set(study.problems.run_id)  # killed: listed as a problem, not dropped
     result = CliRunner().invoke(cli, ["report", "--all", "--out-dir", "report"])
     assert result.exit_code == 0, result.output
-    assert "0.5" in (Path(old_store.removeprefix("sqlite:///")).parent / "report" / "report.html").read_text()
+    out = Path(old_store.removeprefix("sqlite:///")).parent / "report"
+    logged = {run.data.tags[tracking.MODEL_RUN_ID]: run.data.metrics for run in tracking.find_runs(tracking.EVALUATION)}
+    summary = pd.read_csv(out / "tables" / "summary.csv").set_index("method")
+    evaluations = pd.read_csv(out / "tables" / "evaluations.csv").set_index("model_run_id")
+    html = (out / "report.html").read_text()
+    for model, method, size in ((TEACHER, "teacher", 1.0), (STUDENT, "distill", 0.5)):
+        row, metrics = summary.loc[method], logged[model]
+        assert (row.size_factor, row.n) == (size, 1)
+        assert row.num_parameters == metrics["num_parameters"]
+        assert row.latency_ms_per_image == pytest.approx(metrics["latency_ms_per_image"])
+        assert evaluations.loc[model, "fid_legacy"] == pytest.approx(metrics["fid"])
+        assert pd.isna(row.fid) and pd.isna(evaluations.loc[model, "fid"])  # never mixed with matched-N FIDs
+        assert f"{metrics['num_parameters']:,.0f}" in html  # the summary table shows its size
+        assert LEGACY_PROBLEM.format(model=model) in html
+    problems = pd.read_csv(out / "tables" / "problems.csv").set_index("run_id")
+    assert problems.loc[KILLED, "problem"] == "killed"

@@ -39,12 +39,26 @@ def test_digits_default_is_16px_in_range_with_a_fixed_disjoint_split():
     assert splits.image_size == 16 and splits.channels == 1
     x = splits.train[0]
     assert x.shape == (1, 16, 16) and x.min() >= -1 and x.max() <= 1
-    assert len(splits.train) + len(splits.val) == 1797
+    assert len(splits.train) + len(splits.val) == 1797 - 400  # a fixed 40 of each digit held out
     assert not set(splits.train.indices) & set(splits.val.indices)
     again = load_splits(TrainConfig(seed=5))  # the training seed does not move the held-out split
     assert again.val.indices == splits.val.indices
     other = load_splits(TrainConfig(split_seed=1))
     assert other.val.indices != splits.val.indices
+
+
+def test_digits_hold_out_a_fixed_seeded_part_that_no_model_and_no_extractor_trains_on():
+    from dmat.evaluation.features import labelled_dataset
+
+    held_out, train = load_held_out("digits", 16), load_dataset("digits", 16)
+    assert (len(held_out), len(train)) == (400, 1397)
+    assert torch.bincount(held_out.base.tensors[1]).tolist() == [40] * 10
+    assert torch.equal(load_held_out("digits", 16).base.tensors[0], held_out.base.tensors[0])  # fixed
+    seen = {tuple(x.flatten().tolist()) for x in train.base.tensors[0]}
+    unseen = [tuple(x.flatten().tolist()) for x in held_out.base.tensors[0]]
+    assert sum(x in seen for x in unseen) <= 2  # disjoint (the bundled set repeats a digit or two verbatim)
+    assert len(labelled_dataset("digits", 16)) == 1397  # the feature extractor's data: the held-out part left out
+    assert len(load_dataset("digits", 16, with_held_out=True)) == 1797  # what models trained on before
 
 
 def _write_idx(path, array: np.ndarray, gz: bool = False):

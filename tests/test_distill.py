@@ -20,7 +20,7 @@ from dmat.data import load_splits
 from dmat.errors import DmatError
 from dmat.model.unet import UNet, UNetConfig
 from dmat.stages.distill import resolve_teacher, train_student, train_students
-from dmat.training.distillation import DistillObjective, TeacherPass
+from dmat.training.distillation import DistillLoss, TeacherPass
 from dmat.training.loop import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,10 +125,10 @@ def test_kd_only_brings_the_student_closer_to_the_teacher(study, teacher_run_id)
 def test_feature_kd_trains_its_projections_with_the_student(study, teacher_run_id):
     teacher = tracking.load_model(teacher_run_id)
     same_width = UNet(teacher.model.config)
-    assert DistillObjective(teacher.diffusion, DistillConfig(feature_weight=1.0), teacher.model,
+    assert DistillLoss(teacher.diffusion, DistillConfig(feature_weight=1.0), teacher.model,
                             same_width.feature_channels).trainable_parameters() == []  # widths equal: no projection
     student = UNet(dataclasses.replace(teacher.model.config, size_factor=0.5))
-    objective = DistillObjective(teacher.diffusion, DistillConfig(size_factor=0.5, feature_weight=1.0),
+    objective = DistillLoss(teacher.diffusion, DistillConfig(size_factor=0.5, feature_weight=1.0),
                                  teacher.model, student.feature_channels)
     initial = [p.detach().clone() for p in objective.trainable_parameters()]
     assert initial
@@ -144,7 +144,7 @@ def test_feature_kd_trains_its_projections_with_the_student(study, teacher_run_i
 
 def test_scratch_student_has_no_teacher_terms(study, teacher_run_id):
     teacher = tracking.load_model(teacher_run_id)
-    objective = DistillObjective(teacher.diffusion, DistillConfig(method="scratch", feature_weight=1.0), teacher.model,
+    objective = DistillLoss(teacher.diffusion, DistillConfig(method="scratch", feature_weight=1.0), teacher.model,
                                  [4, 4, 4])
     assert objective.teacher is None and objective.trainable_parameters() == []
     loss, parts = objective.loss(UNet(dataclasses.replace(teacher.model.config, size_factor=0.5)),
@@ -243,9 +243,10 @@ def test_a_failed_size_is_reported_and_the_others_still_run(study, teacher_run_i
 
 
 @pytest.mark.slow
-def test_mlflow_run_distill_makes_a_student_of_the_teacher(study, teacher_run_id, project_env):
+def test_mlflow_run_distill_makes_a_student_of_the_teacher(study, teacher_run_id, project_env, tmp_path):
     env = {**project_env, "MLFLOW_EXPERIMENT_NAME": EXPERIMENT}
-    cmd = ["mlflow", "run", str(ROOT), "-e", "distill", "--env-manager", "local", "-P", "size_factor=0.4",
+    cmd = ["mlflow", "run", str(ROOT), "-e", "distill", "--env-manager", "local", "--storage-dir", str(tmp_path),
+           "-P", "size_factor=0.4",
            "-P", f"teacher_run_id={teacher_run_id}", "-P", "image_size=8", "-P", "epochs=2", "-P", "batch_size=128",
            "-P", "sample_steps=4", "-P", "num_sample_images=4", "-P", "student_steps=4", "-P", "device=cpu"]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -11,14 +11,14 @@ from conftest import _end_active_runs, _point_at, tiny_diffusion, tiny_unet
 from dmat.config.evaluation import EvalConfig
 from dmat.data import load_dataset
 from dmat.errors import DmatError
-from dmat.evaluation import cost, features, memorisation, quality, trajectories
+from dmat.evaluation import features, memorisation, quality, timing, trajectories
 from dmat.model.diffusion import GaussianDiffusion, sample
 from dmat.model.unet import UNet
 
 
 @pytest.fixture(scope="module")
 def digits8() -> torch.Tensor:
-    ds = load_dataset("digits", 8)
+    ds = load_dataset("digits", 8, with_held_out=True)  # all 1,797: a pool the tests split themselves
     return torch.stack([ds[i] for i in range(len(ds))])
 
 
@@ -191,10 +191,27 @@ def test_eps_errors_against_itself_are_zero_and_against_true_noise_positive(digi
 
 
 def test_cost_timing_and_memory_are_measured():
-    calls = []
-    seconds = cost.median_seconds(lambda: calls.append(sum(range(10000))), torch.device("cpu"), repeats=3, warmup=2)
-    assert len(calls) == 5 and seconds > 0
-    assert cost.peak_memory_mb(torch.device("cpu")) > 10
+    """The median of known sleeps, the warm-up left out; the peak memory of a fresh process grows by a known
+    allocation (a process of its own: this one's peak may already lie above anything the test allocates)."""
+    import shlex
+    import subprocess
+    import sys
+    import time
+
+    naps = iter([0.3, 0.02, 0.03, 0.08])  # a slow first (warm-up) call, then three timed ones: median 0.03 s
+
+    def nap():
+        time.sleep(next(naps))
+
+    seconds = timing.median_seconds(nap, torch.device("cpu"), repeats=3, warmup=1)
+    assert 0.03 <= seconds < 0.05  # with the warm-up timed too, the median would be 0.055 s
+    code = ("import torch; from dmat.evaluation import timing; cpu = torch.device('cpu'); "
+            "before = timing.peak_memory_mb(cpu); x = torch.ones(256 * 2**20 // 4); "
+            "print(timing.peak_memory_mb(cpu) - before)")
+    # started by a shell that forks it: a process exec'd straight from this one would inherit this one's peak
+    grown = subprocess.run(["sh", "-c", f"{shlex.join([sys.executable, '-c', code])}; exit $?"], capture_output=True,
+                           text=True, check=True)
+    assert 240 <= float(grown.stdout.split()[-1]) < 400  # 256 MiB of float32 ones, touched
 
 
 @pytest.mark.parametrize("bad, message", [

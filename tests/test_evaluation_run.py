@@ -95,11 +95,15 @@ def test_student_evaluation_logs_the_contract(in_store):
     assert {k: params[k] for k in ("sampler", "steps", "num_samples", "features", "seed")} == {
         "sampler": "ddim", "steps": "4", "num_samples": "80", "features": "classifier", "seed": "0"}
     assert set(SINGLE + VS_TEACHER) <= set(metrics)
-    assert not {m for m in metrics if m.endswith("_heldout") and not m.startswith("nn_distance")}  # digits: no test set
-    # digits has no held-out split: the train split is the reference, N = 80 generated vs 80 real, 10 draws
-    assert params["reference"] == "train" and params["real_data"].startswith("train split")
+    # digits' fixed held-out 400 (never trained on by a model or the extractor) is the reference, N = 80 a side
+    assert params["reference"] == "heldout" and params["real_data"] == "held-out split (400 images)"
     assert (metrics["quality_n"], metrics["quality_draws"], params["floor_draws"]) == (80, 10, "10")
-    assert all(metrics[m] == metrics[f"{m}_train"] for m in MATCHED)
+    assert all(metrics[m] == metrics[f"{m}_heldout"] for m in MATCHED)
+    # two feature spaces, each under its name; the headline (plain names) is the random CNN's
+    assert params["headline_space"] == "randcnn"
+    assert all(metrics[m] == metrics[m.replace(m[:3], m[:3] + "_randcnn", 1)] for m in MATCHED)
+    assert {f"{m[:3]}_classifier{m[3:]}{ref}" for m in MATCHED for ref in ("", "_train", "_heldout")} <= set(metrics)
+    assert metrics["kid_classifier"] != metrics["kid"]
     assert metrics["fid"] > metrics["fid_floor"] + 2 * metrics["fid_floor_sd"] > 0  # random weights: far off
     assert metrics["kid"] > metrics["kid_floor"] + 2 * metrics["kid_floor_sd"]
     assert 0 <= metrics["copy_rate_pixel"] <= 1 and metrics["nn_distance_pixel"] > 0
@@ -237,10 +241,11 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_mlflow_run_evaluate_entry_point(in_store, project_env):
+def test_mlflow_run_evaluate_entry_point(in_store, project_env, tmp_path):
     import subprocess
 
     cmd = ["mlflow", "run", str(ROOT), "-e", "evaluate", "--env-manager", "local", "--experiment-name", "e2e-eval",
+           "--storage-dir", str(tmp_path),
            "-P", f"run_id={in_store['student']}", "-P", "num_samples=80", "-P", "steps=student", "-P", "batch_size=40",
            "-P", "device=cpu"]
     env = {**project_env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

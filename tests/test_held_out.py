@@ -46,7 +46,7 @@ def test_mnist5k_is_the_real_file_of_the_installed_package_with_its_fixed_split(
     assert (len(splits.train), len(splits.val), splits.image_size) == (3600, 400, 28)
     labelled = labelled_dataset("mnist5k", 28)  # the feature extractor's labels, in the same order
     assert len(labelled) == 4000 and torch.equal(labelled[0][0], x) and int(labelled[0][1]) == int(first_row[-1])
-    assert load_held_out("digits", 16) is None and load_held_out("folder:/nowhere", 32) is None  # none to hold out
+    assert load_held_out("folder:/nowhere", 32) is None  # an image folder has none to hold out (digits: test_data.py)
 
 
 @pytest.mark.slow
@@ -69,3 +69,20 @@ def test_a_tiny_teacher_trains_on_mnist5k_and_is_evaluated_against_its_held_out_
     for name in ("kid", "fid", "kid_floor", "fid_floor_sd"):
         assert metrics[name] == metrics[f"{name}_heldout"] and f"{name}_train" in metrics
     assert 0 <= metrics["copy_rate_pixel"] <= 1 and metrics["nn_distance_pixel_heldout"] > 0
+
+
+def test_a_digits_model_trained_before_the_held_out_split_is_scored_against_its_own_train_split(store):
+    from types import SimpleNamespace
+
+    from dmat import tracking
+    from dmat.evaluation.real_data import trained_before_held_out
+    from dmat.tracking import lineage
+
+    cfg = TrainConfig(image_size=8)
+    today = load_splits(cfg)
+    for with_held_out, expected in ((True, True), (False, False)):
+        with tracking.tracked_run("model", {tracking.ROLE: "teacher", tracking.DATASET: "digits"}) as run:
+            lineage.log_training_data(cfg, load_splits(cfg, with_held_out=with_held_out))
+        loaded = SimpleNamespace(run_id=run.info.run_id, tags={tracking.DATASET: "digits"})
+        assert trained_before_held_out(loaded, len(today.train)) is expected
+    assert len(load_splits(cfg, with_held_out=True).train) == 1617  # 90% of all 1,797: what it trained on

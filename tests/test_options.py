@@ -10,7 +10,7 @@ from mlflow.projects import _project_spec
 
 from dmat import tracking
 from dmat.cli.main import cli
-from dmat.config import STUDENT_TRAIN, SweepConfig, TrainConfig, replace
+from dmat.config import STUDENT_TRAIN, SweepConfig, TrainConfig, with_overrides
 from dmat.config.evaluation import EvalConfig
 from dmat.config.options import ARCHITECTURE_FIELDS, COMMANDS, pick, render_mlproject, to_cli_args
 from dmat.model.diffusion import DiffusionConfig
@@ -83,7 +83,7 @@ def test_to_cli_args_round_trips_a_sweep_config_and_its_bool(multi_objective):
     args = to_cli_args(cfg)
     assert args[args.index("--multi-objective") + 1] == str(multi_objective).lower()
     # over a base with the other value, so "false" must be read as false, not as not given
-    assert pick(SweepConfig, parse("sweep", args), replace(cfg, multi_objective=not multi_objective)) == cfg
+    assert pick(SweepConfig, parse("sweep", args), with_overrides(cfg, multi_objective=not multi_objective)) == cfg
 
 
 def test_a_bool_option_alone_means_true():
@@ -98,7 +98,7 @@ def test_sweep_workers_get_the_studys_own_settings():
     assert command[1:4] == ["-m", "dmat", "sweep"]
     params = parse("sweep", command[4:])
     assert (params["worker_of"], params["worker_index"], params["experiment"]) == ("parent", 2, "exp")
-    assert pick(SweepConfig, params) == replace(cfg, n_trials=4, workers=1)
+    assert pick(SweepConfig, params) == with_overrides(cfg, n_trials=4, workers=1)
 
 
 def test_one_worker_sweeps_reproducibly_and_workers_sample_differently():

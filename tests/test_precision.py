@@ -11,7 +11,7 @@ from dmat.data import load_splits
 from dmat.errors import DmatError
 from dmat.model.diffusion import GaussianDiffusion, sample_from_seed
 from dmat.model.unet import UNet
-from dmat.training.loop import DiffusionObjective, fit
+from dmat.training.loop import DiffusionLoss, fit
 
 CPU = torch.device("cpu")
 
@@ -40,7 +40,7 @@ def _dtypes_seen(precision: str) -> tuple[list, object]:
     model = UNet(tiny_unet(image_size=8))
     seen = []
     model.stem.register_forward_hook(lambda module, args, out: seen.append((module.training, out.dtype)))
-    result = fit(model, diffusion, DiffusionObjective(diffusion), load_splits(cfg), cfg, CPU)
+    result = fit(model, diffusion, DiffusionLoss(diffusion), load_splits(cfg), cfg, CPU)
     return seen, result
 
 

@@ -24,7 +24,7 @@ from dmat.model.diffusion import GaussianDiffusion
 from dmat.model.unet import UNet
 from dmat.stages.model_run import ModelPlan, train_model
 from dmat.stages.teacher import train_teacher
-from dmat.training.loop import DiffusionObjective
+from dmat.training.loop import DiffusionLoss
 
 EPOCHS = 6
 
@@ -152,7 +152,7 @@ class NanAfter:
     """The DDPM loss until `good_steps` training steps have run, then NaN (as a diverging run gives)."""
 
     def __init__(self, diffusion: GaussianDiffusion, good_steps: int):
-        self.inner, self.good_steps, self.steps = DiffusionObjective(diffusion), good_steps, 0
+        self.inner, self.good_steps, self.steps = DiffusionLoss(diffusion), good_steps, 0
 
     def loss(self, model, x0, generator=None):
         loss, parts = self.inner.loss(model, x0, generator)

@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from dmat.model.diffusion import GaussianDiffusion
 from dmat.model.unet import UNet
 from dmat.stages.model_run import ModelPlan, model_params, train_model
 from dmat.stages.teacher import train_teacher
-from dmat.training.loop import DiffusionObjective, _TrainingState, fit
+from dmat.training.loop import DiffusionLoss, TrainingState, fit
 
 
 def runs_in_store() -> list:
@@ -59,7 +58,7 @@ def one_line_error(result, *fragments: str, exit_code: int = 2) -> None:
         assert fragment in lines[0], lines[0]
 
 
-class CallsBack(DiffusionObjective):
+class CallsBack(DiffusionLoss):
     """The DDPM loss that calls `action()` on training-mode call number `at` (call 1 is the smoke check
     that runs before the MLflow run exists; with 4 steps per epoch, call 2 + 4k starts epoch k+1)."""
 
@@ -122,14 +121,24 @@ def test_ctrl_c_in_the_first_epoch_says_there_is_nothing_to_resume(store):
 
 
 def test_the_cli_prints_what_became_of_an_interrupted_run_and_the_resume_command(store, monkeypatch):
-    def interrupted(*args, **kwargs):
-        exc = KeyboardInterrupt()
-        exc.__notes__ = ["run abc is KILLED with checkpoints/last.pt at epoch 3: resume with `dmat teacher --resume abc`"]
-        raise exc
+    """Ctrl-C during a real training run, after epoch 2 was saved: the line names the run the store holds as KILLED,
+    the epoch its last.pt holds and the command that resumes it."""
+    from dmat.tracking.recorder import MlflowRecorder
 
-    monkeypatch.setattr("dmat.stages.teacher.train_teacher", interrupted)
-    result = CliRunner().invoke(cli, ["teacher", *TINY_CLI_ARGS])
-    one_line_error(result, "interrupted (SIGINT): run abc is KILLED", "`dmat teacher --resume abc`", exit_code=130)
+    log_epoch = MlflowRecorder.on_epoch
+
+    def interrupted_in_epoch_2(self, epoch, metrics):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        log_epoch(self, epoch, metrics)
+
+    monkeypatch.setattr(MlflowRecorder, "on_epoch", interrupted_in_epoch_2)
+    result = CliRunner().invoke(cli, ["teacher", *TINY_CLI_ARGS, "--epochs", "3"])
+    [run] = runs_in_store()
+    assert (run.data.tags[tracking.ROLE], run.info.status) == (tracking.TEACHER, "KILLED")
+    one_line_error(result, f"interrupted (SIGINT): run {run.info.run_id} is KILLED with checkpoints/last.pt at epoch 2",
+                   f"`dmat teacher --resume {run.info.run_id}`", exit_code=130)
+    assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val_loss")] == [1]  # 2 was cut short
 
 
 def test_an_unexpected_error_is_one_line_naming_a_log_with_the_traceback(store, monkeypatch):
@@ -292,62 +301,62 @@ def test_a_full_disk_mid_run_fails_the_run_in_one_line_and_it_resumes(store, mon
     assert [m.step for m in MlflowClient().get_metric_history(run_id, "val_loss")] == [1, 2]
 
 
-def as_another_user() -> list[str]:
-    """A command prefix that drops root (file permissions do not bind root); nothing when not root."""
+def read_only(folder: Path) -> list[str]:
+    """A command prefix under which `folder` cannot be written. Permission bits bind a user other than root, so
+    the test's chmod is enough: nothing. Root ignores them: a private read-only bind mount of `folder` (wherever
+    the checkout lives), or a skip that says why."""
     if os.geteuid() != 0:
         return []
-    if not shutil.which("setpriv"):
-        pytest.skip("running as root without setpriv: cannot drop to a user that permissions bind")
-    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    script = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && exec "$@"'
+    prefix = ["unshare", "--mount", "sh", "-c", script, str(folder)]
+    probe = subprocess.run([*prefix, "sh", "-c", 'touch "$0/.probe"', str(folder)], capture_output=True) \
+        if shutil.which("unshare") else None
+    if probe is None or probe.returncode == 0 or (folder / ".probe").exists():
+        (folder / ".probe").unlink(missing_ok=True)
+        pytest.skip("running as root, whom file permissions do not bind, and no read-only bind mount "
+                    "(unshare --mount; mount -o remount,ro,bind) can be made here")
+    return prefix
 
 
 @pytest.fixture
-def shared_tmp():
-    """A folder another user can reach (pytest's tmp_path is private to its owner)."""
-    folder = Path(tempfile.mkdtemp(prefix="dmat-ro-"))
-    folder.chmod(0o755)
-    yield folder
-    subprocess.run(["chmod", "-R", "u+w", str(folder)], check=False)
-    shutil.rmtree(folder, ignore_errors=True)
+def writable_again(tmp_path):
+    """tmp_path, made writable again after the test so that it can be removed."""
+    yield tmp_path
+    subprocess.run(["chmod", "-R", "u+w", str(tmp_path)], check=False)
 
 
-def dmat_as_other_user(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+def dmat_in_read_only(cwd: Path, folder: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    home = cwd.parent / "home"
-    home.mkdir(mode=0o777, exist_ok=True)
-    home.chmod(0o777)
-    env.update(MLFLOW_TRACKING_URI="sqlite:///mlflow.db", HOME=str(home),
-               PYTHONPATH=str(Path(dmat.__file__).parents[1]))  # the dmat under test
-    return subprocess.run([*as_another_user(), sys.executable, "-m", "dmat", *args], cwd=cwd, env=env,
+    env.update(MLFLOW_TRACKING_URI="sqlite:///mlflow.db", PYTHONPATH=str(Path(dmat.__file__).parents[1]))
+    return subprocess.run([*read_only(folder), sys.executable, "-m", "dmat", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.slow
-def test_a_store_in_a_read_only_folder_is_one_line_at_once(shared_tmp):
-    folder = shared_tmp / "readonly"
+def test_a_store_in_a_read_only_folder_is_one_line_at_once(writable_again):
+    folder = writable_again / "readonly"
     folder.mkdir(mode=0o555)
     start = time.monotonic()
-    proc = dmat_as_other_user(folder, "teacher", *TINY_CLI_ARGS)
+    proc = dmat_in_read_only(folder, folder, "teacher", *TINY_CLI_ARGS)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "tracking store sqlite:///mlflow.db cannot be created" in proc.stderr and "not writable" in proc.stderr
     assert time.monotonic() - start < 60 and os.listdir(folder) == []
 
 
 @pytest.mark.slow
-def test_a_read_only_store_is_one_line_before_training_and_before_the_report_writes(shared_tmp):
-    folder = shared_tmp / "store"
+def test_a_read_only_store_is_one_line_before_training_and_before_the_report_writes(writable_again):
+    folder = writable_again / "store"
     folder.mkdir()
     uri = f"sqlite:///{folder}/mlflow.db"
     subprocess.run([sys.executable, "-c", "import mlflow; mlflow.set_experiment('dmat')"], check=True,
                    capture_output=True, timeout=120, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
     subprocess.run(["chmod", "-R", "a-w", str(folder)], check=True)
-    (shared_tmp / "out").mkdir(mode=0o777)
-    (shared_tmp / "out").chmod(0o777)
-    for args in (["teacher", *TINY_CLI_ARGS], ["report", "--out-dir", str(shared_tmp / "out" / "report")]):
-        proc = dmat_as_other_user(folder, *args)
+    (writable_again / "out").mkdir()
+    for args in (["teacher", *TINY_CLI_ARGS], ["report", "--out-dir", str(writable_again / "out" / "report")]):
+        proc = dmat_in_read_only(folder, folder, *args)
         assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
         assert "cannot be written (attempt to write a readonly database)" in proc.stderr
-    assert not (shared_tmp / "out" / "report").exists()
+    assert not (writable_again / "out" / "report").exists()
 
 
 # ---------------------------------------------------------------- options and the smoke check
@@ -371,7 +380,7 @@ def test_bad_options_are_one_line_and_no_run(store, args, message):
     assert runs_in_store() == []
 
 
-class NonFinite(DiffusionObjective):
+class NonFinite(DiffusionLoss):
     def loss(self, model, x0, generator=None):
         loss, parts = super().loss(model, x0, generator)
         return loss * float("nan"), parts
@@ -431,7 +440,7 @@ def gradient_of_one_step(micro_batch: int) -> torch.Tensor:
     """The (clipped) gradient the optimizer steps with, on one batch of 100 taken in micro-batches."""
     torch.manual_seed(0)
     model = UNet(tiny_unet(image_size=8))
-    state = _TrainingState(model, GaussianDiffusion(tiny_diffusion()), SquaredError(), CFG, micro_batch)
+    state = TrainingState(model, GaussianDiffusion(tiny_diffusion()), SquaredError(), CFG, micro_batch)
     seen = []
     state.optimizer.step = lambda: seen.extend(p.grad.flatten().clone() for p in state.trainable)
     state.step(model, torch.stack([small_splits().train[i] for i in range(100)]))

@@ -9,7 +9,7 @@ from conftest import tiny_train
 from dmat import tracking
 from dmat.cli.main import cli
 from dmat.report import build_report
-from dmat.report.speed import TABLE, speed_sentences
+from dmat.report.speed import speed_sentences
 from dmat.stages.distill import train_student
 
 
@@ -26,7 +26,7 @@ def test_every_model_is_timed_at_every_batch_size_in_one_cost_run(study, teacher
     run = mlflow.get_run(run_id)
     assert run.data.tags[tracking.ROLE] == tracking.COST
     assert run.data.params["resolved.precision"] in ("fp32", "bf16")
-    rows = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/{TABLE}")["rows"]
+    rows = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/{tracking.SIDE_BY_SIDE_TABLE}")["rows"]
     runs = tracking.find_runs(None, experiment_ids=[run.info.experiment_id])  # the experiment's own models, only
     models = {r.info.run_id for r in runs if r.data.tags[tracking.ROLE] in tracking.MODEL_ROLES}
     assert {(r["run_id"], r["batch_size"]) for r in rows} == {(m, b) for m in models for b in (1, 8)}

@@ -103,14 +103,14 @@ def test_the_pruner_compares_a_loss_that_the_trials_weights_do_not_scale():
     from dmat.model.diffusion import GaussianDiffusion
     from dmat.model.unet import UNet
     from dmat.study.sweep import pruning_loss
-    from dmat.training.distillation import DistillObjective
+    from dmat.training.distillation import DistillLoss
 
     torch.manual_seed(0)
     teacher, student = UNet(tiny_unet()), UNet(tiny_unet(size_factor=0.5))
     diffusion, x0 = GaussianDiffusion(tiny_diffusion()), torch.rand(16, 1, 8, 8) * 2 - 1
     seen = []
     for weights in (dict(kd_weight=0.1, task_weight=0.0), dict(kd_weight=2.0, task_weight=2.0, feature_weight=1.0)):
-        objective = DistillObjective(diffusion, DistillConfig(**weights), teacher, student.feature_channels)
+        objective = DistillLoss(diffusion, DistillConfig(**weights), teacher, student.feature_channels)
         total, parts = objective.loss(student, x0, torch.Generator().manual_seed(1))
         seen.append((total.item(), pruning_loss({"val_loss": total.item(), "val_task_loss": parts["task_loss"]})))
     (total_a, pruned_a), (total_b, pruned_b) = seen
@@ -155,13 +155,13 @@ def test_a_pruned_trial_stops_training_is_tagged_and_never_evaluated(study, teac
 
     # the pruned student stopped after epoch 1 of its 2, says so, and was never evaluated
     student = by_trial[1]
-    assert student.data.tags[tracking.PRUNED] == "epoch 1"
+    assert student.data.tags[tracking.STOPPED_BY_PRUNER] == "epoch 1"
     assert student.data.params["epochs"] == "2" and student.data.metrics["epochs_run"] == 1
     assert student.data.metrics["val_task_loss"] == pytest.approx(pruned.intermediate_values[1])  # not val_loss
     assert student.data.tags[tracking.PARENT_RUN_ID] == parent.info.run_id
     assert evaluations_of(student.info.run_id) == []
     # the complete trial was evaluated and is the study's best
-    assert tracking.PRUNED not in by_trial[0].data.tags
+    assert tracking.STOPPED_BY_PRUNER not in by_trial[0].data.tags
     [evaluation] = evaluations_of(by_trial[0].info.run_id)
     assert evaluation.info.run_id == done.user_attrs["evaluation_run_id"]
     assert evaluation.data.metrics["fid"] == pytest.approx(done.value)
@@ -187,7 +187,7 @@ def test_multi_objective_pareto_front_is_optunas_best_trials(study, teacher_run_
     assert [t.state.name for t in result.trials] == ["COMPLETE", "COMPLETE"]
     parent, students = sweep_runs("pareto")
     assert sorted(int(run.data.tags[tracking.TRIAL]) for run in students) == [0, 1]
-    assert not [run for run in students if tracking.PRUNED in run.data.tags]  # multi-objective studies never prune
+    assert not [run for run in students if tracking.STOPPED_BY_PRUNER in run.data.tags]  # multi-objective studies never prune
     # each trial's (FID, parameters) are its evaluation run's metrics
     measured = {}
     for trial in result.trials:

@@ -97,6 +97,7 @@ def test_unreachable_tracking_server_is_one_line_and_writes_nothing(store, monke
 @pytest.mark.slow
 def test_mlflow_run_teacher_entry_point(store, project_env, tmp_path):
     cmd = ["mlflow", "run", str(ROOT), "-e", "teacher", "--env-manager", "local", "--experiment-name", "e2e",
+           "--storage-dir", str(tmp_path),
            "-P", "epochs=2", "-P", "image_size=8", "-P", "base_channels=8", "-P", "timesteps=20",
            "-P", "sample_steps=2", "-P", "device=cpu", "-P", "batch_size=256"]
     proc = subprocess.run(cmd, env=project_env, cwd=tmp_path, capture_output=True, text=True, timeout=600)

@@ -11,10 +11,10 @@ from torch.utils.data import Subset
 from dmat.data import DataSplits, load_splits
 from dmat.model.diffusion import GaussianDiffusion
 from dmat.model.unet import UNet
-from dmat.training.loop import DiffusionObjective, Job, fit, fit_together
+from dmat.training.loop import DiffusionLoss, Job, fit, fit_together
 
 
-class WorseningValidation(DiffusionObjective):
+class WorseningValidation(DiffusionLoss):
     """Trains on the DDPM loss, but each validation pass scores worse than the one before."""
 
     validations = 0
@@ -37,7 +37,7 @@ def _fit(objective_cls, recorder=None, **train):
 
 def test_fit_needs_no_mlflow_run_and_reports_every_epoch_to_its_recorder(store):
     recorder = MemoryRecorder()
-    result = _fit(DiffusionObjective, recorder, epochs=3, save_interval=2)
+    result = _fit(DiffusionLoss, recorder, epochs=3, save_interval=2)
     assert mlflow.active_run() is None and mlflow.search_runs(search_all_experiments=True).empty
     assert sorted(recorder.metrics) == [1, 2, 3]
     assert {"train_loss", "val_loss", "val_task_loss", "epoch_seconds"} <= set(recorder.metrics[3])
@@ -104,10 +104,10 @@ def test_models_trained_together_get_exactly_what_they_get_alone():
     alone = []
     for model in _models():
         recorder = MemoryRecorder()
-        alone.append((recorder, fit(model, diffusion, DiffusionObjective(diffusion), splits, cfg, torch.device("cpu"),
+        alone.append((recorder, fit(model, diffusion, DiffusionLoss(diffusion), splits, cfg, torch.device("cpu"),
                                     recorder)))
     recorders = [MemoryRecorder(), MemoryRecorder()]
-    jobs = [Job(model, diffusion, DiffusionObjective(diffusion), recorder)
+    jobs = [Job(model, diffusion, DiffusionLoss(diffusion), recorder)
             for model, recorder in zip(_models(), recorders)]
     together = fit_together(jobs, splits, cfg, torch.device("cpu"))
     for (recorder_alone, result_alone), recorder, result in zip(alone, recorders, together):
@@ -120,7 +120,7 @@ def test_models_trained_together_get_exactly_what_they_get_alone():
         assert recorder.summary == recorder_alone.summary
 
 
-class FailsAtStep(DiffusionObjective):
+class FailsAtStep(DiffusionLoss):
     """The DDPM loss until training step `at`, then an error (as a store or device failure would raise)."""
 
     def __init__(self, diffusion, at: int):
@@ -140,7 +140,7 @@ def test_in_a_shared_loop_a_failing_or_stopping_model_drops_out_and_the_others_g
     diffusion, splits = GaussianDiffusion(tiny_diffusion()), _small(cfg)
     steps_per_epoch = -(-len(splits.train) // cfg.batch_size)
     objectives = [FailsAtStep(diffusion, at=steps_per_epoch + 2), WorseningValidation(diffusion),
-                  DiffusionObjective(diffusion)]
+                  DiffusionLoss(diffusion)]
     recorders = [MemoryRecorder() for _ in objectives]
     models = [UNet(tiny_unet(image_size=8)) for _ in objectives]
     results = fit_together([Job(m, diffusion, o, r) for m, o, r in zip(models, objectives, recorders)], splits, cfg,

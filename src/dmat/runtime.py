@@ -25,6 +25,15 @@ def check_precision(name: str) -> str:
     return name
 
 
+COMPILES = ("auto", "on", "off")  # torch.compile the training step; auto: measured (dmat.training.autotune)
+
+
+def check_compile(name: str) -> str:
+    if name not in COMPILES:
+        raise DmatError(f"compile must be {', '.join(COMPILES)}, got {name!r}")
+    return name
+
+
 def resolve_device(name: str) -> torch.device:
     """CUDA > MPS > CPU when `name` is "auto"; otherwise exactly the device asked for, if this machine has it."""
     if name == "auto":

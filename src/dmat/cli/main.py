@@ -10,6 +10,7 @@ holds the full traceback (exit status 1): dmat.cli.errors.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import click
 
@@ -33,9 +34,18 @@ resume_option = click.option("--resume", default=None, metavar="RUN_ID",
                              help="continue this KILLED or FAILED run from its last checkpoint, with its own options")
 
 
+# A tracking server that stops for good: MLflow's own defaults retry each request for about 20 minutes (7 retries,
+# backoff factor 2, 120 s timeout) while the run looks alive. dmat gives up within about a minute, in this process and
+# the stage processes it starts; a value the user set is kept.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 def cli():
     """dmat: how does model size change the quality, cost and behaviour of a diffusion model?"""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
 
 
 @cli.command()
@@ -217,7 +227,7 @@ def runs(stale, stale_minutes, mark_killed):
     found = stale_runs.running_runs(stale_runs.STALE_MINUTES if stale_minutes is None else stale_minutes)
     found = [r for r in found if r.reason] if stale else found
     for r in found:
-        click.echo(f"{r.run_id}  {r.role:<10} {r.name:<36} {r.reason or 'running'}")
+        click.echo(f"{r.run_id}  {r.role:<10} {r.name:<36} {r.where:<24} {r.reason or 'running'}")
     if mark_killed:
         stale_runs.mark_killed(found)
         for r in found:

@@ -18,7 +18,7 @@ from dmat.config.training import (
                                   flat_params,
                                   parse_size_factor,
                                   parse_sizes,
-                                  replace,
+                                  with_overrides,
 )
 from dmat.runtime import PRECISIONS, check_precision
 
@@ -26,4 +26,4 @@ __all__ = ["DATASET_PRESETS", "DatasetPreset", "dataset_kind", "preset_for", "PR
            "EvalConfig", "check_precision", "STUDENT_BUDGETS", "CostConfig", "PipelineConfig", "SweepConfig",
            "DEFAULT_SIZE_FACTORS", "INITS", "MAX_SIZE_FACTOR", "METHODS", "MIN_SIZE_FACTOR", "PRUNE_IMPORTANCES",
            "STUDENT_TRAIN", "DistillConfig", "TrainConfig", "flat_params", "parse_size_factor", "parse_sizes",
-           "replace"]
+           "with_overrides"]

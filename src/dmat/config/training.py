@@ -8,9 +8,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from dmat.config.datasets import preset_for
+from dmat.config.datasets import absolute_dataset, preset_for
 from dmat.errors import DmatError
-from dmat.runtime import check_precision
+from dmat.runtime import check_compile, check_precision
 
 # The prototype's student sizes; `make students` trains these unless SIZES overrides them.
 DEFAULT_SIZE_FACTORS: tuple[float, ...] = (0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
@@ -35,7 +35,8 @@ class TrainConfig:
     early_stopping_patience: int = 10
     save_interval: int = 5
     device: str = "auto"
-    precision: str = "auto"  # "fp32", "bf16" (autocast), or "auto": bf16 where the hardware has it (runtime.py)
+    precision: str = "auto"  # "fp32", "bf16" (autocast), or "auto": the faster, measured (training/autotune.py)
+    compile: str = "auto"  # torch.compile the training step: "on", "off", or "auto": measured where it may pay (CUDA)
     num_workers: int = 0
     # sampling used for the sample grid logged at the end of training (at most the model's timesteps)
     sample_steps: int = 50
@@ -51,6 +52,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         preset_for(self.dataset)
+        self.dataset = absolute_dataset(self.dataset)  # logged as the folder read, wherever the next command runs
         positive = ("epochs", "batch_size", "save_interval", "sample_steps", "num_sample_images")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -67,7 +69,7 @@ class TrainConfig:
             raise DmatError(f"image-size must be positive, got {self.image_size}")
         if self.sampler not in ("ddim", "ddpm"):
             raise DmatError(f"sampler must be ddim or ddpm, got {self.sampler!r}")
-        check_precision(self.precision)
+        check_precision(self.precision), check_compile(self.compile)
         for name in ("weight_decay", "grad_clip", "num_workers"):
             if not getattr(self, name) >= 0:
                 raise DmatError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}"
@@ -76,7 +78,8 @@ class TrainConfig:
 
 
 METHODS = ("distill", "scratch")
-INITS = ("random", "pruned")  # a student's starting weights (dmat.model.pruning)
+RANDOM, PRUNED = "random", "pruned"  # a student's starting weights: its own random ones, or the teacher's pruned
+INITS = (RANDOM, PRUNED)  # each one's function: dmat.stages.inits.INITIALISATIONS (a test keeps the two in step)
 PRUNE_IMPORTANCES = ("magnitude", "taylor")  # how init=pruned ranks the teacher's channels (dmat.model.pruning)
 # Student training defaults: 20 epochs keep the default `make students` (six sizes, digits 16x16,
 # default teacher) within 20 minutes on a 2-thread CPU (estimated ~17 min; bench/bench_students.py).
@@ -113,7 +116,7 @@ class DistillConfig:
         if self.student_steps < 1:
             raise DmatError(f"student-steps must be a positive integer, got {self.student_steps}")
         if self.init not in INITS:
-            raise DmatError(f"init must be random or pruned, got {self.init!r}")
+            raise DmatError(f"init must be {' or '.join(INITS)}, got {self.init!r}")
         if self.prune_importance not in PRUNE_IMPORTANCES:
             raise DmatError(f"prune-importance must be magnitude or taylor, got {self.prune_importance!r}")
         if self.student_image_size < 0:
@@ -146,7 +149,7 @@ def parse_sizes(text: str | None) -> list[float]:
     return [parse_size_factor(p) for p in parts] if parts else list(DEFAULT_SIZE_FACTORS)
 
 
-def replace(cfg, **overrides):
+def with_overrides(cfg, **overrides):
     """`dataclasses.replace` that ignores None, so unset CLI options keep the defaults."""
     return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
 

@@ -1,11 +1,12 @@
 """Evaluate one teacher or student run, the same way for every model, as an evaluation run.
 
-Quality against real data (FID/KID at matched N beside the real-vs-real floor's mean and sd over
-draws, precision/recall; see quality.py), memorisation (nearest training images; memorisation.py),
-behaviour against the teacher (shared-noise sampler trajectories, per-timestep epsilon errors) and
-cost. Everything is at the model's own resolution. The FID/KID reference is the data set's held-out
-split where it has one (no model trains on it), else the model's train split; scores against the
-train split are logged beside (`<metric>_train`, `<metric>_heldout`). Epsilon errors use the model's
+Quality against real data in two feature spaces (FID/KID at matched N beside the real-vs-real floor's mean and
+sd over draws, precision/recall; quality.py, spaces.py: the headline is the randomly initialised CNN's space, which
+sees noise and blur, the classifier's beside it), memorisation (shift-tolerant nearest training images;
+memorisation.py), behaviour against the teacher (shared-noise sampler trajectories, per-timestep epsilon
+errors) and cost. Everything is at the model's own resolution. The FID/KID reference is the data set's held-out
+split, which no model and no feature extractor trains on (real_data.py; param `reference` names the split); scores
+against the train split are logged beside (`<metric>_train`, `<metric>_heldout`). Epsilon errors use the model's
 validation split. A student is compared with its teacher (tag dmat.teacher_run_id); a teacher's own
 evaluation leaves the vs-teacher metrics out (absent, not 0), since against itself they are zero by
 construction, and so does a student below its teacher's resolution (param teacher_comparison says why).
@@ -14,96 +15,31 @@ construction, and so does a student below its teacher's resolution (param teache
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import torch
-from mlflow.entities import Metric
-from mlflow.tracking import MlflowClient
-from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 from dmat import tracking
-from dmat.config import TrainConfig, replace
-from dmat.config.evaluation import STUDENT_STEPS, EvalConfig
-from dmat.data import load_held_out, load_splits
+from dmat.config import with_overrides
+from dmat.config.evaluation import EvalConfig
 from dmat.errors import DmatError
-from dmat.evaluation import features, memorisation, quality, timing, trajectories
+from dmat.evaluation import features, quality, spaces, timing, trajectories
+from dmat.evaluation.logged import log_denoising, log_history, log_npz
+from dmat.evaluation.pending import SETTINGS, still_to_evaluate
+from dmat.evaluation.real_data import model_data, quality_n
+from dmat.evaluation.scoring import GRID_SCORES, GridPoint, score
 from dmat.model.diffusion import sample
 from dmat.model.flops import flops_per_forward
 from dmat.runtime import resolve_device, resolve_precision
 from dmat.tracking import lineage, notes, registry
 
-# what makes two evaluations comparable (one logged before a setting existed counts as its default)
-SETTINGS = ("sampler", "steps", "num_samples", "features", "seed", "floor_draws")
-SAVED_TRAJECTORIES, DENOISING_IMAGES, DENOISING_STEPS = 4, 8, 8
-GRID_SCORES = ("kid", "kid_sd", "fid", "fid_sd")  # the headline reference's, at matched N (floor: kid_floor, ...)
+SAVED_TRAJECTORIES = 4
 GRID_COSTS = ("flops_per_image", "latency_ms_per_image", "throughput_images_per_s")
 
 log = logging.getLogger(__name__)
-
-
-def _images(ds) -> torch.Tensor:
-    return torch.stack([ds[i] for i in range(len(ds))])
-
-
-@dataclass
-class RealData:
-    """A model's real images at its own resolution: its train split (what it learned from), its validation
-    split (epsilon errors) and the data set's held-out split, which no model trains on, where there is one."""
-
-    train: torch.Tensor
-    val: torch.Tensor
-    test: torch.Tensor | None
-
-    @property
-    def references(self) -> dict[str, torch.Tensor]:
-        """The FID/KID references: the train split, and the held-out split where there is one."""
-        return {"train": self.train, **({"heldout": self.test} if self.test is not None else {})}
-
-    @property
-    def headline(self) -> str:
-        """The reference of the plain `fid`/`kid`: held-out where it exists (memorisation cannot pass as quality)."""
-        return "heldout" if self.test is not None else "train"
-
-    @property
-    def unseen(self) -> torch.Tensor:
-        """Real images no model trained on, for the memorisation check: the held-out split, else validation."""
-        return self.test if self.test is not None else self.val
-
-    def params(self) -> dict[str, str]:
-        """Which real images each part used, as logged params."""
-        held_out = self.test is not None
-        return {"reference": self.headline,
-                "real_data": f"{'held-out' if held_out else 'train'} split ({len(self.references[self.headline])} images)",
-                "held_out_data": "validation split",
-                "unseen_data": f"{'held-out' if held_out else 'validation'} split ({len(self.unseen)} images)"}
-
-
-def _model_data(loaded: tracking.LoadedModel) -> RealData:
-    """The model's own splits (the split settings it trained with) and its data set's held-out split."""
-    logged = tracking.config_from_params(TrainConfig, loaded.params)
-    dataset, size = loaded.tags[tracking.DATASET], loaded.model.config.image_size
-    splits = load_splits(TrainConfig(dataset=dataset, image_size=size, val_fraction=logged.val_fraction,
-                                     split_seed=logged.split_seed))
-    held_out = load_held_out(dataset, size)
-    return RealData(_images(splits.train), _images(splits.val), None if held_out is None else _images(held_out))
-
-
-def _quality_n(cfg: EvalConfig, loaded, data: RealData, extractor_run_id: str | None, inception_weights) -> int:
-    """N of every FID/KID, checked against the feature dimension before any extractor is loaded or trained."""
-    if cfg.features == "inception":
-        features.inception_weights_path(inception_weights)  # a missing file first: more samples would not help
-    dim = features.planned_feature_dim(cfg.features, loaded.tags[tracking.DATASET], loaded.model.config.image_size,
-                                       extractor_run_id)
-    n = quality.matched_n(cfg.num_samples, [len(r) for r in data.references.values()])
-    sizes = ", ".join(f"{name} {len(r)}" for name, r in data.references.items())
-    quality.check_sample_count(n, dim, f"N = min(num-samples={cfg.num_samples}, half of each real reference: {sizes})")
-    return n
 
 
 def _teacher_of(loaded: tracking.LoadedModel, device) -> tracking.LoadedModel | None:
@@ -137,64 +73,15 @@ def _compared(loaded: tracking.LoadedModel, teacher: tracking.LoadedModel | None
     return None, {"teacher_comparison": note}
 
 
-def _extractor(cfg: EvalConfig, loaded, feature_extractor_run_id, inception_weights, device):
+def _extractors(cfg: EvalConfig, loaded, feature_extractor_run_id, inception_weights, device):
+    """The semantic space's extractor (its run id, None for Inception) and both spaces' extractors by name."""
     if cfg.features == "inception":
-        return None, features.InceptionFeatures(features.inception_weights_path(inception_weights)).to(device)
-    return features.feature_extractor_for(loaded.tags[tracking.DATASET], loaded.model.config.image_size,
-                                          feature_extractor_run_id, device)
-
-
-def _log_history(name: str, values: dict[int, float]) -> None:
-    """A metric series in as few calls as the store allows (log_batch takes 1000 values at a time)."""
-    run_id, now = mlflow.active_run().info.run_id, int(time.time() * 1000)
-    items = [Metric(name, float(v), now, int(step)) for step, v in values.items()]
-    for i in range(0, len(items), 1000):
-        MlflowClient().log_batch(run_id, metrics=items[i : i + 1000])
-
-
-def _log_npz(path: str, **arrays) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        file = Path(tmp) / Path(path).name
-        np.savez_compressed(file, **arrays)
-        mlflow.log_artifact(str(file), artifact_path=str(Path(path).parent))
-
-
-def _log_grid(path: str, images: torch.Tensor, nrow: int) -> None:
-    """Images in [-1, 1] as one PNG grid artifact, `nrow` to a row."""
-    with tempfile.TemporaryDirectory() as tmp:
-        file = Path(tmp) / Path(path).name
-        save_image(((images + 1) / 2).clamp(0, 1), file, nrow=nrow)
-        mlflow.log_artifact(str(file), artifact_path=str(Path(path).parent))
-
-
-def _log_denoising(traj: trajectories.Trajectory) -> None:
-    """About 8 evenly spaced states of the first few shared-noise trajectories, as arrays and a grid."""
-    shown = torch.linspace(0, traj.states.shape[1] - 1, DENOISING_STEPS).round().long().unique()
-    states = traj.states[:DENOISING_IMAGES, shown]
-    _log_npz("denoising/states.npz", states=states.numpy().astype(np.float16),
-             timesteps=np.array(traj.timesteps)[shown.numpy()])
-    _log_grid("denoising/grid.png", states.flatten(0, 1), nrow=len(shown))
-
-
-def _quality(extractor, fake: torch.Tensor, data: RealData, cfg: EvalConfig, n: int) -> GridPoint:
-    """FID/KID at matched N against each reference, and the memorisation check, logged to the active run;
-    returns the headline scores with the features the steps grid scores other samples against."""
-
-    def extract(images):
-        return quality.extract(extractor, images, cfg.batch_size)
-
-    references = {name: extract(images) for name, images in data.references.items()}
-    feats = {"generated": extract(fake), "train": references["train"],
-             "held_out": references["heldout"] if "heldout" in references else extract(data.val)}
-    scores = quality.quality_metrics(feats["generated"], references, data.headline, n, cfg.floor_draws, cfg.seed)
-    mlflow.log_metrics(scores)
-    found = memorisation.memorisation({"generated": fake, "train": data.train, "held_out": data.unseen}, feats)
-    mlflow.log_metrics(found.metrics)
-    copied = found.most_copied
-    _log_npz("memorisation/most_copied.npz", **copied)
-    pairs = torch.from_numpy(np.concatenate([copied["samples"], copied["neighbours"]]))  # samples above neighbours
-    _log_grid("memorisation/most_copied.png", pairs, nrow=len(copied["samples"]))
-    return GridPoint({k: scores[k] for k in GRID_SCORES}, references[data.headline])
+        run_id, semantic = None, features.InceptionFeatures(features.inception_weights_path(inception_weights))
+    else:
+        run_id, semantic = features.feature_extractor_for(loaded.tags[tracking.DATASET], loaded.model.config.image_size,
+                                                          feature_extractor_run_id, device)
+    randcnn = spaces.RandomCNNFeatures(loaded.model.config.in_channels)
+    return run_id, {spaces.HEADLINE_SPACE: randcnn.to(device), cfg.features: semantic.to(device)}
 
 
 @torch.inference_mode()
@@ -238,15 +125,6 @@ def _throughput(cfg: EvalConfig, seconds: list[float]) -> dict[str, float]:
     return {"throughput_images_per_s": cfg.batch_size / float(np.median(seconds))} if seconds else {}
 
 
-@dataclass
-class GridPoint:
-    """What the default step count already measured, reused as that step count's point of the steps grid:
-    its headline scores (and cost), and the headline reference's features that every grid point is scored against."""
-
-    scores: dict[str, float]
-    reference: torch.Tensor
-
-
 def _steps_grid(loaded, extractor, cfg: EvalConfig, steps: int, n: int, default: GridPoint, device) -> None:
     """Quality and sampling cost at each step count of `cfg.steps_grid`, as metric series `grid_<name>` with
     step = sampling steps. Every point samples the same starting noise and is scored at the same N, draws
@@ -265,7 +143,7 @@ def _steps_grid(loaded, extractor, cfg: EvalConfig, steps: int, n: int, default:
     for s, point in points.items():
         point["flops_per_image"] = len(loaded.diffusion.sampling_timesteps(s)) * flops
     for name in (*GRID_SCORES, *GRID_COSTS):
-        _log_history(f"grid_{name}", {s: p[name] for s, p in points.items() if name in p})
+        log_history(f"grid_{name}", {s: p[name] for s, p in points.items() if name in p})
     mlflow.log_metric("grid_extra_seconds", time.perf_counter() - start)
 
 
@@ -281,18 +159,18 @@ def _behaviour(loaded, teacher, cfg: EvalConfig, steps: int, held_out: torch.Ten
         ref = trajectories.record(teacher.model, teacher.diffusion, x_T, cfg.sampler, steps, cfg.seed + 1)
         vs = trajectories.compare(own, ref)
         for name in ("traj_mse", "traj_cosine"):
-            _log_history(name, dict(enumerate(vs.pop(name))))
+            log_history(name, dict(enumerate(vs.pop(name))))
         mlflow.log_metrics({**vs, "teacher_path_length": trajectories.path_length(ref)})
-    _log_npz("trajectories/trajectories.npz", model=own.states[:SAVED_TRAJECTORIES].numpy().astype(np.float16),
+    log_npz("trajectories/trajectories.npz", model=own.states[:SAVED_TRAJECTORIES].numpy().astype(np.float16),
              teacher=ref.states[:SAVED_TRAJECTORIES].numpy().astype(np.float16), timesteps=np.array(own.timesteps))
-    _log_denoising(own)
+    log_denoising(own.states, own.timesteps)
 
     timesteps = sorted(loaded.diffusion.sampling_timesteps(min(cfg.eps_timesteps, loaded.diffusion.timesteps)))
     errors = trajectories.eps_errors(loaded.model, loaded.diffusion, held_out, timesteps, cfg.seed,
                                      teacher=teacher and teacher.model, teacher_diffusion=teacher and teacher.diffusion,
                                      batch_size=cfg.batch_size)
     for name, series in errors.items():
-        _log_history(name, series)
+        log_history(name, series)
 
 
 def evaluate_run(model_run_id: str, config: EvalConfig | None = None, feature_extractor_run_id: str | None = None,
@@ -304,9 +182,9 @@ def evaluate_run(model_run_id: str, config: EvalConfig | None = None, feature_ex
     checked before the evaluation run is created, and the sample counts before any feature
     extractor is trained.
     """
-    cfg = replace(config or EvalConfig(), **overrides).validate()
+    cfg = with_overrides(config or EvalConfig(), **overrides).validate()
     device = resolve_device(cfg.device)
-    cfg = replace(cfg, precision=resolve_precision(cfg.precision, device))  # logged as run: fp32 or bf16
+    cfg = with_overrides(cfg, precision=resolve_precision(cfg.precision, device))  # logged as run: fp32 or bf16
     tracking.check_tracking_reachable()
     loaded = tracking.load_model(registry.run_id_of(model_run_id), device=device)  # a run id or models:/ URI
     steps = cfg.resolved_steps(loaded.role, loaded.params)
@@ -314,11 +192,11 @@ def evaluate_run(model_run_id: str, config: EvalConfig | None = None, feature_ex
         loaded.diffusion.sampling_timesteps(s)  # within the model's timesteps, before any run exists
     teacher = _teacher_of(loaded, device)
     compared, comparison = _compared(loaded, teacher)
-    data = _model_data(loaded)
-    n = _quality_n(cfg, loaded, data, feature_extractor_run_id, inception_weights)
-    extractor_run_id, extractor = _extractor(cfg, loaded, feature_extractor_run_id, inception_weights, device)
-    # the planned dimension holds unless the extractor's run did not log its feature_dim: check again
-    quality.check_sample_count(n, extractor.num_features, f"N of num-samples={cfg.num_samples}")
+    data = model_data(loaded)
+    n = quality_n(cfg, loaded, data, feature_extractor_run_id, inception_weights)
+    extractor_run_id, extractors = _extractors(cfg, loaded, feature_extractor_run_id, inception_weights, device)
+    for extractor in extractors.values():  # the planned dimension holds unless the extractor's run did not log it
+        quality.check_sample_count(n, extractor.num_features, f"N of num-samples={cfg.num_samples}")
 
     tags = {tracking.ROLE: tracking.EVALUATION, tracking.MODEL_RUN_ID: loaded.run_id, tracking.MODEL_ROLE: loaded.role,
             tracking.TEACHER_RUN_ID: teacher.run_id if teacher else loaded.run_id,
@@ -331,7 +209,7 @@ def evaluate_run(model_run_id: str, config: EvalConfig | None = None, feature_ex
         tracking.log_params({**{k: getattr(cfg, k) for k in ("sampler", "num_samples", "features", "seed", "batch_size",
                                                             "num_trajectories", "eps_timesteps", "floor_draws", "precision")},
                              "steps": steps, **({"steps_grid": cfg.steps_grid} if cfg.steps_grid else {}),
-                             **data.params(), **comparison})
+                             "headline_space": spaces.HEADLINE_SPACE, **data.params(), **comparison})
         lineage.log_evaluation_data(loaded.tags[tracking.DATASET], loaded.model.config.image_size, data.train, data.val,
                                     data.test)  # the run's dataset inputs
         notes.describe(run.info.run_id)  # the run's description in the MLflow UI
@@ -340,59 +218,21 @@ def evaluate_run(model_run_id: str, config: EvalConfig | None = None, feature_ex
         mlflow.log_metrics(costs)
         fake, seconds = _generate(loaded.model, loaded.diffusion, cfg, steps, device)
         mlflow.log_metrics(_throughput(cfg, seconds))
-        headline = _quality(extractor, fake, data, cfg, n)
+        headline = score(extractors, fake, data, cfg, n)
         if cfg.steps_grid:
             headline.scores.update({**costs, **_throughput(cfg, seconds)})
-            _steps_grid(loaded, extractor, cfg, steps, n, headline, device)
+            _steps_grid(loaded, extractors[spaces.HEADLINE_SPACE], cfg, steps, n, headline, device)
         _behaviour(loaded, compared, cfg, steps, data.val, device)
         mlflow.log_metric("peak_memory_mb", timing.peak_memory_mb(device))
         registry.record_evaluation(loaded.run_id, run.info.run_id, SETTINGS)  # scores as version tags, @best-*
         return run.info.run_id
 
 
-def _comparable(value) -> str:
-    try:
-        return repr(float(value))
-    except (TypeError, ValueError):
-        return str(value)
-
-
-def _settings_of(params: dict) -> tuple:
-    """An evaluation's settings as logged (a value resolved beside a `mlflow run -P` one wins; one not
-    logged, by an older dmat, is its default)."""
-    value = tracking.param_value
-    return tuple(_comparable(v if (v := value(params, k)) is not None else getattr(EvalConfig, k)) for k in SETTINGS)
-
-
-def _grid_of(params: dict) -> set[int]:
-    """The step counts of an evaluation's steps grid (none when it had none)."""
-    text = tracking.param_value(params, "steps_grid")
-    return set(tracking.decode_param(text, tuple[int, ...])) if text else set()
-
-
 def evaluate_all(config: EvalConfig | None = None, feature_extractor_run_id: str | None = None,
                  inception_weights: str | None = None, experiment: str | None = None, **overrides) -> list[str]:
     """Evaluate every finished teacher and student run not yet evaluated with these settings (and every step
-    count of the steps grid).
-
-    With steps "student" only students are evaluated (a teacher has no student_steps).
-    """
-    cfg = replace(config or EvalConfig(), **overrides).validate()
+    count of the steps grid; pending.py). With steps "student" only students are evaluated."""
+    cfg = with_overrides(config or EvalConfig(), **overrides).validate()
     tracking.check_tracking_reachable()
-    roles = (tracking.STUDENT,) if cfg.steps == STUDENT_STEPS else tracking.MODEL_ROLES
-    models = [(role, run) for role in roles for run in tracking.find_runs(role)]
-    if not models:
-        kind = " or ".join(roles)
-        raise DmatError(f"no finished {kind} run in {tracking.tracking_uri()}: nothing to evaluate; train one first "
-                        "(dmat teacher, dmat distill), or point MLFLOW_TRACKING_URI at the study's store")
-    done: dict[tuple, set[int]] = {}  # (model, settings) -> the step counts evaluated with them
-    for r in tracking.find_runs(tracking.EVALUATION):
-        key = (r.data.tags.get(tracking.MODEL_RUN_ID), _settings_of(r.data.params))
-        done.setdefault(key, set()).update(_grid_of(r.data.params))
-    new = []
-    for role, run in models:
-        wanted = {**{k: getattr(cfg, k) for k in SETTINGS}, "steps": cfg.resolved_steps(role, run.data.params)}
-        key = (run.info.run_id, _settings_of(wanted))
-        if key not in done or not set(cfg.steps_grid) <= done[key] | {int(wanted["steps"])}:
-            new.append(evaluate_run(run.info.run_id, cfg, feature_extractor_run_id, inception_weights, experiment))
-    return new
+    return [evaluate_run(run_id, cfg, feature_extractor_run_id, inception_weights, experiment)
+            for run_id in still_to_evaluate(cfg)]

@@ -117,15 +117,20 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def matched_scores(generated: torch.Tensor, reference: torch.Tensor, n: int, k: int, seed: int,
-                   floor: bool = True) -> dict[str, float]:
+                   floor: bool = True, paired: bool = False) -> dict[str, float]:
     """fid, kid (N generated vs N real) and fid_floor, kid_floor (N real vs N other real), each as the
     mean over K draws with `<name>_sd` its sample sd over the draws; inputs are feature vectors.
 
     Without `floor`, only the model's scores: the floor depends on the real sets and the seed alone, so a
-    second set of samples scored against the same draws (another step count) shares the first one's floor."""
+    second set of samples scored against the same draws (another step count) shares the first one's floor.
+    `paired`: `generated` is the reference's own images, each changed (row i of one = row i of the other), and
+    draw k scores the changed A_k against B_k: the floor's own pairs, one side changed (sensitivity.py)."""
+    if paired and len(generated) != len(reference):
+        raise DmatError(f"paired scores need one generated image per reference image, got {len(generated)} "
+                        f"and {len(reference)}")
     per_draw = {name: [] for m in METRICS for name in ((m, f"{m}_floor") if floor else (m,))}
     for d in draws(len(reference), len(generated), n, k, seed):
-        model = fid_kid(reference[d.b], generated[d.g])
+        model = fid_kid(reference[d.b], generated[d.a if paired else d.g])
         real = fid_kid(reference[d.b], reference[d.a]) if floor else {}
         for m in METRICS:
             per_draw[m].append(model[m])

@@ -7,11 +7,13 @@ from __future__ import annotations
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import mlflow
 import torch
+from mlflow.tracking import MlflowClient
 
 from dmat import tracking
 from dmat.model import checkpoint
@@ -19,8 +21,13 @@ from dmat.model import checkpoint
 
 def checkpoint_mb(run_id: str, name: str = checkpoint.BEST) -> float:
     """Size on disk of the run's checkpoint (weights + configs), in MiB."""
-    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{tracking.CHECKPOINT_DIR}/{name}")
-    return Path(path).stat().st_size / 2**20
+    artifact = f"{tracking.CHECKPOINT_DIR}/{name}"
+    sizes = [f.file_size for f in MlflowClient().list_artifacts(run_id, tracking.CHECKPOINT_DIR) if f.path == artifact]
+    if not sizes or sizes[0] is None:  # not listed with a size: download it (into a folder that is removed)
+        with tempfile.TemporaryDirectory() as tmp:
+            return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=tmp)
+                        ).stat().st_size / 2**20
+    return sizes[0] / 2**20
 
 
 def timed(fn, device: torch.device):

@@ -3,7 +3,9 @@
 Models are compared only at one resolution: a model's KID and FID are against real images of its own size, in
 features trained at it, so a 16 px student's FID says nothing against a 32 px teacher's. Students are compared with
 each other only at one training budget (epochs), so that a difference is one of method or init, not of budget; the
-teacher is the reference whatever its budget."""
+teacher is the reference whatever its budget. A direction ("better") is claimed only where a Welch t-test over seeds,
+Holm-corrected over the comparisons of its family (one finding's lines), is significant at 5%: never for single runs.
+The smallest size near the teacher comes with its interval, the teacher's own spread included (report/answer.py)."""
 
 from __future__ import annotations
 
@@ -11,94 +13,100 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from dmat.report.answer import near_sentence, near_teacher
 from dmat.report.frontier import frontier
-from dmat.report.tables import GROUP, KIND, key_text, kind_of, namer, with_keys
+from dmat.report.tables import GROUP, kind_of, namer, with_keys
 
-WITHIN = 0.10  # "close to the teacher" = FID at most 10% above the teacher's
 FLOOR_SPREAD = 2.0  # "inside the floor's spread" = KID within 2 sd (over draws) of the real-vs-real floor
 COPY_ALARM = 0.05  # a copy rate of 5x chance (1%, memorisation.COPY_PERCENTILE) flags memorisation
 
 
-def _fmt(mean: float, ci: float) -> str:
-    return f"{mean:.3g} ± {ci:.2g}" if np.isfinite(ci) else f"{mean:.3g}"
-
-
-def smallest_near_teacher(table: pd.DataFrame) -> list[str]:
-    table, name = with_keys(table), namer(table)
-    teachers = table[table.method == "teacher"].dropna(subset=["fid"])
-    if teachers.empty:
-        return ["The teacher has no FID evaluation, so no size can be compared with it."]
-    teacher = teachers.iloc[0]
-    limit = (1 + WITHIN) * teacher.fid
+def smallest_near_teacher(evaluations: pd.DataFrame) -> list[str]:
+    """Per student kind, the smallest size within 10% of the teacher's FID, then KID, with the interval of its
+    ratio to the teacher (the teacher's own spread included) and, in the sentence, whether it is an upper bound."""
     lines = []
-    for kind, group in table[table.method != "teacher"].groupby(KIND):
-        method = name(*kind)
-        if group.image_size.iloc[0] != teacher.image_size:
-            lines.append(f"{method}: not compared with the teacher's FID, which is of "
-                         f"{key_text('image_size', teacher.image_size)} images (other real images, other features).")
-            continue
-        close = group[group.fid <= limit].sort_values("size_factor")
-        if close.empty:
-            best = group.dropna(subset=["fid"]).sort_values("fid").head(1)
-            detail = f" (best: size {best.size_factor.iloc[0]:g}, FID {best.fid.iloc[0]:.3g})" if len(best) else ""
-            lines.append(f"{method}: no size is within {WITHIN:.0%} of the teacher's FID {teacher.fid:.3g}{detail}.")
-            continue
-        row = close.iloc[0]
-        share = row.num_parameters / teacher.num_parameters
-        lines.append(f"{method}: the smallest size within {WITHIN:.0%} of the teacher's FID {teacher.fid:.3g} is "
-                     f"{row.size_factor:g} (FID {_fmt(row.fid, row.fid_ci95)}, n={row.n}, {share:.0%} of the "
-                     "teacher's parameters).")
+    for metric in ("fid", "kid"):
+        nears, apart = near_teacher(evaluations, metric)
+        lines += apart + [near_sentence(near) for near in nears]
     return lines
 
 
-def _welch(a: pd.Series, b: pd.Series) -> str:
-    """A Welch t-test's verdict where both sides have n >= 2 (repeated seeds), else why there is none."""
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment of one family's p-values (NaN: no test, left out of the family)."""
+    p = np.asarray(pvalues, dtype=float)
+    tested = np.flatnonzero(np.isfinite(p))
+    order = tested[np.argsort(p[tested])]
+    adjusted, running = np.full(len(p), np.nan), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
+def _verdict(a: pd.Series, b: pd.Series, names: tuple[str, str], p: float, adjusted: float, family: int) -> str:
+    """A direction only where a Welch test over seeds, Holm-adjusted over its family, is significant at 5%."""
     if min(len(a), len(b)) < 2:
-        return " (single runs: no test possible)"
-    p = stats.ttest_ind(a, b, equal_var=False).pvalue
-    return f" (Welch t-test over seeds, n={len(a)} vs {len(b)}, p={p:.2g}{'' if p < 0.05 else ', not significant at 5%'})"
+        return "no direction claimed (single runs: no test possible)"
+    if not np.isfinite(p):
+        return "no direction claimed (no spread over seeds to test)"
+    test = (f"Welch t-test over seeds, n={len(a)} vs {len(b)}, p={p:.2g}"
+            + (f", Holm-adjusted over {family} comparisons p={adjusted:.2g}" if family > 1 else ""))
+    if adjusted >= 0.05:
+        return f"no difference shown ({test}: not significant at 5%)"
+    return f"{names[0] if a.mean() < b.mean() else names[1]} better ({test})"
 
 
-def _compared(evaluations: pd.DataFrame, column: str, sides: dict[str, str], within: dict, wording: str,
-              subject: str = "") -> list[str]:
-    """Per model of both `sides` of `column` (like with like: one resolution, budget and size, and `within`, e.g.
-    one init): the FID difference, Welch-tested. `wording` formats the sentence with where ("size 0.5" + `subject`,
-    and the resolution and budget where there are several), a, b (mean FIDs) and verdict."""
+def _tests(evaluations: pd.DataFrame, column: str, sides: tuple, within: dict, subject: str = "") -> list[tuple]:
+    """Per model of both `sides` (values) of `column` (like with like: one resolution, budget and size, and `within`,
+    e.g. one init): (where, a's FIDs, b's FIDs, Welch p over seeds or NaN where untestable); where = "size 0.5" +
+    `subject`, with the resolution and budget where there are several."""
     rows, name = with_keys(evaluations), namer(evaluations)
     for key, value in within.items():
         rows = rows[rows[key] == value]
     rows = rows.assign(fid=rows.get("fid", np.nan))
-    (a_value, a_name), (b_value, b_name) = sides.items()
     like = [key for key in GROUP if key != column and key not in within]  # (image_size, epochs, size_factor)
-    lines = []
+    found = []
     for keys, group in sorted(rows.groupby(like), key=lambda item: (-item[0][0], *item[0][1:])):  # larger images first
-        if not {a_value, b_value} <= set(group[column]):
+        if not set(sides) <= set(group[column]):
             continue
-        a, b = (group.fid[group[column] == v].dropna() for v in (a_value, b_value))
-        where = name(f"size {keys[-1]:g}{subject}", None, *keys[:-1])
+        a, b = (group.fid[group[column] == v].dropna() for v in sides)
+        tested = min(len(a), len(b)) >= 2 and (a.std() > 0 or b.std() > 0)
+        found.append((name(f"size {keys[-1]:g}{subject}", None, *keys[:-1]), a, b,
+                      stats.ttest_ind(a, b, equal_var=False).pvalue if tested else np.nan))
+    return found
+
+
+def _family(found: list[tuple], names: tuple[str, str], wording: str) -> list[str]:
+    """The sentences of one family of tests (_tests rows), Holm-corrected together; `wording` formats each with
+    where, a, b (mean FIDs) and verdict."""
+    adjusted = holm([p for *_, p in found])
+    family = int(np.isfinite(adjusted).sum())
+    lines = []
+    for (where, a, b, p), p_holm in zip(found, adjusted):
         if a.empty or b.empty:
             lines.append(f"{where}: FID missing on one side, no comparison.")
             continue
-        verdict = f"{a_name} better" if a.mean() < b.mean() else f"{b_name} better" if b.mean() < a.mean() else "equal"
-        lines.append(wording.format(where=where, a=a.mean(), b=b.mean(), verdict=verdict + _welch(a, b)))
+        verdict = _verdict(a, b, names, p, p_holm, family)
+        lines.append(wording.format(where=where, a=a.mean(), b=b.mean(), verdict=verdict))
     return lines
 
 
 def distill_vs_scratch(table: pd.DataFrame, evaluations: pd.DataFrame) -> list[str]:
     """Per size (and resolution and budget) with both methods (from random weights): the FID difference, with a
-    Welch t-test over seeds."""
-    lines = _compared(evaluations, "method", {"distill": "distillation", "scratch": "scratch"}, {"init": "random"},
-                      "{where}: distilled FID {a:.3g} vs scratch {b:.3g}: {verdict}.")
+    Welch t-test over seeds, Holm-corrected over the sizes."""
+    found = _tests(evaluations, "method", ("distill", "scratch"), {"init": "random"})
+    lines = _family(found, ("distillation", "scratch"), "{where}: distilled FID {a:.3g} vs scratch {b:.3g}: {verdict}.")
     return lines or ["No size has both distilled and scratch students with evaluations."]
 
 
 def pruned_vs_random(evaluations: pd.DataFrame) -> list[str]:
     """Per method and size (and resolution and budget) with both inits: the FID of students started from the pruned
-    teacher against random."""
+    teacher against random, Holm-corrected over every method and size."""
     rows = with_keys(evaluations)
-    return [line for method in sorted(set(rows[rows.init == "pruned"].method))
-            for line in _compared(rows, "init", {"pruned": "pruned init", "random": "random init"}, {"method": method},
-                                  "{where}: pruned-init FID {a:.3g} vs random-init {b:.3g}: {verdict}.", f" {method}")]
+    found = [test for method in sorted(set(rows[rows.init == "pruned"].method))
+             for test in _tests(rows, "init", ("pruned", "random"), {"method": method}, f" {method}")]
+    return _family(found, ("pruned init", "random init"),
+                   "{where}: pruned-init FID {a:.3g} vs random-init {b:.3g}: {verdict}.")
 
 
 def seeds_statement(evaluations: pd.DataFrame, models: pd.DataFrame) -> list[str]:
@@ -190,9 +198,12 @@ def memorisation_signs(evaluations: pd.DataFrame) -> list[str]:
 
 def findings(table: pd.DataFrame, evaluations: pd.DataFrame, problems: pd.DataFrame, models: pd.DataFrame,
              computed: list[str] = ()) -> list[str]:
-    """Every finding; `computed` are sentences other sections worked out (scaling law, budget frontier)."""
+    """Every finding; `computed` are sentences other sections worked out (scaling law, budget frontier), less those
+    that say they are not one (an extrapolated size needed: the scaling section states it, labelled)."""
     evaluations = with_keys(evaluations)
-    return (seeds_statement(evaluations, models) + smallest_near_teacher(table) + distill_vs_scratch(table, evaluations)
-            + pruned_vs_random(evaluations) + still_improving(evaluations) + list(computed)
+    computed = [line for line in computed if "not a finding" not in line]
+    return (seeds_statement(evaluations, models) + smallest_near_teacher(evaluations)
+            + distill_vs_scratch(table, evaluations)
+            + pruned_vs_random(evaluations) + still_improving(evaluations) + computed
             + floor_comparison(evaluations) + memorisation_signs(evaluations) + pareto_sizes(table)
             + problem_summary(problems))

@@ -15,10 +15,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from dmat.config.metrics import GRID_COSTS, GRID_QUALITIES, grid_key
 from dmat.report.tables import GROUP, key_text, mean_ci, namer, pareto_mask, several, with_keys
 
-GRID_KEYS = ("grid_kid", "grid_fid", "grid_flops_per_image", "grid_latency_ms_per_image")
+QUALITIES = GRID_QUALITIES  # kid, fid
 COSTS = {"flops_per_image": "sampling FLOPs per image", "latency_ms_per_image": "latency per image (batch 1, ms)"}
+assert set(COSTS) <= set(GRID_COSTS), "each cost is a grid metric of dmat.config.metrics"
+GRID_KEYS = tuple(grid_key(name) for name in (*QUALITIES, *COSTS))  # grid_kid, grid_fid, grid_flops_per_image, ...
 
 
 def grid_points(evaluations: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
@@ -31,10 +34,10 @@ def grid_points(evaluations: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFr
     info = evaluations.reindex(columns=["run_id", *GROUP, "model_seed"])
     gridded = wide.merge(info, on="run_id")
     plain = evaluations[~evaluations.run_id.isin(gridded.run_id)].reindex(
-        columns=["run_id", *GROUP, "model_seed", "kid", "fid", "latency_ms_per_image", "flops_per_forward", "steps"])
+        columns=["run_id", *GROUP, "model_seed", *QUALITIES, "latency_ms_per_image", "flops_per_forward", "steps"])
     plain["steps"] = pd.to_numeric(plain.steps, errors="coerce")
     plain["flops_per_image"] = plain.steps * plain.flops_per_forward
-    columns = ["run_id", *GROUP, "model_seed", "steps", "kid", "fid", "flops_per_image", "latency_ms_per_image"]
+    columns = ["run_id", *GROUP, "model_seed", "steps", *QUALITIES, *COSTS]
     return pd.concat([gridded.reindex(columns=columns), plain.reindex(columns=columns)], ignore_index=True)
 
 
@@ -43,10 +46,10 @@ def budget_points(points: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for keys, group in points.groupby([*GROUP, "steps"]):
         row = dict(zip([*GROUP, "steps"], keys), n=len(group))
-        for name in ("kid", "fid", *COSTS):
+        for name in (*QUALITIES, *COSTS):
             row[name], row[f"{name}_ci95"] = mean_ci(group[name])
         rows.append(row)
-    columns = [*GROUP, "steps", "n", *(c for name in ("kid", "fid", *COSTS) for c in (name, f"{name}_ci95"))]
+    columns = [*GROUP, "steps", "n", *(c for name in (*QUALITIES, *COSTS) for c in (name, f"{name}_ci95"))]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -105,6 +108,6 @@ def _bands(front: pd.DataFrame, cost: str, quality: str, name) -> list[str]:
 def budget_study(evaluations: pd.DataFrame, histories: pd.DataFrame):
     """(points per (size, steps) group, {(quality, cost): frontier}, {cost: KID band sentences})."""
     points = budget_points(grid_points(evaluations, histories))
-    fronts = {(q, c): frontier(points, c, q) for q in ("kid", "fid") for c in COSTS}
+    fronts = {(q, c): frontier(points, c, q) for q in QUALITIES for c in COSTS}
     sentences = {c: band_sentences(fronts[("kid", c)], c, name=namer(points)) for c in COSTS}
     return points, fronts, sentences

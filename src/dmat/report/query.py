@@ -19,21 +19,23 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from dmat import tracking
+from dmat.config.metrics import BUDGET, LEGACY, REQUIRED
+from dmat.config.training import PRUNED
 from dmat.errors import DmatError
 
 # an evaluation without these cannot be placed on the quality or cost figures
-CORE_EVALUATION_METRICS = ("kid", "fid", "latency_ms_per_image")
+CORE_EVALUATION_METRICS = REQUIRED
 # Metrics whose definition changed when FID/KID moved to matched sample sizes and the trajectory means
 # left out step 0. An evaluation logged before that (it has no `quality_n`) keeps them as `<name>_legacy`,
 # so that no table or figure mixes the two definitions; it is listed under problems.
-CHANGED_METRICS = ("fid", "fid_floor", "kid_floor", "traj_mse_mean", "traj_cosine_mean")
+CHANGED_METRICS = LEGACY
 LEGACY_PROBLEM = ("evaluated by an older dmat: FID/KID not at matched sample sizes, shown n/a "
                   "(re-evaluate: dmat evaluate --run-id {model})")
 STATUS_PROBLEMS = {"FAILED": "failed", "KILLED": "killed", "RUNNING": "unfinished (running or crashed)",
                    "SCHEDULED": "unfinished (scheduled)"}
 HISTORY_WORKERS = 16
 STILL_IMPROVING_TAG = "dmat.still_improving"  # or a metric still_improving (1/0); absent: unknown
-BUDGET_COLUMNS = ("best_epoch", "epochs_run", "optimizer_steps", "train_images", "still_improving", "train_flops")
+BUDGET_COLUMNS = BUDGET  # the first four as logged; still_improving also from its tag; train_flops computed
 # an evaluation's from its model run: `epochs`, the configured (maximum) epochs that tell apart models of one size
 # trained with different budgets (report.tables.GROUP), and what it used of them
 FROM_MODEL = ("epochs", *BUDGET_COLUMNS)
@@ -74,8 +76,8 @@ def _init(runs: pd.DataFrame) -> pd.Series:
     """A model's start as the report keys it: random, pruned (by weight magnitude, the default) or "pruned (taylor)":
     students pruned by another channel ranking are other models, never repeats of the magnitude-pruned ones."""
     init, importance = _column(runs, f"tags.{tracking.INIT}"), _column(runs, "params.prune_importance")
-    ranked = (init == "pruned") & importance.notna() & (importance != "magnitude")
-    return init.where(~ranked, "pruned (" + importance.astype(str) + ")")
+    ranked = (init == PRUNED) & importance.notna() & (importance != "magnitude")
+    return init.where(~ranked, PRUNED + " (" + importance.astype(str) + ")")
 
 
 def tidy_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -128,7 +130,8 @@ def load_study(experiment: str | None = None) -> Study:
     of_trials = latest.model_run_id.isin(trials.run_id)
     models = with_budget(models)
     evaluations = with_model(latest[~of_trials].reset_index(drop=True), models)
-    # a pruned trial is finished without an evaluation by design; a failed one is still a problem
+    # a trial stopped early by the sweep's pruner is finished without an evaluation by design; a failed one is still a
+    # problem
     # a run that died before dmat could tag it (e.g. a broken environment under `mlflow run`) has no role
     untagged = runs[runs.role.isna() & runs.status.isin(STATUS_PROBLEMS)]
     problems = find_problems(pd.concat([models, trials[trials.status != "FINISHED"], untagged]), all_evals, latest)

@@ -4,140 +4,42 @@ N is the parameter count or the FLOPs of one forward pass; L is KID, FID or the 
 (lower is better). One fit per student method, init, resolution and training budget (epochs), over every run (seed)
 of every size: never across resolutions, whose qualities are against real images of different sizes, nor across
 budgets, which are other models. The teacher is the reference the sizes are measured against, not a point of the
-fit, and only at its own resolution. The intervals are a bootstrap: runs are resampled within each size when some
-size has several seeds (the seeds' spread is the uncertainty), else the sizes themselves are resampled. A fit needs
-MIN_SIZES distinct sizes (three parameters and at least one degree of freedom) and must converge with its exponent
-inside its bounds; otherwise it says why and draws nothing.
+fit, and only at its own resolution. The fit and its intervals (a parametric bootstrap that reaches its nominal
+coverage in simulation) are report/powerlaw.py's. A fit needs MIN_SIZES distinct sizes and must find a fall with size
+and an exponent inside its bounds; otherwise it says why and draws nothing.
+
+What a sentence may claim: "the size needed to come within 10% of the teacher" carries the teacher's own uncertainty
+(its sd over draws, or over its seeds) in its interval; outside the sizes measured it is an extrapolation, said so
+with its factor, and not stated as a finding; drawn from students still improving when they stopped it is an upper
+bound ("at most"), and with the teacher itself still improving it holds at these budgets only. A law drawn from
+runs still improving says so in its own sentence.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import OptimizeWarning, curve_fit
 
+from dmat.report.powerlaw import BOOTSTRAP, LEVEL, MIN_SIZES, Fit, fit_law, needed_interval, power_law
 from dmat.report.tables import GROUP, KIND, key_text, namer, with_keys
 
-MIN_SIZES = 4
-BOOTSTRAP = 200
-ALPHA_BOUNDS = (1e-3, 5.0)
+__all__ = ["BOOTSTRAP", "MIN_SIZES", "Fit", "fit_law", "needed_interval", "power_law", "Reference", "Scaling",
+           "law_sentence", "needed_sentence", "scaling_points", "scaling_study"]
 WITHIN = 0.10  # "within 10% of the teacher": L <= 1.1 x the teacher's L
-LEVEL = 95  # percent, of every bootstrap interval
-
-
-def power_law(n, l_inf, a, alpha):
-    """L(N) = L_inf + a * N^-alpha, with N in units of the largest fitted N (so a is on the scale of L)."""
-    return l_inf + a * np.power(n, -alpha)
+BEYOND = 1.05  # a size needed more than 5% outside the sizes measured is an extrapolation
 
 
 @dataclass
-class Fit:
-    """A fitted law with its bootstrap intervals, or `problem` (why there is none)."""
+class Reference:
+    """The teacher a "size needed" is measured against: its value, its sd (over draws, or over its seeds' mean where
+    it has several), its size, and whether it was still improving when it stopped."""
 
-    x_unit: float = np.nan
-    l_inf: float = np.nan
-    a: float = np.nan
-    alpha: float = np.nan
-    alpha_ci: tuple[float, float] = (np.nan, np.nan)
-    l_inf_ci: tuple[float, float] = (np.nan, np.nan)
-    curves: np.ndarray | None = None  # bootstrap fits' (l_inf, a, alpha), one row each
-    sizes: int = 0
-    points: int = 0
-    problem: str | None = None
-
-    def predict(self, x) -> np.ndarray:
-        return power_law(np.asarray(x, dtype=float) / self.x_unit, self.l_inf, self.a, self.alpha)
-
-    def band(self, x) -> tuple[np.ndarray, np.ndarray]:
-        """The pointwise 95% bootstrap band of the fitted curve at `x`."""
-        u = np.asarray(x, dtype=float) / self.x_unit
-        values = np.array([power_law(u, *row) for row in self.curves])
-        return tuple(np.percentile(values, [(100 - LEVEL) / 2, (100 + LEVEL) / 2], axis=0))
-
-    def needed(self, target: float) -> float:
-        """The N at which the law reaches `target` (inf when its floor L_inf is at or above it)."""
-        return size_reaching(target, self.l_inf, self.a, self.alpha) * self.x_unit
-
-
-def size_reaching(target: float, l_inf: float, a: float, alpha: float) -> float:
-    """N (in the fit's unit) with L(N) = target; inf when L never gets down to target."""
-    if target <= l_inf:
-        return np.inf
-    return (a / (target - l_inf)) ** (1 / alpha) if a > 0 else 0.0
-
-
-def _fit_once(x: np.ndarray, y: np.ndarray) -> np.ndarray | None:
-    """(l_inf, a, alpha) by least squares, or None when it does not converge, finds no fall with size (a = 0) or
-    ends on an exponent bound."""
-    low = min(0.0, float(y.min()))  # qualities here are >= 0 (KID up to its noise): the floor is too
-    start = (float(y.min()) * 0.5 if y.min() > 0 else low, max(float(y.max() - y.min()), 1e-12), 0.5)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", OptimizeWarning)
-            params, _ = curve_fit(power_law, x, y, p0=start, maxfev=5000,
-                                  bounds=([low - abs(low), 0.0, ALPHA_BOUNDS[0]], [float(y.min()), np.inf, ALPHA_BOUNDS[1]]))
-    except (RuntimeError, ValueError):
-        return None
-    flat = params[1] <= 1e-9 * max(abs(float(y.max())), 1e-12)  # no fall with size: the exponent means nothing
-    if not np.all(np.isfinite(params)) or flat or np.isclose(params[2], ALPHA_BOUNDS, rtol=1e-3).any():
-        return None
-    return params
-
-
-def _resample(x: np.ndarray, y: np.ndarray, groups: list[np.ndarray], rng: np.random.Generator,
-              by_run: bool) -> tuple[np.ndarray, np.ndarray]:
-    """One bootstrap resample. `by_run`: within each size, its runs drawn with replacement, their deviations from
-    the size's mean scaled by sqrt(n / (n - 1)), since the plain draw of n from n runs has only (n - 1) / n of their
-    variance (with 3 seeds, intervals some 20% too narrow). Else whole sizes drawn with replacement."""
-    if not by_run:
-        pick = np.concatenate([groups[i] for i in rng.choice(len(groups), size=len(groups))])
-        return x[pick], y[pick]
-    ys = []
-    for g in groups:
-        drawn, mean = y[rng.choice(g, size=len(g))], y[g].mean()
-        ys.append(mean + (drawn - mean) * (np.sqrt(len(g) / (len(g) - 1)) if len(g) > 1 else 0.0))
-    return np.concatenate([x[g] for g in groups]), np.concatenate(ys)
-
-
-def fit_law(x, y, seed: int = 0, bootstrap: int = BOOTSTRAP) -> Fit:
-    """Fit L(N) to the points (x = N, y = L; one per run) and bootstrap its parameters."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    ok = np.isfinite(x) & np.isfinite(y) & (x > 0)
-    x, y = x[ok], y[ok]
-    sizes = np.unique(x)
-    if len(sizes) < MIN_SIZES:
-        return Fit(sizes=len(sizes), points=len(x), problem=f"{len(sizes)} distinct size{'' if len(sizes) == 1 else 's'}"
-                                                            f"; a fit of three parameters needs at least {MIN_SIZES}")
-    unit = float(x.max())
-    best = _fit_once(x / unit, y)
-    if best is None:
-        return Fit(sizes=len(sizes), points=len(x), problem="the least-squares fit did not converge, found no fall "
-                                                            f"with size, or its exponent ran to a bound of {ALPHA_BOUNDS}")
-    groups = [np.flatnonzero(x == s) for s in sizes]
-    by_run = max(len(g) for g in groups) > 1
-    rng = np.random.default_rng(seed)
-    rows = []
-    for _ in range(bootstrap):
-        xs, ys = _resample(x, y, groups, rng, by_run)
-        if len(np.unique(xs)) >= MIN_SIZES - 1 and (params := _fit_once(xs / unit, ys)) is not None:
-            rows.append(params)
-    if len(rows) < bootstrap / 2:
-        return Fit(sizes=len(sizes), points=len(x), problem=f"only {len(rows)} of {bootstrap} bootstrap fits converged")
-    curves = np.array(rows)
-    tails = [(100 - LEVEL) / 2, (100 + LEVEL) / 2]
-    return Fit(unit, *best, alpha_ci=tuple(np.percentile(curves[:, 2], tails)),
-               l_inf_ci=tuple(np.percentile(curves[:, 0], tails)), curves=curves, sizes=len(sizes), points=len(x))
-
-
-def needed_interval(fit: Fit, target: float) -> tuple[float, float, float, float]:
-    """The N reaching `target`: the fit's, its bootstrap interval, and the share of resamples that never reach it."""
-    values = np.sort([size_reaching(target, *row) for row in fit.curves]) * fit.x_unit  # "never" (inf) sorts last
-    last = len(values) - 1
-    low, high = values[int(np.floor(last * (100 - LEVEL) / 200))], values[int(np.ceil(last * (100 + LEVEL) / 200))]
-    return fit.needed(target), low, high, float(np.mean(~np.isfinite(values)))
+    value: float
+    sd: float = 0.0
+    x: float = np.nan
+    improving: bool = False
 
 
 def _count(value: float, unit: str) -> str:
@@ -146,44 +48,86 @@ def _count(value: float, unit: str) -> str:
     return f"{value:,.0f} {unit}" if value < 1e7 else f"{value:.3g} {unit}"
 
 
-def needed_sentence(fit: Fit, teacher: float, label: str, x_label: str, teacher_x: float) -> str:
-    """The size (in `x_label`) needed to come within WITHIN of the teacher's value, with its interval."""
+def _where(point: float, x_range: tuple[float, float]) -> str | None:
+    """Why `point` is an extrapolation (its factor beyond the sizes measured), or None when it lies among them."""
+    if np.isfinite(point) and point > BEYOND * x_range[1]:
+        return f"an extrapolation: {point / x_range[1]:.1f}x the largest student measured"
+    if np.isfinite(point) and point < x_range[0] / BEYOND:
+        return f"an extrapolation: {x_range[0] / point:.1f}x below the smallest student measured"
+    return None
+
+
+def _budget(improving: tuple[int, int], teacher: bool) -> str:
+    """The sentence's qualifier for models still improving: '' (all converged), else what it makes of the size."""
+    k, n = improving
+    if teacher:
+        return (f"at these training budgets only (the teacher{f' and {k} of {n} student runs' if k else ''} still "
+                "improving when they stopped: no bound either way)")
+    return f"an upper bound: {k} of {n} student runs were still improving when they stopped" if k else ""
+
+
+def needed_sentence(fit: Fit, reference: Reference, label: str, x_label: str,
+                    improving: tuple[int, int] = (0, 0)) -> str:
+    """The size (in `x_label`) needed to come within WITHIN of the teacher's value, with its interval (the teacher's
+    sd included); an extrapolation says so with its factor, and students still improving make it an upper bound."""
+    teacher = reference.value
     if not np.isfinite(teacher) or teacher <= 0:
         return f"{label}: the teacher's value {teacher:.3g} is not positive, so 'within {WITHIN:.0%}' is undefined."
     target = (1 + WITHIN) * teacher
-    point, low, high, never = needed_interval(fit, target)
+    point, low, high, never = needed_interval(fit, target, (1 + WITHIN) * reference.sd)
+    qualifier = _budget(improving, reference.improving)
     if not np.isfinite(point):
+        k, n = improving
+        budget = (f"; at these training budgets: the teacher{f' and {k} of {n} student runs' if k else ''} still "
+                  "improving when they stopped" if reference.improving else
+                  f"; at these training budgets: {k} of {n} student runs were still improving when they stopped, "
+                  "so more training may change this" if k else "")
         return (f"{label}: the fitted floor L_inf = {fit.l_inf:.3g} is above {1 + WITHIN:g} x the teacher's "
-                f"{teacher:.3g}: no size of this kind comes within {WITHIN:.0%} of the teacher (by the fit).")
-    share = f", {point / teacher_x:.0%} of the teacher's" if np.isfinite(teacher_x) and teacher_x > 0 else ""
+                f"{teacher:.3g}: no size of this kind comes within {WITHIN:.0%} of the teacher (by the fit{budget}).")
+    share = f", {point / reference.x:.0%} of the teacher's" if np.isfinite(reference.x) and reference.x > 0 else ""
+    spread = f"the teacher's sd {reference.sd:.2g} included" if reference.sd > 0 else "the teacher taken as exact"
     tail = f"; {never:.0%} of the resamples never reach it" if never > 0 else ""
-    return (f"{label}: within {WITHIN:.0%} of the teacher's {teacher:.3g} (<= {target:.3g}) from about "
-            f"{_count(point, x_label)}{share} ({LEVEL}% bootstrap interval {_count(low, '')}to "
-            f"{_count(high, x_label)}{tail}).")
+    beyond = _where(high, fit.x_range) if _where(point, fit.x_range) is None else None
+    tail += f"; its upper end is {beyond}" if beyond else ""
+    interval = f"{LEVEL}% interval {_count(low, '')}to {_count(high, x_label)}, {spread}{tail}"
+    where, bound = _where(point, fit.x_range), "at most " if qualifier.startswith("an upper") else ""
+    qualifier = f"; {qualifier}" if qualifier else ""
+    if where:
+        measured = ("every student measured comes within" if point < fit.x_range[0] else
+                    "no student measured is known to come within")
+        at = "no more than " if bound else ""
+        return (f"{label}: {measured} {WITHIN:.0%} of the teacher's {teacher:.3g}; the law, extrapolated, puts the "
+                f"size needed at {at}about {_count(point, x_label)}{share} ({interval}): {where}, not a "
+                f"finding{qualifier}.")
+    return (f"{label}: within {WITHIN:.0%} of the teacher's {teacher:.3g} (<= {target:.3g}) from {bound}about "
+            f"{_count(point, x_label)}{share} ({interval}){qualifier}.")
 
 
-def law_sentence(fit: Fit, label: str, x_label: str) -> str:
+def law_sentence(fit: Fit, label: str, x_label: str, improving: tuple[int, int] = (0, 0)) -> str:
     if fit.problem:
         return f"{label}: no fit: {fit.problem}."
 
     def g(value: float) -> str:  # a floor at its bound of 0 comes out as 1e-17 or so: 0 at the scale of a
         return "0" if abs(value) < 1e-6 * fit.a else f"{value:.3g}"
 
-    return (f"{label}: L = {g(fit.l_inf)} + {fit.a:.3g} (N / {fit.x_unit:,.0f} {x_label})^-{fit.alpha:.2f}; exponent "
-            f"alpha {fit.alpha:.2f} ({LEVEL}% interval {fit.alpha_ci[0]:.2f} to {fit.alpha_ci[1]:.2f}), floor L_inf "
-            f"{g(fit.l_inf)} ({g(fit.l_inf_ci[0])} to {g(fit.l_inf_ci[1])}); {fit.sizes} sizes, {fit.points} runs.")
+    budget = (f"at these training budgets ({improving[0]} of {improving[1]} runs still improving when they stopped, "
+              "so not the law of converged models), " if improving[0] else "")
+    return (f"{label}: {budget}L = {g(fit.l_inf)} + {fit.a:.3g} (N / {fit.x_unit:,.0f} {x_label})^-{fit.alpha:.2f}; "
+            f"exponent alpha {fit.alpha:.2f} ({LEVEL}% interval {fit.alpha_ci[0]:.2f} to {fit.alpha_ci[1]:.2f}), "
+            f"floor L_inf {g(fit.l_inf)} ({g(fit.l_inf_ci[0])} to {g(fit.l_inf_ci[1])}); {fit.sizes} sizes, "
+            f"{fit.points} runs.")
 
 
 def scaling_points(evaluations: pd.DataFrame, models: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
     """One row per evaluation: its GROUP keys (method, init, image size, budget, size factor), parameters, FLOPs per
     forward, kid, fid and its model's validation task loss at its best epoch (the checkpoint that was evaluated; the
-    last logged where the run did not log a best epoch)."""
+    last logged where the run did not log a best epoch), the sds over draws of kid and fid, and still_improving."""
     losses = histories[histories.key == "val_task_loss"].merge(
         models.reindex(columns=["run_id", "best_epoch"]), on="run_id", how="left")
     at_best = losses[losses.step == losses.best_epoch].groupby("run_id").value.last()
     last = losses.sort_values("step").groupby("run_id").value.last()
     loss = at_best.reindex(last.index).fillna(last)
-    columns = [*GROUP, "num_parameters", "flops_per_forward", "kid", "fid"]
+    columns = [*GROUP, "num_parameters", "flops_per_forward", "kid", "fid", "kid_sd", "fid_sd", "still_improving"]
     points = with_keys(evaluations.reindex(columns=[*columns, "model_run_id"]))
     points["val_task_loss"] = points.model_run_id.map(loss)
     return points
@@ -207,27 +151,47 @@ def _teacher_mean(points: pd.DataFrame, column: str) -> float:
     return float(values.mean()) if len(values) else np.nan
 
 
+def teacher_reference(points: pd.DataFrame, quality: str, size: str) -> Reference:
+    """The teacher's value of `quality` (mean over its runs), its sd (over its runs' mean where there are several,
+    else its sd over draws, `<quality>_sd`; 0 where neither exists), its `size` and whether it was still improving."""
+    teachers = points[points.method == "teacher"]
+    values = teachers.reindex(columns=[quality])[quality].dropna()
+    if len(values) > 1:
+        sd = float(values.std(ddof=1) / np.sqrt(len(values)))
+    else:
+        draws = teachers.reindex(columns=[f"{quality}_sd"]).iloc[:, 0].dropna() if len(values) else pd.Series()
+        sd = float(draws.mean()) if len(draws) else 0.0
+    flags = teachers.reindex(columns=["still_improving"]).still_improving
+    return Reference(float(values.mean()) if len(values) else np.nan, sd, _teacher_mean(points, size),
+                     bool((flags > 0).any()))
+
+
+def improving_runs(group: pd.DataFrame, quality: str) -> tuple[int, int]:
+    """(runs still improving when they stopped, runs) among the rows of `group` with a value of `quality`."""
+    rows = group.dropna(subset=[quality])
+    return int((rows.reindex(columns=["still_improving"]).still_improving > 0).sum()), len(rows)
+
+
 def scaling_study(points: pd.DataFrame) -> Scaling:
     """Fit each quality against each size measure, per student method, init, resolution and budget (scaling_points
     rows); the size needed to come near the teacher only at the teacher's resolution."""
     points, name, out = with_keys(points), namer(points), Scaling([], [], [])
     students, teacher_px = points[points.method != "teacher"], points.image_size[points.method == "teacher"].max()
     for quality, q_label in QUALITIES.items():
-        teacher = _teacher_mean(points, quality)
         for size, s_label in SIZES.items():
-            fits, shown = {}, []
+            fits, shown, reference = {}, [], teacher_reference(points, quality, size)
             for kind, group in students.groupby(KIND):
-                series, px = name(*kind), group.image_size.iloc[0]
+                series, px, improving = name(*kind), group.image_size.iloc[0], improving_runs(group, quality)
                 label = f"{q_label} vs {s_label}, {series}"
                 fit = fits[series] = fit_law(group[size], group[quality])
-                out.laws.append(law_sentence(fit, label, s_label))
+                out.laws.append(law_sentence(fit, label, s_label, improving))
                 if fit.problem is None:  # (no teacher at all: needed_sentence says so)
-                    out.needed.append(needed_sentence(fit, teacher, label, s_label, _teacher_mean(points, size))
+                    out.needed.append(needed_sentence(fit, reference, label, s_label, improving)
                                       if px == teacher_px or np.isnan(teacher_px) else
                                       f"{label}: not compared with the teacher, whose {q_label} is of "
                                       f"{key_text('image_size', teacher_px)} images.")
                 shown.append(group.assign(x=group[size], y=group[quality], series=series).dropna(subset=["x", "y"]))
             if any(f.problem is None for f in fits.values()):
                 out.panels.append({"title": q_label, "x_label": s_label, "points": pd.concat(shown), "fits": fits,
-                                   "teacher": (_teacher_mean(points, size), teacher)})
+                                   "teacher": (reference.x, reference.value)})
     return out

@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-SUMMARY_METRICS = ("num_parameters", "flops_per_forward", "latency_ms_per_image", "kid", "kid_floor", "fid",
-                   "fid_floor", "copy_rate_pixel", "copy_rate_feature", "final_mse", "traj_mse_mean",
-                   "quality_per_mparam", "quality_per_ms", "best_epoch", "epochs_run", "optimizer_steps", "train_flops")
+from dmat.config import metrics
+from dmat.config.training import RANDOM
+
+SUMMARY_METRICS = metrics.SUMMARY
 
 
 class Named(NamedTuple):
@@ -39,7 +40,7 @@ UNKNOWN = 0  # a NAMED key of a run or frame without it: one unknown resolution,
 # a row of the size comparison: its repeats differ only in their seeds
 GROUP = ["method", "init", *NAMED, "size_factor"]
 KIND = GROUP[:-1]  # a model without its size: one line, fit or series over the sizes
-FLOOR_SPREADS = ("kid_floor_sd", "fid_floor_sd")
+FLOOR_SPREADS = metrics.FLOOR_SPREADS
 METHOD_ORDER = {"teacher": 0, "distill": 1, "scratch": 2}
 
 
@@ -74,7 +75,7 @@ def key_text(key: str, value) -> str:
 def variant(method: str, init=None, **keys) -> str:
     """A model kind as the report names it: "distill", "distill, pruned init" for a non-random start, and with the
     NAMED keys given (only those a study has several of, see namer) "distill, pruned init, 16px, 60 epochs"."""
-    parts = [method] + ([] if init in ("random", None) or init != init else [f"{init} init"])
+    parts = [method] + ([] if init in (RANDOM, None) or init != init else [f"{init} init"])
     return ", ".join(parts + [key_text(key, value) for key, value in keys.items() if value is not None])
 
 
@@ -82,7 +83,7 @@ def with_keys(frame: pd.DataFrame) -> pd.DataFrame:
     """GROUP's keys filled where a frame (an older store, a hand-made one) has none: `init` random, NAMED keys
     UNKNOWN. A value, not NaN: groupby and pivot_table drop NaN keys and == never matches them."""
     missing = pd.Series(np.nan, index=frame.index)
-    return frame.assign(init=frame.get("init", missing).fillna("random"),
+    return frame.assign(init=frame.get("init", missing).fillna(RANDOM),
                         **{key: frame.get(key, missing).fillna(UNKNOWN) for key in NAMED})
 
 
@@ -150,13 +151,13 @@ def _mean_sd_column(frame: pd.DataFrame, name: str) -> list[str]:
 
 def _sd_name(name: str) -> str:
     """kid -> kid_sd, kid_floor_train -> kid_floor_sd_train (each reference's metrics carry its suffix)."""
-    for suffix in ("_train", "_heldout"):
+    for suffix in (f"_{reference}" for reference in metrics.REFERENCES):
         if name.endswith(suffix):
             return f"{name.removesuffix(suffix)}_sd{suffix}"
     return f"{name}_sd"
 
 
-QUALITY_SCORES = ("kid", "kid_floor", "fid", "fid_floor", "kid_train", "kid_heldout", "fid_train", "fid_heldout")
+QUALITY_SCORES = (*metrics.QUALITY, *metrics.BY_REFERENCE)  # kid, kid_floor, fid, fid_floor, kid_train, ...
 
 
 def quality_table(evaluations: pd.DataFrame) -> pd.DataFrame:
@@ -171,7 +172,7 @@ def quality_table(evaluations: pd.DataFrame) -> pd.DataFrame:
         shown[name] = _mean_sd_column(order, name)
     z = (_get(order, "kid") - _get(order, "kid_floor")) / _get(order, "kid_floor_sd")
     shown.insert(shown.columns.get_loc("fid"), "kid_z", [f"{v:.1f}" if np.isfinite(v) else "n/a" for v in z])
-    for name in ("copy_rate_pixel", "copy_rate_feature"):
+    for name in (m for m in metrics.MEMORISATION if m in metrics.SUMMARY):  # the copy rates
         shown[name] = _plain(order, name, ".3f")
     return shown.reset_index(drop=True)
 
@@ -188,8 +189,7 @@ def _plain(frame: pd.DataFrame, column: str, spec: str) -> list[str]:
     return [format(v, spec) if np.isfinite(v) else "n/a" for v in _get(frame, column)]
 
 
-MEMORISATION_COLUMNS = ("copy_rate_pixel", "copy_rate_feature", "nn_distance_pixel", "nn_distance_pixel_heldout",
-                        "nn_distance_feature", "nn_distance_feature_heldout")
+MEMORISATION_COLUMNS = metrics.MEMORISATION
 
 
 def memorisation_table(evaluations: pd.DataFrame) -> pd.DataFrame:
@@ -276,7 +276,7 @@ def budget_table(models: pd.DataFrame) -> pd.DataFrame:
     whether it was still improving when it stopped (yes / no / unknown)."""
     order = _by_model(models[models.status == "FINISHED"])
     shown = key_columns(order).assign(seed=order.seed)
-    for name in ("epochs_run", "best_epoch", "optimizer_steps", "train_images"):
+    for name in ("epochs_run", "best_epoch", "optimizer_steps", "train_images"):  # of metrics.BUDGET
         shown[name] = _plain(order, name, ".0f")
     shown["train_flops"] = _plain(order, "train_flops", ".3g")
     shown["still_improving"] = [{1.0: "yes", 0.0: "no"}.get(v, "unknown") for v in _get(order, "still_improving")]

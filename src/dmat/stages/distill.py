@@ -33,11 +33,13 @@ from dmat import distributed, tracking
 from dmat.config import DistillConfig, TrainConfig, flat_params
 from dmat.data import DataSplits
 from dmat.errors import DmatError
-from dmat.model.pruning import prune_weights, taylor_saliency
+from dmat.model.pruning import taylor_saliency
 from dmat.stages import resolution
+from dmat.stages.inits import INITIALISATIONS
 from dmat.stages.model_run import ModelPlan, model_params, train_model, train_models_together
+from dmat.stages.resume import check_same_student
 from dmat.tracking import registry
-from dmat.training.distillation import DistillObjective, TeacherPass
+from dmat.training.distillation import DistillLoss, TeacherPass
 from dmat.training.loop import EpochCallback
 
 
@@ -77,6 +79,8 @@ def train_student(train: TrainConfig, size_factor, teacher_run_id: str | None = 
     """
     config = DistillConfig(size_factor=size_factor, **settings).validate()
     resolution.check(config, train)
+    if resume:
+        check_same_student(resume, config, teacher_run_id)
     teacher = _Teacher(lambda: resolve_teacher(train, teacher_run_id))
     return train_model(train, lambda device: teacher.plan(train, config, device, tags), experiment, resume,
                        on_epoch_end)
@@ -103,18 +107,19 @@ class _Teacher:
             raise DmatError(f"student-steps {config.student_steps} exceeds the teacher's {diffusion.timesteps} "
                             f"timesteps: pass --student-steps {diffusion.timesteps} or fewer")
         unet = resolution.student_unet(teacher.model.config, config)
-        pruned = (lambda student, splits: prune_weights(teacher.model, student, self.saliency(config, train, splits)))
+        initial_weights = INITIALISATIONS[config.init].weights(
+            teacher.model, lambda splits: self.saliency(config, train, splits))
         plan = ModelPlan(
             role=tracking.STUDENT,
             run_name=f"student-{config.size_factor:g}-{config.method}-{train.dataset}-{unet.image_size}px",
             unet=unet,
             diffusion=diffusion,
-            objective=lambda student: DistillObjective(diffusion, config, self.shared, student.feature_channels),
+            objective=lambda student: DistillLoss(diffusion, config, self.shared, student.feature_channels),
             tags={**(tags or {}), tracking.TEACHER_RUN_ID: teacher.run_id, tracking.METHOD: config.method,
                   tracking.INIT: config.init},
             params={**model_params(train, unet, diffusion.config), **flat_params("", config.effective()),
                     "teacher_run_id": teacher.run_id},
-            initial_weights=pruned if config.init == "pruned" else None,
+            initial_weights=initial_weights,
         )
         return self.low_resolution.adapt(plan, teacher, train, config, device)
 

@@ -31,9 +31,11 @@ from dmat.model.flops import flops_per_forward
 from dmat.model.unet import UNet, UNetConfig
 from dmat.runtime import resolve_device, resolve_precision, seed_everything
 from dmat.stages.resume import checkpoint_to_resume, resume_command
+from dmat.stages.tuning import log_tuning, tune_for_run
 from dmat.tracking import lineage, notes, registry
 from dmat.tracking.recorder import MlflowRecorder
-from dmat.training.loop import EpochCallback, Job, Objective, TrainResult, fit, fit_together, micro_batch_size
+from dmat.training.autotune import Tuning
+from dmat.training.loop import EpochCallback, Job, TrainingLoss, TrainResult, fit, fit_together, micro_batch_size
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ class ModelPlan:
     run_name: str
     unet: UNetConfig
     diffusion: GaussianDiffusion
-    objective: Callable[[UNet], Objective]  # built once the network exists (a student's projections need it)
+    objective: Callable[[UNet], TrainingLoss]  # built once the network exists (a student's projections need it)
     tags: dict[str, str]
     params: dict[str, object]
     # weights to start from, given the network and the data (e.g. the pruned teacher); default: the seeded random init
@@ -109,7 +111,7 @@ def train_models_together(train: TrainConfig, plans: list[Callable[[torch.device
     for i, plan in enumerate(plans):
         try:
             readies[i] = _prepare(train, plan, experiment, None, splits)
-            splits = readies[i].splits
+            splits, train = readies[i].splits, _same_tuning(train, readies[i].train)  # one loop, one precision
         except Exception as exc:  # noqa: BLE001 - this model cannot start; the others still train
             outcomes[i] = exc
     runs: dict[int, tuple[contextlib.ExitStack, str, MlflowRecorder]] = {}
@@ -163,6 +165,7 @@ def _open(run_id: str, ready: _Ready, start_epoch: int) -> None:
     if not start_epoch:
         mlflow.log_metrics(start_metrics(ready.model, ready.splits), run_id=run_id)
     notes.describe(run_id)  # the run's description in the MLflow UI
+    log_tuning(ready.tuning, run_id)  # what --precision/--compile auto measured
     mlflow.log_metric("micro_batch_size", ready.micro_batch, step=start_epoch, run_id=run_id)
 
 
@@ -183,9 +186,10 @@ class _Ready:
     spec: ModelPlan
     splits: DataSplits
     model: UNet
-    objective: Objective
+    objective: TrainingLoss
     checkpoint: dict | None
     micro_batch: int
+    tuning: Tuning | None = None
 
 
 def _prepare(train: TrainConfig, plan: Callable[[torch.device], ModelPlan], experiment: str | None,
@@ -208,14 +212,19 @@ def _prepare(train: TrainConfig, plan: Callable[[torch.device], ModelPlan], expe
     batch = distributed.per_process_batch(train.batch_size)  # an uneven split fails before the run exists
     distributed.setup(device)
     first = torch.stack([splits.train[i] for i in range(min(batch, len(splits.train)))])
-    precision = resolve_precision(train.precision, device)
-    spec.params = {**spec.params, "resolved.precision": precision}  # what `auto` chose on this hardware
-    micro = distributed.min_over_processes(micro_batch_size(model, objective, first, device, precision), device)
-    if micro < batch:
+    train, tuning = tune_for_run(train, model, objective, first, device, resume)  # auto: measured on this model
+    spec.params = {**spec.params, **tuning.params}  # resolved.precision, resolved.compile
+    micro = distributed.min_over_processes(micro_batch_size(model, objective, first, device, train.precision), device)
+    if micro < len(first):  # not `batch`: a data set smaller than a batch fits whole, and is no memory problem
         log.warning(f"note: a batch of {batch} does not fit in {device} memory: each batch is taken in "
                     f"{math.ceil(batch / micro)} micro-batches of up to {micro} (gradient accumulation: the same "
                     "optimizer step as the whole batch); logged as micro_batch_size")
-    return _Ready(train, device, spec, splits, model, objective, checkpoint, micro)
+    return _Ready(train, device, spec, splits, model, objective, checkpoint, micro, tuning)
+
+
+def _same_tuning(train: TrainConfig, tuned: TrainConfig) -> TrainConfig:
+    """The models of one loop train alike: the first one's measured precision and compile, forced on the rest."""
+    return dataclasses.replace(train, precision=tuned.precision, compile=tuned.compile)
 
 
 def _sample_steps_within_timesteps(train: TrainConfig, spec: ModelPlan) -> TrainConfig:

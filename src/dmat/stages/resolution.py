@@ -36,9 +36,10 @@ from dmat.errors import DmatError
 from dmat.model.diffusion import sample
 from dmat.model.unet import UNetConfig
 from dmat.runtime import resolve_precision
+from dmat.stages.inits import INITIALISATIONS
 from dmat.stages.model_run import ModelPlan
 from dmat.tracking import LoadedModel
-from dmat.training.loop import DiffusionObjective
+from dmat.training.loop import DiffusionLoss
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,8 @@ def check(config: DistillConfig, train: TrainConfig) -> None:
     if size > teacher:
         raise DmatError(f"student-image-size {size} is larger than the teacher's {teacher}px: a student works at its "
                         "teacher's resolution or below")
-    if size < teacher and config.init == "pruned":
-        raise DmatError(f"init pruned needs the teacher's resolution ({teacher}px), not student-image-size {size}: "
+    if size < teacher and INITIALISATIONS[config.init].same_resolution:
+        raise DmatError(f"init {config.init} needs the teacher's resolution ({teacher}px), not student-image-size {size}: "
                         "use --init random")
 
 
@@ -125,5 +126,5 @@ class LowResolution:
             self._made[key] = student_splits(teacher, train, config, size, device)
         splits, bank = self._made[key]
         diffusion = plan.diffusion
-        return dataclasses.replace(plan, objective=lambda student: DiffusionObjective(diffusion), data=splits,
+        return dataclasses.replace(plan, objective=lambda student: DiffusionLoss(diffusion), data=splits,
                                    params={**plan.params, "image_size": teacher_size, **bank})

@@ -6,6 +6,8 @@ its last finished epoch; its params hold the options it was started with.
 
 from __future__ import annotations
 
+import dataclasses
+
 from mlflow.entities import RunStatus
 
 from dmat import tracking
@@ -13,13 +15,31 @@ from dmat.errors import DmatError
 from dmat.model import checkpoint
 from dmat.model.diffusion import GaussianDiffusion
 from dmat.model.unet import UNet
+from dmat.tracking import registry
+from dmat.tracking.params import _same_value
 
 RESUMABLE = (RunStatus.to_string(RunStatus.KILLED), RunStatus.to_string(RunStatus.FAILED))
-COMMANDS = {tracking.TEACHER: "dmat teacher", tracking.STUDENT: "dmat distill"}  # the command that trains a role
+COMMANDS = {role: f"dmat {tracking.COMMAND_OF[role]}" for role in tracking.MODEL_ROLES}  # what trains a role
+
+
+# roles no `--resume` continues: the command whose rerun does the work again (finished work is reused)
+RERUNS = {tracking.PIPELINE: "rerun the same `dmat pipeline` command (finished stages are reused)",
+          tracking.EVALUATION: "rerun `dmat evaluate --all` (it evaluates every model not yet evaluated)",
+          tracking.FEATURE_EXTRACTOR: "rerun `dmat evaluate --all` (it trains the feature extractor it needs)",
+          tracking.REPORT: "rerun `dmat report --all`",
+          tracking.SWEEP: "rerun the same `dmat sweep` command (the study continues from its storage)",
+          tracking.COST: "rerun `dmat cost`"}
 
 
 def resume_command(role: str, run_id: str) -> str:
     return f"{COMMANDS.get(role, 'dmat ' + role)} --resume {run_id}"
+
+
+def what_to_do(role: str, run_id: str) -> str:
+    """How to continue a stopped run: `--resume` for the roles that train, else the command to rerun."""
+    if role in COMMANDS:
+        return f"resume it with `{resume_command(role, run_id)}`"
+    return RERUNS.get(role, "start it again with the command that started it")
 
 
 def checkpoint_to_resume(run_id: str, role: str, model: UNet, diffusion: GaussianDiffusion) -> dict:
@@ -62,6 +82,20 @@ def configs_from_run(run_id: str, classes: tuple) -> tuple:
     tracking.check_tracking_reachable()  # one quick line, not minutes of retries, when the server is down
     params = tracking.get_run(run_id).data.params
     return tuple(tracking.config_from_params(cls, params) for cls in classes)
+
+
+def check_same_student(run_id: str, config, teacher_run_id: str | None) -> None:
+    """A resumed student stays what it was started as: another method, initialisation, loss weight, resolution or
+    teacher would relabel a half-trained student (and mix the distill-vs-scratch comparison). Sampling steps may
+    change (they do not touch training)."""
+    params = tracking.get_run(run_id).data.params
+    given = {**dataclasses.asdict(config), "teacher_run_id": registry.run_id_of(teacher_run_id)}
+    given.pop("student_steps", None)
+    changed = [f"{name} {params[name]} -> {tracking.encode_param(value)}" for name, value in given.items()
+               if value is not None and name in params and not _same_value(params[name], tracking.encode_param(value))]
+    if changed:
+        raise DmatError(f"run {run_id} was started with other settings ({', '.join(changed)}): resume it with its own "
+                        f"(`{resume_command(tracking.STUDENT, run_id)}`, no other option), or start a new run")
 
 
 def student_settings_from_run(run_id: str) -> tuple:

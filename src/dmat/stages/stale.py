@@ -28,6 +28,13 @@ class RunningRun:
     role: str
     name: str
     reason: str | None  # why it is stale; None while its process lives
+    where: str = ""  # host:pid, and the pipeline worker it runs in
+
+
+def where(tags: dict) -> str:
+    """Where a run's process runs: host:pid, and its worker slot (or Ray node) when a pipeline started it."""
+    worker = f" worker {tags[tracking.OWNER_WORKER]}" if tags.get(tracking.OWNER_WORKER) else ""
+    return f"{tags.get(tracking.OWNER_HOST, '?')}:{tags.get(tracking.OWNER_PID, '?')}{worker}"
 
 
 def why_stale(run, minutes: float = STALE_MINUTES) -> str | None:
@@ -56,7 +63,7 @@ def running_runs(minutes: float = STALE_MINUTES) -> list[RunningRun]:
     """Every dmat run marked RUNNING in the store, newest first, with why it is stale (if it is)."""
     runs = tracking.find_runs(None, status=RunStatus.to_string(RunStatus.RUNNING))
     return [RunningRun(r.info.run_id, r.data.tags[tracking.ROLE], r.data.tags.get(tracking.RUN_NAME, ""),
-                       why_stale(r, minutes)) for r in runs if tracking.ROLE in r.data.tags]
+                       why_stale(r, minutes), where(r.data.tags)) for r in runs if tracking.ROLE in r.data.tags]
 
 
 def mark_killed(runs: list[RunningRun]) -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dmat import tracking
-from dmat.config import TrainConfig, replace
+from dmat.config import TrainConfig, with_overrides
 from dmat.model.diffusion import DiffusionConfig, GaussianDiffusion
 from dmat.model.unet import UNetConfig
 from dmat.stages.model_run import ModelPlan, model_params, train_model
-from dmat.training.loop import DiffusionObjective
+from dmat.training.loop import DiffusionLoss
 
 
 def train_teacher(train: TrainConfig, unet: UNetConfig, diffusion: DiffusionConfig, experiment: str | None = None,
@@ -20,14 +20,14 @@ def train_teacher(train: TrainConfig, unet: UNetConfig, diffusion: DiffusionConf
     Everything is validated (config, device, tracking store, data) before the run is created.
     """
     train.validate()
-    unet = replace(unet, image_size=train.resolved_image_size(), in_channels=train.channels, size_factor=1.0).validate()
+    unet = with_overrides(unet, image_size=train.resolved_image_size(), in_channels=train.channels, size_factor=1.0).validate()
     process = GaussianDiffusion(diffusion.validate())
     plan = ModelPlan(
         role=tracking.TEACHER,
         run_name=f"teacher-{train.dataset}-{unet.image_size}px",
         unet=unet,
         diffusion=process,
-        objective=lambda model: DiffusionObjective(process),
+        objective=lambda model: DiffusionLoss(process),
         tags={tracking.METHOD: "teacher"},
         params=model_params(train, unet, diffusion),
     )

@@ -42,6 +42,11 @@ def _without_password(url: str) -> str:
         return url
 
 
+# the storage URL, password included, as workers get it: in their environment (which only their user can read), not
+# on their command line (which every user of the machine can)
+STORAGE_ENV = "DMAT_OPTUNA_STORAGE"
+
+
 def storage(url: str) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage, with a lock timeout so sqlite tolerates concurrent workers."""
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
@@ -152,7 +157,8 @@ def work(cfg: SweepConfig, n_trials: int, parent_run_id: str, experiment: str | 
          pruner: optuna.pruners.BasePruner | None = None, worker: int = 0) -> None:
     """Worker number `worker`: run `n_trials` trials of the existing study, pruned by `pruner`
     (default_pruner()), sampled by default_sampler(cfg, worker)."""
-    study = optuna.load_study(study_name=cfg.study_name, storage=storage(cfg.storage),
+    url = os.environ.get(STORAGE_ENV) or cfg.storage  # a worker's: its command line shows no password
+    study = optuna.load_study(study_name=cfg.study_name, storage=storage(url),
                               sampler=default_sampler(cfg, worker), pruner=pruner or default_pruner())
     study.optimize(objective(cfg, parent_run_id, experiment), n_trials=n_trials, catch=())
 
@@ -162,8 +168,9 @@ def _worker_command(cfg: SweepConfig, n_trials: int, parent_run_id: str, experim
     """`dmat sweep` for one worker process: the study's own settings, `n_trials` of its trials."""
     from dmat.config.options import to_cli_args
 
+    shown = with_overrides(cfg, n_trials=n_trials, storage=_without_password(cfg.storage))  # the URL: STORAGE_ENV
     args = [sys.executable, "-m", "dmat", "sweep", "--worker-of", parent_run_id, "--worker-index", str(worker),
-            *to_cli_args(with_overrides(cfg, n_trials=n_trials), exclude=("workers",))]
+            *to_cli_args(shown, exclude=("workers",))]
     return args + (["--experiment", experiment] if experiment else [])
 
 
@@ -190,7 +197,8 @@ def run_sweep(cfg: SweepConfig, experiment: str | None = None,
         if cfg.workers == 1:
             work(cfg, cfg.n_trials, parent, experiment, pruner)
         else:
-            env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // cfg.workers))}
+            env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // cfg.workers)),
+                   STORAGE_ENV: cfg.storage}
             env.pop("MLFLOW_RUN_ID", None)
             workers = [subprocess.Popen(_worker_command(cfg, n, parent, experiment, i), env=env)
                        for i, n in enumerate(shares) if n]

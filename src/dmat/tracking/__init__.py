@@ -21,6 +21,7 @@ from dmat.tracking.store import (
 from dmat.tracking.vocabulary import (
     BEST_STUDENT_RUN_ID,
     CHECKPOINT_DIR,
+    COMMAND_OF,
     COST,
     DATASET,
     DEFAULT_EXPERIMENT,
@@ -44,16 +45,18 @@ from dmat.tracking.vocabulary import (
     NOTE,
     OWNER_HOST,
     OWNER_PID,
+    OWNER_WORKER,
     OWNER_STARTED,
     PARENT_RUN_ID,
     PIPELINE,
-    PRUNED,
     REPORT,
     ROLE,
     RUN_NAME,
     SIZE_FACTOR,
     SOURCE_DIRTY,
+    STOPPED_BY_PRUNER,
     STUDENT,
+    STUDENTS_LOOP,
     STUDY_NAME,
     SWEEP,
     SYSTEM_METRICS_ROLES,
@@ -62,4 +65,4 @@ from dmat.tracking.vocabulary import (
     TRIAL,
 )
 
-__all__ = ['SIDE_BY_SIDE_TABLE', 'DEFAULT_EXPERIMENT', 'CHECKPOINT_DIR', 'TEACHER', 'STUDENT', 'EVALUATION', 'FEATURE_EXTRACTOR', 'REPORT', 'PIPELINE', 'SWEEP', 'COST', 'MODEL_ROLES', 'ROLE', 'DATASET', 'IMAGE_SIZE', 'SIZE_FACTOR', 'TEACHER_RUN_ID', 'MODEL_RUN_ID', 'METHOD', 'INIT', 'STUDY_NAME', 'TRIAL', 'PRUNED', 'MODEL_ROLE', 'FEATURE_EXTRACTOR_RUN_ID', 'BEST_STUDENT_RUN_ID', 'OWNER_HOST', 'OWNER_PID', 'OWNER_STARTED', 'HEARTBEAT', 'HEARTBEAT_SECONDS', 'RUN_NAME', 'PARENT_RUN_ID', 'ENTRY_POINT', 'GIT_COMMIT', 'SOURCE_DIRTY', 'NOTE', 'EXPERIMENT_KIND', 'MODEL_DEVELOPMENT', 'EVALUATION_RUN_ID', 'EVAL_SETTINGS', 'SYSTEM_METRICS_ROLES', 'tracking_uri', 'check_tracking_reachable', 'check_writable', 'experiment_name', 'use_experiment', 'mark_model_development', 'get_run', 'tracked_run', 'system_metrics_for', 'readable_name', 'owner_tags', 'log_params', 'save_checkpoint', 'has_checkpoint', 'load_checkpoint', 'LoadedModel', 'load_model', 'require_role', 'search_filter', 'find_runs', 'config_from_params', 'decode_param', 'encode_param', 'param_value']
+__all__ = ['SIDE_BY_SIDE_TABLE', 'DEFAULT_EXPERIMENT', 'CHECKPOINT_DIR', 'TEACHER', 'STUDENT', 'STUDENTS_LOOP', 'EVALUATION', 'FEATURE_EXTRACTOR', 'REPORT', 'PIPELINE', 'SWEEP', 'COST', 'MODEL_ROLES', 'COMMAND_OF', 'ROLE', 'DATASET', 'IMAGE_SIZE', 'SIZE_FACTOR', 'TEACHER_RUN_ID', 'MODEL_RUN_ID', 'METHOD', 'INIT', 'STUDY_NAME', 'TRIAL', 'STOPPED_BY_PRUNER', 'MODEL_ROLE', 'FEATURE_EXTRACTOR_RUN_ID', 'BEST_STUDENT_RUN_ID', 'OWNER_HOST', 'OWNER_PID', 'OWNER_WORKER', 'OWNER_STARTED', 'HEARTBEAT', 'HEARTBEAT_SECONDS', 'RUN_NAME', 'PARENT_RUN_ID', 'ENTRY_POINT', 'GIT_COMMIT', 'SOURCE_DIRTY', 'NOTE', 'EXPERIMENT_KIND', 'MODEL_DEVELOPMENT', 'EVALUATION_RUN_ID', 'EVAL_SETTINGS', 'SYSTEM_METRICS_ROLES', 'tracking_uri', 'check_tracking_reachable', 'check_writable', 'experiment_name', 'use_experiment', 'mark_model_development', 'get_run', 'tracked_run', 'system_metrics_for', 'readable_name', 'owner_tags', 'log_params', 'save_checkpoint', 'has_checkpoint', 'load_checkpoint', 'LoadedModel', 'load_model', 'require_role', 'search_filter', 'find_runs', 'config_from_params', 'decode_param', 'encode_param', 'param_value']

@@ -42,13 +42,17 @@ def has_checkpoint(run_id: str, name: str) -> bool:
 
 
 def load_checkpoint(run_id: str, name: str = checkpoint.BEST) -> dict:
-    """Download a run's checkpoint and load it with weights_only=True."""
+    """Download a run's checkpoint and load it with weights_only=True (the download is removed: MLflow would leave
+    it in a temp folder of its own)."""
     get_run(run_id)
-    try:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{CHECKPOINT_DIR}/{name}")
-    except (MlflowException, OSError):
-        raise DmatError(f"run {run_id} has no checkpoint {CHECKPOINT_DIR}/{name}: was it trained to the end?") from None
-    return checkpoint.load(path, f"{CHECKPOINT_DIR}/{name} of run {run_id}")
+    with tempfile.TemporaryDirectory(prefix="dmat-checkpoint-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{CHECKPOINT_DIR}/{name}",
+                                                       dst_path=tmp)
+        except (MlflowException, OSError):
+            raise DmatError(f"run {run_id} has no checkpoint {CHECKPOINT_DIR}/{name}: was it trained to the end?") \
+                from None
+        return checkpoint.load(path, f"{CHECKPOINT_DIR}/{name} of run {run_id}")
 
 
 @dataclass

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from dmat import tracking
 from dmat.config.options import COMMANDS
 
-COMMAND_OF = {tracking.TEACHER: "teacher", tracking.STUDENT: "distill", tracking.EVALUATION: "evaluate"}
+COMMAND_OF = tracking.COMMAND_OF  # role -> the dmat command that reproduces its run
 
 
 def link(run_id: str) -> str:

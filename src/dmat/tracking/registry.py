@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from dmat import tracking
+from dmat.config.metrics import HEADLINE, METRICS
 from dmat.errors import DmatError
 from dmat.tracking import notes, serving
 
@@ -31,7 +32,8 @@ LATEST = "latest"
 # the run tags a version carries, so the registry can be filtered and read without opening the runs
 LINEAGE_TAGS = (tracking.ROLE, tracking.DATASET, tracking.IMAGE_SIZE, tracking.SIZE_FACTOR, tracking.METHOD,
                 tracking.INIT, tracking.TEACHER_RUN_ID, tracking.STUDY_NAME, tracking.TRIAL)
-SCORES = ("fid", "kid", "fid_floor", "precision", "recall")  # an evaluation's headline metrics, as version tags
+SCORES = HEADLINE  # an evaluation's headline metrics, as version tags
+RANKED_BY = "fid"  # the score the best-* aliases follow (dmat.config.metrics says which way is better)
 
 
 def registered_name(dataset: str, image_size: int | str, role: str) -> str:
@@ -134,7 +136,7 @@ def record_evaluation(model_run_id: str, evaluation_run_id: str, setting_names: 
         tags = {**scores, tracking.EVALUATION_RUN_ID: evaluation_run_id, tracking.EVAL_SETTINGS: settings}
         for key, value in tags.items():
             client.set_model_version_tag(version.name, version.version, key, value)
-        if "fid" in scores:
+        if RANKED_BY in scores:
             moved += _move_best(client, version.name, {**version.tags, **tags})
     return moved
 
@@ -143,8 +145,9 @@ def _move_best(client: MlflowClient, name: str, tags: dict[str, str]) -> list[st
     """Point each alias the version (with these tags) competes for at its lowest-FID entrant."""
     settings = tags[tracking.EVAL_SETTINGS]
     rivals = [v for v in client.search_model_versions(f"name = '{name}'")
-              if v.tags.get(tracking.EVAL_SETTINGS) == settings and "fid" in v.tags]
+              if v.tags.get(tracking.EVAL_SETTINGS) == settings and RANKED_BY in v.tags]
+    pick = min if METRICS[RANKED_BY].lower_is_better else max
     for alias in best_aliases(tags):
-        best = min((v for v in rivals if alias in best_aliases(v.tags)), key=lambda v: float(v.tags["fid"]))
+        best = pick((v for v in rivals if alias in best_aliases(v.tags)), key=lambda v: float(v.tags[RANKED_BY]))
         client.set_registered_model_alias(name, alias, best.version)
     return best_aliases(tags)

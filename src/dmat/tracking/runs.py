@@ -34,6 +34,7 @@ from dmat.tracking.vocabulary import (
     HEARTBEAT_SECONDS,
     OWNER_HOST,
     OWNER_PID,
+    OWNER_WORKER,
     OWNER_STARTED,
     PARENT_RUN_ID,
     ROLE,
@@ -139,8 +140,9 @@ def readable_name(current: str | None, wanted: str) -> str:
 
 def owner_tags() -> dict[str, str]:
     """This process: host, pid and start time (a pid may be reused by a later process)."""
+    worker = {OWNER_WORKER: os.environ["DMAT_WORKER"]} if os.environ.get("DMAT_WORKER") else {}
     return {OWNER_HOST: socket.gethostname(), OWNER_PID: str(os.getpid()),
-            OWNER_STARTED: f"{psutil.Process().create_time():.2f}", HEARTBEAT: str(int(time.time()))}
+            OWNER_STARTED: f"{psutil.Process().create_time():.2f}", HEARTBEAT: str(int(time.time())), **worker}
 
 
 class _Heartbeat:

@@ -105,5 +105,7 @@ def log_sampler(run_id: str, sampler: str, steps: int) -> mlflow.models.model.Mo
         unet = UNetConfig.from_dict(checkpoint.load(path, f"{checkpoint.BEST} of run {run_id}")["unet_config"])
         return mlflow.pyfunc.log_model(
             name=MODEL_NAME, python_model=str(MODEL_CODE), artifacts={"checkpoint": path},
-            model_config={"sampler": sampler, "steps": int(steps), "device": "cpu"}, signature=signature(unet),
+            # MLflow logs model_config as params of the run: no "device" (the run's own device param, "auto" say);
+            # the pyfunc loads on the cpu unless `load_model(..., model_config={"device": "cuda"})`
+            model_config={"sampler": sampler, "steps": int(steps)}, signature=signature(unet),
             input_example=input_example(sampler, steps), pip_requirements=requirements())

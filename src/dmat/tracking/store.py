@@ -4,14 +4,13 @@ Each problem is one line that names the store and what to do, before any work st
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sqlite3
 import tempfile
 from urllib.parse import urlparse
 
 import mlflow
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sqlalchemy.engine import make_url
@@ -45,6 +44,8 @@ def check_tracking_reachable() -> None:
         try:
             with _first_open_lock(uri):
                 MlflowClient().search_experiments(max_results=1)
+        except DmatError:
+            raise
         except Exception as exc:
             raise DmatError(f"tracking store {uri} cannot be opened: {_first_line(exc)}") from None
 
@@ -116,14 +117,25 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
+LOCK_TIMEOUT_S = 120  # creating a new store's tables takes seconds; a lock held longer is a process gone astray
+
+
+@contextlib.contextmanager
 def _first_open_lock(uri: str):
-    """Processes opening one new sqlite store at once race creating its tables: let them in one at a time."""
+    """Processes opening one new sqlite store at once race creating its tables: let them in one at a time. The
+    lock file lies beside the database (part of the store, nothing left in the temp folder); a store whose folder
+    cannot be written needs no lock (no tables can be created there)."""
     path = _sqlite_path(uri)
-    if path is None:
-        return contextlib.nullcontext()
-    digest = hashlib.sha1(path.encode()).hexdigest()[:16]
-    # mode 0o666: another user sharing the store (or only reading it) can take the lock too
-    return FileLock(os.path.join(tempfile.gettempdir(), f"dmat-store-{digest}.lock"), mode=0o666)
+    if path is None or not _writable_folder(os.path.dirname(path)):
+        yield
+        return
+    lock_path = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.dmat-lock")
+    try:  # mode 0o666: another user sharing the store (or only reading it) can take the lock too
+        with FileLock(lock_path, mode=0o666, timeout=LOCK_TIMEOUT_S):
+            yield
+    except Timeout:
+        raise DmatError(f"tracking store {uri} is locked: another process has held {lock_path} for over "
+                        f"{LOCK_TIMEOUT_S:g} s: let that dmat command finish or stop it (fuser names it), then rerun") from None
 
 
 def experiment_name(name: str | None) -> str:

@@ -12,8 +12,12 @@ TEACHER, STUDENT = "teacher", "student"
 EVALUATION = "evaluation"
 FEATURE_EXTRACTOR = "feature-extractor"
 REPORT, PIPELINE, SWEEP = "report", "pipeline", "sweep"
+STUDENTS_LOOP = "students-loop"  # a pipeline stage that trains several students in one loop (their parent run)
 COST = "cost"  # models of a study timed side by side (dmat.evaluation.side_by_side)
 MODEL_ROLES = (TEACHER, STUDENT)
+# The `dmat` command that makes a run of each role: a run's "Reproduce" line (dmat.tracking.notes) and, for the roles
+# that train, its `--resume` (dmat.stages.resume)
+COMMAND_OF = {TEACHER: "teacher", STUDENT: "distill", EVALUATION: "evaluate"}
 
 # Lineage tags: the MLflow UI filters on them and the report rebuilds its tables from them.
 ROLE = "dmat.role"
@@ -26,13 +30,14 @@ METHOD = "dmat.method"
 INIT = "dmat.init"  # a student's starting weights: random or pruned (from its teacher)
 STUDY_NAME = "dmat.study_name"  # an Optuna sweep's study, on its parent run and its trials' students
 TRIAL = "dmat.trial"  # the Optuna trial number of a sweep's student run
-PRUNED = "dmat.pruned"  # a sweep student stopped by the pruner (the epoch)
+STOPPED_BY_PRUNER = "dmat.pruned"  # a sweep student stopped early by Optuna's pruner (the epoch); not channel pruning
 MODEL_ROLE = "dmat.model_role"  # on an evaluation run: the role of the model it evaluates
 FEATURE_EXTRACTOR_RUN_ID = "dmat.feature_extractor_run_id"
 BEST_STUDENT_RUN_ID = "dmat.best_student_run_id"  # on a sweep run
 # Who runs a run, for `dmat runs --stale` (a run left RUNNING by a process that is gone)
 OWNER_HOST = "dmat.host"
 OWNER_PID = "dmat.pid"
+OWNER_WORKER = "dmat.worker"  # the pipeline worker slot (or Ray node) a stage ran in: $DMAT_WORKER
 OWNER_STARTED = "dmat.pid_started"  # the process's start time: a reused pid is another process
 HEARTBEAT = "dmat.heartbeat"  # unix time, renewed every HEARTBEAT_SECONDS while the run's process lives
 HEARTBEAT_SECONDS = 60

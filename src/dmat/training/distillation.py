@@ -44,8 +44,8 @@ class TeacherPass:
         self._seen.clear()
 
 
-class DistillObjective:
-    """The student's loss (a training.Objective); the 1x1 feature projections are trained with the student.
+class DistillLoss:
+    """The student's loss (a training.TrainingLoss); the 1x1 feature projections are trained with the student.
     `teacher` is the teacher's network, or a `TeacherPass` that several students' objectives share."""
 
     def __init__(self, diffusion: GaussianDiffusion, settings: DistillConfig, teacher: UNet | TeacherPass | None = None,

@@ -1,0 +1,66 @@
+"""How the command line ends when something goes wrong: every DmatError becomes one line on stderr and exit status 2;
+Ctrl-C or SIGTERM one line saying what became of the run (exit status 128 + the signal); anything unexpected one line
+naming a log file that holds the full traceback (exit status 1)."""
+
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+import tempfile
+import time
+import traceback
+
+import click
+
+from dmat.errors import DmatError
+
+
+def friendly_errors(func):
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from dmat.runtime import (
+            stop_signals,  # SIGTERM like Ctrl-C for the whole command (imports torch: not at --help)
+        )
+
+        try:
+            with stop_signals():
+                return func(*args, **kwargs)
+        except DmatError as exc:
+            _fail(f"error: {_with_notes(exc)}", 2)
+        except KeyboardInterrupt as exc:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            notes = f": {_notes(exc)}" if _notes(exc) else ""
+            _fail(f"interrupted ({signal.Signals(signum).name}){notes}", 128 + signum)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last resort: one line here, the traceback in a file
+            summary = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+            _fail(f"error: unexpected {summary}" + (f"; {_notes(exc)}" if _notes(exc) else "") + _saved_traceback(), 1)
+
+    return wrapper
+
+
+def _notes(exc: BaseException) -> str:
+    """What the library added on the way out (e.g. the run's status and how to resume it)."""
+    return "; ".join(getattr(exc, "__notes__", []))
+
+
+def _with_notes(exc: BaseException) -> str:
+    return "; ".join(filter(None, [str(exc), _notes(exc)]))
+
+
+def _saved_traceback() -> str:
+    """Write the current exception's full traceback to a log file; the text that names it."""
+    try:
+        with tempfile.NamedTemporaryFile("w", prefix=f"dmat-error-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".log",
+                                         delete=False) as log:
+            log.write(traceback.format_exc())
+        return f" (full traceback in {log.name})"
+    except OSError:
+        return ""
+
+
+def _fail(message: str, status: int):
+    click.echo(message, err=True)
+    sys.exit(status)

@@ -1,0 +1,32 @@
+"""Which evaluations are comparable (evaluation/pending.py): precision and the headline's feature space are part of
+an evaluation's settings, and an evaluation that did not log them counts as what it was then."""
+
+from __future__ import annotations
+
+from dmat.config.evaluation import EvalConfig
+from dmat.evaluation import pending, spaces
+
+
+def _params(**changed) -> dict:
+    base = {"sampler": "ddim", "steps": "50", "num_samples": "2000", "features": "classifier", "seed": "0",
+            "floor_draws": "10", "precision": "fp32", "headline_space": spaces.HEADLINE_SPACE}
+    return {k: str(v) for k, v in {**base, **changed}.items() if v is not None}
+
+
+def test_precision_and_headline_space_join_the_comparability_key():
+    assert {"precision", "headline_space"} <= set(pending.SETTINGS)
+    fp32, bf16 = pending.settings_of(_params()), pending.settings_of(_params(precision="bf16"))
+    assert fp32 != bf16  # bf16 sampling moves KID by about 0.3 floor-sd: not like with like
+    assert pending.settings_of(_params(headline_space="classifier")) != fp32
+
+
+def test_an_older_evaluation_counts_as_fp32_with_the_classifier_headline():
+    old = pending.settings_of(_params(precision=None, headline_space=None))
+    assert old == pending.settings_of(_params(headline_space="classifier"))
+    assert old != pending.settings_of(_params())
+
+
+def test_the_wanted_settings_resolve_precision_as_the_evaluation_logs_it():
+    wanted = pending.wanted_settings(EvalConfig(device="cpu"), 50)
+    assert wanted["precision"] == "fp32" and wanted["headline_space"] == spaces.HEADLINE_SPACE
+    assert pending.settings_of(wanted) == pending.settings_of(_params())

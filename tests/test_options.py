@@ -12,7 +12,8 @@ from dmat import tracking
 from dmat.cli.main import cli
 from dmat.config import STUDENT_TRAIN, SweepConfig, TrainConfig, with_overrides
 from dmat.config.evaluation import EvalConfig
-from dmat.config.options import ARCHITECTURE_FIELDS, COMMANDS, pick, render_mlproject, to_cli_args
+from dmat.config.mlproject import render_mlproject
+from dmat.config.options import ARCHITECTURE_FIELDS, COMMANDS, pick, to_cli_args
 from dmat.model.diffusion import DiffusionConfig
 from dmat.model.unet import UNetConfig
 from dmat.study.sweep import _worker_command
@@ -33,7 +34,7 @@ def parse(command: str, args: list[str]) -> dict:
 
 
 def test_committed_mlproject_is_rendered_from_the_option_table():
-    assert (ROOT / "MLproject").read_text() == render_mlproject(), "regenerate it: python -m dmat.config.options > MLproject"
+    assert (ROOT / "MLproject").read_text() == render_mlproject(), "regenerate it: python -m dmat.config.mlproject > MLproject"
 
 
 @pytest.mark.parametrize("command", ENTRY_POINTS)

@@ -1,8 +1,8 @@
 """Config dataclasses as command-line options and back; the MLproject file is rendered from the same table.
 
 `COMMANDS` says once which config fields and other options each `dmat` command takes. The CLI's
-decorators (`command_options`), the MLproject entry points (`render_mlproject`, regenerate with
-`python -m dmat.config.options > MLproject`) and `to_cli_args` all read it, so an option, its MLproject
+decorators (`command_options`), the MLproject entry points (`dmat.config.mlproject`, regenerate with
+`python -m dmat.config.mlproject > MLproject`) and `to_cli_args` all read it, so an option, its MLproject
 parameter and their defaults cannot drift apart. Options a command has besides these (report
 section flags, --resume, --all, ...) make no sense as MLproject parameters and live in cli.py.
 """
@@ -270,46 +270,3 @@ def to_cli_args(config, only: tuple[str, ...] | None = None, exclude: tuple[str,
     """The inverse of the option generator: `["--field-name", "value", ...]` that parse back to `config`."""
     options = OptionGroup(type(config), only, exclude).options()
     return [arg for option in options for arg in (option.flag, encode_param(getattr(config, option.name)))]
-
-
-MLPROJECT_HEADER = """\
-# Generated from the option table in src/dmat/config/options.py by `python -m dmat.config.options > MLproject`:
-# change that table (or the config defaults), not this file; tests/test_options.py checks they agree.
-name: dmat
-
-conda_env: conda.yaml
-
-# Every entry point runs the same `dmat` CLI from src/ (PYTHONPATH), so it works in the conda
-# environment above and with `--env-manager local` inside the Makefile's .venv alike. Each parameter
-# is the CLI option of the same name with the same default; "" means not given.
-entry_points:
-"""
-
-
-def _wrap(words: list[str], indent: str, width: int = 110) -> list[str]:
-    lines = [indent + words[0]]
-    for word in words[1:]:
-        if len(lines[-1]) + 1 + len(word) > width:
-            lines.append(indent + word)
-        else:
-            lines[-1] += " " + word
-    return lines
-
-
-def render_mlproject() -> str:
-    """The MLproject file: one entry point per command that has one, every table option a parameter."""
-    out = [MLPROJECT_HEADER.rstrip("\n")]
-    for command, spec in COMMANDS.items():
-        if spec.entry_point is None:
-            continue
-        options = [option for option in spec.options() if option.mlproject]
-        out += [f"  {spec.entry_point}:", "    parameters:"]
-        out += [f"      {option.name}: {option.mlproject_parameter()}" for option in options]
-        words = [f"PYTHONPATH=src python -m dmat {command}", *spec.fixed_args,
-                 *(f"{option.flag} {{{option.name}}}" for option in options)]
-        out += ["    command: >-", *_wrap(words, " " * 6)]
-    return "\n".join(out) + "\n"
-
-
-if __name__ == "__main__":
-    print(render_mlproject(), end="")

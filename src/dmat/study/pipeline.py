@@ -79,7 +79,7 @@ def run_pipeline(config: PipelineConfig, experiment: str | None = None) -> Pipel
         STOPPING.clear()
         study = _Study(cfg, PipelineResult(run.info.run_id), run.info.experiment_id, source, runner)
         try:
-            study.run_all()
+            walk(study)
         except KeyboardInterrupt as exc:
             exc.add_note("the pipeline run and the stages it was running are KILLED; rerun the same command to "
                          "continue (finished stages are reused)")
@@ -191,30 +191,31 @@ class _Study:
             "num_samples": cfg.num_samples, "steps": cfg.steps, "steps_grid": cfg.steps_grid, "device": cfg.device,
             "precision": cfg.precision, "run_id": model.run_id})
 
-    def run_all(self) -> None:
-        """Teacher; then its evaluation (which trains the feature extractor every evaluation shares) beside every
-        students loop; each student's evaluation once its loop is done; the timings alone; the report."""
-        cfg = self.cfg
-        teacher = self.stage("teacher", "teacher", {**self.common(cfg.seeds[0]), "epochs": cfg.teacher_epochs,
-                                                    "base_channels": cfg.base_channels, "timesteps": cfg.timesteps})
-        if teacher.error:
-            raise DmatError(f"the teacher stage failed ({teacher.error}): see run {teacher.run_id} in the MLflow UI")
-        groups = [(m, i, s) for s in cfg.seeds for m in cfg.methods for i in cfg.inits]
-        with ThreadPoolExecutor(max_workers=len(groups) * (1 + len(cfg.sizes)) + 1) as pool:
-            try:
-                teacher_evaluation = pool.submit(self.evaluate, teacher)
-                loops = [pool.submit(self.students, *group, teacher.run_id) for group in groups]
-                teacher_evaluation.result()
-                evaluations = [pool.submit(self.evaluate, model)
-                               for loop in as_completed(loops) for model in loop.result()]
-                for evaluation in evaluations:
-                    evaluation.result()
-            except BaseException:
-                stop_stages()
-                raise
-        # timings compared across models are taken side by side with nothing else running, and the report only
-        # reads the store: both are done every time, to include every model
-        experiment = mlflow.get_experiment(self.experiment_id).name
-        self.stage("cost", "cost", {"experiment": experiment, "device": cfg.device, "precision": cfg.precision},
-                   reuse=False)
-        self.stage("report", "report", {"experiment": experiment}, reuse=False)
+
+def walk(study: _Study) -> None:
+    """Teacher; then its evaluation (which trains the feature extractor every evaluation shares) beside every
+    students loop; each student's evaluation once its loop is done; the timings alone; the report."""
+    cfg = study.cfg
+    teacher = study.stage("teacher", "teacher", {**study.common(cfg.seeds[0]), "epochs": cfg.teacher_epochs,
+                                                 "base_channels": cfg.base_channels, "timesteps": cfg.timesteps})
+    if teacher.error:
+        raise DmatError(f"the teacher stage failed ({teacher.error}): see run {teacher.run_id} in the MLflow UI")
+    groups = [(m, i, s) for s in cfg.seeds for m in cfg.methods for i in cfg.inits]
+    with ThreadPoolExecutor(max_workers=len(groups) * (1 + len(cfg.sizes)) + 1) as pool:
+        try:
+            teacher_evaluation = pool.submit(study.evaluate, teacher)
+            loops = [pool.submit(study.students, *group, teacher.run_id) for group in groups]
+            teacher_evaluation.result()
+            evaluations = [pool.submit(study.evaluate, model)
+                           for loop in as_completed(loops) for model in loop.result()]
+            for evaluation in evaluations:
+                evaluation.result()
+        except BaseException:
+            stop_stages()
+            raise
+    # timings compared across models are taken side by side with nothing else running, and the report only
+    # reads the store: both are done every time, to include every model
+    experiment = mlflow.get_experiment(study.experiment_id).name
+    study.stage("cost", "cost", {"experiment": experiment, "device": cfg.device, "precision": cfg.precision},
+                reuse=False)
+    study.stage("report", "report", {"experiment": experiment}, reuse=False)

@@ -41,11 +41,20 @@ _KEPT = ("pytest-of-", "torchinductor_")
 
 def _private_tmp() -> Path:
     if not os.environ.get(_TMP_ENV):
-        os.environ[_TMP_ENV] = tempfile.mkdtemp(prefix="dmat-tests-")
+        _remove_folders_of_killed_sessions(Path(tempfile.gettempdir()))
+        os.environ[_TMP_ENV] = tempfile.mkdtemp(prefix=f"dmat-tests-{os.getpid()}-")
     os.environ["TMPDIR"] = os.environ[_TMP_ENV]
     tempfile.tempdir = None  # gettempdir() caches its answer: ask again
     assert tempfile.gettempdir() == os.environ[_TMP_ENV]
     return Path(os.environ[_TMP_ENV])
+
+
+def _remove_folders_of_killed_sessions(temp: Path) -> None:
+    """A session killed before its end (timeout, kill -9) could not remove its folder: the next one does."""
+    for folder in temp.glob("dmat-tests-*-*"):
+        pid = folder.name.split("-")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and Path("/proc/self").exists():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_configure(config):

@@ -114,3 +114,14 @@ def test_forced_bf16_run_is_obeyed_untimed_and_a_resume_keeps_the_runs_choice(st
     model, objective, batch = _model_objective_batch()
     train, kept = tuning.tune_for_run(tiny_train(), model, objective, batch, CPU, resume=run.info.run_id)
     assert (train.precision, train.compile, kept.reason) == ("bf16", "off", "kept from the run being resumed")
+
+
+def test_students_in_one_loop_train_alike_measured_once(study, teacher_run_id, monkeypatch):
+    from dmat.stages.distill import train_students
+
+    monkeypatch.setattr(autotune, "native_bf16", lambda device: True)
+    outcomes = train_students(tiny_train(epochs=1), [0.5, 0.3], teacher_run_id, "autotune-loop", student_steps=4)
+    runs = [mlflow.get_run(o.run_id) for o in outcomes]
+    assert runs[0].data.params["resolved.precision"] == runs[1].data.params["resolved.precision"]
+    assert "autotune.fp32.step_seconds" in runs[0].data.metrics  # the first measured, the loop's choice
+    assert not any(k.startswith("autotune.") for k in runs[1].data.metrics)  # the rest take it

@@ -182,8 +182,9 @@ def test_a_tracking_server_gone_mid_run_fails_within_minutes_not_twenty(store, m
     mlflow.set_tracking_uri(uri)
     try:
         start = time.monotonic()
-        result = CliRunner().invoke(cli, ["runs"])
-        assert result.exit_code != 0 and time.monotonic() - start < 90, result.output
+        line = one_line(CliRunner().invoke(cli, ["runs"]))
+        assert time.monotonic() - start < 90
+        assert f"tracking server {uri} stopped answering" in line and "dmat runs --stale" in line, line
     finally:
         server.shutdown()
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "3" and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "20"

@@ -108,7 +108,7 @@ def all_finite(loss: torch.Tensor) -> bool:
 
 
 def average_gradients(params: list[torch.Tensor]) -> None:
-    """Average gradients of parameters DDP does not own (an objective's own trainable parameters)."""
+    """Average gradients of parameters DDP does not own (a training loss's own trainable parameters)."""
     if world_size() == 1:
         return
     for param in params:

@@ -34,11 +34,26 @@ def friendly_errors(func):
             _fail(f"interrupted ({signal.Signals(signum).name}){notes}", 128 + signum)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except Exception as exc:  # noqa: BLE001 - the last resort: one line here, the traceback in a file
+        except Exception as exc:  # noqa: BLE001 - a tracking server gone, or the last resort
+            if gone := _server_gone(exc):
+                _fail(f"error: {gone}" + (f"; {_notes(exc)}" if _notes(exc) else ""), 2)
+            # the last resort: one line here, the traceback in a file
             summary = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
             _fail(f"error: unexpected {summary}" + (f"; {_notes(exc)}" if _notes(exc) else "") + _saved_traceback(), 1)
 
     return wrapper
+
+
+def _server_gone(exc: Exception) -> str | None:
+    """MLflow's error once its bounded retries (cli.main.HTTP_DEFAULTS) to a tracking server are used up, as one line
+    that says what to do; None for any other error."""
+    text = str(exc)
+    if type(exc).__name__ != "MlflowException" or not text.startswith("API request to ") or "failed" not in text:
+        return None
+    import mlflow
+
+    why = text.split("exception", 1)[-1].strip()[:200]
+    return (f"tracking server {mlflow.get_tracking_uri()} stopped answering ({why}): when it is back, `dmat runs --stale --mark-killed` lists the runs it cut short and how to resume them")
 
 
 def _notes(exc: BaseException) -> str:

@@ -156,6 +156,10 @@ def _smallest(nears: list[Near]) -> Near | None:
     return min(within, key=lambda n: (n.size, n.ratio[0])) if within else None
 
 
+def _closest(nears: list[Near]) -> Near | None:
+    return min(nears, key=lambda n: n.ratio[0]) if nears else None
+
+
 def _answer_metric(nears: list[Near], metric: str) -> str:
     """The answer on one metric: the smallest size within WITHIN of the teacher over every kind, its interval and
     cost, and what convergence makes of it; or the closest any kind came."""
@@ -163,10 +167,10 @@ def _answer_metric(nears: list[Near], metric: str) -> str:
     if near is None:
         if not nears:
             return f"By {label}, no student can be compared with the teacher."
-        best = min(nears, key=lambda n: n.ratio[0])
-        budget = _budget(best)
+        best = _closest(nears)
+        budget = _budget(best) + (", so more training may change this" if best.improving[0] else "")
         return (f"By {label}, no student size measured comes within {WITHIN:.0%} of the teacher (closest: size "
-                f"{best.closest:g} {best.name}, {_ratio_text(best)}){'; ' + budget if budget else ''}.")
+                f"{best.closest:g} {best.name}, {_ratio_text(best)}){'; ' + budget if _budget(best) else ''}.")
     budget = _budget(near)
     bound = "at most " if budget and not near.teacher_improving else ""
     cost = " and ".join(f"{share:.0%} of the teacher's {what}" for what, share in
@@ -224,6 +228,6 @@ def answer(evaluations: pd.DataFrame, histories: pd.DataFrame | None = None) -> 
     of the teacher, with which method and init, its interval (the teacher's spread included) and its cost saving;
     then that student against the teacher at equal training compute and, where budgets differ, at equal epochs."""
     nears = {metric: near_teacher(evaluations, metric)[0] for metric in LABELS}
-    chosen = _smallest(nears["kid"]) or _smallest(nears["fid"])
+    chosen = _smallest(nears["kid"]) or _smallest(nears["fid"]) or _closest(nears["kid"]) or _closest(nears["fid"])
     text = " ".join(_answer_metric(nears[m], m) for m in LABELS)
     return f"The answer: {text} {compute_sentence(chosen, histories)}".strip()

@@ -114,7 +114,7 @@ class _Teacher:
             run_name=f"student-{config.size_factor:g}-{config.method}-{train.dataset}-{unet.image_size}px",
             unet=unet,
             diffusion=diffusion,
-            objective=lambda student: DistillLoss(diffusion, config, self.shared, student.feature_channels),
+            criterion=lambda student: DistillLoss(diffusion, config, self.shared, student.feature_channels),
             tags={**(tags or {}), tracking.TEACHER_RUN_ID: teacher.run_id, tracking.METHOD: config.method,
                   tracking.INIT: config.init},
             params={**model_params(train, unet, diffusion.config), **flat_params("", config.effective()),

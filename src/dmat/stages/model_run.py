@@ -48,7 +48,7 @@ class ModelPlan:
     run_name: str
     unet: UNetConfig
     diffusion: GaussianDiffusion
-    objective: Callable[[UNet], TrainingLoss]  # built once the network exists (a student's projections need it)
+    criterion: Callable[[UNet], TrainingLoss]  # built once the network exists (a student's projections need it)
     tags: dict[str, str]
     params: dict[str, object]
     # weights to start from, given the network and the data (e.g. the pruned teacher); default: the seeded random init
@@ -73,7 +73,7 @@ def train_model(train: TrainConfig, plan: Callable[[torch.device], ModelPlan], e
     """
     ready = _prepare(train, plan, experiment, resume)
     spec, train = ready.spec, ready.train
-    fit_args = (ready.model, spec.diffusion, ready.objective, ready.splits, train, ready.device)
+    fit_args = (ready.model, spec.diffusion, ready.criterion, ready.splits, train, ready.device)
     if not distributed.is_main():  # under torchrun, rank 0 alone logs to MLflow
         fit(*fit_args, resume=ready.checkpoint, on_epoch_end=on_epoch_end, micro_batch=ready.micro_batch)
         return None
@@ -122,7 +122,7 @@ def train_models_together(train: TrainConfig, plans: list[Callable[[torch.device
             runs[i] = (stack, run.info.run_id, MlflowRecorder(run_id=run.info.run_id))
             _open(run.info.run_id, ready, 0)
         first = next(iter(readies.values()), None)
-        jobs = [Job(r.model, r.spec.diffusion, r.objective, runs[i][2], r.micro_batch) for i, r in readies.items()]
+        jobs = [Job(r.model, r.spec.diffusion, r.criterion, runs[i][2], r.micro_batch) for i, r in readies.items()]
         results = fit_together(jobs, first.splits, first.train, first.device, before_batch) if first else []
         for (i, ready), result in zip(readies.items(), results):
             outcomes[i] = _finish_together(*runs[i], ready, result)
@@ -186,7 +186,7 @@ class _Ready:
     spec: ModelPlan
     splits: DataSplits
     model: UNet
-    objective: TrainingLoss
+    criterion: TrainingLoss
     checkpoint: dict | None
     micro_batch: int
     tuning: Tuning | None = None
@@ -207,19 +207,19 @@ def _prepare(train: TrainConfig, plan: Callable[[torch.device], ModelPlan], expe
     model = UNet(spec.unet)
     if spec.initial_weights is not None:
         model.load_state_dict(spec.initial_weights(model, splits))
-    objective = spec.objective(model)
+    criterion = spec.criterion(model)
     checkpoint = checkpoint_to_resume(resume, spec.role, model, spec.diffusion) if resume else None
     batch = distributed.per_process_batch(train.batch_size)  # an uneven split fails before the run exists
     distributed.setup(device)
     first = torch.stack([splits.train[i] for i in range(min(batch, len(splits.train)))])
-    train, tuning = tune_for_run(train, model, objective, first, device, resume)  # auto: measured on this model
+    train, tuning = tune_for_run(train, model, criterion, first, device, resume)  # auto: measured on this model
     spec.params = {**spec.params, **tuning.params}  # resolved.precision, resolved.compile
-    micro = distributed.min_over_processes(micro_batch_size(model, objective, first, device, train.precision), device)
+    micro = distributed.min_over_processes(micro_batch_size(model, criterion, first, device, train.precision), device)
     if micro < len(first):  # not `batch`: a data set smaller than a batch fits whole, and is no memory problem
         log.warning(f"note: a batch of {batch} does not fit in {device} memory: each batch is taken in "
                     f"{math.ceil(batch / micro)} micro-batches of up to {micro} (gradient accumulation: the same "
                     "optimizer step as the whole batch); logged as micro_batch_size")
-    return _Ready(train, device, spec, splits, model, objective, checkpoint, micro, tuning)
+    return _Ready(train, device, spec, splits, model, criterion, checkpoint, micro, tuning)
 
 
 def _same_tuning(train: TrainConfig, tuned: TrainConfig) -> TrainConfig:

@@ -27,7 +27,7 @@ def train_teacher(train: TrainConfig, unet: UNetConfig, diffusion: DiffusionConf
         run_name=f"teacher-{train.dataset}-{unet.image_size}px",
         unet=unet,
         diffusion=process,
-        objective=lambda model: DiffusionLoss(process),
+        criterion=lambda model: DiffusionLoss(process),
         tags={tracking.METHOD: "teacher"},
         params=model_params(train, unet, diffusion),
     )

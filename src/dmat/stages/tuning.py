@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 ARTIFACT = "autotune.json"
 
 
-def tune_for_run(train: TrainConfig, model: torch.nn.Module, objective, batch: torch.Tensor, device: torch.device,
+def tune_for_run(train: TrainConfig, model: torch.nn.Module, criterion, batch: torch.Tensor, device: torch.device,
                  resume: str | None = None) -> tuple[TrainConfig, autotune.Tuning]:
     """`train` with its precision and compile resolved ("fp32"/"bf16", "on"/"off"), and how they were chosen.
     A resumed run keeps what it trained with, so its epochs continue as they began."""
@@ -27,7 +27,7 @@ def tune_for_run(train: TrainConfig, model: torch.nn.Module, objective, batch: t
     if tuning is None:
         tuning = autotune.forced(train.precision, train.compile, device)
     if tuning is None:
-        tuning = distributed.from_main(autotune.tune(model, objective, batch, device, train.precision, train.compile))
+        tuning = distributed.from_main(autotune.tune(model, criterion, batch, device, train.precision, train.compile))
         timed = ", ".join(f"{c.name} {c.step_seconds * 1000:.0f} ms" for c in tuning.candidates if c.error is None)
         log.info(f"autotune: {tuning.precision}, compile {tuning.compile} ({tuning.reason}; per step: {timed}; "
                  f"tuning took {tuning.seconds:.1f} s)")

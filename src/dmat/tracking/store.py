@@ -135,7 +135,8 @@ def _first_open_lock(uri: str):
             yield
     except Timeout:
         raise DmatError(f"tracking store {uri} is locked: another process has held {lock_path} for over "
-                        f"{LOCK_TIMEOUT_S:g} s: let that dmat command finish or stop it (fuser names it), then rerun") from None
+                        f"{LOCK_TIMEOUT_S:g} s: let that dmat command finish or stop it (fuser names it), "
+                        "then rerun") from None
 
 
 def experiment_name(name: str | None) -> str:

@@ -1,7 +1,7 @@
 """Precision and compilation chosen by measurement, not by a hardware flag.
 
 `tune` times a few real training steps (forward, backward, optimizer step) of each candidate -- fp32, bf16
-autocast, each eager or `torch.compile`d -- on the run's own model, objective and first batch, with the same
+autocast, each eager or `torch.compile`d -- on the run's own model, criterion and first batch, with the same
 noise and dropout for every candidate. It picks the fastest whose first-step loss stays within `tolerance` of
 fp32's on the same batch and noise; fp32 eager whenever in doubt: a candidate that fails, or one faster by less
 than the timing noise (`margin`).
@@ -10,7 +10,7 @@ Why measure: on an H200 bf16 autocast was slower than fp32 for this small networ
 faster, while on AMX CPUs bf16 is 1.2-1.4x faster and compiling gains nothing. Candidates that cannot win are
 not tried, to keep tuning to seconds: bf16 where it is emulated (a CPU without AVX512-BF16/AMX: ~9x slower
 than fp32), and under `compile="auto"` compiling anywhere but CUDA (on a CPU its warm-up costs more than it
-saves). The model, the objective and the global random streams are left as found (the steps run on a copy).
+saves). The model, the criterion and the global random streams are left as found (the steps run on a copy).
 Pure torch: what is logged, and where, is the caller's business (`Tuning.params`, `metrics`, `as_dict`)."""
 
 from __future__ import annotations
@@ -98,9 +98,9 @@ def _split(found: list[Candidate]) -> tuple[list[Candidate], list[Candidate]]:
     return [c for c in found if c.error is None], [c for c in found if c.error is not None]
 
 
-def tune(model: torch.nn.Module, objective, batch: torch.Tensor, device: torch.device, precision: str = "auto",
+def tune(model: torch.nn.Module, criterion, batch: torch.Tensor, device: torch.device, precision: str = "auto",
          compile: str = "auto", steps: int = 3, tolerance: float = 0.05, margin: float = 0.1) -> Tuning:
-    """The fastest candidate for training `model` under `objective` on `batch` (see the module's doc): `steps`
+    """The fastest candidate for training `model` under `criterion` on `batch` (see the module's doc): `steps`
     steps of each are timed after one untimed warm-up step, whose loss is the one compared."""
     fixed = forced(precision, compile, device)
     if fixed is not None:
@@ -110,8 +110,8 @@ def tune(model: torch.nn.Module, objective, batch: torch.Tensor, device: torch.d
     batch = batch.to(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for index, candidate in enumerate(runnable):
-            _measure(candidate, runnable[0] if index else None, model, objective, batch, device, steps, index)
-    for param in getattr(objective, "trainable_parameters", list)():
+            _measure(candidate, runnable[0] if index else None, model, criterion, batch, device, steps, index)
+    for param in getattr(criterion, "trainable_parameters", list)():
         param.grad = None
     choice = choose(runnable, tolerance, margin)
     choice.candidates += skipped
@@ -138,11 +138,11 @@ def choose(candidates: list[Candidate], tolerance: float = 0.05, margin: float =
                   f"measured: nothing beats {reference.name} by more than {margin:.0%}", candidates)
 
 
-def _measure(candidate: Candidate, baseline: Candidate | None, model, objective, batch, device, steps: int,
+def _measure(candidate: Candidate, baseline: Candidate | None, model, criterion, batch, device, steps: int,
              index: int) -> None:
     """Time `steps` training steps of a copy of `model` as `candidate` says, after one untimed warm-up step;
     stops early (noted as its error) once a step is 3x slower than `baseline`'s median. The warm-up step draws
-    the same noise and dropout for every candidate, the timed steps their own (`index`): an objective that
+    the same noise and dropout for every candidate, the timed steps their own (`index`): an criterion that
     caches work by its inputs (a shared teacher's outputs) gives no candidate the others' work for free."""
     work = copy.deepcopy(model).train()
     trainer = compiled(work, candidate.compile)
@@ -154,7 +154,7 @@ def _measure(candidate: Candidate, baseline: Candidate | None, model, objective,
         for i in range(1 + steps):
             if i == 1:
                 noise.manual_seed(TUNE_SEED + 1 + index)
-            seconds, loss = _step(trainer, objective, batch, optimizer, candidate.precision, noise, device)
+            seconds, loss = _step(trainer, criterion, batch, optimizer, candidate.precision, noise, device)
             if i == 0:
                 candidate.warmup_seconds, candidate.loss = seconds, loss
             else:
@@ -172,11 +172,11 @@ def _measure(candidate: Candidate, baseline: Candidate | None, model, objective,
             torch.cuda.empty_cache()
 
 
-def _step(trainer, objective, batch, optimizer, precision: str, noise, device) -> tuple[float, float]:
+def _step(trainer, criterion, batch, optimizer, precision: str, noise, device) -> tuple[float, float]:
     _synchronize(device)
     start = time.perf_counter()
     with autocast(device, precision):
-        loss, _ = objective.loss(trainer, batch, noise)
+        loss, _ = criterion.loss(trainer, batch, noise)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

@@ -49,7 +49,7 @@ class Job:
 
     model: UNet
     diffusion: GaussianDiffusion
-    objective: TrainingLoss
+    criterion: TrainingLoss
     recorder: Recorder | None = None
     micro_batch: int | None = None
     on_epoch_end: EpochCallback | None = None
@@ -75,10 +75,10 @@ class _Loop:
                 state.fail(exc)
 
 
-def fit(model: UNet, diffusion: GaussianDiffusion, objective: TrainingLoss, splits: DataSplits, cfg: TrainConfig,
+def fit(model: UNet, diffusion: GaussianDiffusion, criterion: TrainingLoss, splits: DataSplits, cfg: TrainConfig,
         device: torch.device, recorder: Recorder | None = None, resume: dict | None = None,
         on_epoch_end: EpochCallback | None = None, micro_batch: int | None = None) -> TrainResult:
-    """Train `model` under `objective`; returns the best EMA model by validation loss (kept in memory).
+    """Train `model` under `criterion`; returns the best EMA model by validation loss (kept in memory).
 
     `recorder` receives metrics and checkpoints on the main process (rank 0 under torchrun); without
     one nothing is kept but the result. `on_epoch_end(epoch, metrics)` returning True stops training
@@ -92,7 +92,7 @@ def fit(model: UNet, diffusion: GaussianDiffusion, objective: TrainingLoss, spli
     and skips none.
     """
     main = distributed.is_main()
-    job = Job(model, diffusion, objective, recorder if main else None, micro_batch, on_epoch_end)
+    job = Job(model, diffusion, criterion, recorder if main else None, micro_batch, on_epoch_end)
     state = _state(job, splits, cfg, device)
     if resume:
         state.recorder.on_resume(resume["epoch"], state.restore(resume, main))
@@ -127,8 +127,8 @@ def _state(job: Job, splits: DataSplits, cfg: TrainConfig, device: torch.device)
     precision = resolve_precision(cfg.precision, device)
     micro = job.micro_batch
     if micro is None:
-        micro = micro_batch_size(job.model, job.objective, next(iter(_loaders(splits, cfg)[0])), device, precision)
-    return TrainingState(job.model, job.diffusion, job.objective, cfg, micro, precision, job.recorder,
+        micro = micro_batch_size(job.model, job.criterion, next(iter(_loaders(splits, cfg)[0])), device, precision)
+    return TrainingState(job.model, job.diffusion, job.criterion, cfg, micro, precision, job.recorder,
                           job.on_epoch_end)
 
 

@@ -12,8 +12,9 @@ from dmat.model.diffusion import GaussianDiffusion
 
 
 class TrainingLoss(Protocol):
-    """May also define `trainable_parameters()`: parameters of its own (e.g. distillation projections)
-    that the optimizer trains beside the model's."""
+    """What the loop minimises (its `criterion`; "objective" is the sweep's Optuna objective only). May also
+    define `trainable_parameters()`: parameters of its own (e.g. distillation projections) that the optimizer trains
+    beside the model's."""
 
     def loss(self, model: torch.nn.Module, x0: torch.Tensor, generator=None) -> tuple[torch.Tensor, dict[str, float]]:
         """The training loss on a batch of clean images, plus its named components; every random draw

@@ -38,12 +38,12 @@ class TrainingState:
     """What a run carries from epoch to epoch: its optimizer step (model, EMA, optimizer, random streams), the best so
     far and the epoch's totals. Exactly this is `last.pt`'s `train_state`, so a resumed run continues unchanged."""
 
-    def __init__(self, model: UNet, diffusion: GaussianDiffusion, objective: TrainingLoss, cfg: TrainConfig,
+    def __init__(self, model: UNet, diffusion: GaussianDiffusion, criterion: TrainingLoss, cfg: TrainConfig,
                  micro_batch: int, precision: str = "fp32", recorder: Recorder | None = None,
                  on_epoch_end: EpochCallback | None = None):
-        self.model, self.diffusion, self.objective, self.cfg = model, diffusion, objective, cfg
+        self.model, self.diffusion, self.criterion, self.cfg = model, diffusion, criterion, cfg
         self.recorder, self.on_epoch_end = recorder or Recorder(), on_epoch_end
-        self.optimizing = OptimizerStep(model, objective, cfg, micro_batch, precision)
+        self.optimizing = OptimizerStep(model, criterion, cfg, micro_batch, precision)
         self.best, self.totals = BestSoFar(), EpochTotals()
         self.epoch = 0
         self.saved_epoch = 0  # the epoch last.pt holds
@@ -93,7 +93,7 @@ class TrainingState:
         """The EMA model's loss on a held-out batch. Always in fp32, whatever the training precision:
         validation losses are compared across models and runs, and pick the best epoch."""
         model = self.ema.module.eval()
-        loss, parts = self.objective.loss(model, x0, generator)
+        loss, parts = self.criterion.loss(model, x0, generator)
         self.totals.val.add({"loss": loss.item(), **parts}, x0.shape[0])
 
     def val_metrics(self) -> dict[str, float]:

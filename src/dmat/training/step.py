@@ -42,13 +42,13 @@ def ema_average(decay: float):
     return multi_avg_fn
 
 
-def micro_batch_size(model, objective: TrainingLoss, batch: torch.Tensor, device, precision: str = "fp32") -> int:
+def micro_batch_size(model, criterion: TrainingLoss, batch: torch.Tensor, device, precision: str = "fp32") -> int:
     """One forward/backward pass before the long run, so a wrong shape or a non-finite loss fails in
     seconds. A batch that does not fit in the device's memory is halved until it does; `fit` then takes
     each batch in micro-batches of the size returned, with the same optimizer step (gradient accumulation)."""
     model.to(device)
     size = batch.shape[0]
-    while (loss := _try_backward(model, objective, batch[:size].to(device), precision)) is None:
+    while (loss := _try_backward(model, criterion, batch[:size].to(device), precision)) is None:
         if size == 1:
             raise DmatError(f"not even one image fits in {device} memory: use a smaller model or another device")
         size = (size + 1) // 2
@@ -57,11 +57,11 @@ def micro_batch_size(model, objective: TrainingLoss, batch: torch.Tensor, device
     return size
 
 
-def _try_backward(model, objective: TrainingLoss, batch: torch.Tensor, precision: str) -> float | None:
+def _try_backward(model, criterion: TrainingLoss, batch: torch.Tensor, precision: str) -> float | None:
     """The loss of one forward/backward pass, or None when it ran out of memory."""
     try:
         with autocast(batch.device, precision):
-            loss, _ = objective.loss(model, batch)
+            loss, _ = criterion.loss(model, batch)
         loss.backward()
         return loss.item()
     except torch.OutOfMemoryError:
@@ -105,11 +105,11 @@ class OptimizerStep:
     """A model's optimizer (AdamW over its weights and its loss's own parameters), EMA, random streams and what
     computes the loss (`trainer`: the model, compiled where asked, or DDP around it)."""
 
-    def __init__(self, model: UNet, objective: TrainingLoss, cfg: TrainConfig, micro_batch: int,
+    def __init__(self, model: UNet, criterion: TrainingLoss, cfg: TrainConfig, micro_batch: int,
                  precision: str = "fp32"):
-        self.model, self.objective, self.cfg = model, objective, cfg
+        self.model, self.criterion, self.cfg = model, criterion, cfg
         self.micro_batch, self.precision = micro_batch, precision
-        self.extras = list(getattr(objective, "trainable_parameters", list)())
+        self.extras = list(getattr(criterion, "trainable_parameters", list)())
         self.trainable = [*model.parameters(), *self.extras]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                            foreach=True)  # CPU too: one kernel per tensor group, not per tensor
@@ -130,7 +130,7 @@ class OptimizerStep:
             share = chunk.shape[0] / x0.shape[0]
             with distributed.accumulating(trainer, last=i == len(chunks) - 1), self.dropout.active():
                 with autocast(chunk.device, self.precision):  # the forward pass; backward follows its dtypes
-                    loss, parts = self.objective.loss(trainer, chunk, self.noise)
+                    loss, parts = self.criterion.loss(trainer, chunk, self.noise)
                 if not distributed.all_finite(loss):
                     raise DmatError(f"loss became non-finite at epoch {epoch}: lower --lr")
                 (loss * share).backward()

@@ -25,7 +25,7 @@ from dmat import tracking
 from dmat.study import executor
 from dmat.tracking import lineage
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
+PROJECT_DIR = Path(__file__).resolve().parents[3]  # the checkout: src/dmat/study/stage.py
 STAGE_KEY = "dmat.stage_key"  # on a run trained in a shared loop: the stage (entry point, parameters) it stands for
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dmat.config.datasets import absolute_dataset
 from dmat.config.evaluation import EvalConfig
 from dmat.config.training import (
     DEFAULT_SIZE_FACTORS,
@@ -84,6 +85,7 @@ class PipelineConfig:
 
     def validate(self) -> "PipelineConfig":
         check_precision(self.precision)
+        self.dataset = absolute_dataset(self.dataset)  # stages start in the project folder, not this one
         if self.preset not in PRESETS:
             raise DmatError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         if self.executor not in EXECUTORS:
@@ -137,6 +139,7 @@ class SweepConfig:
 
     def validate(self) -> "SweepConfig":
         check_precision(self.precision)
+        self.dataset = absolute_dataset(self.dataset)
         if self.n_trials < 1:
             raise DmatError(f"n-trials must be at least 1, got {self.n_trials}")
         if self.workers < 1:

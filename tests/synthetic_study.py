@@ -14,7 +14,7 @@ import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from dmat.config.metrics import METRICS, REFERENCES, grid_key, per_reference
+from dmat.config.metrics import HEADLINE_SPACE, HEADLINE_SPACE_PARAM, METRICS, REFERENCES, grid_key, per_reference
 from dmat.config.training import PRUNED
 
 TIMESTEPS, STEPS, EPOCHS, IMAGE, TRAIN_IMAGES = 20, 10, 4, 8, 1000
@@ -102,7 +102,7 @@ def declared(name: str) -> bool:
 
 
 def _evaluation_run(client, exp_id, model_run_id, teacher_id, role, method, size, seed, artifacts=True,
-                    drop=(), status="FINISHED", extra=None, init=None, steps_grid=()):
+                    drop=(), status="FINISHED", extra=None, init=None, steps_grid=(), params=None):
     tags = {"dmat.role": "evaluation", "dmat.model_run_id": model_run_id, "dmat.model_role": role,
             "dmat.method": method, "dmat.size_factor": size, "dmat.dataset": "digits", "dmat.image_size": IMAGE,
             "dmat.teacher_run_id": teacher_id, "dmat.feature_extractor_run_id": "none", **({"dmat.init": init} if init else {})}
@@ -123,9 +123,9 @@ def _evaluation_run(client, exp_id, model_run_id, teacher_id, role, method, size
                  "eps_mse_teacher": [(t, gap * (0.1 + t / TIMESTEPS)) for t in range(TIMESTEPS)],
                  "eps_mse_true": [(t, 0.05 + gap / 10 + 1 / (t + 1)) for t in range(TIMESTEPS)],
                  **(grid_series(metrics["kid"], size, steps_grid) if steps_grid else {})}
-    _batch(client, run.info.run_id, metrics, histories,
-           {"sampler": "ddim", "steps": STEPS, "num_samples": 64, "features": "classifier", "seed": seed,
-            "floor_draws": 10, "reference": "train"})
+    logged = {"sampler": "ddim", "steps": STEPS, "num_samples": 64, "features": "classifier", "seed": seed,
+              "floor_draws": 10, "reference": "train", HEADLINE_SPACE_PARAM: HEADLINE_SPACE, **(params or {})}
+    _batch(client, run.info.run_id, metrics, histories, {k: v for k, v in logged.items() if v is not None})
     if artifacts:
         with tempfile.TemporaryDirectory() as tmp:
             for path in _arrays(seed, size, Path(tmp)):

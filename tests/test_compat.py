@@ -17,9 +17,11 @@ from mlflow.tracking import MlflowClient
 from dmat import tracking
 from dmat.cli.main import cli
 from dmat.config.evaluation import EvalConfig
+from dmat.config.metrics import HEADLINE_SPACE, HEADLINE_SPACE_PARAM
 from dmat.evaluation import pending
 from dmat.evaluation.pending import still_to_evaluate
-from dmat.report.query import LEGACY_PROBLEM, load_study
+from dmat.report import build_report
+from dmat.report.query import LEGACY_PROBLEM, SPACE_PROBLEM, load_study
 
 ARCHIVE = Path(__file__).parent / "data" / "store-085adac.tar.gz"
 WRITTEN_AT = "/tmp/oldstore"  # where the store was written; artifact paths are absolute in sqlite
@@ -92,3 +94,32 @@ def test_old_study_appears_in_the_report(old_store):
         assert LEGACY_PROBLEM.format(model=model) in html
     problems = pd.read_csv(out / "tables" / "problems.csv").set_index("run_id")
     assert problems.loc[KILLED, "problem"] == "killed"
+
+
+def test_evaluations_of_another_headline_space_are_kept_apart(old_store, tmp_path):
+    """An evaluation at matched N but without headline_space (its plain kid/fid are the classifier's) is never shown
+    beside one in today's headline space: its scores move to kid_classifier etc. and it is named under problems."""
+    client = MlflowClient()
+    runs = {r.data.tags[tracking.MODEL_RUN_ID]: r for r in tracking.find_runs(tracking.EVALUATION)}
+    for model, kid in ((TEACHER, 0.05), (STUDENT, 0.07)):  # both at matched N, as after the matched-N change
+        client.log_metric(runs[model].info.run_id, "quality_n", 100)
+        client.log_metric(runs[model].info.run_id, "kid", kid)
+    client.log_param(runs[TEACHER].info.run_id, HEADLINE_SPACE_PARAM, HEADLINE_SPACE)  # only the teacher's is today's
+    study = load_study()
+    evaluations = study.evaluations.set_index("model_run_id")
+    teacher, student = evaluations.loc[TEACHER], evaluations.loc[STUDENT]
+    logged = runs[STUDENT].data.metrics
+    assert teacher.kid == 0.05 and teacher.fid == pytest.approx(runs[TEACHER].data.metrics["fid"])
+    assert pd.isna(teacher.legacy_space) and pd.isna(teacher.kid_classifier)
+    assert pd.isna(student.kid) and pd.isna(student.fid) and pd.isna(student.precision)  # never beside the headline
+    assert (student.kid_classifier, student.legacy_space) == (0.07, "classifier")
+    assert student.fid_classifier == pytest.approx(logged["fid"])
+    assert student.precision_classifier == pytest.approx(logged["precision"])
+    problems = study.problems.set_index("run_id")
+    assert problems.loc[runs[STUDENT].info.run_id, "problem"] == SPACE_PROBLEM.format(space="classifier",
+                                                                                      model=STUDENT)
+    assert runs[TEACHER].info.run_id not in problems.index
+    html = build_report(sections=("summary", "problems"), out_dir=tmp_path / "report", log_run=False).read_text()
+    summary = pd.read_csv(tmp_path / "report" / "tables" / "summary.csv").set_index("method")
+    assert summary.loc["teacher", "kid"] == 0.05 and pd.isna(summary.loc["distill", "kid"])
+    assert "in the classifier features, not the headline" in html

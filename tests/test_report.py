@@ -124,7 +124,8 @@ def test_quality_table_has_matched_n_scores_beside_the_floor_and_memorisation(st
     experiment = client.get_experiment_by_name("syn").experiment_id
     copier = _model_run(client, experiment, "student", "scratch", 0.5, 0)
     _evaluation_run(client, experiment, copier, ids["teacher"], "student", "scratch", 0.5, 0, extra={
-        "copy_rate_pixel": 0.9, "kid_heldout": 0.5, "kid_sd_heldout": 0.01, "kid_sd_train": 0.01})
+        "copy_rate_pixel": 0.9, "kid_heldout": 0.5, "kid_sd_heldout": 0.01, "kid_sd_train": 0.01,
+        "kid": 0.01, "copy_rate": 0.4, "copy_rate_chance": 0.05, "copy_alarm": 1.0, "copy_p_value": 1e-9})
     html = build_report("syn", out_dir=tmp_path, log_run=False).read_text()
     table = pd.read_csv(tmp_path / "tables" / "quality.csv", keep_default_na=False)
     assert len(table) == 3 and set(table.N) == {32} and set(table.draws) == {10} and set(table.reference) == {"train"}
@@ -135,9 +136,14 @@ def test_quality_table_has_matched_n_scores_beside_the_floor_and_memorisation(st
     assert float(row.kid_z) == pytest.approx((logged["kid"] - logged["kid_floor"]) / logged["kid_floor_sd"], abs=0.05)
     assert row.kid_heldout == "n/a" and row.kid_train == row.kid
     assert "Every KID and FID is N generated vs N real images" in html
-    assert "size 0.5 scratch: copy rate 0.90 (chance 0.01)" in html
+    assert "size 0.5 scratch: raw copy rate 0.90 (chance 0.01)" in html
+    assert "size 0.5 scratch: copy alarm: copy rate 0.40 against 0.05 by chance (binomial p=1e-09)" in html
     assert "size 0.5 scratch: KID against held-out images 0.5 vs" in html and "memorisation sign" in html
-    assert "KID inside the spread of the real-vs-real floor (within 2 sd over draws, N = 32 a side)" in html
+    # its KID is at the floor, by copying: never called inside the floor's spread
+    assert ("KID inside the spread of the real-vs-real floor (within 2 sd over draws, N = 32 a side): none; not "
+            "counted, since their copy test raised an alarm") in html and html.count("raised an alarm") == 1
+    assert "copy test raised an alarm (their samples reproduce training images, so their KID is no sign of quality): " \
+           "size 0.5 scratch." in html
 
 
 def test_an_evaluation_by_an_older_dmat_is_shown_apart(store, tmp_path):
@@ -617,3 +623,44 @@ def test_students_pruned_by_another_channel_ranking_are_other_models():
                          "tags.dmat.init": ["pruned", "pruned", "random", None],
                          "params.prune_importance": ["magnitude", "taylor", "taylor", None]})
     assert list(tidy_runs(runs).init.fillna("untagged")) == ["pruned", "pruned (taylor)", "random", "untagged"]
+
+
+def _summary_notes(html: str) -> list[str]:
+    section = html.split('<h2 id="summary">')[1].split("<h2 ")[0]
+    return re.findall(r"<p class=note>(.*?)</p>", section, flags=re.S)
+
+
+def test_the_quick_study_says_so_on_the_first_screen(store, tmp_path):
+    """A study whose pipeline ran with --preset quick opens with that, and with the command of the full study; a
+    store without a pipeline run (stages run by hand) gets no such note."""
+    log_synthetic_study("syn", sizes=(0.2, 0.5), methods=("distill",), artifacts=False, problems=False)
+    plain = _summary_notes(build_report("syn", sections=("summary",), out_dir=tmp_path / "a", log_run=False).read_text())
+    assert not any("quick study" in note for note in plain)
+    client = MlflowClient()
+    run = client.create_run(client.get_experiment_by_name("syn").experiment_id, tags={"dmat.role": "pipeline"})
+    client.log_param(run.info.run_id, "preset", "quick")
+    client.set_terminated(run.info.run_id)
+    notes = _summary_notes(build_report("syn", sections=("summary",), out_dir=tmp_path / "b", log_run=False).read_text())
+    assert notes[0].startswith("This is the quick study")
+    answer = next(i for i, note in enumerate(notes) if note.startswith("The answer:"))
+    assert any("make study" in note for note in notes[:answer])  # the one command for the full study, above the answer
+
+
+def test_the_sensitivity_section_says_which_space_the_headline_is_in_and_shows_the_table(store, tmp_path):
+    log_synthetic_study("syn", sizes=(0.5,), methods=("distill",), artifacts=False, problems=False)
+    html = build_report("syn", sections=("sensitivity",), out_dir=tmp_path / "a", log_run=False).read_text()
+    assert "random CNN" in html and "n/a: no sensitivity run in this store: run `dmat sensitivity" in html
+    client = MlflowClient()  # a sensitivity run as dmat.evaluation.sensitivity logs it (its table, less the rows)
+    run = client.create_run(client.get_experiment_by_name("syn").experiment_id,
+                            tags={"dmat.role": "sensitivity", "dmat.dataset": "digits", "dmat.image_size": "16"})
+    table = {"smallest": {"kid": {"noise": 0.05, "blur": None}, "kid_classifier": {"noise": None, "blur": 1.0}},
+             "levels": {"noise": [0.05, 0.1], "blur": [0.5, 1.0]}, "units": {"noise": "sd", "blur": "px"},
+             "quality_n": 200, "draws": 10, "z_detect": 2.0}
+    client.log_dict(run.info.run_id, table, "sensitivity/table.json")
+    client.set_terminated(run.info.run_id)
+    html = build_report("syn", sections=("sensitivity",), out_dir=tmp_path / "b", log_run=False).read_text()
+    assert "digits at 16px, N = 200 a side, 10 draws" in html and "n/a: no sensitivity run" not in html
+    cells = re.sub(r"\s+", " ", html.split('<h2 id="sensitivity">')[1])
+    assert "<th>metric</th> <th>noise (sd)</th> <th>blur (px)</th>" in cells
+    assert "<td>kid</td> <td>0.05</td> <td>&gt; 1</td>" in cells  # detected from 0.05; no blur up to 1 is
+    assert "<td>kid_classifier</td> <td>&gt; 0.1</td> <td>1</td>" in cells

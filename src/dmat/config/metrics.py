@@ -164,3 +164,29 @@ LEGACY = names("legacy")
 BUDGET = names("budget")
 TRAINING = names("training")
 FLOOR_SPREADS = names("floor_spread")
+
+# The feature spaces FID/KID/precision/recall are scored in (dmat.evaluation.spaces). An evaluation logs its headline
+# space as param HEADLINE_SPACE_PARAM and the plain names (kid, fid_floor_sd_heldout) in it, every space's scores
+# under its name as well (kid_classifier); one without the param (an older dmat) has its plain scores in its
+# `features` space, LEGACY_SPACE where that is not logged either. The evaluation and the report read these from here.
+HEADLINE_SPACE = "randcnn"
+HEADLINE_SPACE_PARAM = "headline_space"
+LEGACY_SPACE = "classifier"
+SPACES = (HEADLINE_SPACE, "classifier", "inception")
+SPACE_METRICS = ("fid", "kid", "precision", "recall")  # logged once per space
+
+
+def in_space(name: str, space: str) -> str:
+    """A score's name in one space: kid -> kid_randcnn, kid_floor_sd_heldout -> kid_randcnn_floor_sd_heldout;
+    names of no space (quality_n, quality_draws) are kept."""
+    for metric in SPACE_METRICS:
+        if name == metric or name.startswith(f"{metric}_"):
+            return f"{metric}_{space}{name[len(metric):]}"
+    return name
+
+
+def is_plain_score(name: str) -> bool:
+    """Whether `name` is a score under its plain name (kid, fid_floor_sd_heldout: the headline space's), not under a
+    space's (kid_classifier) nor a report's `<name>_legacy`."""
+    head, _, rest = name.partition("_")
+    return head in SPACE_METRICS and rest.split("_")[0] not in SPACES and not name.endswith("_legacy")

@@ -25,19 +25,19 @@ from tqdm.auto import tqdm
 from dmat import tracking
 from dmat.config import with_overrides
 from dmat.config.evaluation import EvalConfig
+from dmat.config.metrics import GRID_COSTS, GRID_SCORES, HEADLINE_SPACE_PARAM, grid_key
 from dmat.errors import DmatError
 from dmat.evaluation import features, quality, spaces, timing, trajectories
 from dmat.evaluation.logged import log_denoising, log_history, log_npz
 from dmat.evaluation.pending import SETTINGS, still_to_evaluate
 from dmat.evaluation.real_data import model_data, quality_n
-from dmat.evaluation.scoring import GRID_SCORES, GridPoint, score
+from dmat.evaluation.scoring import GridPoint, score
 from dmat.model.diffusion import sample
 from dmat.model.flops import flops_per_forward
 from dmat.runtime import resolve_device, resolve_precision
 from dmat.tracking import lineage, notes, registry
 
 SAVED_TRAJECTORIES = 4
-GRID_COSTS = ("flops_per_image", "latency_ms_per_image", "throughput_images_per_s")
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def _steps_grid(loaded, extractor, cfg: EvalConfig, steps: int, n: int, default:
     for s, point in points.items():
         point["flops_per_image"] = len(loaded.diffusion.sampling_timesteps(s)) * flops
     for name in (*GRID_SCORES, *GRID_COSTS):
-        log_history(f"grid_{name}", {s: p[name] for s, p in points.items() if name in p})
+        log_history(grid_key(name), {s: p[name] for s, p in points.items() if name in p})
     mlflow.log_metric("grid_extra_seconds", time.perf_counter() - start)
 
 
@@ -209,7 +209,7 @@ def evaluate_run(model_run_id: str, config: EvalConfig | None = None, feature_ex
         tracking.log_params({**{k: getattr(cfg, k) for k in ("sampler", "num_samples", "features", "seed", "batch_size",
                                                             "num_trajectories", "eps_timesteps", "floor_draws", "precision")},
                              "steps": steps, **({"steps_grid": cfg.steps_grid} if cfg.steps_grid else {}),
-                             "headline_space": spaces.HEADLINE_SPACE, **data.params(), **comparison})
+                             HEADLINE_SPACE_PARAM: spaces.HEADLINE_SPACE, **data.params(), **comparison})
         lineage.log_evaluation_data(loaded.tags[tracking.DATASET], loaded.model.config.image_size, data.train, data.val,
                                     data.test)  # the run's dataset inputs
         notes.describe(run.info.run_id)  # the run's description in the MLflow UI

@@ -11,13 +11,13 @@ from __future__ import annotations
 from dmat import tracking
 from dmat.config import with_overrides
 from dmat.config.evaluation import STUDENT_STEPS, EvalConfig
+from dmat.config.metrics import HEADLINE_SPACE, HEADLINE_SPACE_PARAM, LEGACY_SPACE
 from dmat.errors import DmatError
-from dmat.evaluation.spaces import HEADLINE_SPACE
 from dmat.runtime import resolve_device, resolve_precision
 
-SETTINGS = ("sampler", "steps", "num_samples", "features", "seed", "floor_draws", "precision", "headline_space")
+SETTINGS = ("sampler", "steps", "num_samples", "features", "seed", "floor_draws", "precision", HEADLINE_SPACE_PARAM)
 # what an evaluation that did not log a setting used: fp32 sampling (before bf16), the classifier's headline
-LEGACY = {"precision": "fp32", "headline_space": "classifier"}
+LEGACY = {"precision": "fp32", HEADLINE_SPACE_PARAM: LEGACY_SPACE}
 
 
 def _comparable(value) -> str:
@@ -43,7 +43,7 @@ def wanted_settings(cfg: EvalConfig, steps: int) -> dict:
     """The settings an evaluation with `cfg` logs, for a model sampled with `steps` steps."""
     precision = resolve_precision(cfg.precision, resolve_device(cfg.device))
     return {**{k: getattr(cfg, k) for k in SETTINGS if hasattr(cfg, k)}, "steps": steps, "precision": precision,
-            "headline_space": HEADLINE_SPACE}
+            HEADLINE_SPACE_PARAM: HEADLINE_SPACE}
 
 
 def grid_of(params: dict) -> set[int]:

@@ -12,11 +12,10 @@ import torch
 from torch import nn
 
 from dmat.config.evaluation import EvalConfig
+from dmat.config.metrics import GRID_SCORES  # the headline's, at matched N (floor: kid_floor, ...)
 from dmat.evaluation import memorisation, quality, spaces
 from dmat.evaluation.logged import log_grid, log_npz
 from dmat.evaluation.real_data import RealData
-
-GRID_SCORES = ("kid", "kid_sd", "fid", "fid_sd")  # the headline's, at matched N (floor: kid_floor, ...)
 
 
 @dataclass

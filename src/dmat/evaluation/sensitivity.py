@@ -21,13 +21,13 @@ import torch
 
 from dmat import tracking
 from dmat.config import TrainConfig
+from dmat.config.metrics import HEADLINE_SPACE_PARAM
 from dmat.data import load_held_out
 from dmat.errors import DmatError
 from dmat.evaluation import corruptions, features, quality, spaces
 from dmat.runtime import resolve_device
 
-SENSITIVITY = "sensitivity"  # the run's dmat.role
-TABLE = "sensitivity/table.json"
+TABLE = tracking.SENSITIVITY_TABLE  # the run's dmat.role is tracking.SENSITIVITY
 Z_DETECT = 2.0
 
 
@@ -103,11 +103,11 @@ def run_sensitivity(dataset: str = "digits", image_size: int | None = None, num_
                                                                   torch_device, experiment)
     extractors = {spaces.HEADLINE_SPACE: spaces.RandomCNNFeatures(images.shape[1]).to(torch_device),
                   "classifier": classifier}
-    tags = {tracking.ROLE: SENSITIVITY, tracking.DATASET: dataset, tracking.IMAGE_SIZE: str(size),
+    tags = {tracking.ROLE: tracking.SENSITIVITY, tracking.DATASET: dataset, tracking.IMAGE_SIZE: str(size),
             tracking.FEATURE_EXTRACTOR_RUN_ID: extractor_run_id}
     with tracking.tracked_run(f"sensitivity-{dataset}-{size}px", tags, experiment) as run:
         mlflow.log_params({"num_samples": num_samples, "floor_draws": floor_draws, "seed": seed, "quality_n": n,
-                           "headline_space": spaces.HEADLINE_SPACE, "reference": "heldout", "z_detect": Z_DETECT})
+                           HEADLINE_SPACE_PARAM: spaces.HEADLINE_SPACE, "reference": "heldout", "z_detect": Z_DETECT})
         rows = measure(images, labels, extractors, n, floor_draws, seed)
         smallest = smallest_detected(rows)
         mlflow.log_metrics({f"detect_{metric}_{kind}": level for metric, cells in smallest.items()

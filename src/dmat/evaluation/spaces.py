@@ -23,9 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-HEADLINE_SPACE = "randcnn"
+from dmat.config import metrics
+
+HEADLINE_SPACE = metrics.HEADLINE_SPACE  # randcnn; the names are declared with the metrics (the report reads them)
 RANDCNN_SEED, RANDCNN_WIDTH, RANDCNN_DIM = 0, 64, 64
-SPACE_METRICS = ("fid", "kid", "precision", "recall")  # logged once per space
+SPACE_METRICS = metrics.SPACE_METRICS  # logged once per space
+in_space = metrics.in_space  # kid -> kid_randcnn
 
 
 class RandomCNNFeatures(nn.Module):
@@ -53,15 +56,6 @@ class RandomCNNFeatures(nn.Module):
             h = F.relu(F.conv2d(h, weight, padding=1, stride=stride))
             pooled.append(h[:, :keep].mean(dim=(2, 3)))
         return torch.cat(pooled, dim=1)
-
-
-def in_space(name: str, space: str) -> str:
-    """A score's name in one space: kid -> kid_randcnn, kid_floor_sd_heldout -> kid_randcnn_floor_sd_heldout;
-    names of no space (quality_n, quality_draws) are kept."""
-    for metric in SPACE_METRICS:
-        if name == metric or name.startswith(f"{metric}_"):
-            return f"{metric}_{space}{name[len(metric):]}"
-    return name
 
 
 def named(scores: dict[str, float], space: str, headline: bool) -> dict[str, float]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import mlflow
 import pandas as pd
 
-from dmat.report import curves, figures, frontier, scaling, speed
+from dmat.report import curves, figures, frontier, scaling, sensitivity, speed, study_kind
 from dmat.report.answer import answer
 from dmat.report.findings import findings, seeds_statement
 from dmat.report.query import Study, load_npz
@@ -77,12 +77,18 @@ QUALITY_NOTE = ("Every KID and FID is N generated vs N real images, N as shown, 
                 "data set has one (no model trains on it), else the train split; kid_train / kid_heldout side by "
                 "side: a held-out score clearly above the train one is a memorisation sign. Raw numbers: "
                 "tables/evaluations.csv.")
-MEMORISATION_NOTE = ("For each generated sample, the L2 distance to its nearest training image (pixels and the "
-                     "extractor's features), against the same distance for real images no model trained on (the "
-                     "held-out split, else the validation split). copy rate = share of the generated samples closer "
-                     "to a training image than the 1st percentile of the held-out images' distances: about 0.01 by "
-                     "chance, 1.0 for a model that returns its training images. Below: each model's samples nearest "
-                     "to a training image (top), that training image (bottom) and their pixel distance.")
+MEMORISATION_NOTE = ("copy_rate: the copy test that survives noise and 1-pixel shifts. Generated samples and real "
+                     "images no model trained on (the held-out split, else the validation split) are compared with "
+                     "the training images after a low-pass filter and at the best shift by up to 1 px; a sample's "
+                     "ratio is its distance to the nearest training image over that to the second nearest (about 1 "
+                     "among many similar images, about 0 for a copy of one), and it is a copy when that ratio is below "
+                     "the held-out images' 5% quantile: copy_rate is about 0.05 by chance (copy_rate_chance) and 1.0 "
+                     "for a model that returns its training images. copy_alarm = 1 when copy_rate is at least twice "
+                     "chance and a one-sided binomial test gives p < 0.01 (copy_p_value): the model copies, whatever "
+                     "its FID/KID. nn_ratio: the samples' median ratio beside the held-out images' (nn_ratio_heldout). "
+                     "copy_rate_pixel / _feature and nn_distance_*: the raw nearest distances (a noisy or shifted copy "
+                     "escapes them). Below: each model's samples with the lowest ratio (top), their nearest training "
+                     "image (bottom) and the ratio.")
 
 
 def memorisation_section(section: Section, study: Study, sizes: list[float]) -> None:
@@ -128,8 +134,14 @@ def sweep_section(section: Section, trials: pd.DataFrame) -> None:
                                                      "run_id"]))
 
 
+def _experiment_id(i: Inputs) -> str:
+    return mlflow.get_experiment_by_name(i.study.experiment).experiment_id
+
+
 def _summary(section: Section, i: Inputs) -> None:
-    section.notes.append(answer(i.evals, i.histories))  # the study's answer in one paragraph, first
+    # first the study's kind and what it cannot conclude (the quick study says so), then its answer in one paragraph
+    section.notes += study_kind.banner(study_kind.preset_of(_experiment_id(i)), i.study.models)
+    section.notes.append(answer(i.evals, i.histories))
     section.tables.append(format_table(i.table))
     section.notes += seeds_statement(i.evals, i.study.models)
     section.notes.append("Mean ± half-width of the 95% t-interval over evaluations (n; seeds: distinct training "
@@ -236,7 +248,7 @@ def _problems(section: Section, i: Inputs) -> None:
 def _efficiency(section: Section, i: Inputs) -> None:
     """Quality against cost, and what the side-by-side timings (`dmat cost`) say of speed against size."""
     section.figure("efficiency", figures.efficiency_figure(i.table), "no evaluation has FID")
-    rows = speed.side_by_side_rows(mlflow.get_experiment_by_name(i.study.experiment).experiment_id)
+    rows = speed.side_by_side_rows(_experiment_id(i))
     if rows is None:
         section.notes.append("Speed against size: no side-by-side timings yet (`dmat cost`, which the pipeline "
                              "runs); each evaluation's own latency was measured at whatever load the machine had.")
@@ -244,6 +256,19 @@ def _efficiency(section: Section, i: Inputs) -> None:
     section.notes.append("Speed against size, from the newest `dmat cost` run: every model timed in one process, "
                          "interleaved, one forward pass (one sampling step) each, median of its rounds.")
     section.items = speed.speed_sentences(rows)
+
+
+SENSITIVITY_NOTE = ("The headline kid, fid, precision and recall (and the steps grid) are in a random CNN's features "
+                    "(randcnn: seeded, never trained, so it holds no data set's images); *_classifier: the same scores "
+                    "in the digit classifier's. A classifier is trained to ignore what makes a sample grainy or soft "
+                    "(real images plus noise of sigma 0.1 score like the data in it); random 3x3 filters respond to "
+                    "edges, sharpness and pixel noise. An older dmat's evaluation (no headline_space param) has its "
+                    "kid/fid in the classifier's space: shown only as kid_classifier etc. and listed under problems.")
+
+
+def _sensitivity(section: Section, i: Inputs) -> None:
+    section.notes.append(SENSITIVITY_NOTE)
+    sensitivity.add_to(section, [_experiment_id(i)])
 
 
 def _findings(section: Section, i: Inputs) -> None:
@@ -257,7 +282,7 @@ BUILDERS = {
     "summary": _summary, "quality": _quality, "mse": _mse, "trajectory": _trajectory, "problems": _problems,
     "findings": _findings, "scaling": _scaling, "frontier": _frontier, "time": _time, "training": _training,
     "memorisation": lambda section, i: memorisation_section(section, i.study, i.subset),
-    "efficiency": _efficiency,
+    "efficiency": _efficiency, "sensitivity": _sensitivity,
     "sweep": lambda section, i: sweep_section(section, i.study.sweep_trials),
     "denoising": lambda section, i: denoising_section(section, i.study, i.subset),
 }

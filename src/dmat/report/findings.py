@@ -13,12 +13,17 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from dmat.config.metrics import REFERENCES, per_reference
+from dmat.config.training import PRUNED, RANDOM
 from dmat.report.answer import near_sentence, near_teacher
 from dmat.report.frontier import frontier
 from dmat.report.tables import GROUP, kind_of, namer, with_keys
 
 FLOOR_SPREAD = 2.0  # "inside the floor's spread" = KID within 2 sd (over draws) of the real-vs-real floor
-COPY_ALARM = 0.05  # a copy rate of 5x chance (1%, memorisation.COPY_PERCENTILE) flags memorisation
+COPY_ALARM = 0.05  # a raw copy rate of 5x chance (1%, memorisation.COPY_PERCENTILE) flags memorisation
+# the copy test's own alarm (memorisation.copy_test: copy_rate >= 2 x chance, binomial p < 0.01), logged as 1/0
+COPY_TEST = ("copy_alarm", "copy_rate", "copy_rate_chance", "copy_p_value")
+SPLIT_KIDS = tuple(per_reference(m, r) for m in ("kid", "kid_sd") for r in REFERENCES)  # kid_train, kid_heldout, ...
 
 
 def smallest_near_teacher(evaluations: pd.DataFrame) -> list[str]:
@@ -94,7 +99,7 @@ def _family(found: list[tuple], names: tuple[str, str], wording: str) -> list[st
 def distill_vs_scratch(table: pd.DataFrame, evaluations: pd.DataFrame) -> list[str]:
     """Per size (and resolution and budget) with both methods (from random weights): the FID difference, with a
     Welch t-test over seeds, Holm-corrected over the sizes."""
-    found = _tests(evaluations, "method", ("distill", "scratch"), {"init": "random"})
+    found = _tests(evaluations, "method", ("distill", "scratch"), {"init": RANDOM})
     lines = _family(found, ("distillation", "scratch"), "{where}: distilled FID {a:.3g} vs scratch {b:.3g}: {verdict}.")
     return lines or ["No size has both distilled and scratch students with evaluations."]
 
@@ -103,8 +108,8 @@ def pruned_vs_random(evaluations: pd.DataFrame) -> list[str]:
     """Per method and size (and resolution and budget) with both inits: the FID of students started from the pruned
     teacher against random, Holm-corrected over every method and size."""
     rows = with_keys(evaluations)
-    found = [test for method in sorted(set(rows[rows.init == "pruned"].method))
-             for test in _tests(rows, "init", ("pruned", "random"), {"method": method}, f" {method}")]
+    found = [test for method in sorted(set(rows[rows.init == PRUNED].method))
+             for test in _tests(rows, "init", (PRUNED, RANDOM), {"method": method}, f" {method}")]
     return _family(found, ("pruned init", "random init"),
                    "{where}: pruned-init FID {a:.3g} vs random-init {b:.3g}: {verdict}.")
 
@@ -165,34 +170,45 @@ def _name(row, name) -> str:
 
 
 def floor_comparison(evaluations: pd.DataFrame) -> list[str]:
-    """Which models' KID (matched N, the headline comparison) is inside the real-vs-real floor's spread."""
+    """Which models' KID (matched N, the headline comparison) is inside the real-vs-real floor's spread; a model whose
+    evaluation raised a copy alarm is never called inside it (a copier's KID is at the floor by copying)."""
     needed = ["kid", "kid_floor", "kid_floor_sd"]
     name = namer(evaluations)
-    rows = with_keys(evaluations).reindex(columns=[*GROUP, "quality_n", *needed]).dropna(subset=needed)
+    rows = with_keys(evaluations).reindex(columns=[*GROUP, "quality_n", "copy_alarm", *needed]).dropna(subset=needed)
     if rows.empty:
         return ["No evaluation has a matched-N KID and floor."]
-    inside = rows[(rows.kid - rows.kid_floor).abs() <= FLOOR_SPREAD * rows.kid_floor_sd]
-    names = ", ".join(sorted({_name(r, name) for r in inside.itertuples()})) or "none"
+    near = (rows.kid - rows.kid_floor).abs() <= FLOOR_SPREAD * rows.kid_floor_sd
+    alarmed = {_name(r, name) for r in rows[rows.copy_alarm == 1].itertuples()}
+    names = ", ".join(sorted({_name(r, name) for r in rows[near].itertuples()} - alarmed)) or "none"
+    copies = sorted({_name(r, name) for r in rows[near].itertuples()} & alarmed)
+    copying = (f"; not counted, since their copy test raised an alarm (their samples reproduce training images, so "
+               f"their KID is no sign of quality): {', '.join(copies)}" if copies else "")
     return [f"KID inside the spread of the real-vs-real floor (within {FLOOR_SPREAD:g} sd over draws, N = "
-            f"{', '.join(f'{n:g}' for n in sorted(rows.quality_n.unique()))} a side): {names}."]
+            f"{', '.join(f'{n:g}' for n in sorted(rows.quality_n.unique()))} a side): {names}{copying}."]
 
 
 def memorisation_signs(evaluations: pd.DataFrame) -> list[str]:
-    """Copy rates far above chance, and KID clearly worse against held-out images than against the train split."""
+    """Copy alarms (the noise- and shift-tolerant copy test), raw copy rates far above chance, and KID clearly worse
+    against held-out images than against the train split."""
     lines, name = [], namer(evaluations)
-    for row in with_keys(evaluations).reindex(columns=[*GROUP, "copy_rate_pixel", "copy_rate_feature", "kid_train",
-                                                       "kid_heldout", "kid_sd_train", "kid_sd_heldout"]).itertuples():
+    columns = [*GROUP, *COPY_TEST, "copy_rate_pixel", "copy_rate_feature", *SPLIT_KIDS]
+    for row in with_keys(evaluations).reindex(columns=columns).itertuples():
+        if row.copy_alarm == 1:
+            lines.append(f"{_name(row, name)}: copy alarm: copy rate {row.copy_rate:.2f} against "
+                         f"{row.copy_rate_chance:g} by chance (binomial p={row.copy_p_value:.2g}): its samples "
+                         "reproduce training images.")
         rate = np.nanmax([row.copy_rate_pixel, row.copy_rate_feature, -1.0])
         if rate > COPY_ALARM:
-            lines.append(f"{_name(row, name)}: copy rate {rate:.2f} (chance 0.01): its samples copy training images.")
+            lines.append(f"{_name(row, name)}: raw copy rate {rate:.2f} (chance 0.01): its samples are as close to "
+                         "training images as copies.")
         gap = row.kid_heldout - row.kid_train
         if gap > FLOOR_SPREAD * np.hypot(row.kid_sd_train, row.kid_sd_heldout):
             lines.append(f"{_name(row, name)}: KID against held-out images {row.kid_heldout:.3g} vs "
                          f"{row.kid_train:.3g} against its train split: a memorisation sign.")
-    measured = evaluations.reindex(columns=["copy_rate_pixel"]).copy_rate_pixel.notna().any()
+    measured = evaluations.reindex(columns=["copy_rate_pixel", "copy_rate"]).notna().any().any()
     if not lines and measured:
-        lines.append(f"No evaluation shows memorisation: copy rates at most {COPY_ALARM:g} (chance 0.01) and no "
-                     "held-out KID clearly above the train-split KID.")
+        lines.append(f"No evaluation shows memorisation: no copy alarm, raw copy rates at most {COPY_ALARM:g} (chance "
+                     "0.01) and no held-out KID clearly above the train-split KID.")
     return lines
 
 

@@ -19,7 +19,16 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from dmat import tracking
-from dmat.config.metrics import BUDGET, LEGACY, REQUIRED
+from dmat.config.metrics import (
+    BUDGET,
+    HEADLINE_SPACE,
+    HEADLINE_SPACE_PARAM,
+    LEGACY,
+    LEGACY_SPACE,
+    REQUIRED,
+    in_space,
+    is_plain_score,
+)
 from dmat.config.training import PRUNED
 from dmat.errors import DmatError
 
@@ -31,6 +40,10 @@ CORE_EVALUATION_METRICS = REQUIRED
 CHANGED_METRICS = LEGACY
 LEGACY_PROBLEM = ("evaluated by an older dmat: FID/KID not at matched sample sizes, shown n/a "
                   "(re-evaluate: dmat evaluate --run-id {model})")
+# An evaluation whose headline scores are in another feature space than today's (no headline_space param: an older
+# dmat's, in its `features` space) has them moved to that space's names (kid -> kid_classifier); listed under problems.
+SPACE_PROBLEM = ("evaluated by an older dmat: its FID/KID are in the {space} features, not the headline's "
+                 f"({HEADLINE_SPACE}), so shown only as {{space}} scores (re-evaluate: dmat evaluate --run-id {{model}})")
 STATUS_PROBLEMS = {"FAILED": "failed", "KILLED": "killed", "RUNNING": "unfinished (running or crashed)",
                    "SCHEDULED": "unfinished (scheduled)"}
 HISTORY_WORKERS = 16
@@ -102,6 +115,8 @@ def tidy_runs(runs: pd.DataFrame) -> pd.DataFrame:
         "steps": pd.to_numeric(_column(runs, "params.resolved.steps").fillna(_column(runs, "params.steps")),
                                errors="coerce"),
         "reference": _column(runs, "params.reference"),
+        "headline_space": _column(runs, f"params.{HEADLINE_SPACE_PARAM}"),
+        "features": _column(runs, "params.features"),
         "epochs": pd.to_numeric(_column(runs, "params.epochs"), errors="coerce"),  # a model's configured budget
         "study_name": _column(runs, f"tags.{tracking.STUDY_NAME}"),
         "trial": pd.to_numeric(_column(runs, f"tags.{tracking.TRIAL}"), errors="coerce"),
@@ -126,7 +141,7 @@ def load_study(experiment: str | None = None) -> Study:
     finished = all_evals[all_evals.status == "FINISHED"]
     # newest first, so a re-evaluation with the same seed replaces the older one
     latest = finished.drop_duplicates(["model_run_id", "seed"], keep="first")
-    latest = set_legacy_apart(latest.assign(method=latest.method.fillna(latest.model_role)))
+    latest = set_space_apart(set_legacy_apart(latest.assign(method=latest.method.fillna(latest.model_role))))
     of_trials = latest.model_run_id.isin(trials.run_id)
     models = with_budget(models)
     evaluations = with_model(latest[~of_trials].reset_index(drop=True), models)
@@ -178,6 +193,26 @@ def set_legacy_apart(evaluations: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def set_space_apart(evaluations: pd.DataFrame) -> pd.DataFrame:
+    """Evaluations whose headline scores are in another space than HEADLINE_SPACE (without the headline_space param:
+    in their `features` space, LEGACY_SPACE where not logged): their plain scores (kid, fid_floor_sd_heldout, ...)
+    moved to that space's names (kid -> kid_classifier, where not logged there too), so that no table or figure
+    shows them beside today's headline; `legacy_space` names that space (None: the headline's)."""
+    logged = evaluations.reindex(columns=["headline_space", "features"])
+    space = logged.headline_space.fillna(logged.features.fillna(LEGACY_SPACE))
+    other = space != HEADLINE_SPACE
+    out = evaluations.assign(legacy_space=space.where(other, None))
+    plain = [c for c in out.columns if is_plain_score(c)]
+    for name in space[other].unique():
+        rows = other & (space == name)
+        for column in plain:
+            moved = in_space(column, name)
+            out[moved] = (out[moved] if moved in out else pd.Series(np.nan, index=out.index)).astype(float)
+            out.loc[rows, moved] = out.loc[rows, moved].fillna(out.loc[rows, column])
+    out[plain] = out[plain].mask(other, axis=0)
+    return out
+
+
 def sweep_trials(trials: pd.DataFrame, evaluations: pd.DataFrame) -> pd.DataFrame:
     """One row per sweep trial: study, trial number, size factor, status and its evaluation's metrics."""
     columns = ["study_name", "trial", "run_id", "status", "size_factor"]
@@ -202,6 +237,8 @@ def find_problems(models: pd.DataFrame, all_evals: pd.DataFrame, evaluations: pd
         missing = [m for m in CORE_EVALUATION_METRICS if pd.isna(run.get(m, np.nan))]
         if run.get("legacy", False):
             rows.append({**run, "problem": LEGACY_PROBLEM.format(model=run.model_run_id)})
+        elif isinstance(run.get("legacy_space"), str):
+            rows.append({**run, "problem": SPACE_PROBLEM.format(space=run.legacy_space, model=run.model_run_id)})
         elif missing:
             rows.append({**run, "problem": "incomplete evaluation: no " + ", ".join(missing)})
     return pd.DataFrame(rows, columns=columns)

@@ -17,10 +17,11 @@ from dmat.report.tables import readable_subset, summary_table
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("summary", "quality", "memorisation", "efficiency", "scaling", "frontier", "sweep", "mse", "denoising",
-            "time", "trajectory", "training", "findings", "problems")
+SECTIONS = ("summary", "quality", "sensitivity", "memorisation", "efficiency", "scaling", "frontier", "sweep", "mse",
+            "denoising", "time", "trajectory", "training", "findings", "problems")
 OPTIONAL_SECTIONS = ("mse", "denoising", "time", "trajectory")
 TITLES = {"summary": "Summary per size and method", "quality": "Quality against size (matched sample sizes)",
+          "sensitivity": "Sensitivity: which corruptions of real images each score detects",
           "memorisation": "Memorisation: generated samples and their nearest training images",
           "efficiency": "Efficiency", "scaling": "Scaling law: quality against size",
           "frontier": "Quality per inference budget (size x sampling steps)", "sweep": "Optuna sweeps: FID against parameters",
@@ -96,7 +97,9 @@ def gather_inputs(study: Study, sections: tuple[str, ...], full_mse: bool) -> In
               "trajectory": (shown_evals, ["traj_mse"]),
               "training": (shown_models, list(curves.TRAINING_KEYS)),
               "scaling": (finished_models, ["val_task_loss"]),  # the findings state the fits and frontier too
-              "frontier": (evals, list(frontier.GRID_KEYS))}
+              # grid_kid of an evaluation in another feature space is not today's headline (query.set_space_apart)
+              "frontier": (evals[evals.reindex(columns=["legacy_space"]).legacy_space.isna()],
+                           list(frontier.GRID_KEYS))}
     needed = set(sections) | ({"scaling", "frontier"} if "findings" in sections else set())
     needed |= {"scaling"} if "summary" in sections else set()  # the answer compares validation curves
     start = time.perf_counter()

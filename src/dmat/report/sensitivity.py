@@ -14,9 +14,6 @@ import pandas as pd
 
 from dmat import tracking
 
-# as dmat.evaluation.sensitivity logs them (the report reaches no evaluation code)
-SENSITIVITY, TABLE = "sensitivity", "sensitivity/table.json"
-
 NOTE = ("Real held-out images under known corruptions, scored exactly like a model (same N and draws); each cell is "
         "the smallest level a metric detects (its mean above the floor's mean + {z:g} sd), '> x' where no level "
         "up to x is. The headline (fid, kid) is in the random CNN's space, *_classifier in the classifier's.")
@@ -34,13 +31,14 @@ def sensitivity_table(table: dict) -> pd.DataFrame:
 def sensitivity_tables(experiment_ids: list[str] | None = None) -> list[tuple[str, pd.DataFrame]]:
     """(caption, table) of the newest finished sensitivity run of each data set and size in these experiments."""
     out, seen = [], set()
-    for run in tracking.find_runs(SENSITIVITY, experiment_ids=experiment_ids):
+    for run in tracking.find_runs(tracking.SENSITIVITY, experiment_ids=experiment_ids):
         key = (run.data.tags.get(tracking.DATASET), run.data.tags.get(tracking.IMAGE_SIZE))
         if key in seen:
             continue
         seen.add(key)
         with tempfile.TemporaryDirectory() as tmp:
-            path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=TABLE, dst_path=tmp)
+            path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                       artifact_path=tracking.SENSITIVITY_TABLE, dst_path=tmp)
             table = json.loads(Path(path).read_text())
         caption = (f"{key[0]} at {key[1]}px, N = {table['quality_n']} a side, {table['draws']} draws "
                    f"(run {run.info.run_id[:8]}). " + NOTE.format(z=table["z_detect"]))

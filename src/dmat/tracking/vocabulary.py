@@ -5,6 +5,7 @@ from __future__ import annotations
 
 DEFAULT_EXPERIMENT = "dmat"
 SIDE_BY_SIDE_TABLE = "cost/side_by_side.json"  # a cost run's timings (evaluation.side_by_side), read by report.speed
+SENSITIVITY_TABLE = "sensitivity/table.json"  # a sensitivity run's table, read by report.sensitivity
 CHECKPOINT_DIR = "checkpoints"  # the artifact folder of a run's checkpoints (checkpoint.BEST, checkpoint.LAST)
 
 # Roles: the value of the ROLE tag, one per kind of run.
@@ -14,6 +15,7 @@ FEATURE_EXTRACTOR = "feature-extractor"
 REPORT, PIPELINE, SWEEP = "report", "pipeline", "sweep"
 STUDENTS_LOOP = "students-loop"  # a pipeline stage that trains several students in one loop (their parent run)
 COST = "cost"  # models of a study timed side by side (dmat.evaluation.side_by_side)
+SENSITIVITY = "sensitivity"  # which corruptions each metric detects (dmat.evaluation.sensitivity)
 MODEL_ROLES = (TEACHER, STUDENT)
 # The `dmat` command that makes a run of each role: a run's "Reproduce" line (dmat.tracking.notes) and, for the roles
 # that train, its `--resume` (dmat.stages.resume)

@@ -15,15 +15,7 @@ import os
 import click
 
 from dmat.cli.errors import friendly_errors
-from dmat.config import (
-    STUDENT_TRAIN,
-    CostConfig,
-    DistillConfig,
-    PipelineConfig,
-    SweepConfig,
-    TrainConfig,
-    parse_sizes,
-)
+from dmat.config import STUDENT_TRAIN, CostConfig, DistillConfig, PipelineConfig, SweepConfig, TrainConfig, parse_sizes
 from dmat.config.evaluation import EvalConfig
 from dmat.config.options import command_options, pick
 from dmat.errors import DmatError

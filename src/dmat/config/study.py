@@ -86,16 +86,14 @@ class PipelineConfig:
     def validate(self) -> "PipelineConfig":
         check_precision(self.precision)
         self.dataset = absolute_dataset(self.dataset)  # stages start in the project folder, not this one
-        if self.preset not in PRESETS:
-            raise DmatError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
-        if self.executor not in EXECUTORS:
-            raise DmatError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        for name, choices in (("preset", PRESETS), ("executor", EXECUTORS), ("student_budget", STUDENT_BUDGETS)):
+            if getattr(self, name) not in choices:
+                raise DmatError(f"{name.replace('_', '-')} must be one of {', '.join(choices)}, "
+                                f"got {getattr(self, name)!r}")
         if self.workers < 0:
             raise DmatError(f"workers must be 0 (decide from the hardware) or more, got {self.workers}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise DmatError(f"seeds must be distinct integers >= 0, e.g. --seeds 0,1,2, got {self.seeds or 'nothing'}")
-        if self.student_budget not in STUDENT_BUDGETS:
-            raise DmatError(f"student-budget must be one of {', '.join(STUDENT_BUDGETS)}, got {self.student_budget!r}")
         self.sizes = tuple(parse_size_factor(s) for s in self.sizes)
         if not self.sizes:
             raise DmatError("sizes is empty: give at least one size factor, e.g. --sizes '0.2 0.5'")

@@ -213,7 +213,8 @@ def test_students_in_one_loop_are_the_students_trained_one_by_one(study, teacher
         varying = (tracking.OWNER_PID, tracking.OWNER_STARTED, tracking.HEARTBEAT, tracking.NOTE)
         assert {k: v for k, v in b.data.tags.items() if k not in varying} == \
                {k: v for k, v in a.data.tags.items() if k not in varying}
-        assert _artifacts(shared.run_id) == _artifacts(one.run_id)
+        tuned = {"autotune.json"}  # a loop measures its precision once, on the loop, not per student
+        assert _artifacts(shared.run_id) - tuned == _artifacts(one.run_id) - tuned
         assert len(b.inputs.dataset_inputs) == len(a.inputs.dataset_inputs) == 2
         weights = [tracking.load_model(run_id).model.state_dict() for run_id in (one.run_id, shared.run_id)]
         assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

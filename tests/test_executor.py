@@ -33,7 +33,7 @@ def _models_once(runs):
     finished = runs[runs["status"] == "FINISHED"]
     counts = finished["tags.dmat.role"].value_counts().to_dict()
     assert counts == {"pipeline": 1, "teacher": 1, "student": 2, "feature-extractor": 1, "evaluation": 3, "cost": 1,
-                      "report": 1}
+                      "report": 1, "students-loop": 1}
     for run_id in finished[finished["tags.dmat.role"].isin(["teacher", "student"])]["run_id"]:
         history = mlflow.tracking.MlflowClient().get_metric_history(run_id, "val_loss")
         epochs = [m.step for m in history]

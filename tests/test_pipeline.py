@@ -40,7 +40,7 @@ def test_pipeline_runs_every_stage_then_reuses_them(store, project_env, tmp_path
     assert first.returncode == 0, first.stderr[-3000:]
     after_first = _roles()
     assert after_first == {"pipeline": 1, "teacher": 1, "student": 2, "feature-extractor": 1, "evaluation": 3,
-                           "cost": 1, "report": 1}
+                           "cost": 1, "report": 1, "students-loop": 1}
 
     # ... then through the CLI: the same stages with the same parameters are reused. The venv is not on
     # PATH (as when .venv/bin/dmat is called directly): the stages must still run in this interpreter.
@@ -67,7 +67,7 @@ def test_pipeline_runs_every_stage_then_reuses_them(store, project_env, tmp_path
     # the two students were trained in one loop sharing the teacher's pass: the `students` stage, nested under the
     # pipeline, with the students' own runs nested under it
     [loop] = nested[nested["tags.mlflow.project.entryPoint"] == "students"]["run_id"]
-    assert set(nested["tags.dmat.role"].dropna()) == {"teacher", "evaluation", "cost", "report"}
+    assert set(nested["tags.dmat.role"].dropna()) == {"teacher", "evaluation", "cost", "report", "students-loop"}
     assert all(nested["status"] == "FINISHED")
     students = runs[runs["tags.dmat.role"] == "student"]
     assert set(students["tags.mlflow.parentRunId"]) == {loop}

@@ -57,11 +57,15 @@ def slots(workers: int, cores: int | None = None, gpus: int | None = None) -> li
 
 
 @contextlib.contextmanager
-def spawn_environment(env: dict[str, str]):
-    """These variables set while a stage process starts (it copies os.environ then), restored after."""
+def spawn_environment(env: dict[str, str | None]):
+    """These variables set (None: unset) while a stage process starts (it copies os.environ then), restored after."""
     with _SPAWN:
         saved = {name: os.environ.get(name) for name in env}
-        os.environ.update(env)
+        for name, value in env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         try:
             yield
         finally:

@@ -86,14 +86,16 @@ def run_stage(stage: Stage, parameters: dict, experiment_id: str, parent_run_id:
     elif not stage.reused:
         try:
             # storage_dir: MLflow makes a folder there per run (for `path` parameters, which dmat has none of),
-            # else in the temp folder, where it would stay
-            with executor.spawn_environment(env or {}), tempfile.TemporaryDirectory(prefix="dmat-stage-") as storage:
-                submitted = mlflow.projects.run(str(PROJECT_DIR), entry_point=stage.entry_point, parameters=parameters,
-                                                experiment_id=experiment_id, env_manager="local", synchronous=False,
-                                                storage_dir=storage)
-            stage.run_id = submitted.run_id
-            _tag_started(stage, parent_run_id, source)  # now: a stage stopped half-way is nested and named too
-            stage.error = _wait(submitted)
+            # else in the temp folder, where it would stay; removed once the stage is over
+            with tempfile.TemporaryDirectory(prefix="dmat-stage-") as storage:
+                # the stage's `mlflow run` gets the experiment by id: a name in the environment too would be refused
+                with executor.spawn_environment({**(env or {}), "MLFLOW_EXPERIMENT_NAME": None}):
+                    submitted = mlflow.projects.run(str(PROJECT_DIR), entry_point=stage.entry_point,
+                                                    parameters=parameters, experiment_id=experiment_id,
+                                                    env_manager="local", synchronous=False, storage_dir=storage)
+                stage.run_id = submitted.run_id
+                _tag_started(stage, parent_run_id, source)  # now: a stage stopped half-way is nested and named too
+                stage.error = _wait(submitted)
         except ExecutionException as exc:
             stage.error = str(exc).splitlines()[0]
     stage.seconds = time.perf_counter() - start

@@ -140,8 +140,16 @@ def _first_open_lock(uri: str):
 
 
 def experiment_name(name: str | None) -> str:
-    """The experiment asked for, else $MLFLOW_EXPERIMENT_NAME, else dmat."""
-    return name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+    """The experiment asked for, else $MLFLOW_EXPERIMENT_NAME, else the one `mlflow run` runs in
+    ($MLFLOW_EXPERIMENT_ID, e.g. a pipeline stage), else dmat."""
+    if name or os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+        return name or os.environ["MLFLOW_EXPERIMENT_NAME"]
+    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        try:
+            return MlflowClient().get_experiment(os.environ["MLFLOW_EXPERIMENT_ID"]).name
+        except MlflowException:
+            pass
+    return DEFAULT_EXPERIMENT
 
 
 def use_experiment(name: str | None) -> None:

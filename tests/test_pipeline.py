@@ -233,7 +233,7 @@ def test_a_pipeline_stopped_by_sigterm_is_killed_as_a_whole_and_a_rerun_continue
     assert set(runs[runs["tags.mlflow.parentRunId"] == loop]["status"]) == {"KILLED"}
     assert not (runs["status"] == "RUNNING").any()
 
-    rerun = subprocess.run(args[:args.index("--student-epochs")] + ["--reuse-any-commit", "true"], env=project_env,
+    rerun = subprocess.run([*args[:4], *TINY_PIPELINE, "--reuse-any-commit", "true"], env=project_env,
                            cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "teacher" in [line.split()[0] for line in rerun.stdout.splitlines() if "reused" in line.split()[1:2]]

@@ -235,7 +235,9 @@ def test_report_of_a_real_tiny_study(study, teacher_run_id, tmp_path, monkeypatc
     html = path.read_text()
     assert _sections_in(html) == list(SECTIONS)
     # every figure could be drawn from what the pipeline logged, but the scaling law's: one student size
-    assert re.findall(r"n/a: [^<]*", html) == ["n/a: no fit (at least 4 distinct sizes of one method, and a converged fit)"]
+    assert re.findall(r"n/a: [^<]*", html) == [
+        "n/a: no sensitivity run in this store: run `dmat sensitivity --dataset NAME`",
+        "n/a: no fit (at least 4 distinct sizes of one method, and a converged fit)"]
     summary = pd.read_csv(tmp_path / "real" / "tables" / "summary.csv")
     assert sorted(summary.method) == ["distill", "scratch", "teacher"]
     assert summary.set_index("method").loc["distill", ["n", "seeds"]].tolist() == [2, 2]  # a mean and interval of 2

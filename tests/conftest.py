@@ -70,17 +70,49 @@ def pytest_configure(config):
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
 
 
+def _left_in(folder: Path) -> set[str]:
+    return {entry.name for entry in folder.iterdir() if not entry.name.startswith(_KEPT)}
+
+
+# entry left in the temp folder -> the test after which it first appeared, so that a leak names its test; xdist
+# workers write theirs to a file in the folder (a _KEPT name) for the controller to read
+_FIRST_SEEN: dict[str, str] = {}
+_SEEN_FILE = "pytest-of-dmat-first-seen-{}.txt"
+
+
+@pytest.fixture(autouse=True)
+def _note_what_each_test_leaves(request):
+    yield
+    folder = getattr(request.config, "_dmat_tmp", None)
+    if folder is None or not folder.exists():
+        return
+    new = {name: request.node.nodeid for name in _left_in(folder) - _FIRST_SEEN.keys()}
+    _FIRST_SEEN.update(new)
+    worker = getattr(request.config, "workerinput", {}).get("workerid")
+    if new and worker:
+        with open(folder / _SEEN_FILE.format(worker), "a") as seen:
+            seen.writelines(f"{name} {test}\n" for name, test in new.items())
+
+
+def _first_seen(folder: Path) -> dict[str, str]:
+    seen = dict(_FIRST_SEEN)
+    for file in folder.glob(_SEEN_FILE.format("*")):
+        seen.update(line.split(" ", 1) for line in file.read_text().splitlines())
+    return seen
+
+
 @pytest.hookimpl(trylast=True)  # after session fixtures are torn down
 def pytest_sessionfinish(session, exitstatus):
     config = session.config
     if hasattr(config, "workerinput") or not hasattr(config, "_dmat_tmp"):
         return
     folder = config._dmat_tmp
-    left = sorted(entry.name for entry in folder.iterdir() if not entry.name.startswith(_KEPT))
+    left, seen = sorted(_left_in(folder)), _first_seen(folder)
     shutil.rmtree(folder, ignore_errors=True)
     if left:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
-        message = f"the suite left {len(left)} entries in the temp folder: {', '.join(left[:20])}"
+        named = [f"{name} (after {seen.get(name, 'the session fixtures')})" for name in left[:20]]
+        message = f"the suite left {len(left)} entries in the temp folder: {', '.join(named)}"
         if reporter:
             reporter.write_line(f"FAILED: {message}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

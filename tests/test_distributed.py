@@ -27,9 +27,11 @@ def val_losses(run_id: str) -> list[float]:
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process_with_the_same_global_batch(store, project_env):
+def test_two_processes_match_one_process_with_the_same_global_batch(store, project_env, tmp_path):
     torchrun = str(Path(sys.executable).parent / "torchrun")
-    cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "dmat", "teacher", *TINY_CLI_ARGS,
+    # --log-dir: else torchrun makes a torchelastic_* folder in the temp folder and leaves it there
+    cmd = [torchrun, "--standalone", "--nproc_per_node=2", "--log-dir", str(tmp_path / "torchrun"), "-m", "dmat",
+           "teacher", *TINY_CLI_ARGS,
            "--experiment", "ddp"]
     done = subprocess.run(cmd, env={**project_env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=300)

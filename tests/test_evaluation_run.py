@@ -279,3 +279,22 @@ def test_feature_extractor_inside_mlflow_run_gets_its_own_run_in_that_experiment
     assert run.info.experiment_id == outer.info.experiment_id
     assert mlflow.get_run(outer.info.run_id).data.tags.get("dmat.role") is None
     assert run.data.metrics["val_accuracy"] > 0.5 and run.data.metrics["feature_dim"] == 64
+
+
+@pytest.mark.slow
+def test_two_evaluate_all_at_once_evaluate_each_model_once_with_one_feature_extractor(store, project_env):
+    import subprocess
+    import sys
+
+    teacher = _student_like_run(None)
+    models = {teacher, _student_like_run(teacher)}
+    command = [sys.executable, "-m", "dmat", "evaluate", "--all", *FAST_CLI]
+    both = [subprocess.Popen(command, env=project_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for _ in range(2)]
+    outputs = [process.communicate(timeout=600)[0] for process in both]
+    assert [process.returncode for process in both] == [0, 0], outputs
+    runs = mlflow.search_runs(search_all_experiments=True)  # a claim's loser deleted its run: not found
+    evaluations = runs[runs["tags.dmat.role"] == "evaluation"]
+    assert sorted(evaluations["tags.dmat.model_run_id"]) == sorted(models), outputs
+    assert set(evaluations["status"]) == {"FINISHED"}
+    assert (runs["tags.dmat.role"] == "feature-extractor").sum() == 1, outputs

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 
 import mlflow
+import psutil
 import pytest
 from click.testing import CliRunner
 
@@ -52,18 +56,85 @@ def test_two_local_workers_run_the_study_with_every_model_once(store):
     assert set(workers) <= {"0", "1"} and len(workers) >= 3  # every stage ran in a slot and says which
 
 
-@pytest.mark.slow
-def test_a_tiny_study_on_a_local_ray_instance_runs_every_model_once(store, monkeypatch):
+@pytest.fixture
+def ray_pipeline(store, project_env, tmp_path):
+    """`dmat pipeline --executor ray` on a local Ray instance, started in a process of its own (Ray's in-process
+    state and signal handlers stay out of the test process), with Ray's temp files in a short folder."""
     pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'dmat[ray]' (make test installs it)")
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
-    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
-    try:
-        result = CliRunner().invoke(cli, ["pipeline", *TINY_PIPELINE, "--executor", "ray", "--reuse-any-commit",
-                                          "true"])
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert result.exit_code == 0, result.output + str(result.exception)
+    env = {**project_env, "RAY_TMPDIR": ray_tmp}
+
+    def start(*options: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "dmat", "pipeline", *TINY_PIPELINE, "--executor", "ray",
+                                 "--reuse-any-commit", "true", *options], env=env, cwd=tmp_path, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    yield start
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_tiny_study_on_a_local_ray_instance_runs_every_model_once(ray_pipeline):
+    process = ray_pipeline()
+    output = process.communicate(timeout=900)[0]
+    assert process.returncode == 0, output[-3000:]
     runs = mlflow.search_runs(search_all_experiments=True)
     _models_once(runs)
     [pipeline] = runs[runs["tags.dmat.role"] == "pipeline"]["run_id"]
     assert mlflow.get_run(pipeline).data.params["executor"] == "ray"
+
+
+def _ray_worker_of(pid: int) -> psutil.Process:
+    """The Ray worker process a stage's training process runs under (its nearest `ray::` ancestor)."""
+    for process in psutil.Process(pid).parents():
+        if process.name().startswith("ray::") or "ray::" in " ".join(process.cmdline()[:1]):
+            return process
+    raise AssertionError(f"process {pid} runs under no Ray worker")
+
+
+@pytest.mark.slow
+def test_a_stage_whose_ray_worker_is_killed_is_retried_and_continues_its_run(ray_pipeline):
+    process = ray_pipeline("--teacher-epochs", "12")
+    client = mlflow.MlflowClient()
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:  # kill the teacher's worker once 2 epochs are saved
+        teachers = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`dmat.role` = 'teacher'")
+        if not teachers.empty and len(client.get_metric_history(teachers.run_id[0], "val_loss")) >= 2:
+            _ray_worker_of(int(teachers["tags.dmat.pid"][0])).kill()
+            break
+        time.sleep(1)
+    output = process.communicate(timeout=900)[0]
+    assert process.returncode == 0, output[-3000:]
+    runs = mlflow.search_runs(search_all_experiments=True)
+    _models_once(runs)
+    [teacher] = runs[runs["tags.dmat.role"] == "teacher"]["run_id"]  # the same run, continued
+    epochs = [m.step for m in client.get_metric_history(teacher, "val_loss")]
+    assert len(epochs) == len(set(epochs)) == 12, epochs
+
+
+def test_a_stage_process_gets_sigterm_when_the_process_that_started_it_is_killed(tmp_path):
+    """What a stage process does when its pipeline dies by kill -9: it is told (SIGTERM), as on Ctrl-C, also
+    through a process in between (`mlflow run` starts the stage's command)."""
+    said = tmp_path / "said"
+    (tmp_path / "stage.py").write_text(
+        "import signal, sys, time\n"
+        "from dmat import runtime\n"
+        f"signal.signal(signal.SIGTERM, lambda *_: (open({str(said)!r}, 'w').write('SIGTERM'), sys.exit(0)))\n"
+        "runtime.stop_with_starter()\n"
+        f"open({str(said)!r} + '.ready', 'w').close()\n"
+        "time.sleep(60)\n")
+    (tmp_path / "between.py").write_text(
+        f"import subprocess, sys\nsubprocess.run([sys.executable, {str(tmp_path / 'stage.py')!r}])\n")
+    (tmp_path / "pipeline.py").write_text(
+        "import os, subprocess, sys, time\n"
+        "from dmat import runtime\n"
+        f"subprocess.Popen([sys.executable, {str(tmp_path / 'between.py')!r}], env={{**os.environ, **runtime.watched_by_me()}})\n"
+        "time.sleep(60)\n")
+    pipeline = subprocess.Popen([sys.executable, str(tmp_path / "pipeline.py")])
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "said.ready").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pipeline.kill()
+    pipeline.wait()
+    while not said.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert said.read_text() == "SIGTERM"

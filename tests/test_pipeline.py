@@ -233,7 +233,13 @@ def test_a_pipeline_stopped_by_sigterm_is_killed_as_a_whole_and_a_rerun_continue
     assert set(runs[runs["tags.mlflow.parentRunId"] == loop]["status"]) == {"KILLED"}
     assert not (runs["status"] == "RUNNING").any()
 
-    rerun = subprocess.run([*args[:4], *TINY_PIPELINE, "--reuse-any-commit", "true"], env=project_env,
-                           cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    stopped = set(runs[runs["tags.mlflow.parentRunId"] == loop].index)
+    rerun = subprocess.run(args, env=project_env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "teacher" in [line.split()[0] for line in rerun.stdout.splitlines() if "reused" in line.split()[1:2]]
+    runs = mlflow.search_runs(search_all_experiments=True).set_index("run_id")
+    students = runs[runs["tags.dmat.role"] == "student"]
+    assert set(students.index) == stopped and set(students["status"]) == {"FINISHED"}  # continued, not retrained
+    for run_id in stopped:
+        epochs = [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "val_loss")]
+        assert len(epochs) == len(set(epochs)) == 30, f"run {run_id} logged epochs {epochs}"

@@ -216,3 +216,19 @@ def test_a_pruner_object_needs_one_worker(store, tmp_path):
     with pytest.raises(ValueError, match="workers=1"):
         run_sweep(tiny_sweep(tmp_path, "", "x", workers=2), pruner=PruneTrials({0}))
     assert mlflow.search_runs(search_all_experiments=True).empty
+
+
+def test_a_rerun_of_a_seeded_sweep_proposes_new_settings(tmp_path, monkeypatch):
+    """Each `work` call is what one `dmat sweep` process does: the second joins the study the first left."""
+    from dmat.study import sweep
+
+    def proposals_only(cfg, parent_run_id, experiment):
+        return lambda trial: trial.suggest_float("lr", 1e-5, 1e-2, log=True)
+
+    monkeypatch.setattr(sweep, "objective", proposals_only)
+    cfg = SweepConfig(study_name="rerun", seed=3, storage=f"sqlite:///{tmp_path}/optuna.db")
+    create_study(cfg)
+    for _ in range(2):
+        sweep.work(cfg, 3, parent_run_id="unused", experiment=None)
+    proposed = [trial.params["lr"] for trial in optuna.load_study(study_name="rerun", storage=cfg.storage).trials]
+    assert len(proposed) == 6 and len(set(proposed)) == 6

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import signal
 import sys
 import threading
+import time
 
+import psutil
 import torch
 
 from dmat import distributed
 from dmat.errors import DmatError
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; what kill, timeout, schedulers and container stops send
+STOP_WITH = "DMAT_STOP_WITH"  # pid:start time of the process that started this one (a stage's pipeline)
+STARTER_POLL_SECONDS = 2.0
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -148,6 +153,34 @@ def stop_signals():
         if _Stopping.depth == 0:
             for s, handler in _Stopping.previous.items():
                 signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+
+def watched_by_me() -> dict[str, str]:
+    """The environment entry that makes a process started now stop when this one dies (see stop_with_starter)."""
+    return {STOP_WITH: f"{os.getpid()}:{psutil.Process().create_time():.2f}"}
+
+
+def stop_with_starter() -> None:
+    """In a process a study started (STOP_WITH set): SIGTERM this process once the process that started it is
+    gone, so a stage whose pipeline (or Ray worker) was killed, kill -9 included, stops as on Ctrl-C, its run
+    KILLED with its last.pt for the rerun to resume, instead of training on where no pipeline waits for it.
+    The starter is watched by pid, not as the parent: `mlflow run` puts a process of its own in between."""
+    watched = os.environ.get(STOP_WITH, "")
+    pid, _, started = watched.partition(":")
+    if pid.isdigit() and started:
+        threading.Thread(target=_stop_when_gone, args=(int(pid), float(started)), name="dmat-stop-with-starter",
+                         daemon=True).start()
+
+
+def _stop_when_gone(pid: int, started: float) -> None:
+    while True:
+        try:
+            if abs(psutil.Process(pid).create_time() - started) > 1.0:  # the pid now belongs to a later process
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(STARTER_POLL_SECONDS)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 @contextlib.contextmanager

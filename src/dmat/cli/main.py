@@ -14,6 +14,7 @@ import os
 
 import click
 
+from dmat import runtime
 from dmat.cli.errors import friendly_errors
 from dmat.config import STUDENT_TRAIN, CostConfig, DistillConfig, PipelineConfig, SweepConfig, TrainConfig, parse_sizes
 from dmat.config.evaluation import EvalConfig
@@ -38,6 +39,7 @@ def cli():
     """dmat: how does model size change the quality, cost and behaviour of a diffusion model?"""
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    runtime.stop_with_starter()
 
 
 @cli.command()
@@ -177,7 +179,7 @@ def evaluate(run_id, all_runs, feature_extractor_run_id, inception_weights, expe
     for new in run_ids:
         click.echo(f"evaluation run {new}")
     if all_runs:
-        click.echo(f"{len(run_ids)} model(s) evaluated; the others already had an evaluation with these settings")
+        click.echo(f"{len(run_ids)} model(s) evaluated; the others already had (or were getting, in another process) an evaluation with these settings")
 
 
 @cli.command()

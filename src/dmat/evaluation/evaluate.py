@@ -29,13 +29,13 @@ from dmat.config.metrics import GRID_COSTS, GRID_SCORES, HEADLINE_SPACE_PARAM, g
 from dmat.errors import DmatError
 from dmat.evaluation import features, quality, spaces, timing, trajectories
 from dmat.evaluation.logged import log_denoising, log_history, log_npz
-from dmat.evaluation.pending import SETTINGS, still_to_evaluate
+from dmat.evaluation.pending import SETTINGS, settings_of, still_to_evaluate, wanted_settings
 from dmat.evaluation.real_data import model_data, quality_n
 from dmat.evaluation.scoring import GridPoint, score
 from dmat.model.diffusion import sample
 from dmat.model.flops import flops_per_forward
 from dmat.runtime import resolve_device, resolve_precision
-from dmat.tracking import lineage, notes, registry
+from dmat.tracking import claims, lineage, notes, registry
 
 SAVED_TRAJECTORIES = 4
 
@@ -174,8 +174,11 @@ def _behaviour(loaded, teacher, cfg: EvalConfig, steps: int, held_out: torch.Ten
 
 
 def evaluate_run(model_run_id: str, config: EvalConfig | None = None, feature_extractor_run_id: str | None = None,
-                 inception_weights: str | None = None, experiment: str | None = None, **overrides) -> str:
-    """Evaluate a teacher or student run as a new evaluation run; returns its id.
+                 inception_weights: str | None = None, experiment: str | None = None, claim: bool = False,
+                 **overrides) -> str:
+    """Evaluate a teacher or student run as a new evaluation run; returns its id. With `claim`, an evaluation
+    of the same model and settings that another process started first (or finished) is left to it:
+    tracking.claims.ClaimedElsewhere names it.
 
     Settings come from `config` and keyword overrides (`num_samples=300`, `steps="20"`, ...).
     Everything that can be wrong (settings, run, checkpoint, data, extractor, sample counts) is
@@ -205,7 +208,8 @@ def evaluate_run(model_run_id: str, config: EvalConfig | None = None, feature_ex
     if extractor_run_id:
         tags[tracking.FEATURE_EXTRACTOR_RUN_ID] = extractor_run_id
     name = f"eval-{loaded.tags.get(tracking.RUN_NAME) or loaded.role}-{loaded.run_id[:8]}"  # names the model
-    with tracking.tracked_run(name, tags, experiment) as run:
+    work = claims.claim_key(tracking.EVALUATION, loaded.run_id, settings_of(wanted_settings(cfg, steps)), cfg.steps_grid)
+    with tracking.tracked_run(name, tags, experiment, claim=work if claim else None) as run:
         tracking.log_params({**{k: getattr(cfg, k) for k in ("sampler", "num_samples", "features", "seed", "batch_size",
                                                             "num_trajectories", "eps_timesteps", "floor_draws", "precision")},
                              "steps": steps, **({"steps_grid": cfg.steps_grid} if cfg.steps_grid else {}),
@@ -234,5 +238,10 @@ def evaluate_all(config: EvalConfig | None = None, feature_extractor_run_id: str
     count of the steps grid; pending.py). With steps "student" only students are evaluated."""
     cfg = with_overrides(config or EvalConfig(), **overrides).validate()
     tracking.check_tracking_reachable()
-    return [evaluate_run(run_id, cfg, feature_extractor_run_id, inception_weights, experiment)
-            for run_id in still_to_evaluate(cfg)]
+    done = []
+    for run_id in still_to_evaluate(cfg):
+        try:
+            done.append(evaluate_run(run_id, cfg, feature_extractor_run_id, inception_weights, experiment, claim=True))
+        except claims.ClaimedElsewhere as held:  # another `evaluate --all` (or stage) got to it first
+            tqdm.write(f"run {run_id}: left to evaluation {held.run_id}, which another process started first")
+    return done

@@ -27,6 +27,7 @@ from dmat.config import TrainConfig, dataset_kind
 from dmat.data import load_dataset, loader, split
 from dmat.errors import DmatError
 from dmat.model import checkpoint
+from dmat.tracking import claims
 
 CHECKPOINT = "feature_extractor.pt"
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's file name
@@ -133,8 +134,10 @@ def accuracy(net: ClassifierFeatures, data, device) -> float:
 
 
 def train_feature_extractor(dataset: str, image_size: int, epochs: int = 15, feature_dim: int = 64,
-                            device: str | torch.device = "cpu", seed: int = 0, experiment: str | None = None) -> str:
-    """Train the classifier on the train split, log it as a feature-extractor run; returns the run id."""
+                            device: str | torch.device = "cpu", seed: int = 0, experiment: str | None = None,
+                            claim: bool = False) -> str:
+    """Train the classifier on the train split, log it as a feature-extractor run; returns the run id. With
+    `claim`, one that another process started first for this data set and size is left to it (ClaimedElsewhere)."""
     split_cfg = TrainConfig(dataset=dataset)
     full = labelled_dataset(dataset, image_size)
     train, val = split(full, split_cfg.val_fraction, split_cfg.split_seed)
@@ -150,7 +153,8 @@ def train_feature_extractor(dataset: str, image_size: int, epochs: int = 15, fea
     val_loader = loader(val, 256, shuffle=False)
     with _own_run_outside_project_run(experiment) as experiment:
         tags = {tracking.ROLE: tracking.FEATURE_EXTRACTOR, tracking.DATASET: dataset, tracking.IMAGE_SIZE: str(image_size)}
-        with tracking.tracked_run(f"features-{dataset}-{image_size}px", tags, experiment) as run:
+        work = claims.claim_key(tracking.FEATURE_EXTRACTOR, dataset, image_size) if claim else None
+        with tracking.tracked_run(f"features-{dataset}-{image_size}px", tags, experiment, claim=work) as run:
             mlflow.log_params({**asdict(config), "epochs": epochs, "seed": seed, "trained_on": "train split",
                                HELD_OUT_EXCLUDED: "true"})
             for epoch in tqdm(range(1, epochs + 1), desc="feature extractor", unit="epoch", dynamic_ncols=True):
@@ -210,7 +214,13 @@ def planned_feature_dim(kind: str, dataset: str, image_size: int, run_id: str | 
 
 def feature_extractor_for(dataset: str, image_size: int, run_id: str | None = None, device="cpu",
                           experiment: str | None = None) -> tuple[str, ClassifierFeatures]:
-    """The given extractor run, else the newest one of this data set and size, else a newly trained one."""
-    run_id = run_id or _newest_extractor(dataset, image_size) or train_feature_extractor(
-        dataset, image_size, device=device, experiment=experiment)
+    """The given extractor run, else the newest one of this data set and size, else a newly trained one (or the
+    one another process is training for them: waited for)."""
+    while not run_id:
+        try:
+            run_id = _newest_extractor(dataset, image_size) or train_feature_extractor(
+                dataset, image_size, device=device, experiment=experiment, claim=True)
+        except claims.ClaimedElsewhere as held:
+            tqdm.write(f"waiting for feature extractor {held.run_id}, which another process is training")
+            run_id = held.run_id if claims.wait_for(held.run_id) else None  # it failed: train one here
     return run_id, load_feature_extractor(run_id, dataset, image_size).to(device)

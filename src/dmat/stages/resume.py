@@ -67,7 +67,7 @@ def checkpoint_to_resume(run_id: str, role: str, model: UNet, diffusion: Gaussia
 
 
 def _still_running(run) -> str:
-    from dmat.stages.stale import STALE_MINUTES, why_stale
+    from dmat.tracking.liveness import STALE_MINUTES, why_stale
 
     run_id, reason = run.info.run_id, why_stale(run)
     if reason:

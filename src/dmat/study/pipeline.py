@@ -43,6 +43,7 @@ from dmat.study.stage import (
     run_stage,
     stage_key,
     stop_stages,
+    stopped_training,
 )
 from dmat.tracking import lineage
 
@@ -143,8 +144,9 @@ class _Study:
                   for size in cfg.sizes}
         reuse_tags = self.source.reuse_tags
         missing = [size for size, (_, params) in stages.items() if reuse_tags is None
-                   or find_finished("distill", encoded(params), self.experiment_id, reuse_tags) is None]
-        if len(missing) < 2:
+                   or (find_finished("distill", encoded(params), self.experiment_id, reuse_tags) is None
+                       and stopped_training("distill", encoded(params), self.experiment_id, self.source) is None)]
+        if len(missing) < 2:  # the others are reused, or continued from their last.pt, one stage each
             return [self.stage("distill", label, params) for label, params in stages.values()]
         shared = self.shared_loop(f"students_{method}{suffix}", common, {size: stages[size] for size in missing})
         return [shared[size] if size in shared else self.stage("distill", *stages[size]) for size in cfg.sizes]

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -18,12 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
+import psutil
+from mlflow.entities import Run
 from mlflow.exceptions import ExecutionException
 from mlflow.tracking import MlflowClient
 
-from dmat import tracking
+from dmat import runtime, tracking
+from dmat.model import checkpoint
 from dmat.study import executor
-from dmat.tracking import lineage
+from dmat.tracking import claims, lineage
 
 PROJECT_DIR = Path(__file__).resolve().parents[3]  # the checkout: src/dmat/study/stage.py
 STAGE_KEY = "dmat.stage_key"  # on a run trained in a shared loop: the stage (entry point, parameters) it stands for
@@ -80,16 +87,25 @@ def run_stage(stage: Stage, parameters: dict, experiment_id: str, parent_run_id:
     start = time.perf_counter()
     reuse = reuse and source.reuse_tags is not None  # uncommitted changes: no finished stage ran this code
     stage.run_id = find_finished(stage.entry_point, parameters, experiment_id, source.reuse_tags) if reuse else None
+    stopped = stopped_training(stage.entry_point, parameters, experiment_id, source) if reuse and not stage.run_id else None
+    if stopped and stopped.info.status == "FINISHED":  # finished where no pipeline saw it (an orphaned stage)
+        stage.run_id = stopped.info.run_id
     stage.reused = stage.run_id is not None
     if not stage.reused and STOPPING.is_set():
         stage.error = "not started: the pipeline was stopped"
+    elif stopped and not stage.reused:  # continue it from its last.pt, in the same run
+        stage.run_id = stopped.info.run_id
+        _tag_started(stage, parent_run_id, source)
+        stage.error = _wait(_Resumed(stopped, env))
     elif not stage.reused:
         try:
             # storage_dir: MLflow makes a folder there per run (for `path` parameters, which dmat has none of),
             # else in the temp folder, where it would stay; removed once the stage is over
-            with tempfile.TemporaryDirectory(prefix="dmat-stage-") as storage:
-                # the stage's `mlflow run` gets the experiment by id: a name in the environment too would be refused
-                with executor.spawn_environment({**(env or {}), "MLFLOW_EXPERIMENT_NAME": None}):
+            with _storage_folder() as storage:
+                # the stage's `mlflow run` gets the experiment by id: a name in the environment too would be refused;
+                # it stops (its run KILLED, resumable) if this process dies
+                with executor.spawn_environment({**(env or {}), "MLFLOW_EXPERIMENT_NAME": None,
+                                                 **runtime.watched_by_me()}):
                     submitted = mlflow.projects.run(str(PROJECT_DIR), entry_point=stage.entry_point,
                                                     parameters=parameters, experiment_id=experiment_id,
                                                     env_manager="local", synchronous=False, storage_dir=storage)
@@ -102,6 +118,16 @@ def run_stage(stage: Stage, parameters: dict, experiment_id: str, parent_run_id:
     return stage
 
 
+def _storage_folder() -> tempfile.TemporaryDirectory:
+    """A temp folder for a stage's `mlflow run`, named by this process's pid: one left by a process killed outright
+    (kill -9, a Ray worker lost) is removed by the next stage started on this machine."""
+    for folder in Path(tempfile.gettempdir()).glob("dmat-stage-*-*"):
+        pid = folder.name.split("-")[2]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=f"dmat-stage-{os.getpid()}-")
+
+
 def _tag_started(stage: Stage, parent_run_id: str, source: lineage.Source) -> None:
     """Nest a started stage's run under the pipeline run, with the code it runs; a students loop (whose run its
     process does not name) gets its label as name and its role."""
@@ -110,6 +136,49 @@ def _tag_started(stage: Stage, parent_run_id: str, source: lineage.Source) -> No
         tags |= {tracking.RUN_NAME: stage.label.replace("_", "-"), tracking.ROLE: tracking.STUDENTS_LOOP}
     for key, value in tags.items():
         MlflowClient().set_tag(stage.run_id, key, value)
+
+
+TRAINS = {"teacher": tracking.TEACHER, "distill": tracking.STUDENT}  # entry point -> the role of the run it trains
+
+
+def stopped_training(entry_point: str, parameters: dict[str, str], experiment_id: str,
+                     source: lineage.Source) -> Run | None:
+    """A run of this training stage (same parameters and commit) that a rerun continues rather than trains again:
+    one stopped by a signal with a last.pt (a stopped pipeline, or a Ray task lost with its node), or one that
+    FINISHED untagged. A run of it still alive elsewhere is waited for first; one whose process is gone counts as KILLED."""
+    if entry_point not in TRAINS:
+        return None
+    same_commit = {k: v for k, v in (source.reuse_tags or {}).items() if k == tracking.GIT_COMMIT}
+    for run in tracking.find_runs(TRAINS[entry_point], same_commit, status=None, params=parameters, max_results=20,
+                                  experiment_ids=[experiment_id]):
+        if run.info.status == "RUNNING" and claims.wait_for(run.info.run_id):
+            run = tracking.get_run(run.info.run_id)
+        elif run.info.status == "RUNNING":  # its process is gone: it stopped as if killed
+            MlflowClient().set_terminated(run.info.run_id, "KILLED")
+            run = tracking.get_run(run.info.run_id)
+        stopped = run.info.status == "KILLED" or tracking.STOPPED_BY_SIGNAL in run.data.tags  # `mlflow run` says FAILED
+        if run.info.status == "FINISHED" or (stopped and tracking.has_checkpoint(run.info.run_id, checkpoint.LAST)):
+            return run
+    return None
+
+
+class _Resumed:
+    """`dmat <command> --resume RUN_ID` for a stopped training stage, with the interface of MLflow's SubmittedRun
+    that _wait and stop_stages use."""
+
+    def __init__(self, run: Run, env: dict[str, str] | None):
+        self.run_id = run.info.run_id
+        command = tracking.COMMAND_OF[run.data.tags[tracking.ROLE]]
+        stage_env = {**os.environ, **(env or {}), **runtime.watched_by_me()}
+        stage_env.pop("MLFLOW_EXPERIMENT_NAME", None)  # a resumed run stays in its own experiment
+        self._process = subprocess.Popen([sys.executable, "-m", "dmat", command, "--resume", self.run_id], env=stage_env)
+
+    def wait(self) -> bool:
+        return self._process.wait() == 0
+
+    def cancel(self) -> None:
+        self._process.terminate()
+        self._process.wait()
 
 
 STOPPING = threading.Event()  # set by stop_stages: no further stage starts in this process

@@ -18,11 +18,12 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import optuna
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
-from dmat import tracking
+from dmat import runtime, tracking
 from dmat.config import INITS, STUDENT_TRAIN, SweepConfig, with_overrides
 from dmat.config.evaluation import STUDENT_STEPS
 from dmat.errors import DmatError
@@ -74,11 +75,12 @@ def create_study(cfg: SweepConfig, store: optuna.storages.RDBStorage | None = No
                                sampler=default_sampler(cfg), pruner=default_pruner(), load_if_exists=True)
 
 
-def default_sampler(cfg: SweepConfig, worker: int = 0) -> optuna.samplers.BaseSampler:
-    """TPE (NSGA-II for two objectives), seeded so a one-worker sweep is reproducible. Optuna's
-    storage keeps no sampler either, and workers of one study get different seeds, or they would
-    propose the same settings."""
-    seed = cfg.seed + worker
+def default_sampler(cfg: SweepConfig, worker: int = 0, trials_before: int = 0) -> optuna.samplers.BaseSampler:
+    """TPE (NSGA-II for two objectives), seeded so a one-worker sweep is reproducible. Optuna's storage keeps
+    no sampler, so the seed also mixes in the worker (workers of one study would propose the same settings)
+    and the trials the study held when this process joined it (a rerun would repeat the first run's
+    proposals: TPE draws its startup trials from the seed alone)."""
+    seed = int(np.random.SeedSequence([cfg.seed, worker, trials_before]).generate_state(1)[0])
     return optuna.samplers.NSGAIISampler(seed=seed) if cfg.multi_objective else optuna.samplers.TPESampler(seed=seed)
 
 
@@ -158,8 +160,8 @@ def work(cfg: SweepConfig, n_trials: int, parent_run_id: str, experiment: str | 
     """Worker number `worker`: run `n_trials` trials of the existing study, pruned by `pruner`
     (default_pruner()), sampled by default_sampler(cfg, worker)."""
     url = os.environ.get(STORAGE_ENV) or cfg.storage  # a worker's: its command line shows no password
-    study = optuna.load_study(study_name=cfg.study_name, storage=storage(url),
-                              sampler=default_sampler(cfg, worker), pruner=pruner or default_pruner())
+    study = optuna.load_study(study_name=cfg.study_name, storage=storage(url), pruner=pruner or default_pruner())
+    study.sampler = default_sampler(cfg, worker, trials_before=len(study.trials))
     study.optimize(objective(cfg, parent_run_id, experiment), n_trials=n_trials, catch=())
 
 
@@ -198,7 +200,7 @@ def run_sweep(cfg: SweepConfig, experiment: str | None = None,
             work(cfg, cfg.n_trials, parent, experiment, pruner)
         else:
             env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // cfg.workers)),
-                   STORAGE_ENV: cfg.storage}
+                   STORAGE_ENV: cfg.storage, **runtime.watched_by_me()}
             env.pop("MLFLOW_RUN_ID", None)
             workers = [subprocess.Popen(_worker_command(cfg, n, parent, experiment, i), env=env)
                        for i, n in enumerate(shares) if n]

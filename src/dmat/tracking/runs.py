@@ -21,6 +21,7 @@ from mlflow.tracking.context.registry import resolve_tags
 
 from dmat import runtime
 from dmat.errors import DmatError
+from dmat.tracking.claims import ClaimedElsewhere, earlier_claim
 from dmat.tracking.store import (
     _first_line,
     experiment_name,
@@ -30,6 +31,7 @@ from dmat.tracking.store import (
     use_experiment,
 )
 from dmat.tracking.vocabulary import (
+    CLAIM,
     HEARTBEAT,
     HEARTBEAT_SECONDS,
     OWNER_HOST,
@@ -39,13 +41,14 @@ from dmat.tracking.vocabulary import (
     PARENT_RUN_ID,
     ROLE,
     RUN_NAME,
+    STOPPED_BY_SIGNAL,
     SYSTEM_METRICS_ROLES,
 )
 
 
 @contextlib.contextmanager
 def tracked_run(run_name: str, tags: dict[str, str], experiment: str | None = None, run_id: str | None = None,
-                active: bool = True):
+                active: bool = True, claim: str | None = None):
     """An MLflow run that ends FINISHED, FAILED on an exception, or KILLED on Ctrl-C or SIGTERM.
 
     Inside `mlflow run` it continues the run that MLflow created (MLFLOW_RUN_ID); `run_id` reopens an
@@ -55,8 +58,12 @@ def tracked_run(run_name: str, tags: dict[str, str], experiment: str | None = No
 
     `active=False` creates a new run without making it MLflow's active run, so that several can be open at
     once (one loop training several models): write to it by id (`MlflowRecorder(run_id=...)`, `log_params`).
+
+    `claim` (a claims.claim_key) makes the run a claim on that work: if an earlier live or finished run holds
+    it, this run is deleted and ClaimedElsewhere names the holder, before the body runs.
     """
     run, status, heartbeat, monitor = None, RunStatus.to_string(RunStatus.FINISHED), _Heartbeat(), None
+    lost = False
     with runtime.stop_signals():
         try:
             with runtime.hold_signals():  # a signal while the run is created is raised once it can be marked
@@ -65,13 +72,20 @@ def tracked_run(run_name: str, tags: dict[str, str], experiment: str | None = No
                     run = _start_run(run_name, experiment, run_id, system_metrics)
                 else:
                     run, monitor = _create_run(run_name, experiment, system_metrics)
-                tags = {**tags, RUN_NAME: readable_name(run.info.run_name, run_name), **owner_tags()}
+                tags = {**tags, RUN_NAME: readable_name(run.info.run_name, run_name), **owner_tags(),
+                        **({CLAIM: claim} if claim else {})}
                 MlflowClient().log_batch(run.info.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
                 mark_model_development(run.info.experiment_id)
                 heartbeat.start(run.info.run_id)
+            if claim and (holder := earlier_claim(run.info.run_id, claim)):
+                lost = True
+                raise ClaimedElsewhere(holder)
             yield run
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             status = RunStatus.to_string(RunStatus.KILLED)
+            if run is not None:
+                with contextlib.suppress(Exception):  # the status says it too; the store may be what failed
+                    MlflowClient().set_tag(run.info.run_id, STOPPED_BY_SIGNAL, str(stop) or "SIGINT")
             raise
         except BaseException:
             status = RunStatus.to_string(RunStatus.FAILED)
@@ -84,6 +98,8 @@ def tracked_run(run_name: str, tags: dict[str, str], experiment: str | None = No
                 MlflowClient().set_terminated(run.info.run_id, status)
                 if monitor is not None:
                     monitor.finish()
+            if lost:
+                MlflowClient().delete_run(run.info.run_id)
 
 
 def _start_run(run_name: str, experiment: str | None, run_id: str | None, system_metrics: bool | None = None):

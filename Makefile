@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 ## test: the whole suite, slow end-to-end tests included (what CI runs)
 test: setup
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal $(PYTEST_ARGS)
 
 ## test-fast: skip the slow end-to-end tests
 test-fast: setup

@@ -212,11 +212,13 @@ def test_a_pipeline_stopped_by_sigterm_is_killed_as_a_whole_and_a_rerun_continue
     process = subprocess.Popen(args, env=project_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     deadline = time.time() + 600
-    while time.time() < deadline:  # stop it while the students loop trains
+    client = mlflow.MlflowClient()
+    while time.time() < deadline:  # stop it while the students loop trains, each student past its first epoch
         runs = mlflow.search_runs(search_all_experiments=True)
-        if not runs.empty and ((runs["tags.dmat.role"] == "student") & (runs["status"] == "RUNNING")).any():
+        students = runs[(runs["tags.dmat.role"] == "student") & (runs["status"] == "RUNNING")] if not runs.empty else runs
+        if len(students) == 2 and all(client.get_metric_history(run_id, "val_loss") for run_id in students.run_id):
             break
-        time.sleep(2)
+        time.sleep(1)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]

@@ -359,6 +359,29 @@ def test_a_read_only_store_is_one_line_before_training_and_before_the_report_wri
     assert not (writable_again / "out" / "report").exists()
 
 
+def test_a_store_that_turns_read_only_as_the_model_is_registered_is_one_line(store, monkeypatch):
+    """What a store made read-only mid-training (chmod a-w mlflow.db) raises when the trained model is registered:
+    SQLAlchemy's error inside MLflow's. Root ignores file modes, so the error is raised where the store raised it."""
+    import sqlite3
+
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+
+    def read_only_now(*args, **kwargs):
+        try:
+            raise sqlalchemy.exc.OperationalError("INSERT INTO registered_models", {},
+                                                  sqlite3.OperationalError("attempt to write a readonly database"))
+        except sqlalchemy.exc.OperationalError as exc:
+            raise MlflowException(f"(sqlite3.OperationalError) {exc.orig}") from exc
+
+    monkeypatch.setattr("dmat.tracking.registry.publish", read_only_now)
+    result = CliRunner().invoke(cli, ["teacher", *TINY_CLI_ARGS])
+    [run_id] = [run.info.run_id for run in runs_in_store()]
+    one_line_error(result, f"tracking store {mlflow.get_tracking_uri()} became read-only",
+                   "attempt to write a readonly database", "dmat runs --stale --mark-killed",
+                   f"`dmat teacher --resume {run_id}`")
+
+
 # ---------------------------------------------------------------- options and the smoke check
 
 

@@ -35,7 +35,7 @@ def friendly_errors(func):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - a tracking server gone, or the last resort
-            if gone := _server_gone(exc):
+            if gone := _server_gone(exc) or _store_read_only(exc):
                 _fail(f"error: {gone}" + (f"; {_notes(exc)}" if _notes(exc) else ""), 2)
             # the last resort: one line here, the traceback in a file
             summary = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
@@ -54,6 +54,23 @@ def _server_gone(exc: Exception) -> str | None:
 
     why = text.split("exception", 1)[-1].strip()[:200]
     return (f"tracking server {mlflow.get_tracking_uri()} stopped answering ({why}): when it is back, `dmat runs --stale --mark-killed` lists the runs it cut short and how to resume them")
+
+
+READ_ONLY = ("attempt to write a readonly database", "Read-only file system")
+
+
+def _store_read_only(exc: BaseException) -> str | None:
+    """A store that became read-only while the command ran (a check before the run catches one that already was),
+    as one line that says what to do; None for any other error. The error may be the cause of MLflow's."""
+    while exc is not None:
+        reason = next((text for text in READ_ONLY if text in str(exc)), None)
+        if reason:
+            import mlflow
+
+            return (f"tracking store {mlflow.get_tracking_uri()} became read-only ({reason}): make it writable, then "
+                    "`dmat runs --stale --mark-killed` marks the runs it cut short and says how to resume them")
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _notes(exc: BaseException) -> str:

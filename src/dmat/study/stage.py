@@ -204,6 +204,16 @@ def stop_stages() -> None:
     """Stop every stage process still running (SIGTERM: each marks its run KILLED and keeps its last checkpoint)."""
     STOPPING.set()
     for submitted in list(_LIVE.values()):
-        submitted.cancel()
+        process = getattr(submitted, "command_proc", None)  # `mlflow run`'s: the stage's command runs below it
+        below = _children(process.pid) if process else []
+        submitted.cancel()  # SIGTERM to all; it waits for `mlflow run` alone, which ends at once
+        psutil.wait_procs(below, timeout=120)  # the stage saving its last epoch: the pipeline speaks last
         if tracking.get_run(submitted.run_id).info.status in ("RUNNING", "FAILED"):  # the process did not say KILLED
             MlflowClient().set_terminated(submitted.run_id, "KILLED")
+
+
+def _children(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []

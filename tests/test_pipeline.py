@@ -207,7 +207,7 @@ def test_a_pipeline_stopped_by_sigterm_is_killed_as_a_whole_and_a_rerun_continue
     import signal
     import time
 
-    args = [sys.executable, "-m", "dmat", "pipeline", *TINY_PIPELINE, "--student-epochs", "30",
+    args = [sys.executable, "-m", "dmat", "pipeline", *TINY_PIPELINE, "--student-epochs", "10",
             "--reuse-any-commit", "true"]
     process = subprocess.Popen(args, env=project_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
@@ -244,4 +244,4 @@ def test_a_pipeline_stopped_by_sigterm_is_killed_as_a_whole_and_a_rerun_continue
     assert set(students.index) == stopped and set(students["status"]) == {"FINISHED"}  # continued, not retrained
     for run_id in stopped:
         epochs = [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "val_loss")]
-        assert len(epochs) == len(set(epochs)) == 30, f"run {run_id} logged epochs {epochs}"
+        assert len(epochs) == len(set(epochs)) == 10, f"run {run_id} logged epochs {epochs}"

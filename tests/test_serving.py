@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import mlflow
@@ -25,6 +26,14 @@ from dmat.tracking import registry, serving
 
 REQUESTS = [{"num_images": 2, "sampler": "ddim", "steps": 4, "seed": 1},
             {"num_images": 3, "sampler": "ddpm", "steps": 5, "seed": 2}]
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_downloads_in_tmp_path(tmp_path, monkeypatch):
+    """MLflow's model loaders (pyfunc.load_model, models.get_model_info) download the model into a fresh temp folder
+    that they keep (a loaded pyfunc reads its files later): here it is tmp_path, in a fresh process too."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
 
 def dmat_samples(run_id: str) -> np.ndarray:

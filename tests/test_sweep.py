@@ -232,3 +232,28 @@ def test_a_rerun_of_a_seeded_sweep_proposes_new_settings(tmp_path, monkeypatch):
         sweep.work(cfg, 3, parent_run_id="unused", experiment=None)
     proposed = [trial.params["lr"] for trial in optuna.load_study(study_name="rerun", storage=cfg.storage).trials]
     assert len(proposed) == 6 and len(set(proposed)) == 6
+
+
+@pytest.mark.slow
+def test_a_sweep_on_a_local_ray_instance_runs_its_workers_as_ray_tasks(study, teacher_run_id, tmp_path, project_env):
+    import shutil
+    import subprocess
+    import tempfile
+
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'dmat[ray]' (make test installs it)")
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    try:
+        done = subprocess.run([sys.executable, "-m", "dmat", "sweep", "--storage", storage, "--study-name", "ray",
+                               "--n-trials", "2", "--workers", "2", "--executor", "ray", "--teacher-run-id",
+                               teacher_run_id, *TINY_SWEEP], env={**project_env, "RAY_TMPDIR": ray_tmp},
+                              capture_output=True, text=True, timeout=900)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    trials = optuna.load_study(study_name="ray", storage=storage).trials
+    assert len(trials) == 2 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`dmat.study_name` = 'ray'")
+    students = runs[runs["tags.dmat.role"] == "student"]
+    assert sorted(students["tags.dmat.trial"].astype(int)) == [0, 1]
+    assert set(students["tags.dmat.worker"].dropna()) and all(len(w) == 8 for w in students["tags.dmat.worker"])  # Ray nodes

@@ -250,7 +250,12 @@ COMMANDS: dict[str, CommandOptions] = {
         SYSTEM_METRICS, EXPERIMENT)),
     "cost": CommandOptions("cost", (OptionGroup(CostConfig), EXPERIMENT)),
     "sweep": CommandOptions("sweep", (
-        OptionGroup(SweepConfig, helps={"multi_objective": "minimise (FID, parameters) and log the Pareto front ({})"}),
+        OptionGroup(SweepConfig, helps={"multi_objective": "minimise (FID, parameters) and log the Pareto front ({})",
+                                        "workers": "worker processes, each running its share of the trials ({})",
+                                        "executor": "local (the workers on this machine) or ray (each worker a Ray "
+                                                    "task; {})",
+                                        "ray_address": "the Ray cluster for --executor ray ($RAY_ADDRESS, else a "
+                                                       "local instance)"}),
         SYSTEM_METRICS, EXPERIMENT)),
 }
 

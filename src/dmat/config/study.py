@@ -134,9 +134,13 @@ class SweepConfig:
     seed: int = TrainConfig.seed
     device: str = TrainConfig.device
     precision: str = TrainConfig.precision
+    executor: str = "local"  # where the workers run: see EXECUTORS
+    ray_address: str = ""  # --executor ray: the cluster (default: $RAY_ADDRESS, else a local Ray instance)
 
     def validate(self) -> "SweepConfig":
         check_precision(self.precision)
+        if self.executor not in EXECUTORS:
+            raise DmatError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
         self.dataset = absolute_dataset(self.dataset)
         if self.n_trials < 1:
             raise DmatError(f"n-trials must be at least 1, got {self.n_trials}")

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -29,6 +30,7 @@ from dmat.config.evaluation import STUDENT_STEPS
 from dmat.errors import DmatError
 from dmat.evaluation.evaluate import evaluate_run
 from dmat.stages.distill import resolve_teacher, train_student
+from dmat.study import executor
 
 STUDENT_STEP_CHOICES = (10, 20, 50)  # sampling steps a trial's student may use (at most the teacher's T)
 
@@ -172,8 +174,16 @@ def _worker_command(cfg: SweepConfig, n_trials: int, parent_run_id: str, experim
 
     shown = with_overrides(cfg, n_trials=n_trials, storage=_without_password(cfg.storage))  # the URL: STORAGE_ENV
     args = [sys.executable, "-m", "dmat", "sweep", "--worker-of", parent_run_id, "--worker-index", str(worker),
-            *to_cli_args(shown, exclude=("workers",))]
+            *to_cli_args(shown, exclude=("workers", "executor", "ray_address"))]
     return args + (["--experiment", experiment] if experiment else [])
+
+
+def run_worker(command: list[str], secrets: dict[str, str], env: dict[str, str]) -> int:
+    """One worker process, where the executor put it (this machine or a Ray node), with its slot's threads; the
+    storage URL (with its password) in its environment, not on its command line. Its exit status."""
+    worker_env = {**os.environ, **env, **secrets, **runtime.watched_by_me()}
+    worker_env.pop("MLFLOW_RUN_ID", None)
+    return subprocess.run(command, env=worker_env).returncode
 
 
 def run_sweep(cfg: SweepConfig, experiment: str | None = None,
@@ -183,7 +193,7 @@ def run_sweep(cfg: SweepConfig, experiment: str | None = None,
     `pruner` replaces default_pruner(); it lives in this process, so it needs workers=1.
     """
     cfg.validate()
-    if pruner is not None and cfg.workers != 1:
+    if pruner is not None and (cfg.workers != 1 or cfg.executor != "local"):
         raise ValueError("a pruner object cannot be handed to worker processes: pass it with workers=1")
     tracking.check_tracking_reachable()
     store = storage(cfg.storage)
@@ -196,18 +206,20 @@ def run_sweep(cfg: SweepConfig, experiment: str | None = None,
     shares = [cfg.n_trials // cfg.workers + (i < cfg.n_trials % cfg.workers) for i in range(cfg.workers)]
     status = RunStatus.FINISHED
     try:
-        if cfg.workers == 1:
+        if cfg.workers == 1 and cfg.executor == "local":
             work(cfg, cfg.n_trials, parent, experiment, pruner)
         else:
-            env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // cfg.workers)),
-                   STORAGE_ENV: cfg.storage, **runtime.watched_by_me()}
-            env.pop("MLFLOW_RUN_ID", None)
-            workers = [subprocess.Popen(_worker_command(cfg, n, parent, experiment, i), env=env)
-                       for i, n in enumerate(shares) if n]
-            failed = [w.args for w in workers if w.wait() != 0]
-            if failed:
+            commands = [_worker_command(cfg, n, parent, experiment, i) for i, n in enumerate(shares) if n]
+            runner = executor.executor_for(cfg.executor, len(commands), cfg.ray_address)
+            try:
+                with ThreadPoolExecutor(max_workers=len(commands)) as pool:
+                    codes = list(pool.map(lambda command: runner.run(run_worker, command, {STORAGE_ENV: cfg.storage}),
+                                          commands))
+            finally:
+                runner.close()
+            if any(codes):
                 status = RunStatus.FAILED
-                raise DmatError(f"{len(failed)} of {len(workers)} sweep workers failed: see their output above")
+                raise DmatError(f"{sum(map(bool, codes))} of {len(codes)} sweep workers failed: see their output above")
     except KeyboardInterrupt:
         status = RunStatus.KILLED
         raise

@@ -20,9 +20,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,fidelity,server,ray]'
 	touch $@
 
-## test: the whole suite, slow end-to-end tests included (what CI runs)
+## test: the whole suite, slow end-to-end tests included (what CI runs): the fast tests over 2 processes, then the
+## slow ones one at a time (each is a real study that uses every core; two at once only slow each other down)
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist worksteal $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
 ## test-fast: skip the slow end-to-end tests
 test-fast: setup

@@ -77,11 +77,12 @@ def _history(run_id: str, key: str) -> dict[int, float]:
     return {m.step: m.value for m in mlflow.MlflowClient().get_metric_history(run_id, key)}
 
 
-def _npz(run_id: str, path: str):
-    return np.load(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path))
+def _npz(run_id: str, path: str, into) -> np.lib.npyio.NpzFile:
+    """An artifact downloaded into `into` (MLflow would leave a temp folder of its own behind)."""
+    return np.load(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(into)))
 
 
-def test_student_evaluation_logs_the_contract(in_store):
+def test_student_evaluation_logs_the_contract(in_store, tmp_path):
     run_id = evaluate_run(in_store["student"], **FAST)
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -114,14 +115,14 @@ def test_student_evaluation_logs_the_contract(in_store):
     assert sorted(_history(run_id, "traj_cosine")) == [0, 1, 2, 3, 4]
     assert len(_history(run_id, "eps_mse_teacher")) == 5 and max(_history(run_id, "eps_mse_true")) == 19
 
-    traj = _npz(run_id, "trajectories/trajectories.npz")
+    traj = _npz(run_id, "trajectories/trajectories.npz", tmp_path)
     assert traj["model"].shape == traj["teacher"].shape == (3, 5, 1, 8, 8)
     assert list(traj["timesteps"])[-1] == -1 and len(traj["timesteps"]) == 5
     np.testing.assert_array_equal(traj["model"][:, 0], traj["teacher"][:, 0])  # the same starting noise
-    states = _npz(run_id, "denoising/states.npz")
+    states = _npz(run_id, "denoising/states.npz", tmp_path)
     assert states["states"].shape[:2] == (3, 5) and len(states["timesteps"]) == 5
     assert "denoising/grid.png" in [a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "denoising")]
-    copied = _npz(run_id, "memorisation/most_copied.npz")
+    copied = _npz(run_id, "memorisation/most_copied.npz", tmp_path)
     assert copied["samples"].shape == copied["neighbours"].shape == (8, 1, 8, 8)
     assert "memorisation/most_copied.png" in [a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "memorisation")]
 

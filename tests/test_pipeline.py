@@ -199,7 +199,8 @@ def test_workers_share_the_cores_and_the_gpus():
     assert slots(1, cores=8, gpus=1)[0].environment() == {"OMP_NUM_THREADS": "8", "MKL_NUM_THREADS": "8",
                                                            "DMAT_WORKER": "0"}
     assert slots(3, cores=2, gpus=0)[0].threads == 1  # never fewer than one thread
-    assert default_workers(gpus=0) == 1 and default_workers(gpus=4) == 4
+    assert default_workers(gpus=0, cores=2) == 2 and default_workers(gpus=0, cores=1) == 1
+    assert default_workers(gpus=4) == 4
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from dmat.tracking.search import find_runs
 from dmat.tracking.store import get_run
 from dmat.tracking.vocabulary import CLAIM
 
-LIVE = (RunStatus.to_string(RunStatus.RUNNING), RunStatus.to_string(RunStatus.FINISHED))
+RUNNING, FINISHED = RunStatus.to_string(RunStatus.RUNNING), RunStatus.to_string(RunStatus.FINISHED)
 WAIT_SECONDS = 2.0
 
 
@@ -32,7 +32,7 @@ def earlier_claim(run_id: str, key: str) -> str | None:
     """The run that holds the work of `key` if it is not `run_id`: the earliest finished or live run tagged with
     it (ties by run id). None when `run_id` holds it."""
     holders = [run for run in find_runs(None, {CLAIM: key}, status=None)
-               if run.info.status in LIVE and not (run.info.status == LIVE[0] and why_stale(run))]
+               if run.info.status == FINISHED or (run.info.status == RUNNING and not why_stale(run))]
     holders.append(get_run(run_id))
     first = min(holders, key=lambda run: (run.info.start_time, run.info.run_id))
     return None if first.info.run_id == run_id else first.info.run_id
@@ -48,6 +48,6 @@ class ClaimedElsewhere(Exception):
 
 def wait_for(run_id: str) -> bool:
     """Wait while another process's claimed run is alive; whether it FINISHED."""
-    while (run := get_run(run_id)).info.status == LIVE[0] and not why_stale(run):
+    while (run := get_run(run_id)).info.status == RUNNING and not why_stale(run):
         time.sleep(WAIT_SECONDS)
-    return run.info.status == LIVE[1]
+    return run.info.status == FINISHED

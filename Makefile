@@ -10,7 +10,7 @@ PORT ?= 5000
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast teacher ui clean
+.PHONY: setup test test-slow teacher ui clean
 
 setup: $(STAMP)
 
@@ -20,15 +20,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,fidelity,server,ray]'
 	touch $@
 
-## test: the whole suite, slow end-to-end tests included (what CI runs): the fast tests over 2 processes, then the
-## slow ones one at a time (each is a real study that uses every core; two at once only slow each other down)
+## test: every test but the slow end-to-end ones, over 2 processes (minutes); CI runs it, then test-slow
 test: setup
 	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist worksteal $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
-## test-fast: skip the slow end-to-end tests
-test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+## test-slow: the slow end-to-end tests (each a real tiny study), one at a time: each uses every core, and two at
+## once only slow each other down
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
 ## teacher: train the default teacher on the bundled digits (ARGS="--epochs 5" to override)
 teacher: setup

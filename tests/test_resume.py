@@ -189,3 +189,28 @@ def test_a_failed_student_resumes_in_the_same_run_with_its_own_options(study, te
     assert [step for step, _ in val_history(run_id)] == [1, 2]
     assert run.data.params["kd_weight"] == "0.5" and run.data.params["size_factor"] == "0.5"
     assert tracking.load_model(run_id).model.config.size_factor == 0.5
+
+
+def test_ctrl_c_while_the_model_is_logged_leaves_no_half_logged_model_and_the_resume_logs_one(store, monkeypatch):
+    """MLflow creates the logged model (PENDING) before it writes its files: an interrupt there must not leave it
+    beside the one the resumed run logs, nor make the resume log the run's summary metrics a second time."""
+    import mlflow
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mlflow.pyfunc, "save_model", interrupted)  # called by log_model once the model exists
+        with pytest.raises(KeyboardInterrupt):
+            train_teacher(tiny_train(epochs=1), tiny_unet(), tiny_diffusion())
+    run_id = only_run_id()
+    client = MlflowClient()
+    experiment = client.get_run(run_id).info.experiment_id
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert client.search_logged_models([experiment]) == []
+
+    train_teacher(tiny_train(epochs=1), tiny_unet(), tiny_diffusion(), resume=run_id)
+    models = client.search_logged_models([experiment])
+    assert [(m.source_run_id, m.status.value) for m in models] == [(run_id, "READY")]
+    assert [m.step for m in client.get_metric_history(run_id, "best_val_loss")] == [0]
+    assert client.get_run(run_id).info.status == "FINISHED"

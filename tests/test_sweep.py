@@ -3,6 +3,7 @@ Pareto front of a multi-objective study, bad input."""
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -257,3 +258,35 @@ def test_a_sweep_on_a_local_ray_instance_runs_its_workers_as_ray_tasks(study, te
     students = runs[runs["tags.dmat.role"] == "student"]
     assert sorted(students["tags.dmat.trial"].astype(int)) == [0, 1]
     assert set(students["tags.dmat.worker"].dropna()) and all(len(w) == 8 for w in students["tags.dmat.worker"])  # Ray nodes
+
+
+def test_a_trial_left_running_by_a_dead_worker_is_failed_and_its_settings_run_again(tmp_path, monkeypatch):
+    """kill -9 of a worker leaves its trial RUNNING in Optuna's storage; its heartbeat stops, and the next worker's
+    `optimize` fails it (Optuna's fail_stale_trials, which every optimize runs first) and queues its settings again."""
+    from dmat.study import sweep
+
+    monkeypatch.setattr(sweep, "TRIAL_GRACE_SECONDS", 1)
+    store = sweep.storage(f"sqlite:///{tmp_path}/optuna.db")
+    study = optuna.create_study(study_name="killed", storage=store)
+    trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
+    store.record_heartbeat(trial._trial_id)  # what the dead worker's heartbeat thread last wrote
+    time.sleep(2)
+    optuna.storages.fail_stale_trials(study)
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
+    assert study.trials[1].params == study.trials[0].params == trial.params
+
+
+def test_a_live_sweep_is_not_stale_however_long_it_runs_and_a_dead_one_is(store):
+    """The sweep's parent run outlives any one process; the process that holds it tags it and beats for it."""
+    from mlflow.tracking import MlflowClient
+
+    from dmat.tracking.liveness import why_stale
+
+    long_ago = int((time.time() - 3600) * 1000)
+    parent = MlflowClient().create_run(mlflow.set_experiment("dmat-test").experiment_id, start_time=long_ago).info.run_id
+    assert "no heartbeat for 60 minute(s)" in why_stale(tracking.get_run(parent))
+    with tracking.kept_alive(parent):
+        assert why_stale(tracking.get_run(parent)) is None
+    MlflowClient().set_tag(parent, tracking.OWNER_PID, "999999999")  # as if its process had died
+    assert "is gone" in why_stale(tracking.get_run(parent))

@@ -228,8 +228,8 @@ def evaluate_run(model_run_id: str, config: EvalConfig | None = None, feature_ex
             _steps_grid(loaded, extractors[spaces.HEADLINE_SPACE], cfg, steps, n, headline, device)
         _behaviour(loaded, compared, cfg, steps, data.val, device)
         mlflow.log_metric("peak_memory_mb", timing.peak_memory_mb(device))
-        registry.record_evaluation(loaded.run_id, run.info.run_id, SETTINGS)  # scores as version tags, @best-*
-        return run.info.run_id
+    registry.record_evaluation(loaded.run_id, run.info.run_id, SETTINGS)  # once the run is finished: the claim held
+    return run.info.run_id
 
 
 def evaluate_all(config: EvalConfig | None = None, feature_extractor_run_id: str | None = None,

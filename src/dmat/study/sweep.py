@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -50,11 +51,22 @@ def _without_password(url: str) -> str:
 STORAGE_ENV = "DMAT_OPTUNA_STORAGE"
 
 
+# a trial whose process died (kill -9, a lost Ray node) stops renewing its heartbeat; the next worker of the study
+# marks it FAIL once it is this many seconds late and runs its settings again as a new trial
+TRIAL_GRACE_SECONDS = 5 * tracking.HEARTBEAT_SECONDS
+
+
 def storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage, with a lock timeout so sqlite tolerates concurrent workers."""
+    """Optuna's RDB storage, with a lock timeout so sqlite tolerates concurrent workers, and Optuna's trial
+    heartbeat: a trial left RUNNING by a dead process is failed and retried once by the next worker."""
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9: not the user's concern
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=kwargs, heartbeat_interval=tracking.HEARTBEAT_SECONDS,
+                grace_period=TRIAL_GRACE_SECONDS,
+                heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
     except Exception as exc:
         reason = str(exc).splitlines()[0][:200]
         raise DmatError(f"optuna storage {_without_password(url)} cannot be opened ({reason}): check the URL and that the database is up") from None
@@ -203,33 +215,37 @@ def run_sweep(cfg: SweepConfig, experiment: str | None = None,
         with_overrides(STUDENT_TRAIN, dataset=cfg.dataset, image_size=cfg.image_size), cfg.teacher_run_id or None))
     study = create_study(cfg, store)
     parent = parent_run(cfg, experiment)
-    shares = [cfg.n_trials // cfg.workers + (i < cfg.n_trials % cfg.workers) for i in range(cfg.workers)]
-    status = RunStatus.FINISHED
-    try:
-        if cfg.workers == 1 and cfg.executor == "local":
-            work(cfg, cfg.n_trials, parent, experiment, pruner)
-        else:
-            commands = [_worker_command(cfg, n, parent, experiment, i) for i, n in enumerate(shares) if n]
-            runner = executor.executor_for(cfg.executor, len(commands), cfg.ray_address)
-            try:
-                with ThreadPoolExecutor(max_workers=len(commands)) as pool:
-                    codes = list(pool.map(lambda command: runner.run(run_worker, command, {STORAGE_ENV: cfg.storage}),
-                                          commands))
-            finally:
-                runner.close()
-            if any(codes):
-                status = RunStatus.FAILED
-                raise DmatError(f"{sum(map(bool, codes))} of {len(codes)} sweep workers failed: see their output above")
-    except KeyboardInterrupt:
-        status = RunStatus.KILLED
-        raise
-    except BaseException:
-        status = RunStatus.FAILED
-        raise
-    finally:
-        log_outcome(study, parent)
-        MlflowClient().set_terminated(parent, RunStatus.to_string(status))
+    with tracking.kept_alive(parent):  # `dmat runs --stale` tells a live sweep from one whose process died
+        status = RunStatus.FINISHED
+        try:
+            if cfg.workers == 1 and cfg.executor == "local":
+                work(cfg, cfg.n_trials, parent, experiment, pruner)
+            else:
+                _run_workers(cfg, parent, experiment)
+        except KeyboardInterrupt:
+            status = RunStatus.KILLED
+            raise
+        except BaseException:
+            status = RunStatus.FAILED
+            raise
+        finally:
+            log_outcome(study, parent)
+            MlflowClient().set_terminated(parent, RunStatus.to_string(status))
     return study
+
+
+def _run_workers(cfg: SweepConfig, parent_run_id: str, experiment: str | None) -> None:
+    """The study's trials shared over `workers` worker processes, placed by the executor; DmatError if any failed."""
+    shares = [cfg.n_trials // cfg.workers + (i < cfg.n_trials % cfg.workers) for i in range(cfg.workers)]
+    commands = [_worker_command(cfg, n, parent_run_id, experiment, i) for i, n in enumerate(shares) if n]
+    runner = executor.executor_for(cfg.executor, len(commands), cfg.ray_address)
+    try:
+        with ThreadPoolExecutor(max_workers=len(commands)) as pool:
+            codes = list(pool.map(lambda command: runner.run(run_worker, command, {STORAGE_ENV: cfg.storage}), commands))
+    finally:
+        runner.close()
+    if any(codes):
+        raise DmatError(f"{sum(map(bool, codes))} of {len(codes)} sweep workers failed: see their output above")
 
 
 def log_outcome(study: optuna.Study, parent_run_id: str) -> None:

@@ -1,9 +1,16 @@
 """Claims on work that several processes may start at once (two `dmat evaluate --all` on one store, parallel
 pipeline stages, Ray tasks on several machines): the run that does the work is the claim.
 
-A process creates its run tagged with the work's key (CLAIM), then asks for the earliest run of that key that
-is finished or still alive. If that is not its own run, another process has the work: tracking.tracked_run
-deletes its own run (empty so far) and raises ClaimedElsewhere, and the caller skips the work or waits for it. Only the tracking store is shared, so this holds across machines.
+A process creates its run tagged with the work's key (CLAIM), then asks which run of that key holds the work:
+the earliest finished one, else the earliest still alive. If that is not its own run, another process has the
+work: tracking.tracked_run deletes its own run (empty so far) and raises ClaimedElsewhere, and the caller skips the
+work or waits for it. Only the tracking store is shared, so this holds across machines.
+
+MLflow offers no atomic "create if absent", and a run's start time is taken by its client before the store has
+it: a claimant slow to reach the store (two processes on two busy cores) can start earlier yet arrive after a
+rival has checked and begun. So the question is asked again when the work is done, before the run is marked
+FINISHED: the rival that began second then sees the earlier claim, discards its run and uses the holder's result.
+Work may then have been done twice, but it is recorded once.
 """
 
 from __future__ import annotations
@@ -29,12 +36,13 @@ def claim_key(*work) -> str:
 
 
 def earlier_claim(run_id: str, key: str) -> str | None:
-    """The run that holds the work of `key` if it is not `run_id`: the earliest finished or live run tagged with
-    it (ties by run id). None when `run_id` holds it."""
-    holders = [run for run in find_runs(None, {CLAIM: key}, status=None)
-               if run.info.status == FINISHED or (run.info.status == RUNNING and not why_stale(run))]
-    holders.append(get_run(run_id))
-    first = min(holders, key=lambda run: (run.info.start_time, run.info.run_id))
+    """The run that holds the work of `key` if it is not `run_id`: the earliest finished run tagged with it, else
+    the earliest live one (ties by run id). None when `run_id` holds it. A finished run wins over an earlier live
+    one, so that work already recorded is never recorded again by a claimant that reached the store late."""
+    tagged = find_runs(None, {CLAIM: key}, status=None)
+    finished = [run for run in tagged if run.info.status == FINISHED and run.info.run_id != run_id]
+    live = [run for run in tagged if run.info.status == RUNNING and not why_stale(run)] + [get_run(run_id)]
+    first = min(finished or live, key=lambda run: (run.info.start_time, run.info.run_id))
     return None if first.info.run_id == run_id else first.info.run_id
 
 

@@ -45,4 +45,8 @@ class MlflowRecorder(Recorder):
         self._logged = {step for step in steps if step > epoch}
 
     def on_end(self, summary: dict[str, float]) -> None:
-        mlflow.log_metrics(summary, run_id=self.run_id)
+        """The summary once: a run resumed after it was logged (stopped while its model was being logged)
+        trains no further epoch and has the same summary, which is not logged again."""
+        run_id = self.run_id or mlflow.active_run().info.run_id
+        logged = MlflowClient().get_run(run_id).data.metrics
+        mlflow.log_metrics({k: v for k, v in summary.items() if logged.get(k) != v}, run_id=self.run_id)

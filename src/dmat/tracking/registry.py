@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 
+from mlflow.entities import LoggedModelStatus
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -43,7 +44,12 @@ def registered_name(dataset: str, image_size: int | str, role: str) -> str:
 
 def publish(run_id: str, sampler: str, steps: int) -> ModelVersion:
     """Log the active run's model as an MLflow Model (dmat.tracking.serving) and register it as a new version."""
-    info = serving.log_sampler(run_id, sampler, steps)
+    _drop_unfinished_models(run_id)  # left by a publish that a kill -9 stopped: the resumed run logs its own
+    try:
+        info = serving.log_sampler(run_id, sampler, steps)
+    except BaseException:  # Ctrl-C, SIGTERM, a failed upload: no half-logged model stays in the run
+        _drop_unfinished_models(run_id)
+        raise
     run = tracking.get_run(run_id)
     tags = run.data.tags
     name = registered_name(tags[tracking.DATASET], tags[tracking.IMAGE_SIZE], tags[tracking.ROLE])
@@ -63,6 +69,16 @@ def publish(run_id: str, sampler: str, steps: int) -> ModelVersion:
     notes.append(run_id, f"MLflow Model: `{SCHEME}{name}/{version.version}` (pyfunc: a table of num_images, sampler, "
                          f"steps, seed in; images out)")
     return version
+
+
+def _drop_unfinished_models(run_id: str) -> None:
+    """Delete the run's logged models still PENDING: MLflow creates one before uploading its files, and one whose
+    upload was interrupted would stay PENDING beside the model the resumed run logs."""
+    client = MlflowClient()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    for model in client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'"):
+        if model.status == LoggedModelStatus.PENDING:
+            client.delete_logged_model(model.model_id)
 
 
 def run_id_of(ref: str | None) -> str | None:

@@ -59,8 +59,9 @@ def tracked_run(run_name: str, tags: dict[str, str], experiment: str | None = No
     `active=False` creates a new run without making it MLflow's active run, so that several can be open at
     once (one loop training several models): write to it by id (`MlflowRecorder(run_id=...)`, `log_params`).
 
-    `claim` (a claims.claim_key) makes the run a claim on that work: if an earlier live or finished run holds
-    it, this run is deleted and ClaimedElsewhere names the holder, before the body runs.
+    `claim` (a claims.claim_key) makes the run a claim on that work: if another run holds it (tracking.claims),
+    this run is deleted and ClaimedElsewhere names the holder, before the body runs, or after it (a rival's claim
+    that reached the store late) instead of finishing: what the body logged to this run is then discarded.
     """
     run, status, heartbeat, monitor = None, RunStatus.to_string(RunStatus.FINISHED), _Heartbeat(), None
     lost = False
@@ -77,10 +78,13 @@ def tracked_run(run_name: str, tags: dict[str, str], experiment: str | None = No
                 MlflowClient().log_batch(run.info.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
                 mark_model_development(run.info.experiment_id)
                 heartbeat.start(run.info.run_id)
-            if claim and (holder := earlier_claim(run.info.run_id, claim)):
+            holder = earlier_claim(run.info.run_id, claim) if claim else None
+            if holder is None:
+                yield run
+                holder = earlier_claim(run.info.run_id, claim) if claim else None  # a late rival: see claims
+            if holder:
                 lost = True
                 raise ClaimedElsewhere(holder)
-            yield run
         except KeyboardInterrupt as stop:
             status = RunStatus.to_string(RunStatus.KILLED)
             if run is not None:
@@ -159,6 +163,20 @@ def owner_tags() -> dict[str, str]:
     worker = {OWNER_WORKER: os.environ["DMAT_WORKER"]} if os.environ.get("DMAT_WORKER") else {}
     return {OWNER_HOST: socket.gethostname(), OWNER_PID: str(os.getpid()),
             OWNER_STARTED: f"{psutil.Process().create_time():.2f}", HEARTBEAT: str(int(time.time())), **worker}
+
+
+@contextlib.contextmanager
+def kept_alive(run_id: str):
+    """Tag a run that outlives any one process (a sweep's parent, reopened by each resume) with this process and
+    renew its heartbeat while the body runs, as tracked_run does for its own runs: liveness can then tell it apart
+    from one whose process died."""
+    MlflowClient().log_batch(run_id, tags=[RunTag(k, v) for k, v in owner_tags().items()])
+    heartbeat = _Heartbeat()
+    heartbeat.start(run_id)
+    try:
+        yield
+    finally:
+        heartbeat.stop()
 
 
 class _Heartbeat:

@@ -137,3 +137,45 @@ def test_requirements_pin_what_is_installed_and_name_dmat_when_it_runs_from_its_
     monkeypatch.setattr(importlib.metadata, "version", version)
     assert serving.requirements() == [f"mlflow=={installed('mlflow')}", f"torch=={installed('torch')}",
                                       f"numpy=={installed('numpy')}", f"pandas=={installed('pandas')}", "dmat"]
+
+
+def test_a_model_whose_serving_code_was_changed_is_refused_before_any_of_it_runs(study, teacher_run_id, tmp_path):
+    """Whoever can write to the artifact store can change the code a model's loading runs: dmat loads a sampler
+    only when that code is byte for byte its own."""
+    from dmat.errors import DmatError
+    from dmat.tracking.trusted_load import check_model_code, load_sampler
+
+    uri = f"runs:/{teacher_run_id}/{serving.MODEL_NAME}"
+    np.testing.assert_allclose(load_sampler(uri).predict(pd.DataFrame(REQUESTS)), dmat_samples(teacher_run_id), atol=1e-5)
+
+    genuine = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path / "genuine"))
+    check_model_code(genuine)
+    marker = tmp_path / "the appended line ran"
+    tampered = tmp_path / "tampered"
+    subprocess.run(["cp", "-r", genuine, str(tampered)], check=True)
+    with open(tampered / serving.MODEL_CODE.name, "a") as code:
+        code.write(f"open({str(marker)!r}, 'w').close()\n")
+    with pytest.raises(DmatError, match=r"was not loaded: its serving_model.py differs from the installed dmat's"):
+        load_sampler(str(tampered))
+    assert not marker.exists()
+
+    pickled = tmp_path / "pickled"
+    subprocess.run(["cp", "-r", genuine, str(pickled)], check=True)
+    (pickled / "python_model.pkl").write_bytes(b"not loaded")
+    with pytest.raises(DmatError, match=r"holds files a dmat sampler does not \(python_model.pkl\)"):
+        check_model_code(pickled)
+
+
+def test_check_model_prints_the_checked_copy_to_serve_or_one_line_why_not(study, teacher_run_id, tmp_path):
+    from click.testing import CliRunner
+
+    from dmat.cli.main import cli
+
+    ok = CliRunner().invoke(cli, ["check-model", f"runs:/{teacher_run_id}/{serving.MODEL_NAME}"])
+    assert ok.exit_code == 0 and "runs only dmat's own serving code" in ok.output and "mlflow models serve -m" in ok.output
+    (tmp_path / "MLmodel").write_text("flavors: {}\n")
+    refused = CliRunner().invoke(cli, ["check-model", str(tmp_path)])
+    assert refused.exit_code == 2, refused.output
+    assert refused.output.strip().splitlines()[-1].endswith("it is not an MLflow pyfunc model; load models only from a "
+                                                            "store you trust, or log the model again with `dmat teacher` "
+                                                            "or `dmat distill`")

@@ -232,6 +232,19 @@ def runs(stale, stale_minutes, mark_killed):
         click.echo("no stale runs" if stale else "no running runs")
 
 
+@cli.command("check-model")
+@click.argument("model_uri")
+@friendly_errors
+def check_model(model_uri):
+    """Check that loading a logged model (models:/NAME@ALIAS, runs:/RUN_ID/sampler) runs only dmat's own
+    serving code, and print the checked copy to serve."""
+    from dmat.tracking.trusted_load import checked_copy
+
+    local = checked_copy(model_uri)
+    click.echo(f"{model_uri}: its loading runs only dmat's own serving code; serve the checked copy with "
+               f"`mlflow models serve -m {local} --env-manager local`")
+
+
 @cli.command()
 @command_options("sweep")
 @click.option("--create-only", is_flag=True, help="create the study and exit: run this once before workers on other machines")

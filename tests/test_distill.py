@@ -2,7 +2,9 @@
 
 import dataclasses
 import math
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import mlflow
@@ -261,3 +263,23 @@ def test_mlflow_run_distill_makes_a_student_of_the_teacher(study, teacher_run_id
     assert student.model.config == dataclasses.replace(teacher.model.config, size_factor=0.4)
     assert student.diffusion.config == teacher.diffusion.config  # one schedule
     assert metrics["num_parameters"] == student.model.num_parameters < teacher.model.num_parameters
+
+
+def test_a_students_loop_under_mlflow_run_is_tagged_with_its_process_so_a_long_one_is_not_stale(
+        study, teacher_run_id, monkeypatch):
+    """`mlflow run -e students` creates the loop's run; the loop's process keeps it alive as tracked_run does for
+    its own runs, else `dmat runs --stale` would call a loop stale 10 minutes after it began and --mark-killed
+    would mark a live loop KILLED."""
+    from mlflow.tracking import MlflowClient
+
+    from dmat.tracking.liveness import why_stale
+
+    started = int((time.time() - 3600) * 1000)  # a loop that began an hour ago
+    loop = MlflowClient().create_run(mlflow.set_experiment(EXPERIMENT).experiment_id, start_time=started)
+    assert why_stale(tracking.get_run(loop.info.run_id)) is not None
+    monkeypatch.setenv("MLFLOW_RUN_ID", loop.info.run_id)
+    result = CliRunner().invoke(cli, ["students", "--sizes", "0.35 0.65", "--teacher-run-id", teacher_run_id,
+                                      *TINY_STUDENT_ARGS])
+    assert result.exit_code == 0, result.output
+    tags = tracking.get_run(loop.info.run_id).data.tags
+    assert tags[tracking.OWNER_PID] == str(os.getpid()) and why_stale(tracking.get_run(loop.info.run_id)) is None

@@ -9,6 +9,7 @@ holds the full traceback (exit status 1): dmat.cli.errors.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 
@@ -92,10 +93,13 @@ def distill(size_factor, teacher_run_id, experiment, resume, **options):
 @friendly_errors
 def students(sizes, teacher_run_id, shared_teacher, experiment, **options):
     """Train one student per size factor against the same teacher, in one loop (or one after another)."""
+    from dmat import tracking
     from dmat.stages.distill import train_students
 
     train, settings = _student_configs(options)
-    outcomes = train_students(train, parse_sizes(sizes), teacher_run_id, experiment, shared_teacher, **settings)
+    loop_run = os.environ.get("MLFLOW_RUN_ID")  # under `mlflow run -e students` (a pipeline's loop): this process's run
+    with tracking.kept_alive(loop_run) if loop_run else contextlib.nullcontext():  # so a live loop is never "stale"
+        outcomes = train_students(train, parse_sizes(sizes), teacher_run_id, experiment, shared_teacher, **settings)
     for o in outcomes:
         click.echo(f"size {o.size_factor:<5g} {o.seconds:8.1f} s  " + (f"student run {o.run_id}" if o.run_id else f"FAILED {o.error}"))
     failed = [o for o in outcomes if o.error]

@@ -79,11 +79,13 @@ def test_choose_sections():
     assert "summary" in chosen and "problems" in chosen
 
 
-def test_report_from_synthetic_study(store, tmp_path):
+def test_report_from_synthetic_study(store, tmp_path, monkeypatch):
     ids = log_synthetic_study("syn", sizes=(0.2, 0.5), seeds=(0, 1))
     client = mlflow.MlflowClient()  # a stage that died before dmat ran (no dmat tags at all)
     crashed = client.create_run(client.get_experiment_by_name("syn").experiment_id).info.run_id
     client.set_terminated(crashed, "FAILED")
+    own = client.create_run(client.get_experiment_by_name("syn").experiment_id).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", own)  # the report stage's run, as `mlflow run -e report` makes it: no problem
     path = build_report("syn", out_dir=tmp_path / "out")
     html = path.read_text()
     assert _sections_in(html) == list(SECTIONS)
@@ -106,6 +108,7 @@ def test_report_from_synthetic_study(store, tmp_path):
     assert problems[ids["unevaluated"]] == "not evaluated"
     assert problems[ids["no_fid"]] == "incomplete evaluation: no fid"
     assert problems[crashed] == "failed before dmat started (no dmat.role tag)"
+    assert own not in problems.index
     assert ids["failed"] in html and ids["unevaluated"] in html
 
     # findings are computed: the formula gives distill a lower FID than scratch at every size

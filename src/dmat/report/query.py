@@ -148,7 +148,8 @@ def load_study(experiment: str | None = None) -> Study:
     # a trial stopped early by the sweep's pruner is finished without an evaluation by design; a failed one is still a
     # problem
     # a run that died before dmat could tag it (e.g. a broken environment under `mlflow run`) has no role
-    untagged = runs[runs.role.isna() & runs.status.isin(STATUS_PROBLEMS)]
+    # (not the report's own run under `mlflow run`, which is RUNNING and untagged while it reads the store)
+    untagged = runs[runs.role.isna() & runs.status.isin(STATUS_PROBLEMS) & (runs.run_id != os.environ.get("MLFLOW_RUN_ID"))]
     problems = find_problems(pd.concat([models, trials[trials.status != "FINISHED"], untagged]), all_evals, latest)
     return Study(exp.name, models, evaluations, problems, sweep_trials(trials, latest[of_trials]))
 

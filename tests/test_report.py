@@ -669,3 +669,20 @@ def test_the_sensitivity_section_says_which_space_the_headline_is_in_and_shows_t
     assert "<th>metric</th> <th>noise (sd)</th> <th>blur (px)</th>" in cells
     assert "<td>kid</td> <td>0.05</td> <td>&gt; 1</td>" in cells  # detected from 0.05; no blur up to 1 is
     assert "<td>kid_classifier</td> <td>&gt; 0.1</td> <td>1</td>" in cells
+
+
+def test_the_speed_axis_is_the_side_by_side_timing_shared_by_every_model_of_one_architecture():
+    """Evaluations may run beside other stages, so their own latencies are not comparable; `dmat cost` times every
+    model in one process. A forward pass depends on the architecture only: pruned or random, distilled or not,
+    one size shares its timing (median over seeds); the teacher keeps its own."""
+    from dmat.report.speed import SIDE_BY_SIDE_MS, with_side_by_side_ms
+
+    def row(role, size, ms, batch=1, image_size=16):
+        return {"role": role, "size_factor": size, "image_size": image_size, "batch_size": batch, "ms_per_forward": ms}
+
+    rows = [row("teacher", 1.0, 12.0), row("student", 1.0, 13.0), row("student", 1.0, 15.0), row("student", 1.0, 14.0),
+            row("student", 0.5, 5.0), row("student", 0.5, 900.0, batch=256)]
+    table = pd.DataFrame({"method": ["teacher", "distill", "scratch", "distill", "distill"],
+                          "size_factor": [1.0, 1.0, 1.0, 0.5, 0.25], "image_size": [16.0] * 5})
+    assert with_side_by_side_ms(table, rows)[SIDE_BY_SIDE_MS].tolist()[:4] == [12.0, 14.0, 14.0, 5.0]
+    assert np.isnan(with_side_by_side_ms(table, rows)[SIDE_BY_SIDE_MS].iloc[4])  # never timed side by side

@@ -247,14 +247,21 @@ def _problems(section: Section, i: Inputs) -> None:
 
 def _efficiency(section: Section, i: Inputs) -> None:
     """Quality against cost, and what the side-by-side timings (`dmat cost`) say of speed against size."""
-    section.figure("efficiency", figures.efficiency_figure(i.table), "no evaluation has FID")
     rows = speed.side_by_side_rows(_experiment_id(i))
     if rows is None:
+        section.figure("efficiency", figures.efficiency_figure(i.table), "no evaluation has FID")
         section.notes.append("Speed against size: no side-by-side timings yet (`dmat cost`, which the pipeline "
                              "runs); each evaluation's own latency was measured at whatever load the machine had.")
         return
+    # evaluations may have run beside other stages (pipeline workers): their own latencies are not comparable
+    batch = min(r["batch_size"] for r in rows)
+    section.figure("efficiency", figures.efficiency_figure(
+        speed.with_side_by_side_ms(i.table, rows),
+        (speed.SIDE_BY_SIDE_MS, f"ms per forward pass, batch {batch} (timed side by side)")), "no evaluation has FID")
     section.notes.append("Speed against size, from the newest `dmat cost` run: every model timed in one process, "
-                         "interleaved, one forward pass (one sampling step) each, median of its rounds.")
+                         "interleaved, one forward pass (one sampling step) each, median of its rounds; the figure's "
+                         "speed axis is that timing, not each evaluation's own latency, which may have been measured "
+                         "beside other stages.")
     section.items = speed.speed_sentences(rows)
 
 

@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from dmat.config.metrics import GRID_QUALITIES, better_text  # noqa: E402
 from dmat.config.training import PRUNED  # noqa: E402
@@ -27,6 +28,15 @@ LINESTYLE = {"distill": "-", "scratch": "--", "teacher": ":"}
 MARKER = {"distill": "o", "scratch": "s", "teacher": "*"}
 INIT_MARKER = {PRUNED: "D"}  # a pruned start: diamonds (random: the method's marker)
 STUDENT_METHODS = ("distill", "scratch")
+
+
+def readable_log_x(ax) -> None:
+    """A log x axis of counts (parameters, FLOPs) labelled at 1, 2 and 5 of each decade as 20k, 1M, 2T: matplotlib
+    labels every minor tick of an axis spanning about a decade, and those labels run into each other."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def size_color(size: float):
@@ -97,19 +107,20 @@ def quality_figure(table: pd.DataFrame):
         _reference_lines(ax, table, metric, f"{metric}_floor")
         ax.set(xscale="log", xlabel="parameters", ylabel=f"{label} at matched N ({better_text(metric)})",
                title=f"{label} vs size")
+        readable_log_x(ax)
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def efficiency_figure(table: pd.DataFrame):
-    """FID against parameters and against latency; Pareto-optimal sizes (of each resolution) ringed and labelled."""
+def efficiency_figure(table: pd.DataFrame, speed: tuple[str, str] = ("latency_ms_per_image", "latency (ms / image)")):
+    """FID against parameters and against speed (`speed`: a column and its label); Pareto-optimal sizes (of each
+    resolution) ringed and labelled."""
     if not table.fid.notna().any():
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     name = namer(table)
-    for ax, cost, label, scale in ((axes[0], "num_parameters", "parameters", "log"),
-                                   (axes[1], "latency_ms_per_image", "latency (ms / image)", "linear")):
+    for ax, cost, label, scale in ((axes[0], "num_parameters", "parameters", "log"), (axes[1], *speed, "linear")):
         errorbar_by_method(ax, table, cost, "fid")
         teacher = table[table.method == "teacher"].dropna(subset=[cost, "fid"])
         ax.scatter(teacher[cost], teacher.fid, marker="*", s=150, color="black", label="teacher", zorder=3)
@@ -121,6 +132,8 @@ def efficiency_figure(table: pd.DataFrame):
                 ax.annotate(f"{row.size_factor:g} {name(row.method, None, px, row.epochs)}", (row[cost], row.fid),
                             textcoords="offset points", xytext=(6, 6), fontsize=8, color="red")
         ax.set(xscale=scale, xlabel=label, ylabel="FID", title=f"quality vs {label}")
+        if scale == "log":
+            readable_log_x(ax)
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -141,6 +154,7 @@ def sweep_figure(trials: pd.DataFrame, study_name: str):
                     fontsize=8, color="red")
     fig.colorbar(sc, ax=ax, label="size factor")
     ax.set(xscale="log", xlabel="parameters", ylabel=f"FID ({better_text('fid')})", title=f"sweep {study_name}")
+    readable_log_x(ax)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -171,6 +185,7 @@ def scaling_figure(panels: list[dict]):
             ax.scatter([tx], [ty], marker="*", s=150, color="black", label="teacher", zorder=3)
             ax.axhline(1.1 * ty, color="black", linestyle=":", linewidth=1, label="1.1 x teacher")
         ax.set(xscale="log", xlabel=panel["x_label"], ylabel=panel["title"], title=f"{panel['title']} vs {panel['x_label']}")
+        readable_log_x(ax)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
@@ -202,6 +217,7 @@ def frontier_figure(points: pd.DataFrame, fronts: dict[tuple[str, str], pd.DataF
                 ax.scatter(front[cost], front[quality], s=140, facecolors="none", edgecolors="red")
             ax.set(xscale="log", xlabel=cost_label, ylabel=f"{quality.upper()} ({better_text(quality)})",
                    title=f"{quality.upper()} per sampling budget (labels: steps)")
+            readable_log_x(ax)
             ax.legend(handles=[*_size_handles(shown, points), *ax.get_legend_handles_labels()[0]], fontsize=7)
     fig.tight_layout()
     return fig

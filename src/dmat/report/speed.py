@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 
 import mlflow
+import pandas as pd
 
 from dmat import tracking
 
@@ -20,6 +21,24 @@ def side_by_side_rows(experiment_id: str) -> list[dict] | None:
     if not runs:
         return None
     return mlflow.artifacts.load_dict(f"{runs[0].info.artifact_uri}/{tracking.SIDE_BY_SIDE_TABLE}")["rows"]
+
+
+SIDE_BY_SIDE_MS = "side_by_side_ms"  # a summary column: the model's forward pass at batch 1, timed side by side
+
+
+def with_side_by_side_ms(table: pd.DataFrame, rows: list[dict]) -> pd.DataFrame:
+    """The summary table with SIDE_BY_SIDE_MS: each model's median ms per forward pass at the smallest batch timed,
+    over its seeds. A forward pass depends on the architecture only (size, resolution), not on the training, so
+    every row of one size shares it; the teacher's is its own."""
+    batch = min(r["batch_size"] for r in rows)
+    by_model: dict[tuple, list[float]] = {}
+    for r in rows:
+        if r["batch_size"] == batch:
+            key = (r["role"] == tracking.TEACHER, float(r["size_factor"]), int(r["image_size"]))
+            by_model.setdefault(key, []).append(r["ms_per_forward"])
+    keys = zip(table.method == tracking.TEACHER, table.size_factor.astype(float), table.image_size.astype(int))
+    ms = [statistics.median(by_model[k]) if k in by_model else float("nan") for k in keys]
+    return table.assign(**{SIDE_BY_SIDE_MS: ms})
 
 
 def speed_sentences(rows: list[dict]) -> list[str]:

@@ -34,9 +34,9 @@ def with_side_by_side_ms(table: pd.DataFrame, rows: list[dict]) -> pd.DataFrame:
     by_model: dict[tuple, list[float]] = {}
     for r in rows:
         if r["batch_size"] == batch:
-            key = (r["role"] == tracking.TEACHER, float(r["size_factor"]), int(r["image_size"]))
+            key = (r["role"] == tracking.TEACHER, float(r["size_factor"]), float(r["image_size"]))
             by_model.setdefault(key, []).append(r["ms_per_forward"])
-    keys = zip(table.method == tracking.TEACHER, table.size_factor.astype(float), table.image_size.astype(int))
+    keys = zip(table.method == tracking.TEACHER, table.size_factor.astype(float), table.image_size.astype(float))
     ms = [statistics.median(by_model[k]) if k in by_model else float("nan") for k in keys]
     return table.assign(**{SIDE_BY_SIDE_MS: ms})
 

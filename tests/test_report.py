@@ -684,5 +684,7 @@ def test_the_speed_axis_is_the_side_by_side_timing_shared_by_every_model_of_one_
             row("student", 0.5, 5.0), row("student", 0.5, 900.0, batch=256)]
     table = pd.DataFrame({"method": ["teacher", "distill", "scratch", "distill", "distill"],
                           "size_factor": [1.0, 1.0, 1.0, 0.5, 0.25], "image_size": [16.0] * 5})
-    assert with_side_by_side_ms(table, rows)[SIDE_BY_SIDE_MS].tolist()[:4] == [12.0, 14.0, 14.0, 5.0]
-    assert np.isnan(with_side_by_side_ms(table, rows)[SIDE_BY_SIDE_MS].iloc[4])  # never timed side by side
+    timed, (column, label) = with_side_by_side_ms(table, rows)
+    assert column == SIDE_BY_SIDE_MS and label == "ms per forward pass, batch 1 (timed side by side)"
+    assert timed[SIDE_BY_SIDE_MS].tolist()[:4] == [12.0, 14.0, 14.0, 5.0]
+    assert np.isnan(timed[SIDE_BY_SIDE_MS].iloc[4])  # never timed side by side

@@ -253,15 +253,9 @@ def _efficiency(section: Section, i: Inputs) -> None:
         section.notes.append("Speed against size: no side-by-side timings yet (`dmat cost`, which the pipeline "
                              "runs); each evaluation's own latency was measured at whatever load the machine had.")
         return
-    # evaluations may have run beside other stages (pipeline workers): their own latencies are not comparable
-    batch = min(r["batch_size"] for r in rows)
-    section.figure("efficiency", figures.efficiency_figure(
-        speed.with_side_by_side_ms(i.table, rows),
-        (speed.SIDE_BY_SIDE_MS, f"ms per forward pass, batch {batch} (timed side by side)")), "no evaluation has FID")
-    section.notes.append("Speed against size, from the newest `dmat cost` run: every model timed in one process, "
-                         "interleaved, one forward pass (one sampling step) each, median of its rounds; the figure's "
-                         "speed axis is that timing, not each evaluation's own latency, which may have been measured "
-                         "beside other stages.")
+    section.figure("efficiency", figures.efficiency_figure(*speed.with_side_by_side_ms(i.table, rows)), "no evaluation has FID")
+    section.notes.append("Speed against size (and the figure's speed axis), from the newest `dmat cost` run: every "
+                         "model timed in one process, interleaved, one forward pass each, median of its rounds.")
     section.items = speed.speed_sentences(rows)
 
 

@@ -26,10 +26,11 @@ def side_by_side_rows(experiment_id: str) -> list[dict] | None:
 SIDE_BY_SIDE_MS = "side_by_side_ms"  # a summary column: the model's forward pass at batch 1, timed side by side
 
 
-def with_side_by_side_ms(table: pd.DataFrame, rows: list[dict]) -> pd.DataFrame:
-    """The summary table with SIDE_BY_SIDE_MS: each model's median ms per forward pass at the smallest batch timed,
-    over its seeds. A forward pass depends on the architecture only (size, resolution), not on the training, so
-    every row of one size shares it; the teacher's is its own."""
+def with_side_by_side_ms(table: pd.DataFrame, rows: list[dict]) -> tuple[pd.DataFrame, tuple[str, str]]:
+    """The summary table with SIDE_BY_SIDE_MS, and that column's label: each model's median ms per forward pass at
+    the smallest batch timed, over its seeds. Evaluations may run beside other stages (pipeline workers), so their
+    own latencies are not comparable; these are. A forward pass depends on the architecture only (size,
+    resolution), not on the training, so every row of one size shares it; the teacher's is its own."""
     batch = min(r["batch_size"] for r in rows)
     by_model: dict[tuple, list[float]] = {}
     for r in rows:
@@ -38,7 +39,7 @@ def with_side_by_side_ms(table: pd.DataFrame, rows: list[dict]) -> pd.DataFrame:
             by_model.setdefault(key, []).append(r["ms_per_forward"])
     keys = zip(table.method == tracking.TEACHER, table.size_factor.astype(float), table.image_size.astype(float))
     ms = [statistics.median(by_model[k]) if k in by_model else float("nan") for k in keys]
-    return table.assign(**{SIDE_BY_SIDE_MS: ms})
+    return table.assign(**{SIDE_BY_SIDE_MS: ms}), (SIDE_BY_SIDE_MS, f"ms per forward pass, batch {batch} (timed side by side)")
 
 
 def speed_sentences(rows: list[dict]) -> list[str]:

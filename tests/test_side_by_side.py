@@ -35,7 +35,7 @@ def test_every_model_is_timed_at_every_batch_size_in_one_cost_run(study, teacher
         assert r["flops_per_forward"] == mlflow.get_run(r["run_id"]).data.metrics["flops_per_forward"]
     # the report's efficiency section says what these timings show
     html = build_report(out_dir=tmp_path / "report", sections=("efficiency",)).read_text()
-    assert "Speed against size, from the newest `dmat cost` run" in html and "At batch 1, against the teacher" in html
+    assert "speed axis), from the newest `dmat cost` run" in html and "At batch 1, against the teacher" in html
 
 
 def test_no_models_is_one_clear_error(store):

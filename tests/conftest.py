@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -58,6 +59,11 @@ def _remove_folders_of_killed_sessions(temp: Path) -> None:
 
 
 def pytest_configure(config):
+    # The tests press Ctrl-C (SIGINT to this process and to the ones they start). A suite started in the background
+    # by a shell without job control (`make test &` in a script, nohup) inherits SIGINT ignored, and so would every
+    # process it starts: Ctrl-C would not reach them. A terminal's Ctrl-C is what they test: restore it.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if not hasattr(config, "workerinput"):
         os.environ.pop(_TMP_ENV, None)  # a fresh folder per session, also when pytest runs inside a test
     config._dmat_tmp = _private_tmp()

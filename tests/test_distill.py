@@ -223,6 +223,46 @@ def test_students_in_one_loop_are_the_students_trained_one_by_one(study, teacher
 
 
 @pytest.mark.slow
+def test_a_stopped_students_loop_is_continued_by_the_next_loop_in_the_same_runs_with_the_same_numbers(
+        study, teacher_run_id, monkeypatch):
+    """What a loop lost with its Ray node and retried, or a stopped pipeline's rerun, does: each stopped student
+    goes on from its own last.pt (here one at epoch 2, one at epoch 1) in its own run, each epoch logged once,
+    and ends as a loop never stopped ends."""
+    from dmat.training.state import TrainingState
+
+    train, sizes = tiny_train(epochs=3), [0.3, 0.6]
+    whole = train_students(train, sizes, teacher_run_id, EXPERIMENT + "-whole", student_steps=4)
+    end_epoch = TrainingState.end_epoch
+
+    def stopped_after_epoch_2(state, metrics):  # Ctrl-C once the first student has ended its epoch 2
+        end_epoch(state, metrics)
+        if state.epoch == 2:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(TrainingState, "end_epoch", stopped_after_epoch_2)
+        with pytest.raises(KeyboardInterrupt):
+            train_students(train, sizes, teacher_run_id, EXPERIMENT + "-stopped", student_steps=4)
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT + "-stopped").experiment_id
+    stopped = {r.data.tags[tracking.SIZE_FACTOR]: r.info.run_id
+               for r in tracking.find_runs("student", status="KILLED", experiment_ids=[experiment])}
+    assert sorted(stopped) == ["0.3", "0.6"]
+    assert [len(_history(stopped[size])["val_loss"]) for size in ("0.3", "0.6")] == [2, 1]
+
+    continued = train_students(train, sizes, teacher_run_id, EXPERIMENT + "-stopped", student_steps=4)
+    assert [o.run_id for o in continued] == [stopped["0.3"], stopped["0.6"]]
+    for alone, again, resumed_at in zip(whole, continued, (2, 1)):
+        assert mlflow.get_run(again.run_id).info.status == "FINISHED"
+        history, expected = _history(again.run_id), _history(alone.run_id)
+        micro_batches = history.pop("micro_batch_size")  # logged by each process that trains the run
+        assert [step for step, _ in micro_batches] == [0, resumed_at]
+        assert history == {k: v for k, v in expected.items() if k != "micro_batch_size"}  # each epoch once, alike
+        weights = [tracking.load_model(o.run_id).model.state_dict() for o in (alone, again)]
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert len(tracking.find_runs("student", status=None, experiment_ids=[experiment])) == 2
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("shared", ["true", "false"])
 def test_a_failed_size_is_reported_and_the_others_still_run(study, teacher_run_id, monkeypatch, shared):
     calls = {"n": 0}

@@ -91,24 +91,39 @@ def _ray_worker_of(pid: int) -> psutil.Process:
     raise AssertionError(f"process {pid} runs under no Ray worker")
 
 
-@pytest.mark.slow
-def test_a_stage_whose_ray_worker_is_killed_is_retried_and_continues_its_run(ray_pipeline):
-    process = ray_pipeline("--teacher-epochs", "12")
+def _kill_the_worker_once_trained(process: subprocess.Popen, role: str, epochs: int) -> list[str]:
+    """Kill the Ray worker that trains the runs of `role` once each has `epochs` epochs logged; their ids."""
     client = mlflow.MlflowClient()
     deadline = time.time() + 600
-    while time.time() < deadline and process.poll() is None:  # kill the teacher's worker once 2 epochs are saved
-        teachers = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`dmat.role` = 'teacher'")
-        if not teachers.empty and len(client.get_metric_history(teachers.run_id[0], "val_loss")) >= 2:
-            _ray_worker_of(int(teachers["tags.dmat.pid"][0])).kill()
-            break
-        time.sleep(1)
+    while time.time() < deadline and process.poll() is None:
+        runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`dmat.role` = '{role}'")
+        if not runs.empty and all(len(client.get_metric_history(run_id, "val_loss")) >= epochs
+                                  for run_id in runs.run_id) and len(runs) == (1 if role == "teacher" else 2):
+            _ray_worker_of(int(runs["tags.dmat.pid"][0])).kill()
+            return list(runs.run_id)
+        time.sleep(0.5)
+    raise AssertionError(f"the {role} runs never reached {epochs} epochs while the study ran")
+
+
+@pytest.mark.slow
+def test_a_stage_whose_ray_worker_is_killed_is_retried_and_continues_its_runs(ray_pipeline):
+    """The teacher's worker, then the students loop's: each retried task continues the runs it had begun (a loop
+    continues its stopped students), so every model is logged once with each of its epochs once."""
+    process = ray_pipeline("--teacher-epochs", "12", "--student-epochs", "12")
+    [teacher] = _kill_the_worker_once_trained(process, "teacher", 2)
+    students = _kill_the_worker_once_trained(process, "student", 2)
     output = process.communicate(timeout=900)[0]
     assert process.returncode == 0, output[-3000:]
     runs = mlflow.search_runs(search_all_experiments=True)
     _models_once(runs)
-    [teacher] = runs[runs["tags.dmat.role"] == "teacher"]["run_id"]  # the same run, continued
-    epochs = [m.step for m in client.get_metric_history(teacher, "val_loss")]
-    assert len(epochs) == len(set(epochs)) == 12, epochs
+    finished = runs[runs["status"] == "FINISHED"]
+    assert list(finished[finished["tags.dmat.role"] == "teacher"]["run_id"]) == [teacher]  # the same runs, continued
+    assert sorted(finished[finished["tags.dmat.role"] == "student"]["run_id"]) == sorted(students)
+    [loop] = finished[finished["tags.dmat.role"] == "students-loop"]["run_id"]
+    assert set(runs[runs["run_id"].isin(students)]["tags.mlflow.parentRunId"]) == {loop}  # under the loop that ended them
+    for run_id in [teacher, *students]:
+        epochs = [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "val_loss")]
+        assert len(epochs) == len(set(epochs)) == 12, epochs
 
 
 def test_a_stage_process_gets_sigterm_when_the_process_that_started_it_is_killed(tmp_path):

@@ -37,7 +37,7 @@ from dmat.model.pruning import taylor_saliency
 from dmat.stages import resolution
 from dmat.stages.inits import INITIALISATIONS
 from dmat.stages.model_run import ModelPlan, model_params, train_model, train_models_together
-from dmat.stages.resume import check_same_student
+from dmat.stages.resume import check_same_student, settings_key, stopped_student
 from dmat.tracking import registry
 from dmat.training.distillation import DistillLoss, TeacherPass
 from dmat.training.loop import EpochCallback
@@ -116,7 +116,7 @@ class _Teacher:
             diffusion=diffusion,
             criterion=lambda student: DistillLoss(diffusion, config, self.shared, student.feature_channels),
             tags={**(tags or {}), tracking.TEACHER_RUN_ID: teacher.run_id, tracking.METHOD: config.method,
-                  tracking.INIT: config.init},
+                  tracking.INIT: config.init, tracking.SETTINGS_KEY: settings_key(train, config, teacher.run_id)},
             params={**model_params(train, unet, diffusion.config), **flat_params("", config.effective()),
                     "teacher_run_id": teacher.run_id},
             initial_weights=initial_weights,
@@ -175,11 +175,17 @@ def train_students(train: TrainConfig, sizes: list[float], teacher_run_id: str |
 def _train_together(train: TrainConfig, configs: list[DistillConfig], teacher_run_id: str,
                     experiment: str | None) -> list[StudentOutcome]:
     """Every student in one loop with one teacher pass per batch; the loop's wall time is split evenly
-    between the sizes (each run's `epoch_seconds` says what its own steps took)."""
+    between the sizes (each run's `epoch_seconds` says what its own steps took). A student with the same
+    settings that stopped before it finished (a loop stopped by a signal, or lost with its Ray node and retried)
+    is continued from its last.pt in its own run, not trained again."""
     teacher = _Teacher(lambda: teacher_run_id, remember=True)
     plans = [lambda device, c=c: teacher.plan(train, c, device, None) for c in configs]
+    resumes = [stopped_student(settings_key(train, c, teacher_run_id), experiment) for c in configs]
+    for config, run_id in zip(configs, resumes):
+        if run_id:
+            tqdm.write(f"size {config.size_factor:g}: continuing stopped run {run_id} from its last checkpoint")
     start = time.perf_counter()
-    results = train_models_together(train, plans, experiment, before_batch=lambda: teacher.shared.forget())
+    results = train_models_together(train, plans, experiment, lambda: teacher.shared.forget(), resumes)
     seconds = (time.perf_counter() - start) / len(configs)
     outcomes = []
     for config, result in zip(configs, results):

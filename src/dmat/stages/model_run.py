@@ -96,10 +96,11 @@ def train_model(train: TrainConfig, plan: Callable[[torch.device], ModelPlan], e
 
 
 def train_models_together(train: TrainConfig, plans: list[Callable[[torch.device], ModelPlan]],
-                          experiment: str | None = None, before_batch: Callable[[], None] | None = None
-                          ) -> list[str | Exception]:
+                          experiment: str | None = None, before_batch: Callable[[], None] | None = None,
+                          resumes: list[str | None] | None = None) -> list[str | Exception]:
     """Train several models in one loop over the same batches (`training.fit_together`), each as its own MLflow
     run with everything `train_model` logs; per plan, its run id or the error that stopped it (the others go on).
+    `resumes` names, per plan, an interrupted run it continues from its last.pt (None: a new run).
 
     The runs are open at once, so none is MLflow's active run while they train: params, metrics and
     checkpoints go to each by id. What logs to the active run only (the datasets, the MLflow Model) is done
@@ -107,22 +108,25 @@ def train_models_together(train: TrainConfig, plans: list[Callable[[torch.device
     """
     outcomes: dict[int, str | Exception] = {}
     readies: dict[int, _Ready] = {}
+    resumes = resumes or [None] * len(plans)
     splits = None  # loaded once: every model of the loop trains on the same batches
     for i, plan in enumerate(plans):
         try:
-            readies[i] = _prepare(train, plan, experiment, None, splits)
+            readies[i] = _prepare(train, plan, experiment, resumes[i], splits)
             splits, train = readies[i].splits, _same_tuning(train, readies[i].train)  # one loop, one precision
         except Exception as exc:  # noqa: BLE001 - this model cannot start; the others still train
             outcomes[i] = exc
     runs: dict[int, tuple[contextlib.ExitStack, str, MlflowRecorder]] = {}
     try:
         for i, ready in readies.items():
-            stack = contextlib.ExitStack()
-            run = stack.enter_context(tracking.tracked_run(ready.spec.run_name, _tags(ready), experiment, active=False))
-            runs[i] = (stack, run.info.run_id, MlflowRecorder(run_id=run.info.run_id))
-            _open(run.info.run_id, ready, 0)
+            stack, start_epoch = contextlib.ExitStack(), ready.checkpoint["epoch"] if ready.checkpoint else 0
+            run = stack.enter_context(tracking.tracked_run(ready.spec.run_name, _tags(ready), experiment,
+                                                           run_id=resumes[i], active=False))
+            runs[i] = (stack, run.info.run_id, MlflowRecorder(run_id=run.info.run_id, saved_epoch=start_epoch))
+            _open(run.info.run_id, ready, start_epoch)
         first = next(iter(readies.values()), None)
-        jobs = [Job(r.model, r.spec.diffusion, r.criterion, runs[i][2], r.micro_batch) for i, r in readies.items()]
+        jobs = [Job(r.model, r.spec.diffusion, r.criterion, runs[i][2], r.micro_batch, resume=r.checkpoint)
+                for i, r in readies.items()]
         results = fit_together(jobs, first.splits, first.train, first.device, before_batch) if first else []
         for (i, ready), result in zip(readies.items(), results):
             outcomes[i] = _finish_together(*runs[i], ready, result)
@@ -142,7 +146,7 @@ def _finish_together(stack: contextlib.ExitStack, run_id: str, recorder: MlflowR
     sample grid and MLflow Model; returns the run id, or the error that ended it FAILED (with how to resume)."""
     try:
         with stack, mlflow.start_run(run_id=run_id, log_system_metrics=False):
-            lineage.log_training_data(ready.train, ready.splits)  # the run's dataset inputs
+            lineage.log_training_data(ready.train, ready.splits)  # the run's dataset inputs (once: MLflow dedups)
             if isinstance(result, Exception):
                 raise result
             _close(run_id, ready, result)

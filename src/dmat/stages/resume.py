@@ -7,15 +7,19 @@ its last finished epoch; its params hold the options it was started with.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 
-from mlflow.entities import RunStatus
+from mlflow.entities import Run, RunStatus
+from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
 
 from dmat import tracking
 from dmat.errors import DmatError
 from dmat.model import checkpoint
 from dmat.model.diffusion import GaussianDiffusion
 from dmat.model.unet import UNet
-from dmat.tracking import registry
+from dmat.tracking import claims, registry
 from dmat.tracking.params import _same_value
 
 RESUMABLE = (RunStatus.to_string(RunStatus.KILLED), RunStatus.to_string(RunStatus.FAILED))
@@ -105,3 +109,37 @@ def student_settings_from_run(run_id: str) -> tuple:
 
     train, distill = configs_from_run(run_id, (TrainConfig, DistillConfig))
     return train, distill, tracking.get_run(run_id).data.params.get("teacher_run_id")
+
+
+def settings_key(train, config, teacher_run_id: str) -> str:
+    """A student's identity as one tag value (SETTINGS_KEY): its training and distillation settings, its teacher
+    and the commit it runs at, hashed. A students loop that meets a stopped student with its key continues it."""
+    commit = resolve_tags().get(tracking.GIT_COMMIT, "")
+    fields = [dataclasses.asdict(train), dataclasses.asdict(config), teacher_run_id, commit]
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def settled(run: Run) -> Run:
+    """The run once no process trains it: waited for while its process lives (elsewhere), marked KILLED as if
+    killed once that process is gone (kill -9, a Ray node lost)."""
+    if run.info.status != RunStatus.to_string(RunStatus.RUNNING):
+        return run
+    if not claims.wait_for(run.info.run_id) and tracking.get_run(run.info.run_id).info.status == "RUNNING":
+        MlflowClient().set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+    return tracking.get_run(run.info.run_id)
+
+
+def continuable(run: Run) -> bool:
+    """Stopped by a signal or with its process (`mlflow run` then says FAILED, the tag says why), with a last.pt
+    to continue from; a run that failed on an error would fail again."""
+    stopped = run.info.status == RunStatus.to_string(RunStatus.KILLED) or tracking.STOPPED_BY_SIGNAL in run.data.tags
+    return stopped and tracking.has_checkpoint(run.info.run_id, checkpoint.LAST)
+
+
+def stopped_student(key: str, experiment: str | None) -> str | None:
+    """The newest student with this SETTINGS_KEY in the experiment that stopped before it finished and can be
+    continued, if any (one still training elsewhere is waited for first)."""
+    found = MlflowClient().get_experiment_by_name(tracking.experiment_name(experiment))
+    runs = tracking.find_runs(tracking.STUDENT, {tracking.SETTINGS_KEY: key}, status=None, max_results=20,
+                              experiment_ids=[found.experiment_id]) if found else []
+    return next((run.info.run_id for run in map(settled, runs) if continuable(run)), None)

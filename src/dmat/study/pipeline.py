@@ -7,7 +7,8 @@ continues where it stopped and a rerun of a finished study trains nothing. `--pr
 The students of one seed and method that are not finished yet are trained together by the `students` entry point,
 in one loop that computes the teacher's output once per batch for all of them (distill.train_students). Each is
 still its own run, nested under that stage's run and tagged with the `distill` stage it stands for (STAGE_KEY),
-so a rerun reuses it like a student trained alone.
+so a rerun reuses it like a student trained alone; one the loop left stopped (the pipeline stopped, or the loop's
+Ray node lost and its task retried) is continued from its last.pt by the next loop, in its own run.
 
 Stages whose inputs are ready run at once (dmat.study.executor: `workers` on this machine, or Ray tasks): after
 the teacher, every students loop and the teacher's evaluation; each model's evaluation once its model is trained
@@ -142,14 +143,22 @@ class _Study:
                   "student_steps": min(DistillConfig.student_steps, cfg.timesteps), "teacher_run_id": teacher_run_id}
         stages = {size: (f"student_{method}_{tracking.encode_param(size)}{suffix}", {**common, "size_factor": size})
                   for size in cfg.sizes}
-        reuse_tags = self.source.reuse_tags
-        missing = [size for size, (_, params) in stages.items() if reuse_tags is None
-                   or (find_finished("distill", encoded(params), self.experiment_id, reuse_tags) is None
-                       and stopped_training("distill", encoded(params), self.experiment_id, self.source) is None)]
-        if len(missing) < 2:  # the others are reused, or continued from their last.pt, one stage each
+        missing = [size for size, (_, params) in stages.items() if not self._finished("distill", params)]
+        if len(missing) < 2:  # the others are reused; a stopped one is continued from its last.pt
             return [self.stage("distill", label, params) for label, params in stages.values()]
         shared = self.shared_loop(f"students_{method}{suffix}", common, {size: stages[size] for size in missing})
         return [shared[size] if size in shared else self.stage("distill", *stages[size]) for size in cfg.sizes]
+
+    def _finished(self, entry_point: str, params: dict) -> bool:
+        """Whether a stage's run FINISHED with this code (tagged by a pipeline, or not: orphaned), so it is reused;
+        a stopped one is not finished: a students loop continues it (distill.train_students)."""
+        reuse_tags, params = self.source.reuse_tags, encoded(params)
+        if reuse_tags is None:
+            return False
+        if find_finished(entry_point, params, self.experiment_id, reuse_tags):
+            return True
+        stopped = stopped_training(entry_point, params, self.experiment_id, self.source)
+        return stopped is not None and stopped.info.status == "FINISHED"
 
     def shared_loop(self, label: str, common: dict, stages: dict[float, tuple[str, dict]]) -> dict[float, Stage]:
         """Train these students in one `students` stage; per size, the distill stage its run stands for."""

@@ -28,9 +28,9 @@ from mlflow.exceptions import ExecutionException
 from mlflow.tracking import MlflowClient
 
 from dmat import runtime, tracking
-from dmat.model import checkpoint
+from dmat.stages import resume
 from dmat.study import executor
-from dmat.tracking import claims, lineage
+from dmat.tracking import lineage
 
 PROJECT_DIR = Path(__file__).resolve().parents[3]  # the checkout: src/dmat/study/stage.py
 STAGE_KEY = "dmat.stage_key"  # on a run trained in a shared loop: the stage (entry point, parameters) it stands for
@@ -151,13 +151,8 @@ def stopped_training(entry_point: str, parameters: dict[str, str], experiment_id
     same_commit = {k: v for k, v in (source.reuse_tags or {}).items() if k == tracking.GIT_COMMIT}
     for run in tracking.find_runs(TRAINS[entry_point], same_commit, status=None, params=parameters, max_results=20,
                                   experiment_ids=[experiment_id]):
-        if run.info.status == "RUNNING" and claims.wait_for(run.info.run_id):
-            run = tracking.get_run(run.info.run_id)
-        elif run.info.status == "RUNNING":  # its process is gone: it stopped as if killed
-            MlflowClient().set_terminated(run.info.run_id, "KILLED")
-            run = tracking.get_run(run.info.run_id)
-        stopped = run.info.status == "KILLED" or tracking.STOPPED_BY_SIGNAL in run.data.tags  # `mlflow run` says FAILED
-        if run.info.status == "FINISHED" or (stopped and tracking.has_checkpoint(run.info.run_id, checkpoint.LAST)):
+        run = resume.settled(run)
+        if run.info.status == "FINISHED" or resume.continuable(run):
             return run
     return None
 

@@ -54,6 +54,7 @@ from dmat.tracking.vocabulary import (
     RUN_NAME,
     SENSITIVITY,
     SENSITIVITY_TABLE,
+    SETTINGS_KEY,
     SIDE_BY_SIDE_TABLE,
     SIZE_FACTOR,
     SOURCE_DIRTY,
@@ -69,4 +70,4 @@ from dmat.tracking.vocabulary import (
     TRIAL,
 )
 
-__all__ = ['SIDE_BY_SIDE_TABLE', 'DEFAULT_EXPERIMENT', 'CHECKPOINT_DIR', 'TEACHER', 'STUDENT', 'STUDENTS_LOOP', 'EVALUATION', 'FEATURE_EXTRACTOR', 'REPORT', 'PIPELINE', 'SWEEP', 'COST', 'SENSITIVITY', 'SENSITIVITY_TABLE', 'MODEL_ROLES', 'COMMAND_OF', 'ROLE', 'DATASET', 'IMAGE_SIZE', 'SIZE_FACTOR', 'TEACHER_RUN_ID', 'MODEL_RUN_ID', 'METHOD', 'INIT', 'STUDY_NAME', 'TRIAL', 'STOPPED_BY_PRUNER', 'STOPPED_BY_SIGNAL', 'MODEL_ROLE', 'FEATURE_EXTRACTOR_RUN_ID', 'BEST_STUDENT_RUN_ID', 'OWNER_HOST', 'OWNER_PID', 'OWNER_WORKER', 'OWNER_STARTED', 'HEARTBEAT', 'HEARTBEAT_SECONDS', 'RUN_NAME', 'PARENT_RUN_ID', 'ENTRY_POINT', 'GIT_COMMIT', 'SOURCE_DIRTY', 'NOTE', 'EXPERIMENT_KIND', 'MODEL_DEVELOPMENT', 'EVALUATION_RUN_ID', 'EVAL_SETTINGS', 'SYSTEM_METRICS_ROLES', 'tracking_uri', 'check_tracking_reachable', 'check_writable', 'experiment_name', 'use_experiment', 'mark_model_development', 'get_run', 'tracked_run', 'kept_alive', 'system_metrics_for', 'readable_name', 'owner_tags', 'log_params', 'save_checkpoint', 'has_checkpoint', 'load_checkpoint', 'LoadedModel', 'load_model', 'require_role', 'search_filter', 'find_runs', 'config_from_params', 'decode_param', 'encode_param', 'param_value']
+__all__ = ['SIDE_BY_SIDE_TABLE', 'DEFAULT_EXPERIMENT', 'CHECKPOINT_DIR', 'TEACHER', 'STUDENT', 'STUDENTS_LOOP', 'EVALUATION', 'FEATURE_EXTRACTOR', 'REPORT', 'PIPELINE', 'SWEEP', 'COST', 'SENSITIVITY', 'SENSITIVITY_TABLE', 'MODEL_ROLES', 'COMMAND_OF', 'ROLE', 'DATASET', 'IMAGE_SIZE', 'SIZE_FACTOR', 'TEACHER_RUN_ID', 'MODEL_RUN_ID', 'METHOD', 'INIT', 'STUDY_NAME', 'TRIAL', 'STOPPED_BY_PRUNER', 'STOPPED_BY_SIGNAL', 'SETTINGS_KEY', 'MODEL_ROLE', 'FEATURE_EXTRACTOR_RUN_ID', 'BEST_STUDENT_RUN_ID', 'OWNER_HOST', 'OWNER_PID', 'OWNER_WORKER', 'OWNER_STARTED', 'HEARTBEAT', 'HEARTBEAT_SECONDS', 'RUN_NAME', 'PARENT_RUN_ID', 'ENTRY_POINT', 'GIT_COMMIT', 'SOURCE_DIRTY', 'NOTE', 'EXPERIMENT_KIND', 'MODEL_DEVELOPMENT', 'EVALUATION_RUN_ID', 'EVAL_SETTINGS', 'SYSTEM_METRICS_ROLES', 'tracking_uri', 'check_tracking_reachable', 'check_writable', 'experiment_name', 'use_experiment', 'mark_model_development', 'get_run', 'tracked_run', 'kept_alive', 'system_metrics_for', 'readable_name', 'owner_tags', 'log_params', 'save_checkpoint', 'has_checkpoint', 'load_checkpoint', 'LoadedModel', 'load_model', 'require_role', 'search_filter', 'find_runs', 'config_from_params', 'decode_param', 'encode_param', 'param_value']

@@ -56,8 +56,8 @@ def tracked_run(run_name: str, tags: dict[str, str], experiment: str | None = No
     marked (runtime.stop_signals). The run is tagged with its process and keeps a heartbeat, so a run left
     RUNNING by a process that died (kill -9) can be found: `dmat runs --stale`.
 
-    `active=False` creates a new run without making it MLflow's active run, so that several can be open at
-    once (one loop training several models): write to it by id (`MlflowRecorder(run_id=...)`, `log_params`).
+    `active=False` creates (or reopens) a run without making it MLflow's active run, so that several can be open
+    at once (one loop training several models): write to it by id (`MlflowRecorder(run_id=...)`, `log_params`).
 
     `claim` (a claims.claim_key) makes the run a claim on that work: if another run holds it (tracking.claims),
     this run is deleted and ClaimedElsewhere names the holder, before the body runs, or after it (a rival's claim
@@ -72,7 +72,7 @@ def tracked_run(run_name: str, tags: dict[str, str], experiment: str | None = No
                 if active:
                     run = _start_run(run_name, experiment, run_id, system_metrics)
                 else:
-                    run, monitor = _create_run(run_name, experiment, system_metrics)
+                    run, monitor = _create_run(run_name, experiment, run_id, system_metrics)
                 tags = {**tags, RUN_NAME: readable_name(run.info.run_name, run_name), **owner_tags(),
                         **({CLAIM: claim} if claim else {})}
                 MlflowClient().log_batch(run.info.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -119,16 +119,23 @@ def _start_run(run_name: str, experiment: str | None, run_id: str | None, system
         raise DmatError(f"tracking store {tracking_uri()} refused to start the run ({_first_line(exc)})") from None
 
 
-def _create_run(run_name: str, experiment: str | None, system_metrics: bool | None):
-    """A new run that is not MLflow's active run, and its system metrics monitor (None when they are off).
-    Inside `mlflow run` (an entry point that trains several models) it is nested under the entry point's run."""
-    use_experiment(experiment)  # refuses a deleted experiment, creates a new one
+def _create_run(run_name: str, experiment: str | None, run_id: str | None, system_metrics: bool | None):
+    """A new run (or `run_id` reopened) that is not MLflow's active run, and its system metrics monitor (None when
+    they are off). Inside `mlflow run` (an entry point that trains several models) it is nested under the entry
+    point's run: a reopened run moves under the loop that continues it."""
     client = MlflowClient()
     parent = {PARENT_RUN_ID: os.environ["MLFLOW_RUN_ID"]} if "MLFLOW_RUN_ID" in os.environ else {}
     try:
-        found = client.get_experiment_by_name(experiment_name(experiment))
-        run = client.create_run(found.experiment_id if found else client.create_experiment(experiment_name(experiment)),
-                                run_name=run_name, tags=resolve_tags(parent))  # MLflow's source and user tags, as fluent runs get
+        if run_id:
+            client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in parent.items()])
+            run = client.get_run(run_id)
+        else:
+            use_experiment(experiment)  # refuses a deleted experiment, creates a new one
+            found = client.get_experiment_by_name(experiment_name(experiment))
+            experiment_id = found.experiment_id if found else client.create_experiment(experiment_name(experiment))
+            run = client.create_run(experiment_id, run_name=run_name,
+                                    tags=resolve_tags(parent))  # MLflow's source and user tags, as fluent runs get
     except MlflowException as exc:
         raise DmatError(f"tracking store {tracking_uri()} refused to start the run ({_first_line(exc)})") from None
     monitor = SystemMetricsMonitor(run.info.run_id) if system_metrics else None

@@ -33,6 +33,8 @@ METHOD = "dmat.method"
 INIT = "dmat.init"  # a student's starting weights: random or pruned (from its teacher)
 STUDY_NAME = "dmat.study_name"  # an Optuna sweep's study, on its parent run and its trials' students
 TRIAL = "dmat.trial"  # the Optuna trial number of a sweep's student run
+SETTINGS_KEY = "dmat.settings_key"  # on a student: its settings, teacher and commit hashed; a students loop continues a
+# stopped student with the same key instead of training it again
 STOPPED_BY_SIGNAL = "dmat.stopped_by"  # SIGINT or SIGTERM: kept when `mlflow run` then marks the run FAILED
 STOPPED_BY_PRUNER = "dmat.pruned"  # a sweep student stopped early by Optuna's pruner (the epoch); not channel pruning
 MODEL_ROLE = "dmat.model_role"  # on an evaluation run: the role of the model it evaluates

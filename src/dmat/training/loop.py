@@ -53,6 +53,7 @@ class Job:
     recorder: Recorder | None = None
     micro_batch: int | None = None
     on_epoch_end: EpochCallback | None = None
+    resume: dict | None = None  # the last.pt (and `best_model`) of an interrupted run it continues: see fit
 
 
 class _Loop:
@@ -92,10 +93,8 @@ def fit(model: UNet, diffusion: GaussianDiffusion, criterion: TrainingLoss, spli
     and skips none.
     """
     main = distributed.is_main()
-    job = Job(model, diffusion, criterion, recorder if main else None, micro_batch, on_epoch_end)
-    state = _state(job, splits, cfg, device)
-    if resume:
-        state.recorder.on_resume(resume["epoch"], state.restore(resume, main))
+    job = Job(model, diffusion, criterion, recorder if main else None, micro_batch, on_epoch_end, resume)
+    state = _state(job, splits, cfg, device, main)
     state.trainer = compiled(distributed.wrap(model, device), cfg.compile)  # compiled if --compile on/measured so
     _train(_Loop([state], isolate=False), splits, cfg, device, main)
     return state.finish()
@@ -110,26 +109,33 @@ def fit_together(jobs: list[Job], splits: DataSplits, cfg: TrainConfig, device: 
     shares is the data and whatever the objectives share between them, e.g. the frozen teacher's forward pass
     on the batch (`before_batch` is called before every training and validation batch, to forget the last
     one's). A model that stops early or fails drops out; Ctrl-C stops them all, each with its last epoch saved.
-    One process only (under torchrun, train the models one by one).
+    Jobs resumed at different epochs see different batches: each epoch they resume at is a loop of its own, in
+    turn. One process only (under torchrun, train the models one by one).
     """
     if distributed.world_size() > 1:
         raise DmatError("several models in one loop is single-process only: under torchrun train them one by one")
-    loop = _Loop([_state(job, splits, cfg, device) for job in jobs], isolate=True)
-    _train(loop, splits, cfg, device, True, before_batch)
+    states = [_state(job, splits, cfg, device, True) for job in jobs]
+    for epoch in sorted({state.epoch for state in states}):
+        loop = _Loop([state for state in states if state.epoch == epoch], isolate=True)
+        _train(loop, splits, cfg, device, True, before_batch)
     results: dict[TrainingState, TrainResult] = {}
-    loop.each(lambda s: results.update({s: s.finish()}), [s for s in loop.states if s.error is None])
-    return [results.get(s, s.error) for s in loop.states]
+    _Loop(states, isolate=True).each(lambda s: results.update({s: s.finish()}), [s for s in states if s.error is None])
+    return [results.get(s, s.error) for s in states]
 
 
-def _state(job: Job, splits: DataSplits, cfg: TrainConfig, device: torch.device) -> TrainingState:
-    """The training state of one job, its micro-batch checked on a first batch unless the job knows it."""
+def _state(job: Job, splits: DataSplits, cfg: TrainConfig, device: torch.device, main: bool) -> TrainingState:
+    """The training state of one job, its micro-batch checked on a first batch unless the job knows it, restored
+    from the job's `resume` checkpoint if it has one."""
     job.model.to(device)
     precision = resolve_precision(cfg.precision, device)
     micro = job.micro_batch
     if micro is None:
         micro = micro_batch_size(job.model, job.criterion, next(iter(_loaders(splits, cfg)[0])), device, precision)
-    return TrainingState(job.model, job.diffusion, job.criterion, cfg, micro, precision, job.recorder,
+    state = TrainingState(job.model, job.diffusion, job.criterion, cfg, micro, precision, job.recorder,
                           job.on_epoch_end)
+    if job.resume:
+        state.recorder.on_resume(job.resume["epoch"], state.restore(job.resume, main))
+    return state
 
 
 def _train(loop: _Loop, splits: DataSplits, cfg: TrainConfig, device: torch.device, main: bool,

@@ -11,7 +11,7 @@ counted at the distill loop's cost: an upper bound), each model's measured evalu
 the side-by-side timing scaled by the number of models. Convergence epochs are unknown before the run, so the
 projection is a table over them, up to the preset's caps.
 
-    .venv/bin/python bench/bench_full_projection.py            # ~25 min on a 2-core CPU without bf16
+    .venv/bin/python bench/bench_full_projection.py            # ~20 min on a 2-core CPU without bf16
 """
 
 from __future__ import annotations

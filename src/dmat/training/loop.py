@@ -115,9 +115,11 @@ def fit_together(jobs: list[Job], splits: DataSplits, cfg: TrainConfig, device: 
     if distributed.world_size() > 1:
         raise DmatError("several models in one loop is single-process only: under torchrun train them one by one")
     states = [_state(job, splits, cfg, device, True) for job in jobs]
-    for epoch in sorted({state.epoch for state in states}):
-        loop = _Loop([state for state in states if state.epoch == epoch], isolate=True)
-        _train(loop, splits, cfg, device, True, before_batch)
+    by_start: dict[int, list[TrainingState]] = {}
+    for state in states:
+        by_start.setdefault(state.epoch, []).append(state)
+    for start in sorted(by_start):
+        _train(_Loop(by_start[start], isolate=True), splits, cfg, device, True, before_batch)
     results: dict[TrainingState, TrainResult] = {}
     _Loop(states, isolate=True).each(lambda s: results.update({s: s.finish()}), [s for s in states if s.error is None])
     return [results.get(s, s.error) for s in states]

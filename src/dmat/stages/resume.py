@@ -7,6 +7,7 @@ its last finished epoch; its params hold the options it was started with.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 
@@ -114,9 +115,14 @@ def student_settings_from_run(run_id: str) -> tuple:
 def settings_key(train, config, teacher_run_id: str) -> str:
     """A student's identity as one tag value (SETTINGS_KEY): its training and distillation settings, its teacher
     and the commit it runs at, hashed. A students loop that meets a stopped student with its key continues it."""
-    commit = resolve_tags().get(tracking.GIT_COMMIT, "")
-    fields = [dataclasses.asdict(train), dataclasses.asdict(config), teacher_run_id, commit]
+    fields = [dataclasses.asdict(train), dataclasses.asdict(config), teacher_run_id, _commit()]
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+@functools.cache
+def _commit() -> str:
+    """The commit of the code this process runs (MLflow's git tag; asked once: it asks git)."""
+    return resolve_tags().get(tracking.GIT_COMMIT, "")
 
 
 def settled(run: Run) -> Run:

@@ -128,7 +128,8 @@ def _create_run(run_name: str, experiment: str | None, run_id: str | None, syste
     try:
         if run_id:
             client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in parent.items()])
+            if parent:
+                client.log_batch(run_id, tags=[RunTag(k, v) for k, v in parent.items()])
             run = client.get_run(run_id)
         else:
             use_experiment(experiment)  # refuses a deleted experiment, creates a new one

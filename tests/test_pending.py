@@ -3,6 +3,9 @@ an evaluation's settings, and an evaluation that did not log them counts as what
 
 from __future__ import annotations
 
+import pytest
+
+from dmat import runtime
 from dmat.config.evaluation import EvalConfig
 from dmat.evaluation import pending, spaces
 
@@ -26,7 +29,9 @@ def test_an_older_evaluation_counts_as_fp32_with_the_classifier_headline():
     assert old != pending.settings_of(_params())
 
 
-def test_the_wanted_settings_resolve_precision_as_the_evaluation_logs_it():
+@pytest.mark.parametrize("cpu_bf16, expected", [("0", "fp32"), ("1", "bf16")])
+def test_the_wanted_settings_resolve_precision_as_the_evaluation_logs_it(monkeypatch, cpu_bf16, expected):
+    monkeypatch.setenv(runtime.CPU_BF16, cpu_bf16)
     wanted = pending.wanted_settings(EvalConfig(device="cpu"), 50)
-    assert wanted["precision"] == "fp32" and wanted["headline_space"] == spaces.HEADLINE_SPACE
-    assert pending.settings_of(wanted) == pending.settings_of(_params())
+    assert wanted["precision"] == expected and wanted["headline_space"] == spaces.HEADLINE_SPACE
+    assert pending.settings_of(wanted) == pending.settings_of(_params(precision=expected))

@@ -19,9 +19,28 @@ CPU = torch.device("cpu")
 @pytest.mark.parametrize("flags, expected", [({"avx512f", "avx512_bf16"}, "bf16"), ({"amx_bf16"}, "bf16"),
                                              ({"avx2", "avx512f"}, "fp32"), (set(), "fp32")])
 def test_auto_is_bf16_only_on_cpus_that_compute_it_natively(monkeypatch, flags, expected):
+    monkeypatch.delenv(runtime.CPU_BF16, raising=False)
     monkeypatch.setattr(runtime, "_cpu_flags", lambda: flags)
     assert runtime.resolve_precision("auto", CPU) == expected
     assert runtime.resolve_precision("fp32", CPU) == "fp32" and runtime.resolve_precision("bf16", CPU) == "bf16"
+
+
+@pytest.mark.parametrize("said, flags, expected", [("0", {"amx_bf16"}, "fp32"), ("1", {"avx2"}, "bf16")])
+def test_dmat_cpu_bf16_makes_auto_see_another_kind_of_cpu(monkeypatch, said, flags, expected):
+    monkeypatch.setattr(runtime, "_cpu_flags", lambda: flags)
+    monkeypatch.setenv(runtime.CPU_BF16, said)
+    assert runtime.resolve_precision("auto", CPU) == expected
+
+
+def test_a_wrong_dmat_cpu_bf16_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv(runtime.CPU_BF16, "yes")
+    with pytest.raises(DmatError, match="DMAT_CPU_BF16 must be 0 .* or 1 .*, got 'yes'"):
+        runtime.resolve_precision("auto", CPU)
+
+
+def test_auto_is_fp32_on_gpus_where_bf16_autocast_was_slower(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert runtime.resolve_precision("auto", torch.device("cuda")) == "fp32"
 
 
 def test_auto_keeps_fp32_on_apple_gpus_and_a_wrong_name_is_one_clear_error():

@@ -54,8 +54,10 @@ def wait_for_epochs(proc: subprocess.Popen, epochs: int, timeout: float = 120) -
 @contextlib.contextmanager
 def teacher_process(project_env, *args: str):
     """`dmat teacher` in a subprocess with Ctrl-C as a terminal delivers it (a background job ignores
-    SIGINT); killed on the way out, whatever the test did."""
-    proc = subprocess.Popen([sys.executable, "-m", "dmat", "teacher", *TINY_CLI_ARGS, *args], env=project_env,
+    SIGINT); killed on the way out, whatever the test did. It computes with as many threads as this process, so a
+    run finished here after it gives the same numbers (a reduction split otherwise rounds otherwise)."""
+    env = {**project_env, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen([sys.executable, "-m", "dmat", "teacher", *TINY_CLI_ARGS, *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:

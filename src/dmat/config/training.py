@@ -35,7 +35,7 @@ class TrainConfig:
     early_stopping_patience: int = 10
     save_interval: int = 5
     device: str = "auto"
-    precision: str = "auto"  # "fp32", "bf16" (autocast), or "auto": the faster, measured (training/autotune.py)
+    precision: str = "auto"  # "fp32", "bf16" (autocast), or "auto": by the hardware (runtime.resolve_precision)
     compile: str = "auto"  # torch.compile the training step: "on", "off", or "auto": measured where it may pay (CUDA)
     num_workers: int = 0
     # sampling used for the sample grid logged at the end of training (at most the model's timesteps)

@@ -140,7 +140,8 @@ def _experiment_id(i: Inputs) -> str:
 
 def _summary(section: Section, i: Inputs) -> None:
     # first the study's kind and what it cannot conclude (the quick study says so), then its answer in one paragraph
-    section.notes += study_kind.banner(study_kind.preset_of(_experiment_id(i)), i.study.models)
+    section.notes += study_kind.banner(study_kind.preset_of(_experiment_id(i)), i.study.models,
+                                      i.study.evaluations)
     section.notes.append(answer(i.evals, i.histories))
     section.tables.append(format_table(i.table))
     section.notes += seeds_statement(i.evals, i.study.models)

@@ -93,6 +93,18 @@ def _init(runs: pd.DataFrame) -> pd.Series:
     return init.where(~ranked, PRUNED + " (" + importance.astype(str) + ")")
 
 
+def _train_precision(runs: pd.DataFrame) -> pd.Series:
+    """A model run's precision as it trained: `resolved.precision`, else its `precision` where that names one."""
+    given = _column(runs, "params.precision")
+    return _column(runs, "params.resolved.precision").fillna(given.where(given.isin(("fp32", "bf16"))))
+
+
+def _sampling_precision(runs: pd.DataFrame) -> pd.Series:
+    """An evaluation's sampling precision (logged resolved); an evaluation from before it was logged sampled fp32."""
+    evaluation = _column(runs, f"tags.{tracking.ROLE}") == tracking.EVALUATION
+    return _column(runs, "params.precision").fillna("fp32").where(evaluation)
+
+
 def tidy_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """search_runs output -> one row per run: lineage tags, a few params and every metric by its own name."""
     frame = pd.DataFrame({
@@ -118,6 +130,8 @@ def tidy_runs(runs: pd.DataFrame) -> pd.DataFrame:
         "headline_space": _column(runs, f"params.{HEADLINE_SPACE_PARAM}"),
         "features": _column(runs, "params.features"),
         "epochs": pd.to_numeric(_column(runs, "params.epochs"), errors="coerce"),  # a model's configured budget
+        "train_precision": _train_precision(runs),
+        "sampling_precision": _sampling_precision(runs),
         "study_name": _column(runs, f"tags.{tracking.STUDY_NAME}"),
         "trial": pd.to_numeric(_column(runs, f"tags.{tracking.TRIAL}"), errors="coerce"),
     })
@@ -139,8 +153,8 @@ def load_study(experiment: str | None = None) -> Study:
     models, trials = all_models[~in_sweep].reset_index(drop=True), all_models[in_sweep]
     all_evals = runs[runs.role == tracking.EVALUATION]
     finished = all_evals[all_evals.status == "FINISHED"]
-    # newest first, so a re-evaluation with the same seed replaces the older one
-    latest = finished.drop_duplicates(["model_run_id", "seed"], keep="first")
+    # newest first, so a re-evaluation with the same seed and sampling precision replaces the older one
+    latest = finished.drop_duplicates(["model_run_id", "seed", "sampling_precision"], keep="first")
     latest = set_space_apart(set_legacy_apart(latest.assign(method=latest.method.fillna(latest.model_role))))
     of_trials = latest.model_run_id.isin(trials.run_id)
     models = with_budget(models)
@@ -172,11 +186,12 @@ def with_budget(models: pd.DataFrame) -> pd.DataFrame:
 
 def with_model(evaluations: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
     """Evaluations with their model's training seed (`model_seed`: what separates repeated runs of one size and
-    method), init (the model's, see _init) and training budget (FROM_MODEL, never an evaluation's own); an
+    method), init (the model's, see _init), training precision and budget (FROM_MODEL, never an evaluation's own); an
     evaluation's own `seed` is its sampling seed."""
-    info = models.reindex(columns=["run_id", "seed", "init", *FROM_MODEL]).rename(
+    info = models.reindex(columns=["run_id", "seed", "init", "train_precision", *FROM_MODEL]).rename(
         columns={"run_id": "model_run_id", "seed": "model_seed", "init": "model_init"})
-    out = evaluations.drop(columns=[c for c in FROM_MODEL if c in evaluations.columns]).merge(
+    own = [c for c in ("train_precision", *FROM_MODEL) if c in evaluations.columns]
+    out = evaluations.drop(columns=own).merge(
         info, on="model_run_id", how="left")
     out["init"] = out.model_init.fillna(out.init).fillna("random")  # the model's: it knows its pruning ranking
     return out.drop(columns="model_init")

@@ -40,9 +40,22 @@ def caveats(preset: str | None, models: pd.DataFrame) -> list[str]:
     return out
 
 
-def banner(preset: str | None, models: pd.DataFrame) -> list[str]:
+def mixed_precisions(models: pd.DataFrame, evaluations: pd.DataFrame) -> list[str]:
+    """A sentence per precision the study's models were trained, or its evaluations sampled, at more than one of:
+    such models are kept apart in every table (report.tables.NAMED), never compared as one line."""
+    out = []
+    for frame, column, what in ((models, "train_precision", "trained"), (evaluations, "sampling_precision",
+                                                                           "sampled")):
+        found = sorted(frame[column].dropna().unique()) if column in frame else []
+        if len(found) > 1:
+            out.append(f"Models were {what} at more than one precision ({' and '.join(found)}): each precision is its "
+                       "own row, and a comparison across them is one of precision as much as of size.")
+    return out
+
+
+def banner(preset: str | None, models: pd.DataFrame, evaluations: pd.DataFrame) -> list[str]:
     """The first-screen notes: the study's kind, what it cannot conclude, and the one command for the full study."""
-    notes = caveats(preset, models)
+    notes = caveats(preset, models) + mixed_precisions(models, evaluations)
     if notes and preset != "full":
         notes.append(f"The full, converged study (every model until its validation loss stops improving, both "
                      f"initialisations and methods, three seeds): {FULL_STUDY_COMMAND}")

@@ -26,17 +26,22 @@ class Named(NamedTuple):
     that a study with one of it keeps plain labels)."""
 
     label: str  # a value as labels say it
-    unknown: str  # the label of UNKNOWN
+    unknown: str  # the label of `missing`
     teacher_apart: bool  # whether the teacher's value counts only against other teachers' (it differs by design)
+    missing: object = 0  # the value of a run or frame without the key (UNKNOWN for numbers)
 
 
 # Models that differ in these are different models, never repeats: a 16 px and a 32 px student of one size (each
 # evaluated against real images of its own size), and students trained for 20 and for 60 epochs (the configured,
 # maximum epochs: early stopping may end sooner, which is still the same budget). The teacher normally trains
 # longer than its students, which alone does not make a study of several budgets.
+# Nor are models trained at another precision, or evaluations sampled at another (bf16 sampling moves KID by
+# 1.4-2.4 floor-sd): `train_precision` and `sampling_precision`, named so as not to collide with the precision metric.
 NAMED = {"image_size": Named("{:g}px", "unknown resolution", False),
-         "epochs": Named("{:g} epochs", "unknown budget", True)}
-UNKNOWN = 0  # a NAMED key of a run or frame without it: one unknown resolution, one unknown budget
+         "epochs": Named("{:g} epochs", "unknown budget", True),
+         "train_precision": Named("trained {}", "unknown training precision", False, "unknown"),
+         "sampling_precision": Named("sampled {}", "unknown sampling precision", False, "unknown")}
+UNKNOWN = 0  # a numeric NAMED key of a run or frame without it: one unknown resolution, one unknown budget
 # a row of the size comparison: its repeats differ only in their seeds
 GROUP = ["method", "init", *NAMED, "size_factor"]
 KIND = GROUP[:-1]  # a model without its size: one line, fit or series over the sizes
@@ -69,7 +74,7 @@ def _get(frame: pd.DataFrame, column: str) -> pd.Series:
 
 def key_text(key: str, value) -> str:
     """A NAMED key's value as labels say it: "16px", "60 epochs"."""
-    return NAMED[key].unknown if value == UNKNOWN else NAMED[key].label.format(value)
+    return NAMED[key].unknown if value == NAMED[key].missing else NAMED[key].label.format(value)
 
 
 def variant(method: str, init=None, **keys) -> str:
@@ -84,7 +89,7 @@ def with_keys(frame: pd.DataFrame) -> pd.DataFrame:
     UNKNOWN. A value, not NaN: groupby and pivot_table drop NaN keys and == never matches them."""
     missing = pd.Series(np.nan, index=frame.index)
     return frame.assign(init=frame.get("init", missing).fillna(RANDOM),
-                        **{key: frame.get(key, missing).fillna(UNKNOWN) for key in NAMED})
+                        **{key: frame.get(key, missing).fillna(named.missing) for key, named in NAMED.items()})
 
 
 def several(frame: pd.DataFrame, key: str) -> bool:
@@ -116,7 +121,7 @@ def key_columns(frame: pd.DataFrame) -> pd.DataFrame:
     keys = with_keys(frame)
     keys = keys[[c for c in GROUP if c not in NAMED or several(keys, c)]].copy()
     for key in NAMED.keys() & set(keys.columns):
-        keys[key] = keys[key].replace(UNKNOWN, np.nan)
+        keys[key] = keys[key].replace(NAMED[key].missing, np.nan)
     return keys
 
 

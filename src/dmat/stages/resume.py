@@ -20,6 +20,7 @@ from dmat.errors import DmatError
 from dmat.model import checkpoint
 from dmat.model.diffusion import GaussianDiffusion
 from dmat.model.unet import UNet
+from dmat.runtime import resolve_device, resolve_precision
 from dmat.tracking import claims, registry
 from dmat.tracking.params import _same_value
 
@@ -114,7 +115,9 @@ def student_settings_from_run(run_id: str) -> tuple:
 
 def settings_key(train, config, teacher_run_id: str) -> str:
     """A student's identity as one tag value (SETTINGS_KEY): its training and distillation settings, its teacher
-    and the commit it runs at, hashed. A students loop that meets a stopped student with its key continues it."""
+    and the commit it runs at, hashed. A students loop that meets a stopped student with its key continues it.
+    Precision counts as resolved (`auto` is bf16 or fp32 by the machine): students at another precision differ."""
+    train = dataclasses.replace(train, precision=resolve_precision(train.precision, resolve_device(train.device)))
     fields = [dataclasses.asdict(train), dataclasses.asdict(config), teacher_run_id, _commit()]
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:32]
 

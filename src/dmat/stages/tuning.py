@@ -1,5 +1,6 @@
-"""--precision and --compile for one training run: `auto` measured on the run's own model and first batch
-(dmat.training.autotune), the same choice on every process, kept by a resumed run, logged with the run:
+"""--precision and --compile for one training run: precision `auto` decided by the hardware
+(runtime.resolve_precision: reproducible, never a timing), compile `auto` measured on the run's own model and
+first batch (dmat.training.autotune), the same choice on every process, kept by a resumed run, logged with the run:
 params `resolved.precision` and `resolved.compile`, metrics `autotune.<candidate>.step_seconds` and the
 whole measurement as the artifact `autotune.json`."""
 
@@ -13,6 +14,7 @@ import torch
 
 from dmat import distributed
 from dmat.config import TrainConfig
+from dmat.runtime import resolve_precision
 from dmat.training import autotune
 
 log = logging.getLogger(__name__)
@@ -24,10 +26,11 @@ def tune_for_run(train: TrainConfig, model: torch.nn.Module, criterion, batch: t
     """`train` with its precision and compile resolved ("fp32"/"bf16", "on"/"off"), and how they were chosen.
     A resumed run keeps what it trained with, so its epochs continue as they began."""
     tuning = _kept(resume) if resume else None
+    precision = resolve_precision(train.precision, device)
     if tuning is None:
-        tuning = autotune.forced(train.precision, train.compile, device)
+        tuning = autotune.forced(precision, train.compile, device)
     if tuning is None:
-        tuning = distributed.from_main(autotune.tune(model, criterion, batch, device, train.precision, train.compile))
+        tuning = distributed.from_main(autotune.tune(model, criterion, batch, device, precision, train.compile))
         timed = ", ".join(f"{c.name} {c.step_seconds * 1000:.0f} ms" for c in tuning.candidates if c.error is None)
         log.info(f"autotune: {tuning.precision}, compile {tuning.compile} ({tuning.reason}; per step: {timed}; "
                  f"tuning took {tuning.seconds:.1f} s)")

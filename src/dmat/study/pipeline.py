@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from dmat import tracking
 from dmat.config import DistillConfig, PipelineConfig
 from dmat.errors import DmatError
+from dmat.runtime import resolve_device, resolve_precision
 from dmat.study import executor
 from dmat.study.stage import (
     PROJECT_DIR,
@@ -66,7 +67,7 @@ def run_pipeline(config: PipelineConfig, experiment: str | None = None) -> Pipel
     One teacher (trained with the first seed); then every student once per seed, size, method and init (the seed
     sets the student's initial weights and its data order), then one evaluation per model, the side-by-side
     timings and the report."""
-    cfg = config.validate()
+    cfg = one_precision(config.validate())
     tracking.check_tracking_reachable()
     source = lineage.Source.of(PROJECT_DIR, cfg.reuse_any_commit)  # stages are reused at this commit only
     runner = executor.executor_for(cfg.executor, cfg.workers, cfg.ray_address)
@@ -74,7 +75,8 @@ def run_pipeline(config: PipelineConfig, experiment: str | None = None) -> Pipel
                                                     {tracking.ROLE: tracking.PIPELINE, tracking.DATASET: cfg.dataset},
                                                     experiment) as run:
         tracking.log_params({**logged_params(cfg), "workers": runner.workers})
-        tqdm.write(f"{cfg.preset} study on {cfg.dataset}: {runner.workers} stage(s) at once ({cfg.executor})")
+        tqdm.write(f"{cfg.preset} study on {cfg.dataset}: {runner.workers} stage(s) at once ({cfg.executor}), "
+                   f"every model trained and sampled in {cfg.precision}")
         if source.reuse_tags is None:
             tqdm.write(f"note: {PROJECT_DIR} has uncommitted changes, so no finished stage ran this code and none is "
                        "reused: commit them, or pass --reuse-any-commit")
@@ -93,6 +95,12 @@ def run_pipeline(config: PipelineConfig, experiment: str | None = None) -> Pipel
         mlflow.log_metrics({"stages": len(study.result.stages), "stages_reused": reused,
                             "stages_failed": len(study.result.failed)})
         return study.result
+
+
+def one_precision(cfg: PipelineConfig) -> PipelineConfig:
+    """The study's precision decided once, here, and passed to every stage (students, evaluations, timings):
+    stages on other machines (Ray) or started at another time cannot each resolve `auto` their own way."""
+    return dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, resolve_device(cfg.device)))
 
 
 def logged_params(cfg: PipelineConfig) -> dict[str, object]:

@@ -1,17 +1,16 @@
-"""Precision and compilation chosen by measurement, not by a hardware flag.
+"""Whether to `torch.compile` the training step, chosen by measurement, not by a guess.
 
-`tune` times a few real training steps (forward, backward, optimizer step) of each candidate -- fp32, bf16
-autocast, each eager or `torch.compile`d -- on the run's own model, criterion and first batch, with the same
-noise and dropout for every candidate. It picks the fastest whose first-step loss stays within `tolerance` of
-fp32's on the same batch and noise; fp32 eager whenever in doubt: a candidate that fails, or one faster by less
-than the timing noise (`margin`).
+`tune` times a few real training steps (forward, backward, optimizer step) of each candidate -- eager and
+`torch.compile`d, at the run's precision -- on the run's own model, criterion and first batch, with the same noise
+and dropout for every candidate. It picks the faster whose first-step loss stays within `tolerance` of eager's on
+the same batch and noise; eager whenever in doubt: a candidate that fails, or one faster by less than the timing
+noise (`margin`).
 
-Why measure: on an H200 bf16 autocast was slower than fp32 for this small network and `torch.compile` 1.4-1.9x
-faster, while on AMX CPUs bf16 is 1.2-1.4x faster and compiling gains nothing. Candidates that cannot win are
-not tried, to keep tuning to seconds: bf16 where it is emulated (a CPU without AVX512-BF16/AMX: ~9x slower
-than fp32), and under `compile="auto"` compiling anywhere but CUDA (on a CPU its warm-up costs more than it
-saves). The model, the criterion and the global random streams are left as found (the steps run on a copy).
-Pure torch: what is logged, and where, is the caller's business (`Tuning.params`, `metrics`, `as_dict`)."""
+Why measure: on an H200 `torch.compile` was 1.4-1.9x faster, on CPUs it gained nothing and its warm-up costs more
+than it saves, so under `compile="auto"` compiling is tried on CUDA only. Precision is not measured: a timing
+under load picks either, so it is decided by the hardware (runtime.resolve_precision) and given here. The model,
+the criterion and the global random streams are left as found (the steps run on a copy). Pure torch: what is
+logged, and where, is the caller's business (`Tuning.params`, `metrics`, `as_dict`)."""
 
 from __future__ import annotations
 
@@ -24,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from dmat.errors import DmatError
-from dmat.runtime import autocast, check_compile, check_precision, native_bf16
+from dmat.runtime import autocast, check_compile
 
 TUNE_SEED = 20_011  # the noise and dropout every candidate's steps draw
 NOT_TRIED = "not tried: "
@@ -70,26 +69,25 @@ class Tuning:
 
 
 def forced(precision: str, compile: str, device: torch.device) -> Tuning | None:
-    """The tuning when there is nothing to measure (both given, or one candidate left on this device); else None."""
-    check_precision(precision), check_compile(compile)
+    """The tuning when there is nothing to measure (compile given, or one candidate left on this device); else
+    None. `precision` is already resolved: "fp32" or "bf16"."""
+    check_compile(compile)
+    if precision not in ("fp32", "bf16"):
+        raise DmatError(f"autotune needs a resolved precision, fp32 or bf16, got {precision!r}")
     runnable, skipped = _split(candidates(precision, compile, device))
     if len(runnable) > 1:
         return None
     only = runnable[0]
-    why = "forced" if "auto" not in (precision, compile) else f"the only candidate on {device.type}"
+    why = "forced" if compile != "auto" else f"the only candidate on {device.type}"
     return Tuning(only.precision, only.compile, why, skipped)
 
 
 def candidates(precision: str, compile: str, device: torch.device) -> list[Candidate]:
-    """fp32 eager first (the reference), then bf16 autocast and compiled where they may pay; those that cannot
-    carry why they are not tried. A forced precision or compile is the only one of its kind."""
-    out = [Candidate(p, c) for c in ([compile] if compile != "auto" else ["off", "on"])
-           for p in ([precision] if precision != "auto" else ["fp32", "bf16"])]
+    """Eager first (the reference), then compiled where it may pay; one that cannot carries why it is not tried.
+    A forced compile is the only candidate."""
+    out = [Candidate(precision, c) for c in ([compile] if compile != "auto" else ["off", "on"])]
     for c in out:
-        if precision == "auto" and c.precision == "bf16" and not native_bf16(device):
-            c.error = NOT_TRIED + (f"bf16 is emulated on this {device.type} (no AVX512-BF16/AMX): ~9x slower than fp32"
-                                   if device.type == "cpu" else f"no bf16 autocast on {device.type}")
-        elif compile == "auto" and c.compile == "on" and device.type != "cuda":
+        if compile == "auto" and c.compile == "on" and device.type != "cuda":
             c.error = NOT_TRIED + f"compiling on {device.type} costs more than it saves in a run (--compile on to try)"
     return out
 
@@ -98,7 +96,7 @@ def _split(found: list[Candidate]) -> tuple[list[Candidate], list[Candidate]]:
     return [c for c in found if c.error is None], [c for c in found if c.error is not None]
 
 
-def tune(model: torch.nn.Module, criterion, batch: torch.Tensor, device: torch.device, precision: str = "auto",
+def tune(model: torch.nn.Module, criterion, batch: torch.Tensor, device: torch.device, precision: str,
          compile: str = "auto", steps: int = 3, tolerance: float = 0.05, margin: float = 0.1) -> Tuning:
     """The fastest candidate for training `model` under `criterion` on `batch` (see the module's doc): `steps`
     steps of each are timed after one untimed warm-up step, whose loss is the one compared."""
@@ -120,11 +118,12 @@ def tune(model: torch.nn.Module, criterion, batch: torch.Tensor, device: torch.d
 
 
 def choose(candidates: list[Candidate], tolerance: float = 0.05, margin: float = 0.1) -> Tuning:
-    """The fastest candidate whose loss is within `tolerance` (relative) of the first's (the fp32 reference),
-    if it beats the reference by more than `margin`; else the reference, or fp32 eager if that failed."""
+    """The fastest candidate whose loss is within `tolerance` (relative) of the first's (the eager reference),
+    if it beats the reference by more than `margin`; else the reference, also when that failed."""
     reference = candidates[0]
     if reference.error or not math.isfinite(reference.step_seconds):
-        return Tuning("fp32", "off", f"fp32 failed, so not measured: {reference.error}", candidates)
+        return Tuning(reference.precision, "off", f"{reference.name} failed, so not measured: {reference.error}",
+                      candidates)
     for c in candidates[1:]:
         if c.error is None and not abs(c.loss - reference.loss) <= tolerance * abs(reference.loss):
             c.error = f"loss {c.loss:.5g} is not within {tolerance:.0%} of {reference.name}'s {reference.loss:.5g}"

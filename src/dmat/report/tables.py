@@ -173,12 +173,16 @@ def quality_table(evaluations: pd.DataFrame) -> pd.DataFrame:
     shown = key_columns(order).assign(model_seed=order.get("model_seed"), seed=order.seed,
                                       reference=order.get("reference"), N=_plain(order, "quality_n", ".0f"),
                                       draws=_plain(order, "quality_draws", ".0f"))
-    for name in QUALITY_SCORES:
-        shown[name] = _mean_sd_column(order, name)
     z = (_get(order, "kid") - _get(order, "kid_floor")) / _get(order, "kid_floor_sd")
-    shown.insert(shown.columns.get_loc("fid"), "kid_z", [f"{v:.1f}" if np.isfinite(v) else "n/a" for v in z])
-    for name in (m for m in metrics.MEMORISATION if m in metrics.SUMMARY):  # the copy rates
-        shown[name] = _plain(order, name, ".3f")
+    scores = {}
+    for name in QUALITY_SCORES:
+        if name == "fid":  # kid_z just before the FIDs
+            scores["kid_z"] = [f"{v:.1f}" if np.isfinite(v) else "n/a" for v in z]
+        scores[name] = _mean_sd_column(order, name)
+    scores.update({name: _plain(order, name, ".3f")  # the copy rates
+                   for name in (m for m in metrics.MEMORISATION if m in metrics.SUMMARY)})
+    # the columns in one go: inserted one by one they fragment the frame (pandas' PerformanceWarning)
+    shown = pd.concat([shown, pd.DataFrame(scores, index=shown.index)], axis=1)
     return shown.reset_index(drop=True)
 
 

@@ -230,6 +230,84 @@ def test_a_folder_data_set_tag_through_dot_dot_or_a_symlink_is_not_followed(tmp_
             real_data.model_data(loaded)
 
 
+def _model_run(dataset: str, channels: int, logged: str | None) -> str:
+    """A teacher-like run (random weights) tagged with `dataset` that logged the splits of `logged` as its dataset
+    inputs the way training does (None: none, as before dmat logged them)."""
+    from conftest import tiny_diffusion, tiny_unet
+
+    from dmat.config import TrainConfig
+    from dmat.data import load_splits
+    from dmat.model import checkpoint
+    from dmat.model.diffusion import GaussianDiffusion
+    from dmat.model.unet import UNet
+    from dmat.tracking import lineage
+
+    tags = {tracking.ROLE: "teacher", tracking.METHOD: "teacher", tracking.DATASET: dataset, tracking.IMAGE_SIZE: "8"}
+    with tracking.tracked_run("teacher-like", tags) as run:
+        if logged:
+            cfg = TrainConfig(dataset=logged, image_size=8)
+            lineage.log_training_data(cfg, load_splits(cfg))
+        model = UNet(tiny_unet(image_size=8, in_channels=channels))
+        tracking.save_checkpoint(checkpoint.model_checkpoint(model, GaussianDiffusion(tiny_diffusion()),
+                                                             model.state_dict()), checkpoint.BEST)
+    return run.info.run_id
+
+
+EVALUATE_FAST = ["--num-samples", "80", "--steps", "4", "--batch-size", "40", "--num-trajectories", "3",
+                 "--eps-timesteps", "5", "--device", "cpu"]
+
+
+def test_a_dataset_tag_cannot_point_evaluate_all_at_a_folder_it_did_not_train_on(store, tmp_path, monkeypatch):
+    """Issue 31: whoever could set a tag made `dmat evaluate --all` read any image folder and upload 8 of its images;
+    with folder:/etc the error listed /etc's subfolders. Refused now before anything is read or any run made."""
+    from dmat.data import load_dataset
+    from dmat.errors import DmatError
+    from dmat.evaluation import real_data
+
+    for name in ("trained", "private"):
+        _image_folder(tmp_path / name, 20)
+    (tmp_path / "etc" / "secret-subfolder").mkdir(parents=True)  # like /etc: subfolders, no images
+    trained, private, etc = (os.path.realpath(tmp_path / name) for name in ("trained", "private", "etc"))
+    model = _model_run(f"folder:{trained}", 3, logged=f"folder:{trained}")
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the checkpoint's download bar
+    read, load_splits = [], real_data.load_splits
+    monkeypatch.setattr(real_data, "load_splits", lambda cfg, *a: read.append(cfg.dataset) or load_splits(cfg, *a))
+    for tag in (f"folder:{private}", f"folder:{etc}"):
+        MlflowClient().set_tag(model, tracking.DATASET, tag)
+        line = one_line(CliRunner().invoke(cli, ["evaluate", "--all", *EVALUATE_FAST]))
+        assert line == (f"error: model run {model} is tagged dmat.dataset={tag} at 8px but logged "
+                        f"'folder:{trained}-8px-validation' as its input: dmat evaluates a model only on the data "
+                        "its run logged that it trained on, and reads no other")
+    MlflowClient().set_terminated(model, "KILLED")  # out of --all's way
+    unlogged = _model_run(f"folder:{private}", 3, logged=None)  # no inputs: nothing shows what it trained on
+    line = one_line(CliRunner().invoke(cli, ["evaluate", "--all", *EVALUATE_FAST]))
+    assert f"model run {unlogged} is tagged dmat.dataset=folder:{private} at 8px but logged no dataset inputs" in line
+    assert read == [] and tracking.find_runs(tracking.EVALUATION, status=None) == []
+    with pytest.raises(DmatError, match="holds no images in class subfolders") as listed:
+        load_dataset(f"folder:{etc}", 8)  # a folder named by the user: its content is not listed either
+    assert "secret" not in str(listed.value)
+
+
+def test_an_evaluation_uses_only_the_images_whose_digest_its_model_logged(store, tmp_path, caplog):
+    import numpy as np
+    from PIL import Image
+
+    from dmat.errors import DmatError
+    from dmat.evaluation import real_data
+    from dmat.evaluation.evaluate import evaluate_run
+
+    _image_folder(tmp_path / "imgs", 20)
+    folder = os.path.realpath(tmp_path / "imgs")
+    run_id = _model_run(f"folder:{folder}", 3, logged=f"folder:{folder}")
+    data = real_data.model_data(tracking.load_model(run_id))  # the images it trained on: read and used
+    assert (len(data.train), len(data.val), data.test) == (18, 2, None)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "imgs" / "a" / "00.png")  # changed since
+    with pytest.raises(DmatError, match=rf"^the (validation|train) images of folder:{folder}-8px-(validation|train) "
+                                        rf"are not the ones model run {run_id} logged that it trained on \(digest "):
+        evaluate_run(run_id, num_samples=80, steps="4", batch_size=40, device="cpu")
+    assert tracking.find_runs(tracking.EVALUATION, status=None) == []  # no run: nothing uploaded
+
+
 # ---------------------------------------------------------------- reports
 
 

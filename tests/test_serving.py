@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -18,11 +20,18 @@ import pytest
 import requests
 import torch
 from mlflow.exceptions import MlflowException
+from click.testing import CliRunner
+from conftest import tiny_diffusion, tiny_unet
 from test_server import free_port
 
 from dmat import tracking
-from dmat.model.diffusion import sample
+from dmat.cli.main import cli
+from dmat.errors import DmatError
+from dmat.model import checkpoint
+from dmat.model.diffusion import GaussianDiffusion, sample
+from dmat.model.unet import UNet
 from dmat.tracking import registry, serving
+from dmat.tracking.trusted_load import check_model_code, load_sampler
 
 REQUESTS = [{"num_images": 2, "sampler": "ddim", "steps": 4, "seed": 1},
             {"num_images": 3, "sampler": "ddpm", "steps": 5, "seed": 2}]
@@ -142,9 +151,6 @@ def test_requirements_pin_what_is_installed_and_name_dmat_when_it_runs_from_its_
 def test_a_model_whose_serving_code_was_changed_is_refused_before_any_of_it_runs(study, teacher_run_id, tmp_path):
     """Whoever can write to the artifact store can change the code a model's loading runs: dmat loads a sampler
     only when that code is byte for byte its own."""
-    from dmat.errors import DmatError
-    from dmat.tracking.trusted_load import check_model_code, load_sampler
-
     uri = f"runs:/{teacher_run_id}/{serving.MODEL_NAME}"
     np.testing.assert_allclose(load_sampler(uri).predict(pd.DataFrame(REQUESTS)), dmat_samples(teacher_run_id), atol=1e-5)
 
@@ -167,10 +173,6 @@ def test_a_model_whose_serving_code_was_changed_is_refused_before_any_of_it_runs
 
 
 def test_check_model_prints_the_checked_copy_to_serve_or_one_line_why_not(study, teacher_run_id, tmp_path):
-    from click.testing import CliRunner
-
-    from dmat.cli.main import cli
-
     ok = CliRunner().invoke(cli, ["check-model", f"runs:/{teacher_run_id}/{serving.MODEL_NAME}"])
     assert ok.exit_code == 0 and "runs only dmat's own serving code" in ok.output and "mlflow models serve -m" in ok.output
     (tmp_path / "MLmodel").write_text("flavors: {}\n")
@@ -179,3 +181,86 @@ def test_check_model_prints_the_checked_copy_to_serve_or_one_line_why_not(study,
     assert refused.output.strip().splitlines()[-1].endswith("it is not an MLflow pyfunc model; load models only from a "
                                                             "store you trust, or log the model again with `dmat teacher` "
                                                             "or `dmat distill`")
+
+
+def _sampler_run() -> tuple[str, str, Path]:
+    """A model run (random tiny weights) with its pyfunc sampler logged as training logs it, in this test's own store
+    (the session's teacher is shared: its files are not changed here): its `runs:/` URI, its `models:/` URI (what a
+    registry alias stands for) and the store's own folder of it, which MLflow hands back for that URI."""
+    with tracking.tracked_run("sampler", {tracking.ROLE: "teacher", tracking.DATASET: "digits"}) as run:
+        model = UNet(tiny_unet(image_size=8, in_channels=1))
+        tracking.save_checkpoint(checkpoint.model_checkpoint(model, GaussianDiffusion(tiny_diffusion()),
+                                                             model.state_dict()), checkpoint.BEST)
+        info = serving.log_sampler(run.info.run_id, "ddim", 4)
+    logged = f"models:/{info.model_id}"
+    live = Path(mlflow.artifacts.download_artifacts(artifact_uri=logged))
+    assert live.is_relative_to(Path("mlruns").resolve())  # the store's folder itself (the test's working folder)
+    return f"runs:/{run.info.run_id}/{serving.MODEL_NAME}", logged, live
+
+
+def _appends_a_marker(code: Path, marker: Path) -> None:
+    with open(code, "a") as file:
+        file.write(f"open({str(marker)!r}, 'w').close()\n")
+
+
+def test_check_model_checks_and_serves_a_private_copy_that_later_changes_to_the_store_do_not_reach(store, tmp_path):
+    """Issue 31: the "checked copy" was the local store's live folder, so code appended to its serving_model.py after
+    the check ran when the printed path was served."""
+    _, uri, live = _sampler_run()
+    ok = CliRunner().invoke(cli, ["check-model", uri])
+    assert ok.exit_code == 0, ok.output
+    copy = Path(re.search(r"mlflow models serve -m (\S+) --env-manager local", ok.output).group(1))
+    [folder] = tmp_path.glob("dmat-model-*")  # a fresh folder, the user's alone, outside the store
+    assert copy.is_relative_to(folder) and folder.stat().st_mode & 0o077 == 0
+    assert not copy.resolve().is_relative_to(Path("mlruns").resolve())
+    marker = tmp_path / "the appended line ran"
+    _appends_a_marker(live / serving.MODEL_CODE.name, marker)  # after the check, in the store
+    served = mlflow.pyfunc.load_model(str(copy))  # what `mlflow models serve -m COPY` loads
+    assert served.predict(pd.DataFrame(REQUESTS[:1])).shape == (2, 1, 8, 8) and not marker.exists()
+    copies = set(tmp_path.glob("dmat-model-*"))
+    refused = CliRunner().invoke(cli, ["check-model", uri])  # the store's changed model: refused, no copy kept
+    assert refused.exit_code == 2 and "its serving_model.py differs from the installed dmat's" in refused.output
+    assert set(tmp_path.glob("dmat-model-*")) == copies and not marker.exists()
+
+
+def test_load_sampler_loads_the_copy_it_checked_never_the_store_again(store, tmp_path, monkeypatch):
+    _, uri, live = _sampler_run()
+    marker, load_model = tmp_path / "the appended line ran", mlflow.pyfunc.load_model
+
+    def changed_between_check_and_load(path, **kwargs):
+        _appends_a_marker(live / serving.MODEL_CODE.name, marker)
+        return load_model(path, **kwargs)
+
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", changed_between_check_and_load)
+    model = load_sampler(uri)
+    assert model.predict(pd.DataFrame(REQUESTS[:1])).shape == (2, 1, 8, 8) and not marker.exists()
+    assert list(tmp_path.glob("dmat-model-*")) == []  # the private copy is removed once loaded
+
+
+def test_a_serving_file_that_is_a_symlink_is_refused_in_one_line_and_nothing_runs(store, tmp_path):
+    """Issue 31: a serving_model.py that was a symlink to an outside file passed the check, and later edits to that
+    file ran."""
+    runs_uri, uri, live = _sampler_run()
+    genuine = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path / "genuine"))
+    outside, marker = tmp_path / "outside.py", tmp_path / "the appended line ran"
+    outside.write_bytes(serving.MODEL_CODE.read_bytes())  # the same bytes as dmat's, for now
+    (live / serving.MODEL_CODE.name).unlink()
+    (live / serving.MODEL_CODE.name).symlink_to(outside)
+    refused = CliRunner().invoke(cli, ["check-model", uri])
+    assert refused.exit_code == 2, refused.output
+    assert refused.output.strip().splitlines()[-1] == (
+        f"error: model {uri} was not loaded: it holds a symbolic link to a file outside its folder; load models only "
+        "from a store you trust, or log the model again with `dmat teacher` or `dmat distill`")
+    refused = CliRunner().invoke(cli, ["check-model", runs_uri])  # MLflow's copy of a runs:/ URI does not say why
+    assert refused.exit_code == 2 and refused.output.strip().splitlines()[-1].startswith(
+        f"error: model {runs_uri} was not loaded: it could not be copied to be checked (")
+    _appends_a_marker(outside, marker)
+    for each in (uri, runs_uri):
+        with pytest.raises(DmatError, match="was not loaded: it"):
+            load_sampler(each)
+    assert not marker.exists() and list(tmp_path.glob("dmat-model-*")) == []
+    linked = Path(genuine)  # a copy that holds a symlink (one that stays inside its folder, say) is refused too
+    (linked / serving.MODEL_CODE.name).unlink()
+    (linked / serving.MODEL_CODE.name).symlink_to(linked / "MLmodel")
+    with pytest.raises(DmatError, match=r"was not loaded: it holds symbolic links \(serving_model.py\)"):
+        check_model_code(linked)

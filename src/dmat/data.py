@@ -182,8 +182,9 @@ def _folder(path: str, image_size: int, channels: int) -> Dataset:
         raise DmatError(f"image folder {path} does not exist: give folder:PATH with class subfolders of images")
     try:
         folder = datasets.ImageFolder(path, transform=_transform(image_size, channels))
-    except (FileNotFoundError, RuntimeError) as exc:
-        raise DmatError(f"image folder {path} holds no images in class subfolders (ImageFolder layout): {exc}") from None
+    except (FileNotFoundError, RuntimeError):  # torchvision's message lists the folder's subfolders: not repeated
+        raise DmatError(f"image folder {path} holds no images in class subfolders (ImageFolder layout: "
+                        "PATH/CLASS/IMAGE.png)") from None
     return _all_readable(folder, path)
 
 

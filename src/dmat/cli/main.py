@@ -241,11 +241,11 @@ def runs(stale, stale_minutes, mark_killed):
 @friendly_errors
 def check_model(model_uri):
     """Check that loading a logged model (models:/NAME@ALIAS, runs:/RUN_ID/sampler) runs only dmat's own
-    serving code, and print the checked copy to serve."""
+    serving code, on a private copy, and print that copy to serve."""
     from dmat.tracking.trusted_load import checked_copy
 
     local = checked_copy(model_uri)
-    click.echo(f"{model_uri}: its loading runs only dmat's own serving code; serve the checked copy with "
+    click.echo(f"{model_uri}: its loading runs only dmat's own serving code; serve the checked private copy with "
                f"`mlflow models serve -m {local} --env-manager local`")
 
 

@@ -3,8 +3,9 @@
 Every training run logs its train and validation splits, every evaluation run the real images it uses,
 with `mlflow.log_inputs`, so the UI's Datasets column shows what each model saw. A dataset's digest is a
 hash of the image tensors themselves (float32 bytes, in order), so runs on different data (another split
-seed, resolution or file) differ in digest even under one name. The pipeline reuses a finished stage only
-at the same git commit of a clean checkout (`Source`).
+seed, resolution or file) differ in digest even under one name: an evaluation reads a model's data only
+where its run logged it, and uses it only at the logged digest (dmat.evaluation.real_data). The pipeline
+reuses a finished stage only at the same git commit of a clean checkout (`Source`).
 """
 
 from __future__ import annotations
@@ -79,6 +80,11 @@ def source_path(dataset: str) -> Path:
     return (data_root() / TORCHVISION_FOLDERS[kind]).resolve()
 
 
+def split_name(dataset: str, image_size: int, split: str) -> str:
+    """The name a split is logged under: `<dataset>-<size>px-<split>`."""
+    return f"{dataset}-{image_size}px-{split}"
+
+
 def image_set(dataset: str, image_size: int, split: str, images: Dataset | torch.Tensor, **details) -> ImageSet:
     """One split as an MLflow dataset named `<dataset>-<size>px-<split>`, its digest read from the tensors."""
     batches = images.split(512) if isinstance(images, torch.Tensor) else loader(images, 512, shuffle=False)
@@ -87,7 +93,7 @@ def image_set(dataset: str, image_size: int, split: str, images: Dataset | torch
         warnings.simplefilter("ignore")
         source = resolve_dataset_source(str(source_path(dataset)))
     profile = {"split": split, "num_images": len(images), "image_shape": list(first.shape), **details}
-    return ImageSet(f"{dataset}-{image_size}px-{split}", digest(batches), source, tuple(first.shape), profile)
+    return ImageSet(split_name(dataset, image_size, split), digest(batches), source, tuple(first.shape), profile)
 
 
 def log_training_data(train: TrainConfig, splits: DataSplits) -> None:
@@ -109,6 +115,26 @@ def log_evaluation_data(dataset: str, image_size: int, train: torch.Tensor, vali
     sets = [image_set(dataset, image_size, split, tensor) for split, (_, tensor) in parts.items()]
     mlflow.log_inputs(datasets=sets, contexts=[context for context, _ in parts.values()],
                       tags_list=[{"split": split} for split in parts])
+
+
+@dataclass(frozen=True)
+class LoggedSplit:
+    """A split as a run logged it among its dataset inputs: its name, the digest of its images and their count."""
+
+    name: str
+    digest: str
+    num_images: int
+
+
+def logged_splits(run_id: str) -> dict[str, LoggedSplit]:
+    """The splits a run logged as its dataset inputs, by split ("train", "validation", ...); none before dmat
+    logged dataset inputs."""
+    splits = {}
+    for given in tracking.get_run(run_id).inputs.dataset_inputs:
+        profile = json.loads(given.dataset.profile or "{}")
+        if "split" in profile:
+            splits[profile["split"]] = LoggedSplit(given.dataset.name, given.dataset.digest, int(profile["num_images"]))
+    return splits
 
 
 @dataclass(frozen=True)

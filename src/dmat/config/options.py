@@ -190,6 +190,16 @@ SYSTEM_METRICS = Option("system_metrics", "log CPU, memory and GPU use as system
                                           "runs (default: true, unless MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false)",
                         kind=bool, apply=_system_metrics)
 DEFAULT_SIZES = " ".join(map(str, DEFAULT_SIZE_FACTORS))
+# the convergence recipe's levers (dmat.training.losses, .schedule, .best); off by default
+TRAIN_HELPS = {
+    "snr_gamma": "weight the training loss's timesteps by min-SNR-gamma (Hang et al. 2023; 5 is theirs); the "
+                 "validation loss stays unweighted ({}: uniform)",
+    "lr_schedule": "constant, or cosine: decay to --lr-floor x lr at the last of --epochs ({})",
+    "lr_warmup_epochs": "raise the lr linearly from 0 over these first epochs ({})",
+    "lr_floor": "where --lr-schedule cosine ends, as a share of the peak lr ({})",
+    "lr_width_scaling": "train a student at lr x (teacher base channels / its own)^0.5 (EDM2; {})",
+    "stop_when_converged": "also stop early when the slope test finds the validation loss converged "
+                           "(dmat.training.convergence; from epoch 20, three verdicts in a row; {})"}
 # pipeline options a preset sets: not given (None) unless the user gives them, so the preset decides
 PRESET_DEFAULTS = type("PresetDefaults", (), dict.fromkeys(PRESET_FIELDS))()
 STUDENT_ITEMS = (
@@ -200,14 +210,15 @@ STUDENT_ITEMS = (
                               "samples mixed with real images (README, dmat.stages.resolution) ({}: the teacher's)",
         "teacher_sample_fraction": "share of teacher samples in a lower-resolution distill student's training "
                                    "images ({})"}),
-    OptionGroup(TrainConfig, defaults=STUDENT_TRAIN),
+    OptionGroup(TrainConfig, defaults=STUDENT_TRAIN, helps=TRAIN_HELPS),
     SYSTEM_METRICS,
     EXPERIMENT,
 )
 
 COMMANDS: dict[str, CommandOptions] = {
     "teacher": CommandOptions("teacher", (
-        OptionGroup(TrainConfig), OptionGroup(UNetConfig, only=ARCHITECTURE_FIELDS), OptionGroup(DiffusionConfig),
+        OptionGroup(TrainConfig, helps=TRAIN_HELPS), OptionGroup(UNetConfig, only=ARCHITECTURE_FIELDS),
+        OptionGroup(DiffusionConfig),
         SYSTEM_METRICS, EXPERIMENT)),
     "distill": CommandOptions("distill", (
         Option("size_factor", "student width relative to the teacher, 0.01 to 1.0 (required unless --resume)",

@@ -33,6 +33,13 @@ class TrainConfig:
     split_seed: int = 0  # fixed, so every model of a study is validated on the same held-out images
     seed: int = 0
     early_stopping_patience: int = 10
+    # issue 28's levers, off by default (today's recipe): dmat.training.losses, .schedule, .best
+    snr_gamma: float = 0.0  # min-SNR-gamma timestep weighting of the training loss (5 in Hang et al.); 0: uniform
+    lr_schedule: str = "constant"  # "constant" or "cosine": decay to lr_floor x lr over `epochs`
+    lr_warmup_epochs: int = 0  # linear warm-up of the lr over these first epochs
+    lr_floor: float = 0.1  # where the cosine ends, as a share of the peak lr
+    lr_width_scaling: bool = False  # a student's lr x (teacher base channels / its own)^0.5 (EDM2)
+    stop_when_converged: bool = False  # also stop when the slope test finds the validation loss converged
     save_interval: int = 5
     device: str = "auto"
     precision: str = "auto"  # "fp32", "bf16" (autocast), or "auto": by the hardware (runtime.resolve_precision)
@@ -70,13 +77,25 @@ class TrainConfig:
         if self.sampler not in ("ddim", "ddpm"):
             raise DmatError(f"sampler must be ddim or ddpm, got {self.sampler!r}")
         check_precision(self.precision), check_compile(self.compile)
+        self._validate_recipe()
         for name in ("weight_decay", "grad_clip", "num_workers"):
             if not getattr(self, name) >= 0:
                 raise DmatError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}"
                                 + (" (0 turns clipping off)" if name == "grad_clip" else ""))
         return self
 
+    def _validate_recipe(self) -> None:
+        if not self.snr_gamma >= 0:
+            raise DmatError(f"snr-gamma must be >= 0 (0 turns the weighting off), got {self.snr_gamma}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise DmatError(f"lr-schedule must be {' or '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not 0 <= self.lr_warmup_epochs < self.epochs:
+            raise DmatError(f"lr-warmup-epochs must be in [0, epochs), got {self.lr_warmup_epochs}")
+        if not 0.0 <= self.lr_floor <= 1.0:
+            raise DmatError(f"lr-floor must be in [0, 1], got {self.lr_floor}")
 
+
+LR_SCHEDULES = ("constant", "cosine")
 METHODS = ("distill", "scratch")
 RANDOM, PRUNED = "random", "pruned"  # a student's starting weights: its own random ones, or the teacher's pruned
 INITS = (RANDOM, PRUNED)  # each one's function: dmat.stages.inits.INITIALISATIONS (a test keeps the two in step)

@@ -126,5 +126,5 @@ class LowResolution:
             self._made[key] = student_splits(teacher, train, config, size, device)
         splits, bank = self._made[key]
         diffusion = plan.diffusion
-        return dataclasses.replace(plan, criterion=lambda student: DiffusionLoss(diffusion), data=splits,
+        return dataclasses.replace(plan, criterion=lambda student: DiffusionLoss(diffusion, train.snr_gamma), data=splits,
                                    params={**plan.params, "image_size": teacher_size, **bank})

@@ -27,7 +27,7 @@ def train_teacher(train: TrainConfig, unet: UNetConfig, diffusion: DiffusionConf
         run_name=f"teacher-{train.dataset}-{unet.image_size}px",
         unet=unet,
         diffusion=process,
-        criterion=lambda model: DiffusionLoss(process),
+        criterion=lambda model: DiffusionLoss(process, train.snr_gamma),
         tags={tracking.METHOD: "teacher"},
         params=model_params(train, unet, diffusion),
     )

@@ -2,9 +2,10 @@
 
 What is trained is decided by a `TrainingLoss` (the DDPM loss for the teacher, distillation losses
 for a student); the loop owns everything else: device, smoke check (and micro-batches when a batch
-does not fit in memory), EMA weights, validation on the held-out split with fixed noise, best model
-by validation loss, early stopping, checkpoints, the progress. Where metrics and checkpoints go is a
-`Recorder`'s business (MLflow in a real run, nothing in a test): this module knows no tracking at all.
+does not fit in memory), the learning rate of each step, EMA weights, validation on the held-out split with
+fixed noise, best model by validation loss, early stopping (patience, convergence), checkpoints, the progress.
+Where metrics and checkpoints go is a `Recorder`'s business (MLflow in a real run, nothing in a test): this
+module knows no tracking at all.
 
 `fit` trains one model; `fit_together` trains several in one pass over the same batches (students of
 one teacher, whose frozen forward pass they can then share). All randomness a model's training draws
@@ -130,11 +131,11 @@ def _state(job: Job, splits: DataSplits, cfg: TrainConfig, device: torch.device,
     from the job's `resume` checkpoint if it has one."""
     job.model.to(device)
     precision = resolve_precision(cfg.precision, device)
-    micro = job.micro_batch
+    train_loader, micro = _loaders(splits, cfg)[0], job.micro_batch
     if micro is None:
-        micro = micro_batch_size(job.model, job.criterion, next(iter(_loaders(splits, cfg)[0])), device, precision)
+        micro = micro_batch_size(job.model, job.criterion, next(iter(train_loader)), device, precision)
     state = TrainingState(job.model, job.diffusion, job.criterion, cfg, micro, precision, job.recorder,
-                          job.on_epoch_end)
+                          job.on_epoch_end, steps_per_epoch=len(train_loader))
     if job.resume:
         state.recorder.on_resume(job.resume["epoch"], state.restore(job.resume, main))
     return state

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from tqdm.auto import tqdm
 
 from dmat.config import TrainConfig
 from dmat.model.checkpoint import model_checkpoint
 from dmat.model.diffusion import GaussianDiffusion
 from dmat.model.unet import UNet
-from dmat.training.best import BestSoFar
+from dmat.training.best import STOP_REASONS, BestSoFar
 from dmat.training.epoch import EpochTotals
 from dmat.training.losses import TrainingLoss
 from dmat.training.recorder import Recorder
@@ -32,6 +33,7 @@ class TrainResult:
     epochs_run: int
     stopped_early: bool
     ema_model: UNet
+    stop_reason: str = "epochs"  # "epochs" (ran to its cap), or why it stopped early (a key of best.STOP_REASONS)
 
 
 class TrainingState:
@@ -40,15 +42,16 @@ class TrainingState:
 
     def __init__(self, model: UNet, diffusion: GaussianDiffusion, criterion: TrainingLoss, cfg: TrainConfig,
                  micro_batch: int, precision: str = "fp32", recorder: Recorder | None = None,
-                 on_epoch_end: EpochCallback | None = None):
+                 on_epoch_end: EpochCallback | None = None, steps_per_epoch: int | None = None):
         self.model, self.diffusion, self.criterion, self.cfg = model, diffusion, criterion, cfg
+        self.validation_criterion = getattr(criterion, "unweighted", lambda: criterion)()  # see validate_batch
         self.recorder, self.on_epoch_end = recorder or Recorder(), on_epoch_end
-        self.optimizing = OptimizerStep(model, criterion, cfg, micro_batch, precision)
+        self.optimizing = OptimizerStep(model, criterion, cfg, micro_batch, precision, steps_per_epoch)
         self.best, self.totals = BestSoFar(), EpochTotals()
         self.epoch = 0
         self.saved_epoch = 0  # the epoch last.pt holds
         self.latest: dict | None = None  # the newest finished epoch's resumable state
-        self.stopped, self.error = False, None
+        self.stopped, self.error, self.stop_reason = False, None, "epochs"
 
     # the optimizer step's parts, by the names the loop and its tests use
     optimizer = property(lambda self: self.optimizing.optimizer)
@@ -86,14 +89,14 @@ class TrainingState:
         self.totals.seconds += time.perf_counter() - start
 
     def train_metrics(self, shared_seconds: float, device) -> dict[str, float]:
-        return self.totals.train_metrics(shared_seconds, device)
+        return {**self.totals.train_metrics(shared_seconds, device), "lr": self.optimizing.current_lr}
 
     @torch.no_grad()
     def validate_batch(self, x0: torch.Tensor, generator: torch.Generator) -> None:
-        """The EMA model's loss on a held-out batch. Always in fp32, whatever the training precision:
-        validation losses are compared across models and runs, and pick the best epoch."""
+        """The EMA model's loss on a held-out batch, in fp32 whatever the training precision and without min-SNR
+        weights: validation losses are compared across models, runs and recipes, and pick the best epoch."""
         model = self.ema.module.eval()
-        loss, parts = self.criterion.loss(model, x0, generator)
+        loss, parts = self.validation_criterion.loss(model, x0, generator)
         self.totals.val.add({"loss": loss.item(), **parts}, x0.shape[0])
 
     def val_metrics(self) -> dict[str, float]:
@@ -103,8 +106,9 @@ class TrainingState:
         """Keep a new best, ask `on_epoch_end`, decide on early stopping, save what is due, report the epoch."""
         if self.best.improved(metrics["val_loss"], self.epoch, self.ema.module.state_dict()):
             self.recorder.on_best(self.checkpoint(self.best.weights, self.best.val))
-        stop_asked = self.on_epoch_end is not None and self.on_epoch_end(self.epoch, metrics)  # e.g. Optuna's pruner
-        self.stopped = self.best.patience_out(self.cfg.early_stopping_patience) or stop_asked
+        asked = self.on_epoch_end is not None and self.on_epoch_end(self.epoch, metrics)  # e.g. Optuna's pruner
+        self.stop_reason = self.best.stop_reason(asked, self.cfg.early_stopping_patience, self.cfg.stop_when_converged)
+        self.stopped = self.stop_reason != "epochs"
         self.latest = self.snapshot(metrics)
         if self.epoch in (1, self.cfg.epochs) or self.epoch % self.cfg.save_interval == 0 or self.stopped:
             self.save_pending()
@@ -125,8 +129,9 @@ class TrainingState:
 
     def finish(self) -> TrainResult:
         best = self.best
-        self.recorder.on_end({"best_val_loss": best.val, "best_epoch": best.epoch, "epochs_run": self.epoch,
-                              "still_improving": float(best.still_improving(self.stopped))})
+        self.recorder.on_end(best.summary(self.epoch, self.stop_reason, self.cfg.stop_when_converged))
+        if self.stopped:
+            tqdm.write(f"stopped after epoch {self.epoch} (best {best.epoch}): {STOP_REASONS[self.stop_reason]}")
         if best.weights is not None:
             self.ema.module.load_state_dict(best.weights)
-        return TrainResult(best.val, best.epoch, self.epoch, self.stopped, self.ema.module.eval())
+        return TrainResult(best.val, best.epoch, self.epoch, self.stopped, self.ema.module.eval(), self.stop_reason)

@@ -1,5 +1,6 @@
 """The optimizer step of one model: micro-batches (gradient accumulation when a batch does not fit in memory),
-DDP gradient sync, autocast, gradient clipping, AdamW and the EMA of the weights, each model with its own random
+DDP gradient sync, autocast, gradient clipping, AdamW at the step's learning rate (dmat.training.schedule) and the EMA
+of the weights, each model with its own random
 streams (training noise, dropout) so that models trained in one loop draw what they would draw alone."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dmat.model.unet import UNet
 from dmat.runtime import autocast
 from dmat.training.autotune import compiled
 from dmat.training.losses import TrainingLoss
+from dmat.training.schedule import LearningRate
 
 NOISE_SEED = 7919  # the training noise's generator is seeded seed + NOISE_SEED: a stream apart from dropout's (seed)
 
@@ -102,16 +104,20 @@ class DropoutStream:
 
 
 class OptimizerStep:
-    """A model's optimizer (AdamW over its weights and its loss's own parameters), EMA, random streams and what
-    computes the loss (`trainer`: the model, compiled where asked, or DDP around it)."""
+    """A model's optimizer (AdamW over its weights and its loss's own parameters), its learning rate by step, EMA,
+    random streams and what computes the loss (`trainer`: the model, compiled where asked, or DDP around it).
+    `steps_per_epoch` (the loop's batches per epoch) places each step on the schedule; a constant lr needs none."""
 
     def __init__(self, model: UNet, criterion: TrainingLoss, cfg: TrainConfig, micro_batch: int,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", steps_per_epoch: int | None = None):
         self.model, self.criterion, self.cfg = model, criterion, cfg
         self.micro_batch, self.precision = micro_batch, precision
         self.extras = list(getattr(criterion, "trainable_parameters", list)())
         self.trainable = [*model.parameters(), *self.extras]
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        if steps_per_epoch is None and (cfg.lr_schedule != "constant" or cfg.lr_warmup_epochs):
+            raise DmatError("a learning-rate schedule or warm-up needs the steps per epoch (training.fit passes them)")
+        self.lr, self.steps = LearningRate(cfg, model.config, steps_per_epoch or 1), 0  # steps: optimizer steps taken
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=self.lr.at(0), weight_decay=cfg.weight_decay,
                                            foreach=True)  # CPU too: one kernel per tensor group, not per tensor
         self.ema = AveragedModel(model, multi_avg_fn=ema_average(cfg.ema_decay), use_buffers=True)
         device, seed = next(model.parameters()).device, cfg.seed + distributed.rank()
@@ -139,24 +145,38 @@ class OptimizerStep:
         distributed.average_gradients(self.extras)
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.grad_clip)
+        self._set_lr(self.lr.at(self.steps))
         self.optimizer.step()
+        self.steps += 1
         self.ema.update_parameters(self.model)
         return means
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    @property
+    def current_lr(self) -> float:
+        """The lr of the last step taken (of the first, before any)."""
+        return self.lr.at(max(0, self.steps - 1))
 
     def state(self) -> dict:
         """Its part of `last.pt`'s `train_state` (the keys are the checkpoint format's: never renamed)."""
         cpu_rng, cuda_rng = self.dropout.state
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "ema": self.ema.state_dict(), "torch_rng": cpu_rng, "noise_rng": self.noise.get_state(),
-                "objective_parameters": [p.detach() for p in self.extras],
+                "objective_parameters": [p.detach() for p in self.extras], "optimizer_steps": self.steps,
                 **({"cuda_rng": cuda_rng} if cuda_rng is not None else {})}
 
     def restore(self, state: dict, main: bool) -> None:
-        """Continue from a `train_state`; the learning rate and weight decay are this run's config's."""
+        """Continue from a `train_state`: the schedule at the step it reached; the learning rate and weight decay are
+        this run's config's (a resume may change them: --lr after a non-finite loss)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:  # a resume may change them (--lr after a non-finite loss)
-            group.update(lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        adam = next(iter(self.optimizer.state.values()), {}).get("step", 0)  # what a last.pt from before counted
+        self.steps = int(state.get("optimizer_steps", adam))
+        for group in self.optimizer.param_groups:
+            group.update(lr=self.lr.at(self.steps), weight_decay=self.cfg.weight_decay)
         self.ema.load_state_dict(state["ema"])
         with torch.no_grad():
             for param, saved in zip(self.extras, state["objective_parameters"]):

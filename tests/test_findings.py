@@ -122,3 +122,13 @@ def test_a_size_shown_within_and_a_teacher_still_improving():
     text = answer(frame.assign(still_improving=[1.0] + [0.0] * 6))
     assert "shown within 10% of the teacher is size 0.8 (distill)" in text and "at most" not in text
     assert "at these training budgets only (the teacher itself was still improving when it stopped)" in text
+
+
+def test_the_seeds_statement_says_whether_evaluations_shared_their_seed():
+    from dmat.report.findings import seeds_statement
+
+    models = pd.DataFrame({"role": ["teacher"], "status": ["FINISHED"]})
+    rows = pd.DataFrame({"method": "distill", "size_factor": 0.5, "model_seed": ["0", "1"], "seed": ["0", "0"]})
+    assert "every evaluation samples with the same evaluation seed" in seeds_statement(rows, models)[0]
+    other = seeds_statement(rows.assign(seed=["0", "3"]), models)[0]
+    assert "evaluations sample with 2 evaluation seeds (0, 3)" in other and "same evaluation seed" not in other

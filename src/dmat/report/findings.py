@@ -125,10 +125,13 @@ def seeds_statement(evaluations: pd.DataFrame, models: pd.DataFrame) -> list[str
     if repeats.empty or repeats.max() < 2:
         return [f"One run per size and method (student seeds: {', '.join(map(str, seeds)) or 'n/a'}): no interval "
                 f"over seeds; {teacher}."]
+    sampling = sorted(evaluations.get("seed", pd.Series(dtype=object)).dropna().unique(), key=str)
+    same = ("every evaluation samples with the same evaluation seed" if len(sampling) == 1 else
+            f"evaluations sample with {len(sampling)} evaluation seeds ({', '.join(map(str, sampling))})"
+            if sampling else "the evaluation seeds are not logged")
     return [f"Seeds: {repeats.min()} to {repeats.max()} runs per size and method (student seeds "
             f"{', '.join(map(str, seeds))}); a student's seed sets its initial weights (random init) and the order "
-            f"of its training data; {teacher}; every evaluation samples with the same evaluation seed. Intervals are "
-            "95% t-intervals over these runs."]
+            f"of its training data; {teacher}; {same}. Intervals are 95% t-intervals over these runs."]
 
 
 def still_improving(evaluations: pd.DataFrame) -> list[str]:

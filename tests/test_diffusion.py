@@ -48,11 +48,12 @@ def oracle_for(d: GaussianDiffusion, point: torch.Tensor):
     return model
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp2m"])
 @pytest.mark.parametrize("steps", [1000, 50, 7])
-def test_ddim_with_the_exact_model_lands_on_the_data(steps):
+def test_deterministic_samplers_with_the_exact_model_land_on_the_data(steps, sampler):
     d = GaussianDiffusion(DiffusionConfig(timesteps=1000, schedule="linear"))
     point = torch.rand(1, 1, 4, 4) * 1.6 - 0.8
-    out = sample_ddim(oracle_for(d, point), d, torch.randn(3, 1, 4, 4), steps=steps)
+    out = sample(oracle_for(d, point), d, torch.randn(3, 1, 4, 4), sampler=sampler, steps=steps)
     assert torch.allclose(out, point.expand_as(out), atol=1e-4)
 
 
@@ -71,7 +72,7 @@ def test_ddim_eta0_is_deterministic_and_ddpm_is_not():
     assert not torch.allclose(c, e)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmpp2m"])
 def test_callback_sees_the_whole_trajectory_ending_at_the_sample(sampler):
     d = GaussianDiffusion(DiffusionConfig(timesteps=100))
     model = lambda x, t: 0.1 * x  # noqa: E731

@@ -216,7 +216,7 @@ def test_cost_timing_and_memory_are_measured():
 
 @pytest.mark.parametrize("bad, message", [
     (dict(num_samples=0), "num-samples must be a positive"),
-    (dict(sampler="euler"), "sampler must be ddim or ddpm"),
+    (dict(sampler="euler"), "sampler must be one of ddim, ddpm, dpmpp2m"),
     (dict(features="clip"), "features must be classifier or inception"),
     (dict(steps="many"), "steps must be a positive integer or 'student'"),
     (dict(floor_draws=1), "floor-draws must be at least 2"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dmat.errors import DmatError
+from dmat.model.diffusion import SAMPLERS
 from dmat.runtime import check_precision
 
 STUDENT_STEPS = "student"  # --steps student: a student's own `student_steps` param
@@ -37,8 +38,8 @@ class EvalConfig:
         if self.floor_draws < 2:
             raise DmatError(f"floor-draws must be at least 2 (the floor is a mean and sd over draws), "
                             f"got {self.floor_draws}")
-        if self.sampler not in ("ddim", "ddpm"):
-            raise DmatError(f"sampler must be ddim or ddpm, got {self.sampler!r}")
+        if self.sampler not in SAMPLERS:
+            raise DmatError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         check_precision(self.precision)
         if self.features not in ("classifier", "inception"):
             raise DmatError(f"features must be classifier or inception, got {self.features!r}")

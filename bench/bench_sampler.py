@@ -2,6 +2,9 @@
 
     .venv/bin/python bench/bench_sampler.py [--epochs 10] [--base-channels 16] [--num-images 256] [--precision fp32]
 
+On a machine shared with other jobs, prefix OMP_NUM_THREADS=1: two threads spinning against other processes made
+a training step 10-20x slower here (the whole bench took 5.7 min with it on a 2-core CPU at load ~8).
+
 Trains a small teacher on the bundled digits (dmat's own loop and loss, no MLflow), then samples the same starting
 noise with every sampler and step count, and prints per sampler: seconds per image, the MSE of its images against a
 250-step DDIM reference from the same noise (how far it is from the ODE's answer), and KID against the real digits

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from dmat.config.datasets import absolute_dataset, preset_for
 from dmat.errors import DmatError
+from dmat.model.diffusion import SAMPLERS
 from dmat.runtime import check_compile, check_precision
 
 # The prototype's student sizes; `make students` trains these unless SIZES overrides them.
@@ -74,8 +75,8 @@ class TrainConfig:
             raise DmatError(f"ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.image_size < 0:
             raise DmatError(f"image-size must be positive, got {self.image_size}")
-        if self.sampler not in ("ddim", "ddpm"):
-            raise DmatError(f"sampler must be ddim or ddpm, got {self.sampler!r}")
+        if self.sampler not in SAMPLERS:
+            raise DmatError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         check_precision(self.precision), check_compile(self.compile)
         self._validate_recipe()
         for name in ("weight_decay", "grad_clip", "num_workers"):

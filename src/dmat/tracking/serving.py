@@ -1,7 +1,7 @@
 """A teacher or student as an MLflow Model: a pyfunc that samples images on request.
 
-`predict` takes a table with one request per row: `num_images` and, optionally, `sampler` (ddim or
-ddpm), `steps` and `seed` (defaults: the model's own sampling settings, seed 0). It returns the images
+`predict` takes a table with one request per row: `num_images` and, optionally, `sampler` (ddim,
+ddpm or dpmpp2m), `steps` and `seed` (defaults: the model's own sampling settings, seed 0). It returns the images
 of every row, in row order, as one float32 array [N, C, H, W] in [-1, 1]: for the same seed and steps
 exactly what dmat's own sampler gives (`diffusion.sample_from_seed`). The run's best.pt travels inside
 the model, so `mlflow.pyfunc.load_model` and `mlflow models serve` need only dmat installed, not the

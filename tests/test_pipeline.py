@@ -9,6 +9,7 @@ import mlflow
 import pytest
 from click.testing import CliRunner
 
+from dmat import tracking
 from dmat.cli.main import cli
 from dmat.config import PipelineConfig, TrainConfig
 from dmat.tracking import lineage
@@ -246,3 +247,90 @@ def test_a_pipeline_stopped_by_sigterm_is_killed_as_a_whole_and_a_rerun_continue
     for run_id in stopped:
         epochs = [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "val_loss")]
         assert len(epochs) == len(set(epochs)) == 10, f"run {run_id} logged epochs {epochs}"
+
+
+@pytest.mark.slow
+def test_a_quick_preset_rerun_evaluates_nothing_again(store):
+    """The quick preset's steps grid is empty, which `mlflow run` stores as '': a rerun still finds every finished
+    evaluation and creates no evaluation run."""
+    quick = [arg for i, arg in enumerate(TINY_PIPELINE) if "--steps-grid" not in TINY_PIPELINE[i - 1:i + 1]]
+    args = ["pipeline", "--preset", "quick", *quick, "--reuse-any-commit", "true"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output + str(first.exception)
+    evaluations = {run.info.run_id for run in tracking.find_runs(tracking.EVALUATION, status=None)}
+    assert len(evaluations) == 3  # the teacher and two students
+    second = CliRunner().invoke(cli, args)
+    assert second.exit_code == 0, second.output + str(second.exception)
+    assert {run.info.run_id for run in tracking.find_runs(tracking.EVALUATION, status=None)} == evaluations
+    assert sum(line.split()[1:2] == ["reused"] for line in second.output.splitlines()) == 6, second.output
+
+def test_a_stage_is_found_by_its_params_as_mlflow_run_stored_them(store):
+    """`mlflow run` logs a -P value shell-quoted: the quick preset's empty steps grid as the two characters '' (and a
+    value with a space as 'a b'). The lookup that reuses a finished stage, and what reads the value back, must see
+    through that, else every rerun evaluates every model again."""
+    from mlflow.projects.utils import _create_run  # how `mlflow run` creates a stage's run and logs its params
+
+    from dmat.evaluation.pending import grid_of, settings_of
+    from dmat.study.stage import encoded, find_finished
+
+    experiment_id = mlflow.set_experiment("dmat-test").experiment_id
+    wanted = encoded({"run_id": "0" * 32, "num_samples": 80, "steps": 4, "steps_grid": (), "device": "cpu",
+                      "precision": "fp32", "experiment": "a study"})
+    run = _create_run(str(ROOT), experiment_id, str(ROOT), None, "evaluate", wanted).info.run_id
+    stored = mlflow.get_run(run).data.params
+    assert (stored["steps_grid"], stored["experiment"]) == ("''", "'a study'")
+    assert find_finished("evaluate", wanted, experiment_id) is None  # still RUNNING
+    mlflow.MlflowClient().set_terminated(run)
+    assert find_finished("evaluate", wanted, experiment_id) == run
+    assert find_finished("evaluate", {**wanted, "steps_grid": "2,4"}, experiment_id) is None
+    assert grid_of(stored) == set() and tracking.param_value(stored, "experiment") == "a study"
+    assert settings_of(stored) == settings_of({**stored, "steps_grid": ""})
+
+
+class _Stage:
+    """A stage process as `mlflow run` starts one (run_id, command_proc, wait, cancel), that exits as dmat does on
+    SIGTERM (128 + 15) without marking its run."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        code = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(143)); time.sleep(60)"
+        self.command_proc = subprocess.Popen([sys.executable, "-c", code])
+
+    def wait(self) -> bool:
+        return self.command_proc.wait() == 0
+
+    def cancel(self) -> None:
+        self.command_proc.terminate()
+        self.command_proc.wait()
+
+
+def test_a_stopped_pipeline_and_its_stages_end_killed_not_failed_or_running(store):
+    """A stage whose process a stop signal ended is KILLED (resumable), whether the pipeline stopped it or the signal
+    reached it first (Ctrl-C to the whole group); the pipeline's own run is KILLED before the stages are waited for,
+    so a stop that turns into SIGKILL does not leave it RUNNING."""
+    import threading
+    import time
+
+    from dmat.study import stage
+
+    client = mlflow.MlflowClient()
+    experiment_id = mlflow.set_experiment("dmat-test").experiment_id
+    pipeline_run, loop_run, hit_run = (client.create_run(experiment_id).info.run_id for _ in range(3))
+    hit = _Stage(hit_run)
+    time.sleep(0.5)  # its SIGTERM handler is in place
+    hit.command_proc.terminate()  # the signal reached the stage first: the pipeline is not stopping yet
+    assert stage._wait(hit) == "its process ended and its run is KILLED"
+    errors = []
+    waiting = threading.Thread(target=lambda: errors.append(stage._wait(_Stage(loop_run))))
+    waiting.start()
+    while loop_run not in stage._LIVE:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    try:
+        stage.stop_stages(pipeline_run)
+        waiting.join(timeout=30)
+    finally:
+        stage.STOPPING.clear()
+    assert errors == ["its process ended and its run is KILLED"]
+    assert {run: client.get_run(run).info.status for run in (pipeline_run, loop_run, hit_run)} == dict.fromkeys(
+        (pipeline_run, loop_run, hit_run), "KILLED")

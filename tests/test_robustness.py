@@ -382,6 +382,75 @@ def test_a_store_that_turns_read_only_as_the_model_is_registered_is_one_line(sto
                    f"`dmat teacher --resume {run_id}`")
 
 
+
+def test_a_store_that_turns_read_only_mid_run_is_one_line_that_says_the_run_still_shows_running(store, monkeypatch):
+    """The store turned read-only for real (SQLite's query_only) as the trained model is registered: MLflow's SQL
+    store logs two tracebacks (65 lines) before it raises, and the run cannot be marked FAILED: the one line says so
+    and how to mark it, not that it is FAILED."""
+    from sqlalchemy import event
+
+    from dmat.tracking import registry
+
+    engines = {mlflow.tracking._tracking_service.utils._get_store().engine,
+               mlflow.tracking._model_registry.utils._get_store().engine}
+
+    def read_only(connection, record, proxy):
+        connection.execute("PRAGMA query_only = ON")
+
+    def read_only_now(*args, publish=registry.publish, **kwargs):
+        for engine in engines:
+            event.listen(engine, "checkout", read_only)
+        return publish(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "publish", read_only_now)
+    try:
+        result = CliRunner().invoke(cli, ["teacher", *TINY_CLI_ARGS])
+    finally:
+        for engine in engines:
+            if event.contains(engine, "checkout", read_only):
+                event.remove(engine, "checkout", read_only)
+    [run_id] = [run.info.run_id for run in runs_in_store()]
+    one_line_error(result, "became read-only", f"run {run_id} could not be marked FAILED", "still shows RUNNING",
+                   "`dmat runs --stale --mark-killed` marks it KILLED", f"`dmat teacher --resume {run_id}`")
+    assert "is FAILED" not in result.stderr and MlflowClient().get_run(run_id).info.status == "RUNNING"
+
+
+def test_a_server_gone_as_the_run_ends_says_the_run_still_shows_running(store, monkeypatch):
+    """A tracking server that stops answering mid-run cannot take the run's FAILED either: the line must not say it
+    is FAILED while the store says RUNNING."""
+    from mlflow.exceptions import MlflowException
+
+    from dmat.tracking import registry
+
+    def gone(*args, **kwargs):
+        raise MlflowException("API request to http://tracking:5000/api/2.0/mlflow/runs/update failed with exception "
+                              "HTTPConnectionPool(host='tracking', port=5000): Max retries exceeded")
+
+    monkeypatch.setattr(registry, "publish", gone)
+    monkeypatch.setattr(MlflowClient, "set_terminated", gone)
+    result = CliRunner().invoke(cli, ["teacher", *TINY_CLI_ARGS])
+    monkeypatch.undo()
+    [run_id] = [run.info.run_id for run in runs_in_store()]
+    one_line_error(result, "stopped answering", f"run {run_id} could not be marked FAILED", "still shows RUNNING")
+    assert "is FAILED" not in result.stderr and MlflowClient().get_run(run_id).info.status == "RUNNING"
+
+
+def test_an_evaluation_whose_dataset_tag_has_other_channels_or_too_many_samples_is_one_line_and_no_run(
+        study, teacher_run_id):
+    client, before = MlflowClient(), {run.info.run_id for run in runs_in_store()}
+    client.set_tag(teacher_run_id, tracking.DATASET, "cifar10")
+    try:
+        result = CliRunner().invoke(cli, ["evaluate", "--run-id", teacher_run_id, "--num-samples", "80", "--steps", "4"])
+    finally:
+        client.set_tag(teacher_run_id, tracking.DATASET, "digits")
+    one_line_error(result, f"run {teacher_run_id} is a 1-channel model", "cifar10, which has 3 channels",
+                   "set the tag to the data set it trained on")
+    result = CliRunner().invoke(cli, ["evaluate", "--run-id", teacher_run_id, "--num-samples", "1000000000", "--steps", "4"])
+    one_line_error(result, "num-samples 1000000000 needs about", "GiB of memory available: use at most")
+    most = int(result.stderr.split("use at most ")[1].split()[0])
+    assert 0 < most < 1_000_000_000
+    assert {run.info.run_id for run in runs_in_store()} == before
+
 # ---------------------------------------------------------------- options and the smoke check
 
 

@@ -290,3 +290,37 @@ def test_a_live_sweep_is_not_stale_however_long_it_runs_and_a_dead_one_is(store)
         assert why_stale(tracking.get_run(parent)) is None
     MlflowClient().set_tag(parent, tracking.OWNER_PID, "999999999")  # as if its process had died
     assert "is gone" in why_stale(tracking.get_run(parent))
+
+
+def test_runs_stale_mark_killed_fails_a_dead_sweeps_running_trial(store, tmp_path, monkeypatch):
+    """A sweep killed mid-trial (kill -9) leaves the trial's run and its Optuna trial RUNNING: `dmat runs --stale
+    --mark-killed` marks the run KILLED and fails the trial; a storage it cannot read is one line, nothing marked."""
+    import socket
+    import subprocess
+
+    from mlflow.tracking import MlflowClient
+
+    cfg = SweepConfig(storage=f"sqlite:///{tmp_path}/optuna.db", study_name="killed")
+    trial = create_study(cfg).ask()  # RUNNING, as its dead process left it
+    client, experiment_id = MlflowClient(), mlflow.set_experiment("dmat-test").experiment_id
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    owner = {tracking.OWNER_HOST: socket.gethostname(), tracking.OWNER_PID: str(dead.pid), tracking.OWNER_STARTED: "1"}
+    parent = client.create_run(experiment_id, tags={tracking.ROLE: tracking.SWEEP, tracking.STUDY_NAME: "killed",
+                                                    tracking.RUN_NAME: "sweep-killed", **owner}).info.run_id
+    client.log_param(parent, "storage", "sqlite:///elsewhere/optuna.db")  # the relative path of another folder
+    student = client.create_run(experiment_id, tags={
+        tracking.ROLE: tracking.STUDENT, tracking.STUDY_NAME: "killed", tracking.TRIAL: str(trial.number),
+        tracking.PARENT_RUN_ID: parent, tracking.RUN_NAME: "student", **owner}).info.run_id
+
+    refused = CliRunner().invoke(cli, ["runs", "--stale", "--mark-killed"])
+    assert refused.exit_code == 2 and f"trial {trial.number} of sweep 'killed' is RUNNING" in refused.stderr
+    assert "DMAT_OPTUNA_STORAGE" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert {client.get_run(r).info.status for r in (parent, student)} == {"RUNNING"}  # nothing marked
+
+    monkeypatch.setenv("DMAT_OPTUNA_STORAGE", cfg.storage)
+    marked = CliRunner().invoke(cli, ["runs", "--stale", "--mark-killed"])
+    assert marked.exit_code == 0, marked.output
+    assert {client.get_run(r).info.status for r in (parent, student)} == {"KILLED"}
+    [state] = [t.state for t in optuna.load_study(study_name="killed", storage=cfg.storage).trials]
+    assert state == optuna.trial.TrialState.FAIL

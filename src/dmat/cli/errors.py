@@ -5,6 +5,7 @@ naming a log file that holds the full traceback (exit status 1)."""
 from __future__ import annotations
 
 import functools
+import logging
 import signal
 import sys
 import tempfile
@@ -16,6 +17,18 @@ import click
 from dmat.errors import DmatError
 
 
+class _RaisedAnyway(logging.Filter):
+    """MLflow's SQL store logs the whole traceback of a database error it then raises (two of them, 65 lines, for a
+    store that turns read-only mid-run): the error reaches the command, which says it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+STORE_LOGGER = "mlflow.store.db.utils"  # where MLflow's SQL store logs a database error before it raises it
+_QUIET = _RaisedAnyway()
+
+
 def friendly_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -23,6 +36,7 @@ def friendly_errors(func):
             stop_signals,  # SIGTERM like Ctrl-C for the whole command (imports torch: not at --help)
         )
 
+        logging.getLogger(STORE_LOGGER).addFilter(_QUIET)
         try:
             with stop_signals():
                 return func(*args, **kwargs)

@@ -5,6 +5,7 @@ rule for a value a run settled on after it was logged. Pure: the CLI's option ta
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import typing
 
 from dmat.errors import DmatError
@@ -36,8 +37,20 @@ def decode_param(text: str, kind):
 
 
 def param_value(params: dict[str, str], name: str) -> str | None:
-    """A run's value of a param: the `resolved.<name>` one dmat logged beside a user's value wins."""
-    return params.get(f"resolved.{name}", params.get(name))
+    """A run's value of a param: the `resolved.<name>` one dmat logged beside a user's value wins; the shell
+    quotes `mlflow run` added to a value are undone."""
+    text = params.get(f"resolved.{name}", params.get(name))
+    return unquoted(text) if isinstance(text, str) else text  # settings not yet logged may be values, not text
+
+
+def unquoted(text: str) -> str:
+    """A param's text without the shell quoting `mlflow run` stores a -P value with (an empty value is logged as
+    the two characters '', one with a space as 'a b'); text it did not quote is returned as it is."""
+    try:
+        words = shlex.split(text)
+    except ValueError:  # an unbalanced quote: not mlflow run's quoting
+        return text
+    return words[0] if len(words) == 1 and words[0] != text and shlex.quote(words[0]) == text else text
 
 
 def config_from_params(cls, params: dict[str, str]):

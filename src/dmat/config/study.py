@@ -118,6 +118,11 @@ class PipelineConfig:
         return {"epochs": epochs, "early_stopping_patience": patience}
 
 
+# a sweep's storage URL, password included, as its workers (and `dmat runs --stale --mark-killed`) get it: in their
+# environment, which only their user can read, not on a command line, which every user of the machine can
+STORAGE_ENV = "DMAT_OPTUNA_STORAGE"
+
+
 @dataclass
 class SweepConfig:
     storage: str = "sqlite:///optuna.db"

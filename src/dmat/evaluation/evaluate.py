@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from dmat import tracking
 from dmat.config import with_overrides
+from dmat.config.datasets import preset_for
 from dmat.config.evaluation import EvalConfig
 from dmat.config.metrics import GRID_COSTS, GRID_SCORES, HEADLINE_SPACE_PARAM, grid_key
 from dmat.errors import DmatError
@@ -58,6 +59,24 @@ def _teacher_of(loaded: tracking.LoadedModel, device) -> tracking.LoadedModel | 
     if (sa.timesteps, sa.schedule) != (sb.timesteps, sb.schedule):
         raise DmatError(f"student {loaded.run_id} and its teacher use different noise schedules")
     return teacher
+
+
+def _checked(loaded: tracking.LoadedModel, cfg: EvalConfig, feature_extractor_run_id: str | None) -> int:
+    """The model's sampling steps, after what can be checked before any data is read or any run exists: the steps
+    within its timesteps, its data set's channels against its own, its samples within the memory available."""
+    steps = cfg.resolved_steps(loaded.role, loaded.params)
+    for s in (steps, *cfg.steps_grid):
+        loaded.diffusion.sampling_timesteps(s)
+    c, dataset = loaded.model.config, loaded.tags[tracking.DATASET]
+    if preset_for(dataset).channels != c.in_channels:
+        raise DmatError(f"run {loaded.run_id} is a {c.in_channels}-channel model but its {tracking.DATASET} tag names "
+                        f"{dataset}, which has {preset_for(dataset).channels} channels: set the tag to the data set "
+                        "it trained on")
+    dims = spaces.RANDCNN_DIM + features.planned_feature_dim(cfg.features, dataset, c.image_size,
+                                                             feature_extractor_run_id)
+    timing.check_fits_in_memory(cfg.num_samples, timing.sample_bytes(c.in_channels, c.image_size, dims),
+                                f"{c.in_channels}x{c.image_size}x{c.image_size} images and {dims} features")
+    return steps
 
 
 def _compared(loaded: tracking.LoadedModel, teacher: tracking.LoadedModel | None
@@ -190,9 +209,7 @@ def evaluate_run(model_run_id: str, config: EvalConfig | None = None, feature_ex
     cfg = with_overrides(cfg, precision=resolve_precision(cfg.precision, device))  # logged as run: fp32 or bf16
     tracking.check_tracking_reachable()
     loaded = tracking.load_model(registry.run_id_of(model_run_id), device=device)  # a run id or models:/ URI
-    steps = cfg.resolved_steps(loaded.role, loaded.params)
-    for s in (steps, *cfg.steps_grid):
-        loaded.diffusion.sampling_timesteps(s)  # within the model's timesteps, before any run exists
+    steps = _checked(loaded, cfg, feature_extractor_run_id)
     teacher = _teacher_of(loaded, device)
     compared, comparison = _compared(loaded, teacher)
     data = model_data(loaded)

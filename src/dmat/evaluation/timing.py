@@ -12,11 +12,15 @@ import time
 from pathlib import Path
 
 import mlflow
+import psutil
 import torch
 from mlflow.tracking import MlflowClient
 
 from dmat import tracking
+from dmat.errors import DmatError
 from dmat.model import checkpoint
+
+MEMORY_SHARE = 0.5  # of the memory available, what an evaluation's samples may take: models and real data need the rest
 
 
 def checkpoint_mb(run_id: str, name: str = checkpoint.BEST) -> float:
@@ -59,3 +63,20 @@ def peak_memory_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def sample_bytes(channels: int, image_size: int, feature_dims: int) -> int:
+    """Memory one generated sample holds during an evaluation: its float32 image twice (the sampled batches, then
+    their concatenation) and its features in every space."""
+    return 4 * (2 * channels * image_size**2 + feature_dims)
+
+
+def check_fits_in_memory(num_samples: int, bytes_per_sample: int, what: str) -> None:
+    """Refuse a sample count whose samples cannot fit in the memory available, before any run exists: it would run
+    for hours, its memory growing, then swap or be killed."""
+    available = psutil.virtual_memory().available
+    most = int(available * MEMORY_SHARE) // bytes_per_sample
+    if num_samples > most:
+        raise DmatError(f"num-samples {num_samples} needs about {num_samples * bytes_per_sample / 2**30:.1f} GiB for "
+                        f"its samples ({bytes_per_sample} bytes each: {what}), more than half of the "
+                        f"{available / 2**30:.1f} GiB of memory available: use at most {most}")

@@ -91,7 +91,7 @@ def train_model(train: TrainConfig, plan: Callable[[torch.device], ModelPlan], e
             return run_id
     except BaseException as exc:
         if run_id:
-            _note(exc, how_to_resume(run_id, spec.role, recorder.saved_epoch, isinstance(exc, KeyboardInterrupt)))
+            _note(exc, how_to_resume(run_id, spec.role, recorder.saved_epoch, *_ended(exc)))
         raise
 
 
@@ -133,9 +133,7 @@ def train_models_together(train: TrainConfig, plans: list[Callable[[torch.device
     except BaseException as exc:
         for i, (stack, run_id, recorder) in runs.items():
             if i not in outcomes:
-                _note(exc, how_to_resume(run_id, readies[i].spec.role, recorder.saved_epoch,
-                                         isinstance(exc, KeyboardInterrupt)))
-                stack.__exit__(type(exc), exc, exc.__traceback__)
+                _note(exc, how_to_resume(run_id, readies[i].spec.role, recorder.saved_epoch, *_closed(stack, exc)))
         raise
     return [outcomes[i] for i in range(len(plans))]
 
@@ -152,7 +150,7 @@ def _finish_together(stack: contextlib.ExitStack, run_id: str, recorder: MlflowR
             _close(run_id, ready, result)
         return run_id
     except Exception as exc:  # noqa: BLE001 - reported for this model; the others are not concerned
-        _note(exc, how_to_resume(run_id, ready.spec.role, recorder.saved_epoch, False))
+        _note(exc, how_to_resume(run_id, ready.spec.role, recorder.saved_epoch, *_ended(exc)))
         return exc
 
 
@@ -242,13 +240,33 @@ def _sample_steps_within_timesteps(train: TrainConfig, spec: ModelPlan) -> Train
     return dataclasses.replace(train, sample_steps=timesteps)
 
 
-def how_to_resume(run_id: str, role: str, saved_epoch: int, interrupted: bool) -> str:
-    """What became of a run that stopped early, and the command that continues it."""
-    status = "KILLED" if interrupted else "FAILED"
+def _ended(exc: BaseException) -> tuple[str, bool]:
+    """The status the run that `exc` stopped was given, and whether the store took it (a store that failed as the
+    run was ended did not: the run still shows RUNNING)."""
+    unmarked = tracking.unmarked_status(exc)
+    return (unmarked, False) if unmarked else ("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", True)
+
+
+def _closed(stack: contextlib.ExitStack, exc: BaseException) -> tuple[str, bool]:
+    """Close one run of a shared loop that `exc` stopped; what _ended says of it."""
+    try:
+        stack.__exit__(type(exc), exc, exc.__traceback__)
+    except Exception as failed:  # noqa: BLE001 - the store failed as the run was ended: the run's note says so
+        return _ended(failed)
+    return _ended(exc)
+
+
+def how_to_resume(run_id: str, role: str, saved_epoch: int, status: str, marked: bool = True) -> str:
+    """What became of a run that stopped early (its status, or the status the store did not take, so that it still
+    shows RUNNING), and the command that continues it."""
+    resume = f"resume with `{resume_command(role, run_id)}`" if saved_epoch >= 1 else "start it again"
+    if not marked:
+        saved = f"checkpoints/last.pt at epoch {saved_epoch}" if saved_epoch >= 1 else "nothing to resume"
+        return (f"run {run_id} could not be marked {status} (the store did not take it) and still shows RUNNING, "
+                f"with {saved}: once the store is back, `dmat runs --stale --mark-killed` marks it KILLED; then {resume}")
     if saved_epoch < 1:
-        return f"run {run_id} is {status} before its first epoch finished, so there is nothing to resume: start it again"
-    return (f"run {run_id} is {status} with checkpoints/last.pt at epoch {saved_epoch}: "
-            f"resume with `{resume_command(role, run_id)}`")
+        return f"run {run_id} is {status} before its first epoch finished, so there is nothing to resume: {resume}"
+    return f"run {run_id} is {status} with checkpoints/last.pt at epoch {saved_epoch}: {resume}"
 
 
 def _note(exc: BaseException, text: str) -> None:

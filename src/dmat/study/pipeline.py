@@ -229,8 +229,8 @@ def walk(study: _Study) -> None:
                            for loop in as_completed(loops) for model in loop.result()]
             for evaluation in evaluations:
                 evaluation.result()
-        except BaseException:
-            stop_stages()
+        except BaseException as exc:
+            stop_stages(study.result.run_id if isinstance(exc, KeyboardInterrupt) else None)
             raise
     # timings compared across models are taken side by side with nothing else running, and the report only
     # reads the store: both are done every time, to include every model

@@ -9,6 +9,7 @@ with the `distill` stage it stands for (STAGE_KEY) and is reused like one traine
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ from dmat import runtime, tracking
 from dmat.stages import resume
 from dmat.study import executor
 from dmat.tracking import lineage
+from dmat.tracking.params import as_stage_logs
 
 PROJECT_DIR = Path(__file__).resolve().parents[3]  # the checkout: src/dmat/study/stage.py
 STAGE_KEY = "dmat.stage_key"  # on a run trained in a shared loop: the stage (entry point, parameters) it stands for
@@ -58,10 +60,10 @@ class PipelineResult:
 
 def find_finished(entry_point: str, parameters: dict[str, str], experiment_id: str,
                   same_code: dict[str, str] | None = None) -> str | None:
-    """The newest FINISHED run of an entry point with exactly these parameter values (and `same_code` tags:
-    the git commit, see lineage.Source), if any."""
-    runs = tracking.find_runs(None, {tracking.ENTRY_POINT: entry_point, **(same_code or {})}, params=parameters,
-                              max_results=1, experiment_ids=[experiment_id])
+    """The newest FINISHED run of an entry point with exactly these parameter values, as `mlflow run` stored them
+    (and `same_code` tags: the git commit, see lineage.Source), if any."""
+    runs = tracking.find_runs(None, {tracking.ENTRY_POINT: entry_point, **(same_code or {})},
+                              params=as_stage_logs(parameters), max_results=1, experiment_ids=[experiment_id])
     if not runs:  # trained in a shared loop, standing for this stage
         runs = tracking.find_runs(None, {STAGE_KEY: stage_key(entry_point, parameters), **(same_code or {})},
                                   max_results=1, experiment_ids=[experiment_id])
@@ -149,8 +151,8 @@ def stopped_training(entry_point: str, parameters: dict[str, str], experiment_id
     if entry_point not in TRAINS:
         return None
     same_commit = {k: v for k, v in (source.reuse_tags or {}).items() if k == tracking.GIT_COMMIT}
-    for run in tracking.find_runs(TRAINS[entry_point], same_commit, status=None, params=parameters, max_results=20,
-                                  experiment_ids=[experiment_id]):
+    for run in tracking.find_runs(TRAINS[entry_point], same_commit, status=None, params=as_stage_logs(parameters),
+                                  max_results=20, experiment_ids=[experiment_id]):
         run = resume.settled(run)
         if run.info.status == "FINISHED" or resume.continuable(run):
             return run
@@ -158,22 +160,23 @@ def stopped_training(entry_point: str, parameters: dict[str, str], experiment_id
 
 
 class _Resumed:
-    """`dmat <command> --resume RUN_ID` for a stopped training stage, with the interface of MLflow's SubmittedRun
-    that _wait and stop_stages use."""
+    """`dmat <command> --resume RUN_ID` for a stopped training stage, with the interface of MLflow's LocalSubmittedRun
+    that _wait and stop_stages use (run_id, command_proc, wait, cancel)."""
 
     def __init__(self, run: Run, env: dict[str, str] | None):
         self.run_id = run.info.run_id
         command = tracking.COMMAND_OF[run.data.tags[tracking.ROLE]]
         stage_env = {**os.environ, **(env or {}), **runtime.watched_by_me()}
         stage_env.pop("MLFLOW_EXPERIMENT_NAME", None)  # a resumed run stays in its own experiment
-        self._process = subprocess.Popen([sys.executable, "-m", "dmat", command, "--resume", self.run_id], env=stage_env)
+        self.command_proc = subprocess.Popen([sys.executable, "-m", "dmat", command, "--resume", self.run_id],
+                                             env=stage_env)
 
     def wait(self) -> bool:
-        return self._process.wait() == 0
+        return self.command_proc.wait() == 0
 
     def cancel(self) -> None:
-        self._process.terminate()
-        self._process.wait()
+        self.command_proc.terminate()
+        self.command_proc.wait()
 
 
 STOPPING = threading.Event()  # set by stop_stages: no further stage starts in this process
@@ -182,7 +185,8 @@ _LIVE: dict = {}  # run id -> stage process this process started and that still 
 
 def _wait(submitted) -> str | None:
     """Wait for a stage process; None if it succeeded, else what became of its run. A run its process left
-    RUNNING (it died before it could end it) is ended FAILED, as `mlflow run` does."""
+    RUNNING (it died before it could end it) is ended FAILED, as `mlflow run` does, or KILLED when a stop signal
+    ended it (the pipeline stopping, or a Ctrl-C that reached the stage too): resumable, as the stage would have."""
     _LIVE[submitted.run_id] = submitted
     try:
         ok = submitted.wait()
@@ -190,19 +194,34 @@ def _wait(submitted) -> str | None:
         _LIVE.pop(submitted.run_id, None)
     status = tracking.get_run(submitted.run_id).info.status
     if status == "RUNNING":
-        MlflowClient().set_terminated(submitted.run_id, "FINISHED" if ok else "FAILED")
-        status = "FINISHED" if ok else "FAILED"
+        status = "FINISHED" if ok else "KILLED" if STOPPING.is_set() or _signalled(submitted) else "FAILED"
+        MlflowClient().set_terminated(submitted.run_id, status)
     return None if ok else f"its process ended and its run is {status}"
 
 
-def stop_stages() -> None:
-    """Stop every stage process still running (SIGTERM: each marks its run KILLED and keeps its last checkpoint)."""
+def _signalled(submitted) -> bool:
+    """Whether a stage's process was ended by a stop signal: killed by it, or exited as dmat does on one (128 + it)."""
+    code = submitted.command_proc.returncode
+    return code is not None and (-code if code < 0 else code - 128) in runtime.STOP_SIGNALS
+
+
+def stop_stages(pipeline_run_id: str | None = None) -> None:
+    """Stop every stage process still running (SIGTERM to all at once: each marks its run KILLED and keeps its last
+    checkpoint), then wait for them. `pipeline_run_id`, the run of a pipeline stopped by a signal, is marked KILLED
+    first: a stop that turns into SIGKILL while the stages save (docker stop, systemd, a second kill) leaves it
+    KILLED, not RUNNING."""
     STOPPING.set()
-    for submitted in list(_LIVE.values()):
-        process = getattr(submitted, "command_proc", None)  # `mlflow run`'s: the stage's command runs below it
-        below = _children(process.pid) if process else []
-        submitted.cancel()  # SIGTERM to all; it waits for `mlflow run` alone, which ends at once
-        psutil.wait_procs(below, timeout=120)  # the stage saving its last epoch: the pipeline speaks last
+    if pipeline_run_id:
+        MlflowClient().set_terminated(pipeline_run_id, "KILLED")
+    stages = list(_LIVE.values())
+    below = [child for submitted in stages for child in _children(submitted.command_proc.pid)]
+    for submitted in stages:  # `mlflow run` starts the stage's command below its own process
+        with contextlib.suppress(OSError):
+            submitted.command_proc.terminate()
+    for submitted in stages:
+        submitted.cancel()  # waits for the process it started
+    psutil.wait_procs(below, timeout=120)  # the stages saving their last epoch: the pipeline speaks last
+    for submitted in stages:
         if tracking.get_run(submitted.run_id).info.status in ("RUNNING", "FAILED"):  # the process did not say KILLED
             MlflowClient().set_terminated(submitted.run_id, "KILLED")
 

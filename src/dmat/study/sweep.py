@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 from dmat import runtime, tracking
 from dmat.config import INITS, STUDENT_TRAIN, SweepConfig, with_overrides
 from dmat.config.evaluation import STUDENT_STEPS
+from dmat.config.study import STORAGE_ENV
 from dmat.errors import DmatError
 from dmat.evaluation.evaluate import evaluate_run
 from dmat.stages.distill import resolve_teacher, train_student
@@ -44,11 +45,6 @@ def _without_password(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return url
-
-
-# the storage URL, password included, as workers get it: in their environment (which only their user can read), not
-# on their command line (which every user of the machine can)
-STORAGE_ENV = "DMAT_OPTUNA_STORAGE"
 
 
 # a trial whose process died (kill -9, a lost Ray node) stops renewing its heartbeat; the next worker of the study

@@ -4,6 +4,7 @@ anything that differs is refused rather than overwritten."""
 from __future__ import annotations
 
 import mlflow
+from mlflow.utils.string_utils import quote
 
 from dmat.config.codec import encode_param
 
@@ -33,3 +34,9 @@ def _same_value(a: str, b: str) -> bool:
         return float(a) == float(b)
     except ValueError:
         return a.lower() == b.lower()
+
+
+def as_stage_logs(parameters: dict[str, str]) -> dict[str, str]:
+    """Encoded stage parameters as `mlflow run` stores them, shell-quoted for its command line (an empty value as
+    the two characters '', one with a space as 'a b'): the text a search for the stage's run must match."""
+    return {key: quote(text) for key, text in parameters.items()}

@@ -16,7 +16,7 @@ from mlflow.entities import RunStatus, RunTag
 from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
 from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-from mlflow.tracking import MlflowClient
+from mlflow.tracking import MlflowClient, fluent
 from mlflow.tracking.context.registry import resolve_tags
 
 from dmat import runtime
@@ -96,14 +96,37 @@ def tracked_run(run_name: str, tags: dict[str, str], experiment: str | None = No
             raise
         finally:
             heartbeat.stop()
-            if run is not None and active:
-                mlflow.end_run(status)
-            elif run is not None:
-                MlflowClient().set_terminated(run.info.run_id, status)
-                if monitor is not None:
-                    monitor.finish()
+            if run is not None:
+                _end(run.info.run_id, status, active, monitor)
             if lost:
                 MlflowClient().delete_run(run.info.run_id)
+
+
+_UNMARKED = "dmat_unmarked_status"  # on the error of a store that failed as a run was ended: the status not written
+
+
+def _end(run_id: str, status: str, active: bool, monitor: SystemMetricsMonitor | None) -> None:
+    """Mark the run with its status. A store that fails now (a dead server, a store turned read-only) leaves it
+    RUNNING: its error says so (unmarked_status), so that no message claims a status the store does not show."""
+    try:
+        if active:
+            mlflow.end_run(status)
+        else:
+            MlflowClient().set_terminated(run_id, status)
+    except Exception as exc:
+        setattr(exc, _UNMARKED, status)
+        # MLflow stops an active run's system metrics only once the store took its end: else they go on failing
+        monitor = monitor or fluent.run_id_to_system_metrics_monitor.pop(run_id, None)
+        raise
+    finally:
+        if monitor is not None:
+            monitor.finish()
+
+
+def unmarked_status(exc: BaseException) -> str | None:
+    """The status a run could not be marked with because `exc` (the store failing as the run ended) stopped it;
+    None when the run was marked."""
+    return getattr(exc, _UNMARKED, None)
 
 
 def _start_run(run_name: str, experiment: str | None, run_id: str | None, system_metrics: bool | None = None):

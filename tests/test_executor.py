@@ -126,9 +126,11 @@ def test_a_stage_whose_ray_worker_is_killed_is_retried_and_continues_its_runs(ra
         assert len(epochs) == len(set(epochs)) == 12, epochs
 
 
-def test_a_stage_process_gets_sigterm_when_the_process_that_started_it_is_killed(tmp_path):
+@pytest.mark.parametrize("reaped", [True, False])
+def test_a_stage_process_gets_sigterm_when_the_process_that_started_it_is_killed(tmp_path, reaped):
     """What a stage process does when its pipeline dies by kill -9: it is told (SIGTERM), as on Ctrl-C, also
-    through a process in between (`mlflow run` starts the stage's command)."""
+    through a process in between (`mlflow run` starts the stage's command), and also while the dead pipeline is a
+    zombie its own parent has not reaped yet."""
     said = tmp_path / "said"
     (tmp_path / "stage.py").write_text(
         "import signal, sys, time\n"
@@ -149,7 +151,9 @@ def test_a_stage_process_gets_sigterm_when_the_process_that_started_it_is_killed
     while not (tmp_path / "said.ready").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     pipeline.kill()
-    pipeline.wait()
+    if reaped:
+        pipeline.wait()
     while not said.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
+    pipeline.wait()
     assert said.read_text() == "SIGTERM"

@@ -191,7 +191,10 @@ def stop_with_starter() -> None:
 def _stop_when_gone(pid: int, started: float) -> None:
     while True:
         try:
-            if abs(psutil.Process(pid).create_time() - started) > 1.0:  # the pid now belongs to a later process
+            starter = psutil.Process(pid)
+            if abs(starter.create_time() - started) > 1.0:  # the pid now belongs to a later process
+                break
+            if starter.status() == psutil.STATUS_ZOMBIE:  # killed (kill -9), not yet reaped by its parent: gone
                 break
         except psutil.NoSuchProcess:
             break

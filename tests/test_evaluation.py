@@ -102,7 +102,9 @@ def test_memoriser_is_flagged_and_scores_worse_against_held_out_than_train(digit
     copies = (train + 0.01 * torch.randn(train.shape, generator=torch.Generator().manual_seed(1))).clamp(-1, 1)
     refs = {"train": digit_sets["train_f"], "heldout": digit_sets["unseen_f"]}
     copy_f = quality.extract(extractor, copies)
-    scores = quality.quality_metrics(copy_f, refs, "heldout", quality.matched_n(len(copies), [1000, 797]), 10, 0)
+    n = quality.matched_n(len(copies), [1000, 797])
+    floors = {name: quality.summarised(quality.floor_values(f, n, 10, 0)) for name, f in refs.items()}
+    scores = quality.quality_metrics(copy_f, refs, "heldout", n, 10, 0, floors)
     assert scores["quality_n"] == 398 and scores["kid"] == scores["kid_heldout"]
     assert scores["kid_heldout"] > scores["kid_train"]
     assert scores["fid_heldout"] > scores["fid_train"] and scores["fid_train"] < scores["fid_floor_train"]

@@ -159,6 +159,26 @@ def test_teacher_evaluation_leaves_vs_teacher_metrics_out_and_never_overwrites(i
     assert metrics["fid"] == mlflow.get_run(first).data.metrics["fid"]  # seeded: the same numbers again
 
 
+def test_an_evaluations_floor_is_computed_once_per_key_and_read_back_by_the_next(in_store, monkeypatch):
+    from dmat.evaluation import floor, quality
+
+    computed = []
+    real_values = quality.floor_values
+    monkeypatch.setattr(quality, "floor_values", lambda *a: computed.append(a[1:]) or real_values(*a))
+    first = mlflow.get_run(evaluate_run(in_store["teacher"], **{**FAST, "seed": 7}))
+    assert computed == [(80, floor.FLOOR_DRAWS, 7)] * 4  # 2 spaces x 2 references (held-out, train), N = 80
+    computed.clear()
+    second = mlflow.get_run(evaluate_run(in_store["student"], **{**FAST, "seed": 7}))
+    assert computed == []  # another model, the same references, N and seed: no new floor draws
+    used = {k: v for k, v in first.data.tags.items() if k.startswith("dmat.floor_run_id.")}
+    assert len(used) == 4 and used == {k: v for k, v in second.data.tags.items() if k in used}
+    headline = mlflow.get_run(used["dmat.floor_run_id.randcnn.heldout"])
+    assert headline.data.tags["dmat.role"] == "floor" and headline.data.params["floor_draws"] == "100"
+    for run in (first, second):
+        assert run.data.params["floor_estimate"] == floor.ESTIMATE
+        assert run.data.metrics["kid_floor_sd"] == headline.data.metrics["kid_floor_sd"]
+
+
 def _evaluation_count() -> int:
     return len(tracking.find_runs("evaluation", status=None))
 

@@ -28,7 +28,8 @@ def test_what_evaluation_computes_is_declared():
     g = torch.Generator().manual_seed(0)
     generated = torch.randn(40, 8, generator=g, dtype=torch.float64)
     references = {r: torch.randn(80, 8, generator=g, dtype=torch.float64) for r in REFERENCES}
-    logged = dict(quality.quality_metrics(generated, references, "heldout", 20, 3, 0))
+    floors = {r: quality.summarised(quality.floor_values(f, 20, 3, 0)) for r, f in references.items()}
+    logged = dict(quality.quality_metrics(generated, references, "heldout", 20, 3, 0, floors))
     images = {k: torch.rand(30, 1, 8, 8, generator=g) * 2 - 1 for k in ("generated", "train", "held_out")}
     logged.update(memorisation.memorisation(images, {k: torch.randn(30, 8, generator=g) for k in images}).metrics)
     states = torch.randn(4, 6, 1, 8, 8, generator=g)

@@ -7,12 +7,13 @@ import pytest
 
 from dmat import runtime
 from dmat.config.evaluation import EvalConfig
-from dmat.evaluation import pending, spaces
+from dmat.evaluation import floor, pending, spaces
 
 
 def _params(**changed) -> dict:
     base = {"sampler": "ddim", "steps": "50", "num_samples": "2000", "features": "classifier", "seed": "0",
-            "floor_draws": "10", "precision": "fp32", "headline_space": spaces.HEADLINE_SPACE}
+            "floor_draws": "10", "precision": "fp32", "headline_space": spaces.HEADLINE_SPACE,
+            "floor_estimate": floor.ESTIMATE}
     return {k: str(v) for k, v in {**base, **changed}.items() if v is not None}
 
 
@@ -21,6 +22,13 @@ def test_precision_and_headline_space_join_the_comparability_key():
     fp32, bf16 = pending.settings_of(_params()), pending.settings_of(_params(precision="bf16"))
     assert fp32 != bf16  # bf16 sampling moves KID by about 0.3 floor-sd: not like with like
     assert pending.settings_of(_params(headline_space="classifier")) != fp32
+
+
+def test_an_evaluation_whose_floor_was_its_own_10_draws_is_kept_apart_from_a_cached_100_draw_one():
+    assert "floor_estimate" in pending.SETTINGS
+    older = pending.settings_of(_params(floor_estimate=None))  # before the floor was cached: its own draws
+    assert older != pending.settings_of(_params())
+    assert older == pending.settings_of(_params(floor_estimate="the evaluation's floor_draws"))
 
 
 def test_an_older_evaluation_counts_as_fp32_with_the_classifier_headline():

@@ -1,9 +1,10 @@
 """Which evaluations are comparable, and which models are still to evaluate with given settings.
 
 Two evaluations are comparable when every setting of SETTINGS is equal, as logged: sampling (sampler, steps,
-precision: bf16 sampling moves KID by about 0.3 floor-sd), sample count, draws and seed, the semantic feature
-space (`features`) and the space the headline scores are in (`headline_space`). A setting an older dmat did not
-log counts as what it was then (LEGACY), else as its default.
+precision: bf16 sampling moves KID by about 0.3 floor-sd), sample count, draws and seed, how the floor was
+estimated (`floor_estimate`: a floor from 100 cached draws has another sd than one from the evaluation's own 10),
+the semantic feature space (`features`) and the space the headline scores are in (`headline_space`). A setting an
+older dmat did not log counts as what it was then (LEGACY), else as its default.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from dmat.config import with_overrides
 from dmat.config.evaluation import STUDENT_STEPS, EvalConfig
 from dmat.config.metrics import HEADLINE_SPACE, HEADLINE_SPACE_PARAM, LEGACY_SPACE
 from dmat.errors import DmatError
+from dmat.evaluation.floor import ESTIMATE, ESTIMATE_PARAM
 from dmat.runtime import resolve_device, resolve_precision
 
-SETTINGS = ("sampler", "steps", "num_samples", "features", "seed", "floor_draws", "precision", HEADLINE_SPACE_PARAM)
-# what an evaluation that did not log a setting used: fp32 sampling (before bf16), the classifier's headline
-LEGACY = {"precision": "fp32", HEADLINE_SPACE_PARAM: LEGACY_SPACE}
+SETTINGS = ("sampler", "steps", "num_samples", "features", "seed", "floor_draws", "precision", HEADLINE_SPACE_PARAM,
+            ESTIMATE_PARAM)
+# what an evaluation that did not log a setting used: fp32 sampling (before bf16), the classifier's headline, a
+# floor over the evaluation's own floor_draws
+LEGACY = {"precision": "fp32", HEADLINE_SPACE_PARAM: LEGACY_SPACE, ESTIMATE_PARAM: "the evaluation's floor_draws"}
 
 
 def _comparable(value) -> str:
@@ -43,7 +47,7 @@ def wanted_settings(cfg: EvalConfig, steps: int) -> dict:
     """The settings an evaluation with `cfg` logs, for a model sampled with `steps` steps."""
     precision = resolve_precision(cfg.precision, resolve_device(cfg.device))
     return {**{k: getattr(cfg, k) for k in SETTINGS if hasattr(cfg, k)}, "steps": steps, "precision": precision,
-            HEADLINE_SPACE_PARAM: HEADLINE_SPACE}
+            HEADLINE_SPACE_PARAM: HEADLINE_SPACE, ESTIMATE_PARAM: ESTIMATE}
 
 
 def grid_of(params: dict) -> set[int]:

@@ -9,8 +9,10 @@ draw. Hence, for a real reference set R and generated samples G, with N per side
                     model_k  = metric(G_k, B_k)      (N generated vs N real)
                     floor_k  = metric(A_k, B_k)      (N real vs N other real)
 
-and both are reported as mean and sd over the K draws (`fid`, `fid_sd`, `fid_floor`, `fid_floor_sd`;
-`kid`, ...). N = min(generated, |R| // 2 for every reference), so every FID and KID of one evaluation
+and both are reported as mean and sd over the draws (`fid`, `fid_sd`, `fid_floor`, `fid_floor_sd`;
+`kid`, ...). An evaluation's floor is estimated from far more draws than its scores (floor.py: an sd from 10
+draws can be off several-fold), computed once per reference, extractor, N and seed and cached.
+N = min(generated, |R| // 2 for every reference), so every FID and KID of one evaluation
 uses the same N, logged as `quality_n`. KID is the unbiased MMD^2 with the cubic polynomial kernel over
 all N x N pairs (torchmetrics with one subset of size N): unbiased at any N, it is the headline
 comparison; FID stays beside it.
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.kid import KernelInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance, poly_kernel
 
 from dmat.errors import DmatError
 
@@ -74,19 +76,28 @@ def fid_kid(real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
     """FID and unbiased KID between two sets of feature vectors [n, d] (all pairs: one KID subset of the
     smaller n), through torchmetrics."""
     dim = real.shape[1]
-    check_sample_count(len(real), dim, "the real set")
-    check_sample_count(len(fake), dim, "the generated set")
-    fid = FrechetInceptionDistance(feature=_Given(dim))
     with warnings.catch_warnings():  # its memory warning is about feature buffers far larger than ours
         warnings.simplefilter("ignore", UserWarning)
         kid = KernelInceptionDistance(feature=_Given(dim), subsets=1, subset_size=min(len(real), len(fake)))
     for features, is_real in ((real.double(), True), (fake.double(), False)):
-        fid.update(features, real=is_real)
         kid.update(features, real=is_real)
+    fid_value = _fid(real, fake)  # checks the sample counts first
     with torch.random.fork_rng(devices=[]):  # KID permutes its one subset (= all rows) with the global generator:
         torch.manual_seed(0)  # fixed, so the summation order and the last bits repeat, and no caller's stream moves
         kid_value = kid.compute()[0].item()
-    return {"fid": fid.compute().item(), "kid": kid_value}
+    return {"fid": fid_value, "kid": kid_value}
+
+
+@torch.inference_mode()
+def _fid(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """FID between two sets of feature vectors [n, d], through torchmetrics."""
+    dim = real.shape[1]
+    check_sample_count(len(real), dim, "the real set")
+    check_sample_count(len(fake), dim, "the generated set")
+    fid = FrechetInceptionDistance(feature=_Given(dim))
+    for features, is_real in ((real.double(), True), (fake.double(), False)):
+        fid.update(features, real=is_real)
+    return fid.compute().item()
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,45 @@ def draws(num_reference: int, num_generated: int, n: int, k: int, seed: int) -> 
     for _ in range(k):
         order = torch.randperm(num_reference, generator=generator)
         out.append(Draw(order[:n], order[n : 2 * n], torch.randperm(num_generated, generator=generator)[:n]))
+    return out
+
+
+def _kid_of_draws(reference: torch.Tensor, found: list[Draw], rows: int = 1024) -> list[float]:
+    """Unbiased KID of each draw's A against its B with torchmetrics' cubic kernel and estimator, from one pass over
+    the reference's kernel matrix in blocks of `rows` rows: each block times the draws' 0/1 membership columns U
+    sums every draw's blocks at once (U'KU), so K draws cost about one kernel of the reference, not 3K of N x N."""
+    n, members = len(found[0].a), torch.zeros(len(reference), 2 * len(found), dtype=torch.float64)
+    for i, d in enumerate(found):
+        members[d.a, 2 * i], members[d.b, 2 * i + 1] = 1.0, 1.0
+    sums = torch.zeros(2 * len(found), 2 * len(found), dtype=torch.float64)
+    diagonal = torch.zeros(2 * len(found), dtype=torch.float64)
+    for start in range(0, len(reference), rows):
+        block = poly_kernel(reference[start : start + rows], reference)
+        sums += members[start : start + rows].T @ (block @ members)
+        diagonal += block.diagonal(offset=start) @ members[start : start + rows]
+    within = (sums.diagonal() - diagonal).reshape(-1, 2).sum(1) / (n * (n - 1))  # pairs inside A and inside B
+    return (within - 2 * sums.diagonal(offset=1)[::2] / n**2).tolist()
+
+
+def kid_floor_values(reference: torch.Tensor, n: int, k: int, seed: int) -> list[float]:
+    """KID of N real vs N other real reference rows in each of K draws fixed by `seed` (A, B of `draws`), all
+    from one kernel matrix; each equals fid_kid(B, A)["kid"] (test_floor)."""
+    return _kid_of_draws(reference.double(), draws(len(reference), n, n, k, seed))
+
+
+def floor_values(reference: torch.Tensor, n: int, k: int, seed: int) -> dict[str, list[float]]:
+    """fid_floor and kid_floor of each of K draws of two disjoint sets A, B of N reference rows (N real vs N other
+    real), the draws fixed by `seed`: the per-draw values the floor's mean and sd summarise."""
+    found = draws(len(reference), n, n, k, seed)
+    return {"fid_floor": [_fid(reference[d.b], reference[d.a]) for d in found],
+            "kid_floor": kid_floor_values(reference, n, k, seed)}
+
+
+def summarised(per_draw: dict[str, list[float]]) -> dict[str, float]:
+    """Each per-draw series as `<name>` (its mean) and `<name>_sd` (its sample sd)."""
+    out = {}
+    for name, values in per_draw.items():
+        out[name], out[f"{name}_sd"] = _mean_sd(values)
     return out
 
 
@@ -136,10 +186,7 @@ def matched_scores(generated: torch.Tensor, reference: torch.Tensor, n: int, k: 
             per_draw[m].append(model[m])
             if floor:
                 per_draw[f"{m}_floor"].append(real[m])
-    out = {}
-    for name, values in per_draw.items():
-        out[name], out[f"{name}_sd"] = _mean_sd(values)
-    return out
+    return summarised(per_draw)
 
 
 def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = PR_NEIGHBOURS) -> tuple[float, float]:
@@ -160,13 +207,14 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = PR_NEIGHBO
 
 
 def quality_metrics(generated: torch.Tensor, references: dict[str, torch.Tensor], headline: str, n: int, k: int,
-                    seed: int) -> dict[str, float]:
-    """Matched-N scores against each real reference, as `<name>_<reference>` (e.g. kid_heldout, fid_floor_sd_train),
-    the `headline` reference's also under the plain names (kid, fid_floor, ...); `quality_n` (N) and
-    `quality_draws` (K); precision and recall of N generated vs N real on the headline's first draw."""
+                    seed: int, floors: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Matched-N scores over K draws against each real reference beside that reference's floor (`floors`: its
+    fid_floor, fid_floor_sd, kid_floor, kid_floor_sd, floor.py), as `<name>_<reference>` (e.g. kid_heldout,
+    fid_floor_sd_train), the `headline` reference's also under the plain names (kid, fid_floor, ...); `quality_n`
+    (N) and `quality_draws` (K); precision and recall of N generated vs N real on the headline's first draw."""
     out: dict[str, float] = {"quality_n": n, "quality_draws": k}
     for name, reference in references.items():
-        scores = matched_scores(generated, reference, n, k, seed)
+        scores = {**matched_scores(generated, reference, n, k, seed, floor=False), **floors[name]}
         out.update({f"{metric}_{name}": value for metric, value in scores.items()})
         if name == headline:
             out.update(scores)

@@ -1,6 +1,6 @@
 """An evaluation's scores against real data: FID/KID/precision/recall in each feature space at matched N against
-each real reference (quality.py, spaces.py), and the memorisation check (memorisation.py), logged to the
-active run."""
+each real reference beside its cached floor (quality.py, spaces.py, floor.py), and the memorisation check
+(memorisation.py), logged to the active run."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from torch import nn
 
 from dmat.config.evaluation import EvalConfig
 from dmat.config.metrics import GRID_SCORES  # the headline's, at matched N (floor: kid_floor, ...)
-from dmat.evaluation import memorisation, quality, spaces
+from dmat import tracking
+from dmat.evaluation import floor, memorisation, quality, spaces
 from dmat.evaluation.logged import log_grid, log_npz
 from dmat.evaluation.real_data import RealData
+from dmat.tracking import vocabulary
 
 
 @dataclass
@@ -27,7 +29,28 @@ class GridPoint:
     reference: torch.Tensor
 
 
-def _space_scores(extractor: nn.Module, fake: torch.Tensor, data: RealData, cfg: EvalConfig, n: int):
+def _about(space: str, reference: str, images: torch.Tensor) -> dict[str, str]:
+    """What a floor is of, read from the active evaluation run: its data set, resolution and extractor run."""
+    tags = tracking.get_run(mlflow.active_run().info.run_id).data.tags
+    extractor = tags.get(tracking.FEATURE_EXTRACTOR_RUN_ID) if space != spaces.HEADLINE_SPACE else None
+    return {"space": space, "reference": reference, "dataset": tags.get(tracking.DATASET, ""),
+            "image_size": str(images.shape[-1]), **({"extractor_run_id": extractor} if extractor else {})}
+
+
+def _floors(extractor: nn.Module, space: str, data: RealData, references: dict[str, torch.Tensor], cfg: EvalConfig,
+            n: int) -> dict[str, dict[str, float]]:
+    """Each reference's floor in this space (cached per reference, extractor, N and seed: floor.py), tagged on the
+    active run with the floor run it came from."""
+    out = {}
+    for name, feats in references.items():
+        images = data.references[name]
+        found = floor.floor_of(images, feats, extractor, n, cfg.seed, _about(space, name, images))
+        mlflow.set_tag(f"{vocabulary.FLOOR_RUN_ID}.{space}.{name}", found.run_id)
+        out[name] = found.scores
+    return out
+
+
+def _space_scores(extractor: nn.Module, space: str, fake: torch.Tensor, data: RealData, cfg: EvalConfig, n: int):
     """One space's matched-N scores against every reference; also the features of each image set."""
 
     def extract(images):
@@ -37,7 +60,9 @@ def _space_scores(extractor: nn.Module, fake: torch.Tensor, data: RealData, cfg:
     feats = {"generated": extract(fake), "train": references["train"],
              "held_out": references["heldout"] if "heldout" in references else extract(data.val),
              "headline": references[data.headline]}
-    return quality.quality_metrics(feats["generated"], references, data.headline, n, cfg.floor_draws, cfg.seed), feats
+    floors = _floors(extractor, space, data, references, cfg, n)
+    return quality.quality_metrics(feats["generated"], references, data.headline, n, cfg.floor_draws, cfg.seed,
+                                   floors), feats
 
 
 def score(extractors: dict[str, nn.Module], fake: torch.Tensor, data: RealData, cfg: EvalConfig, n: int) -> GridPoint:
@@ -45,8 +70,9 @@ def score(extractors: dict[str, nn.Module], fake: torch.Tensor, data: RealData, 
     headline space's scores also under the plain names), and the memorisation check in pixels and in the
     semantic space (the one that is not the headline); returns the headline scores and reference features."""
     headline, semantic = None, None
+    tracking.log_params({floor.ESTIMATE_PARAM: floor.ESTIMATE})
     for space, extractor in extractors.items():
-        scores, feats = _space_scores(extractor, fake, data, cfg, n)
+        scores, feats = _space_scores(extractor, space, fake, data, cfg, n)
         mlflow.log_metrics(spaces.named(scores, space, space == spaces.HEADLINE_SPACE))
         if space == spaces.HEADLINE_SPACE:
             headline = GridPoint({k: scores[k] for k in GRID_SCORES}, feats["headline"])

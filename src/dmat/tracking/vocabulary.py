@@ -6,6 +6,7 @@ from __future__ import annotations
 DEFAULT_EXPERIMENT = "dmat"
 SIDE_BY_SIDE_TABLE = "cost/side_by_side.json"  # a cost run's timings (evaluation.side_by_side), read by report.speed
 SENSITIVITY_TABLE = "sensitivity/table.json"  # a sensitivity run's table, read by report.sensitivity
+FLOOR_DRAWS_FILE = "floor/draws.json"  # a floor run's per-draw real-vs-real values (dmat.evaluation.floor)
 CHECKPOINT_DIR = "checkpoints"  # the artifact folder of a run's checkpoints (checkpoint.BEST, checkpoint.LAST)
 
 # Roles: the value of the ROLE tag, one per kind of run.
@@ -16,6 +17,7 @@ REPORT, PIPELINE, SWEEP = "report", "pipeline", "sweep"
 STUDENTS_LOOP = "students-loop"  # a pipeline stage that trains several students in one loop (their parent run)
 COST = "cost"  # models of a study timed side by side (dmat.evaluation.side_by_side)
 SENSITIVITY = "sensitivity"  # which corruptions each metric detects (dmat.evaluation.sensitivity)
+FLOOR = "floor"  # the real-vs-real floor of one reference, space, N and seed, cached (dmat.evaluation.floor)
 MODEL_ROLES = (TEACHER, STUDENT)
 # The `dmat` command that makes a run of each role: a run's "Reproduce" line (dmat.tracking.notes) and, for the roles
 # that train, its `--resume` (dmat.stages.resume)
@@ -39,6 +41,8 @@ STOPPED_BY_SIGNAL = "dmat.stopped_by"  # SIGINT or SIGTERM: kept when `mlflow ru
 STOPPED_BY_PRUNER = "dmat.pruned"  # a sweep student stopped early by Optuna's pruner (the epoch); not channel pruning
 MODEL_ROLE = "dmat.model_role"  # on an evaluation run: the role of the model it evaluates
 FEATURE_EXTRACTOR_RUN_ID = "dmat.feature_extractor_run_id"
+FLOOR_KEY = "dmat.floor_key"  # on a floor run: the digest of what its floor is a function of
+FLOOR_RUN_ID = "dmat.floor_run_id"  # on an evaluation: `<prefix>.<space>.<reference>` names the floor run it used
 BEST_STUDENT_RUN_ID = "dmat.best_student_run_id"  # on a sweep run
 # Who runs a run, for `dmat runs --stale` (a run left RUNNING by a process that is gone)
 OWNER_HOST = "dmat.host"

@@ -1,11 +1,12 @@
 """The real-vs-real floor an evaluation compares its scores with: estimated from many draws, once, and cached.
 
 The floor (FID/KID of N real vs N other real images, quality.py) is a distribution, and its sd is what "inside the
-floor" is measured in. From the 10 draws an evaluation scores a model over, that sd varied 5-6x (digits) and 12-19x
-(mnist5k) between evaluation seeds, and a perfect generator (unseen real images) fell outside +-2 sd in 8-15% of
-mnist5k evaluations. The floor depends only on the reference images, the feature extractor, N and the seed, so it
-is estimated from FLOOR_DRAWS draws (its sd then varies ~2x over seeds and the perfect generator is inside in 20 of
-20; bench/bench_floor.py) and cached as a floor run (dmat.role=floor): its metrics are the floor, its artifact the
+floor" is measured in. From the 10 draws an evaluation scores a model over, that sd varied 3-5x (digits) and 7-12x
+(mnist5k) between 20 evaluation seeds (bench/bench_floor.py; 6x and 19x in issue 32's check), and a perfect
+generator (unseen real images) fell outside +-2 sd in 2 of 20 mnist5k evaluations. The floor depends only on the
+reference images, the feature extractor, N and the seed, so it is estimated from FLOOR_DRAWS draws (its sd then
+varies 1.4-2x over seeds and the perfect generator is inside in 20 of 20, KID and FID, both spaces, both data sets)
+and cached as a floor run (dmat.role=floor): its metrics are the floor, its artifact the
 per-draw values, and its tag dmat.floor_key a digest of those four inputs. Every later evaluation with the same key
 (every model of a study, each step count of a grid) reads it back, so the cost is paid once per study.
 

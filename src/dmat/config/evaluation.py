@@ -27,7 +27,7 @@ class EvalConfig:
     batch_size: int = 500  # images per sampling batch
     num_trajectories: int = 64  # shared-noise trajectories compared with the teacher
     eps_timesteps: int = 20  # timesteps of the per-timestep epsilon errors
-    floor_draws: int = 10  # K random draws of N real (and N generated) that FID/KID and their floor average over
+    floor_draws: int = 10  # K random draws of N real and N generated that FID/KID average over (floor: floor.py)
     device: str = "auto"
     precision: str = "auto"  # sampling: "fp32", "bf16" autocast, or "auto" (bf16 where native); features stay fp32
 

@@ -84,5 +84,5 @@ def test_a_digits_model_trained_before_the_held_out_split_is_scored_against_its_
         with tracking.tracked_run("model", {tracking.ROLE: "teacher", tracking.DATASET: "digits"}) as run:
             lineage.log_training_data(cfg, load_splits(cfg, with_held_out=with_held_out))
         loaded = SimpleNamespace(run_id=run.info.run_id, tags={tracking.DATASET: "digits"})
-        assert trained_before_held_out(loaded, len(today.train)) is expected
+        assert trained_before_held_out(loaded, len(today.val)) is expected
     assert len(load_splits(cfg, with_held_out=True).train) == 1617  # 90% of all 1,797: what it trained on

@@ -67,14 +67,15 @@ class RealData:
                 "unseen_data": f"{'held-out' if held_out else 'validation'} split ({len(self.unseen)} images)"}
 
 
-def trained_before_held_out(loaded: tracking.LoadedModel, train_split_size: int) -> bool:
-    """A digits model trained on all 1,797 digits, before its held-out split existed: the train split it logged
-    as its dataset input is not today's. (A run that logged none, as before dmat logged dataset inputs, cannot
-    tell and is taken at today's splits.)"""
+def trained_before_held_out(loaded: tracking.LoadedModel, val_split_size: int) -> bool:
+    """A digits model trained on all 1,797 digits, before its held-out split existed: the validation split it
+    logged as its dataset input is not today's. (Its validation split, not its train split: a lower-resolution
+    student's train split holds teacher samples too. A run that logged none, as before dmat logged dataset inputs,
+    cannot tell and is taken at today's splits.)"""
     if dataset_kind(loaded.tags[tracking.DATASET]) != "digits":
         return False
-    logged = lineage.logged_splits(loaded.run_id).get("train")
-    return logged is not None and logged.num_images != train_split_size
+    logged = lineage.logged_splits(loaded.run_id).get("validation")
+    return logged is not None and logged.num_images != val_split_size
 
 
 def _trained_on(run_id: str, dataset: str, size: int) -> dict[str, lineage.LoggedSplit]:
@@ -118,7 +119,7 @@ def model_data(loaded: tracking.LoadedModel) -> RealData:
     split_cfg = TrainConfig(dataset=dataset, image_size=size, val_fraction=logged_cfg.val_fraction,
                             split_seed=logged_cfg.split_seed)
     splits = load_splits(split_cfg)
-    before_held_out = trained_before_held_out(loaded, len(splits.train))
+    before_held_out = trained_before_held_out(loaded, len(splits.val))
     if before_held_out:
         log.warning(f"note: model {loaded.run_id} trained on all of {dataset}, before its held-out split existed: "
                     "it is scored against its train split, as then")

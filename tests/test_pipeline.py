@@ -41,7 +41,7 @@ def test_pipeline_runs_every_stage_then_reuses_them(store, project_env, tmp_path
     assert first.returncode == 0, first.stderr[-3000:]
     after_first = _roles()
     assert after_first == {"pipeline": 1, "teacher": 1, "student": 2, "feature-extractor": 1, "evaluation": 3,
-                           "cost": 1, "report": 1, "students-loop": 1}
+                           "cost": 1, "report": 1, "students-loop": 1, "floor": 4}  # floors: computed once, shared
 
     # ... then through the CLI: the same stages with the same parameters are reused. The venv is not on
     # PATH (as when .venv/bin/dmat is called directly): the stages must still run in this interpreter.
@@ -142,7 +142,7 @@ def test_a_failed_student_stage_is_reported_while_the_rest_runs(store, tmp_path,
     # every other stage ran: the teacher and its evaluation, the timings, the report
     finished = runs[runs["status"] == "FINISHED"]
     assert finished["tags.dmat.role"].value_counts().to_dict() == {
-        "pipeline": 1, "teacher": 1, "feature-extractor": 1, "evaluation": 1, "cost": 1, "report": 1}
+        "pipeline": 1, "teacher": 1, "feature-extractor": 1, "evaluation": 1, "cost": 1, "report": 1, "floor": 4}
     [teacher] = finished[finished["tags.dmat.role"] == "teacher"]["run_id"]
     assert list(finished[finished["tags.dmat.role"] == "evaluation"]["tags.dmat.model_run_id"]) == [teacher]
     assert len(runs) == len(finished) + 2  # nothing else failed or was left running

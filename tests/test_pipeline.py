@@ -262,7 +262,9 @@ def test_a_quick_preset_rerun_evaluates_nothing_again(store):
     second = CliRunner().invoke(cli, args)
     assert second.exit_code == 0, second.output + str(second.exception)
     assert {run.info.run_id for run in tracking.find_runs(tracking.EVALUATION, status=None)} == evaluations
-    assert sum(line.split()[1:2] == ["reused"] for line in second.output.splitlines()) == 6, second.output
+    summary = [words for words in map(str.split, second.output.splitlines()) if words[-2:-1] == ["run"]]  # label ... run ID
+    assert sum(words[1] == "reused" for words in summary) == 6, second.output
+
 
 def test_a_stage_is_found_by_its_params_as_mlflow_run_stored_them(store):
     """`mlflow run` logs a -P value shell-quoted: the quick preset's empty steps grid as the two characters '' (and a

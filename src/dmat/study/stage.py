@@ -215,7 +215,10 @@ def stop_stages(pipeline_run_id: str | None = None) -> None:
         MlflowClient().set_terminated(pipeline_run_id, "KILLED")
     stages = list(_LIVE.values())
     below = [child for submitted in stages for child in _children(submitted.command_proc.pid)]
-    for submitted in stages:  # `mlflow run` starts the stage's command below its own process
+    for child in below:  # `mlflow run` starts the stage's command below its own process: each is told directly
+        with contextlib.suppress(psutil.Error):  # (cancel() below signals nothing once its own process has ended)
+            child.terminate()
+    for submitted in stages:
         with contextlib.suppress(OSError):
             submitted.command_proc.terminate()
     for submitted in stages:

@@ -554,3 +554,16 @@ def test_the_micro_batch_is_printed_and_logged(store, caplog):
         run_id = train_model(train, plan)
     assert "a batch of 512 does not fit in cpu memory: each batch is taken in 8 micro-batches of up to 64" in caplog.text
     assert MlflowClient().get_run(run_id).data.metrics["micro_batch_size"] == 64
+
+
+def test_under_mlflow_run_a_run_starts_in_its_runs_experiment_whatever_was_active_before(store):
+    """`mlflow run` makes the run and names it in MLFLOW_RUN_ID; an experiment made active earlier in the same process
+    (another command, another test) must not make MLflow refuse to start it."""
+    client = mlflow.MlflowClient()
+    made = client.create_run(client.create_experiment("made by mlflow run")).info.run_id
+    mlflow.set_experiment("active before")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_RUN_ID", made)
+        with tracking.tracked_run("report", {tracking.ROLE: tracking.REPORT}) as run:
+            assert run.info.run_id == made
+    assert client.get_run(made).info.status == "FINISHED"

@@ -153,12 +153,15 @@ def experiment_name(name: str | None) -> str:
 
 
 def use_experiment(name: str | None) -> None:
-    """Select the experiment new runs go to (inside `mlflow run`, the run already exists)."""
-    if "MLFLOW_RUN_ID" not in os.environ:
-        found = MlflowClient().get_experiment_by_name(experiment_name(name))
-        if found is not None and found.lifecycle_stage == "deleted":
-            raise _deleted(found)
-        mlflow.set_experiment(experiment_name(name))
+    """Select the experiment new runs go to. Inside `mlflow run` the run already exists: its experiment, whatever
+    was active before in this process (MLflow refuses to start the run under another)."""
+    if "MLFLOW_RUN_ID" in os.environ:
+        mlflow.set_experiment(experiment_id=get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id)
+        return
+    found = MlflowClient().get_experiment_by_name(experiment_name(name))
+    if found is not None and found.lifecycle_stage == "deleted":
+        raise _deleted(found)
+    mlflow.set_experiment(experiment_name(name))
 
 
 def mark_model_development(experiment_id: str) -> None:

@@ -73,21 +73,13 @@ def resolve_precision(name: str, device: torch.device) -> str:
     and on GPUs (on an H200 bf16 autocast was slower than fp32 for these small networks)."""
     if check_precision(name) != "auto":
         return name
-    return "bf16" if device.type == "cpu" and native_bf16(device) else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
 
 
 CPU_BF16 = "DMAT_CPU_BF16"  # "0" or "1": what `auto` takes this CPU to have, whatever its flags say (tests, CI)
 
 
-def native_bf16(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return _cpu_has_bf16()
-    return False
-
-
-def _cpu_has_bf16() -> bool:
+def cpu_has_bf16() -> bool:
     """AVX512-BF16 or AMX among the CPU's flags, unless $DMAT_CPU_BF16 says otherwise (so CI can run the
     precision-dependent tests as a CPU with bf16 and as one without, on one machine)."""
     said = os.environ.get(CPU_BF16, "")

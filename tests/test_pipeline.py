@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from dmat import tracking
 from dmat.cli.main import cli
 from dmat.config import PipelineConfig, TrainConfig
+from dmat.errors import DmatError
 from dmat.tracking import lineage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,9 +163,11 @@ def test_a_preset_resolves_to_its_documented_values_and_each_option_overrides_it
     assert quick == PipelineConfig().validate()  # the class defaults are the quick study
     assert full.seeds == (0, 1, 2) and set(full.inits) == {"random", "pruned"} and set(full.methods) == {
         "distill", "scratch"}
-    assert full.student_budget == "early-stopping" and full.steps_grid == (5, 10, 20, 50)
+    assert full.steps_grid == (5, 10, 20, 50) and (full.lr_schedule, full.stop_when_converged) == ("cosine", True)
+    assert set(full.ablation_sizes) < set(full.sizes) and full.main_line == ("distill", "pruned")
     for name, value in {"sizes": (0.3,), "seeds": (4, 5), "teacher_epochs": 7, "num_samples": 99,
-                        "student_budget": "teacher", "steps_grid": (3,)}.items():
+                        "student_budget": "teacher", "steps_grid": (3,), "ablation_sizes": (),
+                        "stop_when_converged": False}.items():
         assert getattr(PipelineConfig.from_preset("full", **{name: value}), name) == value
         assert getattr(PipelineConfig.from_preset("full", **{name: None}), name) == getattr(full, name)
 
@@ -178,13 +181,24 @@ def test_the_cli_applies_the_preset_then_the_options_given(monkeypatch):
 
     monkeypatch.setattr("dmat.study.pipeline.run_pipeline", run_pipeline)
     CliRunner().invoke(cli, ["pipeline", "--preset", "full", "--seeds", "3", "--inits", "random",
-                             "--teacher-epochs", "40"])
+                             "--teacher-epochs", "40", "--ablation-sizes", "0.5, 1", "--stop-when-converged", "false"])
     cfg = seen["cfg"]
     assert (cfg.preset, cfg.seeds, cfg.inits, cfg.teacher_epochs) == ("full", (3,), ("random",), 40)
-    assert cfg.sizes == PipelineConfig.from_preset("full").sizes and cfg.student_budget == "early-stopping"
+    assert (cfg.ablation_sizes, cfg.stop_when_converged) == ((0.5, 1.0), False)
+    assert cfg.sizes == PipelineConfig.from_preset("full").sizes and cfg.student_budget == "fixed"
     # as `mlflow run . -P preset=full` passes it: every other parameter "" (not given)
     CliRunner().invoke(cli, ["pipeline", "--preset", "full", "--teacher-epochs", "", "--sizes", "", "--seeds", ""])
     assert seen["cfg"] == PipelineConfig.from_preset("full")
+
+
+def test_the_ablations_train_at_the_ablation_sizes_and_the_main_line_at_every_size():
+    cfg = PipelineConfig.from_preset("full", inits=("random", "pruned")).validate()
+    assert cfg.arm_sizes("distill", "pruned") == cfg.sizes
+    assert cfg.arm_sizes("scratch", "pruned") == cfg.arm_sizes("distill", "random") == cfg.ablation_sizes
+    assert PipelineConfig.from_preset("full", inits=("random",)).validate().main_line == ("distill", "random")
+    assert PipelineConfig.from_preset("full", ablation_sizes=()).validate().arm_sizes("scratch", "random") == cfg.sizes
+    with pytest.raises(DmatError, match="ablation-sizes must be among the sizes"):
+        PipelineConfig.from_preset("full", ablation_sizes=(0.3,)).validate()
 
 
 def test_an_unknown_preset_is_one_line(store):

@@ -38,11 +38,12 @@ from dmat.model.unet import UNetConfig
 ARCHITECTURE_FIELDS = ("base_channels", "channel_mults", "num_res_blocks", "attention_resolutions", "dropout")
 
 
-def _int_tuple(text: str) -> tuple[int, ...]:
+def _numbers(text: str, kind: type = int) -> tuple:
     try:
-        return tuple(int(part) for part in re.split(r"[,\s]+", str(text)) if part)
+        return tuple(kind(part) for part in re.split(r"[,\s]+", str(text)) if part)
     except ValueError:
-        raise click.BadParameter(f"expected integers separated by commas or spaces, got {text!r}") from None
+        raise click.BadParameter(f"expected {'integers' if kind is int else 'numbers'} separated by commas or "
+                                 f"spaces, got {text!r}") from None
 
 
 def _number(text: str | None, kind: type) -> int | float | None:
@@ -88,7 +89,7 @@ class Option:
     name: str
     help: str
     default: object = None
-    kind: object = str  # the field's type hint: str, int, float, bool or tuple[int, ...]
+    kind: object = str  # the field's type hint: str, int, float, bool, tuple[int, ...] or tuple[float, ...]
     cli_default: object = None
     mlproject_type: str | None = None  # default: float for numbers, else string
     required: bool = False  # an MLproject parameter without a default (the CLI checks it itself)
@@ -110,6 +111,9 @@ class Option:
         kwargs = dict(type=self.kind, default=self.cli_default, help=self.help, metavar=self.metavar)
         if typing.get_origin(self.kind) is tuple:
             kwargs.update(type=str, callback=lambda ctx, param, v: self._tuple(v))
+        elif self.kind is bool and self.default is None:  # a preset's switch: MLproject passes "" for not given
+            kwargs.update(type=str, is_flag=False, flag_value="true", metavar=self.metavar or "[true|false]",
+                          callback=lambda ctx, param, v: _switch(v) if v else None)
         elif self.kind is bool:  # `--flag` alone is true; `--flag false` lets MLproject pass a value
             kwargs.update(type=click.BOOL, is_flag=False, flag_value=True, metavar=self.metavar or "[true|false]")
         elif self.default is None and self.kind in (int, float):  # MLproject passes "" for not given
@@ -119,12 +123,13 @@ class Option:
             kwargs.update(callback=lambda ctx, param, v: v or None)
         return click.option(self.flag, self.name, **kwargs)(command)
 
-    def _tuple(self, text: str | None) -> tuple[int, ...] | None:
-        """Integers; for an option whose default a preset sets, "" is not given (as MLproject passes it) and
+    def _tuple(self, text: str | None) -> tuple | None:
+        """Numbers of the field's element type; for an option whose default a preset sets, "" is not given (as MLproject passes it) and
         "none" the empty tuple."""
         if text is None or (self.default is None and not text):
             return None
-        return () if self.default is None and text.strip().lower() == "none" else _int_tuple(text)
+        return () if self.default is None and text.strip().lower() == "none" else _numbers(
+            text, typing.get_args(self.kind)[0])
 
     def _applied(self, text: str | None) -> bool | None:
         if not text:

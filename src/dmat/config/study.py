@@ -11,6 +11,7 @@ from dmat.config.evaluation import EvalConfig
 from dmat.config.training import (
     DEFAULT_SIZE_FACTORS,
     INITS,
+    LR_SCHEDULES,
     METHODS,
     STUDENT_TRAIN,
     TrainConfig,
@@ -31,18 +32,26 @@ EXECUTORS = ("local", "ray")  # local: `workers` processes on this machine; ray:
 # quick: ends with the full report in about 15 minutes on a 2-core laptop CPU without bf16, from models that are
 #   still improving (one seed, one student init and method, fixed short budgets): it shows what the study
 #   measures, not the answer; its report says so on its first screen.
-# full: every model trained until converged (early stopping on the validation loss with patience 10, under an
-#   epoch cap), students both ways (pruned and random init) with and without the teacher, three seeds, the
-#   steps grid.
+# full: the converged study on a laptop CPU (issue 28). The main line (distilled from the pruned teacher,
+#   MAIN_LINE) at every size with three seeds and the steps grid; the ablations (from scratch, from a random
+#   start) at a small, a middle and the full size (`ablation_sizes`), three seeds, so each says with an interval
+#   whether distillation and a pruned start help there. Every model trains under a cosine learning-rate decay
+#   over its epoch cap and stops when the slope test finds its validation loss converged (or early stopping
+#   fires); one that reaches its cap still improving is named by the report. The teacher is 16 channels wide (0.41
+#   M parameters: ample for 16 px digits, 4x cheaper than the 32-wide default), and every evaluation generates
+#   1,000 images: N is capped by the held-out reference (200 a side on digits, 500 on mnist5k), and 1,000 leaves
+#   each of the K draws mostly its own images.
 QUICK: dict[str, object] = {
     "sizes": (0.25, 0.5, 1.0), "methods": ("distill",), "inits": ("pruned",), "seeds": (0,),
     "teacher_epochs": 12, "student_epochs": 6, "student_budget": "fixed", "base_channels": 16,
-    "num_samples": 400, "steps": 20, "steps_grid": ()}
+    "num_samples": 400, "steps": 20, "steps_grid": (), "ablation_sizes": (), "lr_schedule": "constant",
+    "stop_when_converged": False}
 FULL: dict[str, object] = {
     "sizes": DEFAULT_SIZE_FACTORS, "methods": METHODS, "inits": ("random", "pruned"), "seeds": (0, 1, 2),
-    "teacher_epochs": 300, "student_epochs": 300, "student_budget": "early-stopping",
-    "base_channels": UNetConfig.base_channels, "num_samples": EvalConfig.num_samples,
-    "steps": int(EvalConfig.steps), "steps_grid": (5, 10, 20, 50)}
+    "teacher_epochs": 100, "student_epochs": 30, "student_budget": "fixed", "base_channels": 16,
+    "num_samples": 1000, "steps": int(EvalConfig.steps), "steps_grid": (5, 10, 20, 50),
+    "ablation_sizes": (0.2, 0.5, 1.0), "lr_schedule": "cosine", "stop_when_converged": True}
+MAIN_LINE = ("distill", "pruned")  # (method, init) of the study's answer; the other arms are its ablations
 PRESETS = {"quick": QUICK, "full": FULL}
 PRESET_FIELDS = tuple(PRESETS["full"])  # the fields a preset sets: their options default to the preset's value
 
@@ -65,9 +74,12 @@ class PipelineConfig:
     timesteps: int = DiffusionConfig.timesteps
     num_samples: int = QUICK["num_samples"]
     steps: int = QUICK["steps"]
-    steps_grid: tuple[int, ...] = QUICK["steps_grid"]  # every evaluation also at these step counts
+    steps_grid: tuple[int, ...] = QUICK["steps_grid"]  # the main line's and teacher's evaluations also at these steps
     seeds: tuple[int, ...] = QUICK["seeds"]  # every student once per seed; the teacher with the first
     student_budget: str = QUICK["student_budget"]  # how long students train: see STUDENT_BUDGETS
+    ablation_sizes: tuple[float, ...] = QUICK["ablation_sizes"]  # where arms other than MAIN_LINE run; (): every size
+    lr_schedule: str = QUICK["lr_schedule"]  # every model's (TrainConfig.lr_schedule), over its epoch cap
+    stop_when_converged: bool = QUICK["stop_when_converged"]  # every model's (TrainConfig.stop_when_converged)
     device: str = TrainConfig.device
     precision: str = TrainConfig.precision
     reuse_any_commit: bool = False  # reuse finished stages on params alone, even from other code (git commits)
@@ -97,6 +109,12 @@ class PipelineConfig:
         self.sizes = tuple(parse_size_factor(s) for s in self.sizes)
         if not self.sizes:
             raise DmatError("sizes is empty: give at least one size factor, e.g. --sizes '0.2 0.5'")
+        self.ablation_sizes = tuple(parse_size_factor(s) for s in self.ablation_sizes)
+        if outside := [s for s in self.ablation_sizes if s not in self.sizes]:
+            raise DmatError(f"ablation-sizes must be among the sizes ({', '.join(map(str, self.sizes))}), got "
+                            f"{', '.join(map(str, outside))}: add them to --sizes or give 'none' (every size)")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise DmatError(f"lr-schedule must be {' or '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise DmatError(f"methods must be among {', '.join(METHODS)}, got {' '.join(self.methods) or 'nothing'}")
@@ -109,6 +127,20 @@ class PipelineConfig:
             raise DmatError(f"steps-grid must be step counts from 1 to timesteps={self.timesteps}, "
                             f"got {','.join(map(str, self.steps_grid))}")
         return self
+
+    @property
+    def main_line(self) -> tuple[str, str]:
+        """(method, init) of the arm every size trains in: MAIN_LINE's where the study has it."""
+        method = MAIN_LINE[0] if MAIN_LINE[0] in self.methods else self.methods[0]
+        return method, MAIN_LINE[1] if MAIN_LINE[1] in self.inits else self.inits[-1]
+
+    def arm_sizes(self, method: str, init: str) -> tuple[float, ...]:
+        """The sizes an arm trains: every size on the main line, `ablation_sizes` (where given) elsewhere."""
+        return self.sizes if (method, init) == self.main_line or not self.ablation_sizes else self.ablation_sizes
+
+    def recipe(self) -> dict[str, object]:
+        """The training recipe every model of the study (teacher and students) trains with."""
+        return {"lr_schedule": self.lr_schedule, "stop_when_converged": self.stop_when_converged}
 
     def student_training(self) -> dict[str, int]:
         """The students' epochs and early-stopping patience under `student_budget`."""

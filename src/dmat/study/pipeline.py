@@ -107,7 +107,7 @@ def logged_params(cfg: PipelineConfig) -> dict[str, object]:
     """The preset and every value it resolved to (after the options given), as the pipeline run's params."""
     values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ("workers",)}
     spaced = {name: " ".join(map(tracking.encode_param, values[name]))
-              for name in ("sizes", "methods", "inits", "seeds")}
+              for name in ("sizes", "methods", "inits", "seeds", "ablation_sizes")}
     return {**values, **spaced}
 
 
@@ -117,7 +117,7 @@ class _Study:
     def __init__(self, cfg: PipelineConfig, result: PipelineResult, experiment_id: str, source: lineage.Source,
                  runner):
         self.cfg, self.result, self.experiment_id, self.source, self.runner = cfg, result, experiment_id, source, runner
-        students = len(cfg.sizes) * len(cfg.methods) * len(cfg.inits) * len(cfg.seeds)
+        students = len(cfg.seeds) * sum(len(cfg.arm_sizes(m, i)) for m in cfg.methods for i in cfg.inits)
         self.progress = tqdm(total=2 * (1 + students) + 2, desc=f"{cfg.preset} study", unit="stage")
         self._lock = threading.Lock()
 
@@ -149,13 +149,14 @@ class _Study:
         suffix = ("" if init == DistillConfig.init else f"_{init}") + (f"_seed{seed}" if seed else "")
         common = {**self.common(seed), **cfg.student_training(), "method": method, "init": init,
                   "student_steps": min(DistillConfig.student_steps, cfg.timesteps), "teacher_run_id": teacher_run_id}
+        sizes = cfg.arm_sizes(method, init)
         stages = {size: (f"student_{method}_{tracking.encode_param(size)}{suffix}", {**common, "size_factor": size})
-                  for size in cfg.sizes}
+                  for size in sizes}
         missing = [size for size, (_, params) in stages.items() if not self._finished("distill", params)]
         if len(missing) < 2:  # the others are reused; a stopped one is continued from its last.pt
             return [self.stage("distill", label, params) for label, params in stages.values()]
         shared = self.shared_loop(f"students_{method}{suffix}", common, {size: stages[size] for size in missing})
-        return [shared[size] if size in shared else self.stage("distill", *stages[size]) for size in cfg.sizes]
+        return [shared[size] if size in shared else self.stage("distill", *stages[size]) for size in sizes]
 
     def _finished(self, entry_point: str, params: dict) -> bool:
         """Whether a stage's run FINISHED with this code (tagged by a pipeline, or not: orphaned), so it is reused;
@@ -198,16 +199,18 @@ class _Study:
     def common(self, seed: int) -> dict:
         cfg = self.cfg
         return {"dataset": cfg.dataset, "image_size": cfg.image_size, "seed": seed, "device": cfg.device,
-                "precision": cfg.precision}
+                "precision": cfg.precision, **cfg.recipe()}
 
-    def evaluate(self, model: Stage) -> Stage | None:
+    def evaluate(self, model: Stage, steps_grid: bool = True) -> Stage | None:
+        """The model's evaluation; `steps_grid`: with the study's steps grid (the teacher and the main line)."""
         cfg = self.cfg
         if model.error:
             with self._lock:
                 self.progress.update(1)
             return None
         return self.stage("evaluate", f"evaluate_{model.label}", {
-            "num_samples": cfg.num_samples, "steps": cfg.steps, "steps_grid": cfg.steps_grid, "device": cfg.device,
+            "num_samples": cfg.num_samples, "steps": cfg.steps, "steps_grid": cfg.steps_grid if steps_grid else (),
+            "device": cfg.device,
             "precision": cfg.precision, "run_id": model.run_id})
 
 
@@ -223,9 +226,10 @@ def walk(study: _Study) -> None:
     with ThreadPoolExecutor(max_workers=len(groups) * (1 + len(cfg.sizes)) + 1) as pool:
         try:
             teacher_evaluation = pool.submit(study.evaluate, teacher)
-            loops = [pool.submit(study.students, *group, teacher.run_id) for group in groups]
+            loops = {pool.submit(study.students, *group, teacher.run_id): group[:2] == cfg.main_line
+                     for group in groups}
             teacher_evaluation.result()
-            evaluations = [pool.submit(study.evaluate, model)
+            evaluations = [pool.submit(study.evaluate, model, loops[loop])
                            for loop in as_completed(loops) for model in loop.result()]
             for evaluation in evaluations:
                 evaluation.result()

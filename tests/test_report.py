@@ -90,7 +90,7 @@ def test_report_from_synthetic_study(store, tmp_path, monkeypatch):
     html = path.read_text()
     assert _sections_in(html) == list(SECTIONS)
     figures = {p.stem for p in (tmp_path / "out" / "figures").glob("*.png")}
-    assert figures == {"quality_vs_size", "most_copied", "efficiency", "mse_heatmap", "denoising", "time_analysis",
+    assert figures == {"answer_ratio_vs_size", "quality_vs_size", "most_copied", "efficiency", "mse_heatmap", "denoising", "time_analysis",
                        "trajectory_divergence", "trajectory_pca", "training_curves", "budget_frontier"}
     assert "no fit: 2 distinct sizes" in html  # two sizes: the scaling section refuses to fit
     assert html.count("data:image/png;base64,") == len(figures)  # self-contained
@@ -340,11 +340,15 @@ def test_report_of_seeds_inits_and_a_steps_grid(store, tmp_path):
     smallest = students[students.size_factor == 0.2]
     assert list(smallest.still_improving) == [1, 1]  # seed 0 of each init said so, seed 1 said no
     assert "Seeds: 2 to 2 runs per size and method (student seeds 0, 1)" in html
+    first = html.index('<h2 id="answer">')
+    assert html.index("<p class=note>Only the random-CNN features scored these models, so no size is said to be "
+                      "within 10% of the teacher (a verdict needs both feature spaces)", first) < html.index("<table")
     answer = html.index("<p class=note>The answer: Only the random-CNN features scored these models, so no size is "
                         "said to be within 10% of the teacher in both feature spaces")
     assert ("By KID, no student size measured comes within 10% of the teacher (closest: size 0.8 distill, pruned init, "
             "1.22x the teacher&#x27;s, 95% interval 1.08x to 1.36x") in html
-    assert answer < html.index("<table") and "At equal training compute the teacher" in html  # first, above all
+    summary = html.index('<h2 id="summary">')
+    assert answer < html.index("<table", summary) and "At equal training compute the teacher" in html
     assert "one teacher run is shared by every student" in html
     assert "size 0.2 distill: pruned-init FID" in html and "Welch t-test over seeds, n=2 vs 2" in html
     assert "2 of 16 models were still improving when they stopped: size 0.2 distill (seed 0), size 0.2 distill, " \
@@ -631,25 +635,26 @@ def test_students_pruned_by_another_channel_ranking_are_other_models():
     assert list(tidy_runs(runs).init.fillna("untagged")) == ["pruned", "pruned (taylor)", "random", "untagged"]
 
 
-def _summary_notes(html: str) -> list[str]:
-    section = html.split('<h2 id="summary">')[1].split("<h2 ")[0]
-    return re.findall(r"<p class=note>(.*?)</p>", section, flags=re.S)
+def _caveats(html: str) -> list[str]:
+    section = html.split('<h2 id="caveats">')[1].split("<h2 ")[0]
+    return re.findall(r"<li>(.*?)</li>", section, flags=re.S)
 
 
 def test_the_quick_study_says_so_on_the_first_screen(store, tmp_path):
-    """A study whose pipeline ran with --preset quick opens with that, and with the command of the full study; a
-    store without a pipeline run (stages run by hand) gets no such note."""
+    """A study whose pipeline ran with --preset quick says so right below its answer, with the command of the full
+    study; a store without a pipeline run (stages run by hand) gets no such note."""
     log_synthetic_study("syn", sizes=(0.2, 0.5), methods=("distill",), artifacts=False, problems=False)
-    plain = _summary_notes(build_report("syn", sections=("summary",), out_dir=tmp_path / "a", log_run=False).read_text())
-    assert not any("quick study" in note for note in plain)
+    first_screen = ("answer", "caveats")
+    plain = _caveats(build_report("syn", sections=first_screen, out_dir=tmp_path / "a", log_run=False).read_text())
+    assert not any("quick study" in item for item in plain)
     client = MlflowClient()
     run = client.create_run(client.get_experiment_by_name("syn").experiment_id, tags={"dmat.role": "pipeline"})
     client.log_param(run.info.run_id, "preset", "quick")
     client.set_terminated(run.info.run_id)
-    notes = _summary_notes(build_report("syn", sections=("summary",), out_dir=tmp_path / "b", log_run=False).read_text())
-    assert notes[0].startswith("This is the quick study")
-    answer = next(i for i, note in enumerate(notes) if note.startswith("The answer:"))
-    assert any("make study" in note for note in notes[:answer])  # the one command for the full study, above the answer
+    html = build_report("syn", sections=first_screen, out_dir=tmp_path / "b", log_run=False).read_text()
+    assert _sections_in(html) == list(first_screen)
+    assert _caveats(html)[0].startswith("This is the quick study")
+    assert "make study" in _caveats(html)[-1]  # the one command for the full study
 
 
 def test_the_sensitivity_section_says_which_space_the_headline_is_in_and_shows_the_table(store, tmp_path):

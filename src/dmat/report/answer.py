@@ -105,6 +105,7 @@ class Near:
     teacher_improving: bool
     teachers: pd.DataFrame  # the teacher's evaluations
     sizes: list[SizeRatio]  # every size measured
+    kind: tuple = ()  # the kind's KIND values (method, init, NAMED keys)
 
     @property
     def named(self) -> SizeRatio:
@@ -147,7 +148,7 @@ def near_teacher(evaluations: pd.DataFrame, metric: str = "fid") -> tuple[list[N
         by_mean = [s for s in sizes if s.ratio[0] <= 1 + WITHIN]
         out.append(Near(name(*kind), metric, teacher, shown_within(sizes), by_mean[0] if by_mean else None,
                         min(sizes, key=lambda s: s.ratio[0]), _improving(group), _improving(teachers)[0] > 0,
-                        teachers, sizes))
+                        teachers, sizes, kind))
     return out, apart
 
 

@@ -25,8 +25,9 @@ from dmat.report.preflight import nothing_evaluated, writable_folder
 from dmat.report.query import load_study
 from dmat.report.sections import SECTIONS, choose_sections
 
-__all__ = ["SECTIONS", "build_report", "choose_sections"]
+__all__ = ["ANSWER_TAG", "SECTIONS", "build_report", "choose_sections"]
 
+ANSWER_TAG = "dmat.answer"  # the report run's tag: the first screen's one-sentence answer
 log = logging.getLogger(__name__)
 
 
@@ -60,6 +61,8 @@ def build_report(experiment: str | None = None, sections: tuple[str, ...] = SECT
         with tracking.tracked_run(f"report-{stamp}", {tracking.ROLE: tracking.REPORT}, experiment=study.experiment):
             tracking.log_params({"experiment": study.experiment, "sections": ",".join(s.key for s in built),
                                  "full_mse": full_mse})
+            answer = next((s.notes[0] for s in built if s.key == "answer" and s.notes), "")
+            mlflow.set_tag(ANSWER_TAG, answer)  # the pipeline prints it as its last word
             mlflow.log_metrics({"model_runs": len(study.models), "evaluations": len(study.evaluations),
                                 "problems": len(study.problems)})
             mlflow.log_artifacts(str(out), artifact_path="report")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import mlflow
 import pandas as pd
 
-from dmat.report import curves, figures, frontier, scaling, sensitivity, speed, study_kind
+from dmat.report import curves, figures, first_screen, frontier, scaling, sensitivity, speed, study_kind
 from dmat.report.answer import answer
 from dmat.report.findings import findings, seeds_statement
 from dmat.report.query import Study, load_npz
@@ -138,10 +138,23 @@ def _experiment_id(i: Inputs) -> str:
     return mlflow.get_experiment_by_name(i.study.experiment).experiment_id
 
 
+def _answer(section: Section, i: Inputs) -> None:
+    """The first screen: the answer in one sentence, the paper-style table, the figure it is read on."""
+    section.notes.append(first_screen.headline(i.evals))
+    section.tables.append(first_screen.results_table(i.table, i.evals))
+    section.figure("answer_ratio_vs_size", first_screen.ratio_figure(i.evals), "no student can be compared with "
+                   "the teacher")
+
+
+def _caveats(section: Section, i: Inputs) -> None:
+    """The study's kind and what it cannot conclude (the quick study says so)."""
+    section.items = study_kind.banner(study_kind.preset_of(_experiment_id(i)), i.study.models, i.study.evaluations)
+    if not section.items:
+        section.notes.append("Nothing found: every model converged, with several seeds, both inits and methods.")
+
+
 def _summary(section: Section, i: Inputs) -> None:
-    # first the study's kind and what it cannot conclude (the quick study says so), then its answer in one paragraph
-    section.notes += study_kind.banner(study_kind.preset_of(_experiment_id(i)), i.study.models,
-                                      i.study.evaluations)
+    # the answer in one paragraph, every kind and metric (the first screen has the main line in one sentence)
     section.notes.append(answer(i.evals, i.histories))
     section.tables.append(format_table(i.table))
     section.notes += seeds_statement(i.evals, i.study.models)
@@ -281,7 +294,7 @@ def _findings(section: Section, i: Inputs) -> None:
 
 
 BUILDERS = {
-    "summary": _summary, "quality": _quality, "mse": _mse, "trajectory": _trajectory, "problems": _problems,
+    "answer": _answer, "caveats": _caveats, "summary": _summary, "quality": _quality, "mse": _mse, "trajectory": _trajectory, "problems": _problems,
     "findings": _findings, "scaling": _scaling, "frontier": _frontier, "time": _time, "training": _training,
     "memorisation": lambda section, i: memorisation_section(section, i.study, i.subset),
     "efficiency": _efficiency, "sensitivity": _sensitivity,

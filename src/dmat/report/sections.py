@@ -17,10 +17,11 @@ from dmat.report.tables import readable_subset, summary_table
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("summary", "quality", "sensitivity", "memorisation", "efficiency", "scaling", "frontier", "sweep", "mse",
+SECTIONS = ("answer", "caveats", "summary", "quality", "sensitivity", "memorisation", "efficiency", "scaling", "frontier", "sweep", "mse",
             "denoising", "time", "trajectory", "training", "findings", "problems")
 OPTIONAL_SECTIONS = ("mse", "denoising", "time", "trajectory")
-TITLES = {"summary": "Summary per size and method", "quality": "Quality against size (matched sample sizes)",
+TITLES = {"answer": "The answer", "caveats": "What this study cannot conclude",
+          "summary": "Summary per size and method", "quality": "Quality against size (matched sample sizes)",
           "sensitivity": "Sensitivity: which corruptions of real images each score detects",
           "memorisation": "Memorisation: generated samples and their nearest training images",
           "efficiency": "Efficiency", "scaling": "Scaling law: quality against size",

@@ -1,0 +1,72 @@
+"""The report's first screen (report/first_screen.py): one sentence on the main line in both feature spaces, never
+naming the teacher under another name, an eight-column results table with units, and the figure it is read on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dmat.report.first_screen import headline, ratio_figure, results_table
+from dmat.report.tables import summary_table
+
+
+def _evaluations(kids: dict[tuple[str, str, float], list[float]], teacher: list[float],
+                 classifier_factor: dict[float, float] | None = None) -> pd.DataFrame:
+    """The teacher's seeds, then each (method, init, size)'s seeds, with both KIDs (the classifier's = KID x factor),
+    FID, parameters (size^2 of the teacher's 1 M), FLOPs and latency."""
+    factor = classifier_factor or {}
+    rows = [dict(method="teacher", init="random", size_factor=1.0, model_seed=s, kid=k) for s, k in enumerate(teacher)]
+    rows += [dict(method=m, init=i, size_factor=z, model_seed=s, kid=k) for (m, i, z), values in kids.items()
+             for s, k in enumerate(values)]
+    frame = pd.DataFrame(rows)
+    return frame.assign(kid_sd=0.0, kid_classifier=frame.kid * frame.size_factor.map(factor).fillna(1.0),
+                        fid=100 * frame.kid, num_parameters=1e6 * frame.size_factor**2,
+                        flops_per_forward=5e7 * frame.size_factor**2, latency_ms_per_image=20 * frame.size_factor,
+                        epochs_run=30.0, image_size=16)
+
+
+MAIN = {("distill", "pruned", 1.0): [1.0, 1.01, 0.99], ("distill", "pruned", 0.5): [1.02, 1.03, 1.01],
+        ("distill", "pruned", 0.2): [1.6, 1.7, 1.65]}
+
+
+def test_the_sentence_names_the_main_lines_size_both_spaces_show_with_its_share_and_intervals():
+    text = headline(_evaluations({**MAIN, ("scratch", "pruned", 0.5): [1.3, 1.35, 1.32]}, [1.0, 1.0, 1.0]))
+    assert text.startswith("A student with 25% of the teacher's parameters (size 0.5, distill, pruned init) comes "
+                           "within 10% of the teacher's KID in both feature spaces: random-CNN KID 1.02x the "
+                           "teacher's, 95% interval")
+    assert "over 3 seeds per size" in text and "nan" not in text
+
+
+def test_the_classifier_space_alone_can_refuse_a_size():
+    """Size 0.5 drops classes: the random CNN sees nothing, the classifier triples its KID; only size 1 is shown in
+    both, and size 1 from the teacher's weights is the teacher under another name: no answer."""
+    text = headline(_evaluations(MAIN, [1.0, 1.0, 1.0], classifier_factor={0.5: 3.0}))
+    assert text.startswith("No smaller student came within 10% of the teacher (distill, pruned init, classifier KID)")
+    assert "size 1 " not in text and "size 1," not in text
+
+
+def test_a_pruned_size_one_student_is_never_the_answer_but_a_random_start_of_size_one_is_not_the_teacher():
+    only_one = {("distill", "pruned", 1.0): [1.0, 1.01, 0.99], ("distill", "pruned", 0.5): [1.5, 1.6, 1.55]}
+    assert headline(_evaluations(only_one, [1.0, 1.0, 1.0])).startswith("No smaller student came within 10%")
+    random_one = {("distill", "random", 1.0): [1.0, 1.01, 0.99], ("distill", "random", 0.5): [1.5, 1.6, 1.55]}
+    assert "(size 1, distill)" in headline(_evaluations(random_one, [1.0, 1.0, 1.0]))
+
+
+def test_the_results_table_has_eight_columns_with_units_and_marks_the_best_student():
+    evaluations = _evaluations({**MAIN, ("scratch", "pruned", 0.5): [1.3, 1.35, 1.32]}, [1.0, 1.0, 1.0])
+    table = results_table(summary_table(evaluations), evaluations)
+    assert len(table.columns) <= 8 and {"params (M)", "FLOPs / step (M)", "KID ↓ (×10⁻³)", "FID ↓",
+                                       "latency (ms / image)", "epochs"} <= set(table.columns)
+    assert list(table.model)[0] == "teacher" and table["params (M)"].iloc[0] == "1.000"
+    best = table[table["KID ↓ (×10⁻³)"].str.endswith("*")]
+    assert list(best.model) == ["distill, pruned init, size 1"]  # the lowest student KID, marked once
+    half = table.set_index("model").loc["distill, pruned init, size 0.5"]
+    assert half["KID / teacher (95% interval)"].startswith("1.02 [") and "±" in half["KID ↓ (×10⁻³)"]
+
+
+def test_the_figure_draws_both_spaces_with_the_threshold():
+    fig = ratio_figure(_evaluations(MAIN, [1.0, 1.0, 1.0]))
+    assert [ax.get_title() for ax in fig.axes] == ["KID / teacher's", "the classifier's KID / teacher's"]
+    assert any(np.isclose(line.get_ydata()[0], 1.1) for line in fig.axes[0].get_lines())
+    assert ratio_figure(_evaluations({}, [1.0])) is None

@@ -70,3 +70,15 @@ def test_the_figure_draws_both_spaces_with_the_threshold():
     assert [ax.get_title() for ax in fig.axes] == ["KID / teacher's", "the classifier's KID / teacher's"]
     assert any(np.isclose(line.get_ydata()[0], 1.1) for line in fig.axes[0].get_lines())
     assert ratio_figure(_evaluations({}, [1.0])) is None
+
+
+def test_ablations_at_fewer_sizes_are_said_to_hold_at_those_sizes_only():
+    from dmat.report.study_kind import caveats
+
+    students = pd.DataFrame([dict(role="student", method="distill", init="pruned", size_factor=z, seed=s)
+                             for z in (0.2, 0.4, 0.5, 1.0) for s in (0, 1)]
+                            + [dict(role="student", method="scratch", init="pruned", size_factor=z, seed=s)
+                               for z in (0.2, 1.0) for s in (0, 1)])
+    said = caveats("full", students)
+    assert said[-1:] == ["scratch, pruned init was trained at sizes 0.2, 1 only (the main line at 4 sizes): its "
+                    "comparison with other kinds holds at those sizes."]

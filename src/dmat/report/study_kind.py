@@ -34,10 +34,24 @@ def caveats(preset: str | None, models: pd.DataFrame) -> list[str]:
         if column in students and students[column].nunique() == 1:
             out.append(f"One student {what} ({students[column].iloc[0]}): whether the conclusion holds for another "
                        "is not measured.")
+    out += fewer_sizes(students)
     if preset == "quick":
         out.insert(0, "This is the quick study: short training budgets and a small teacher, to show in minutes what "
                       "the study measures. Its numbers are not the answer to how model size changes quality.")
     return out
+
+
+def fewer_sizes(students: pd.DataFrame) -> list[str]:
+    """A sentence per student kind trained at fewer sizes than the kind with the most (an adaptive design's
+    ablations): what it says about another kind holds at its sizes only."""
+    if not {"method", "init", "size_factor"} <= set(students.columns) or students.empty:
+        return []
+    sizes = students.fillna({"init": "random"}).groupby(["method", "init"]).size_factor.apply(
+        lambda s: tuple(sorted(s.unique())))
+    most = max(map(len, sizes))
+    return [f"{method}, {init} init was trained at sizes {', '.join(f'{z:g}' for z in found)} only (the main line at "
+            f"{most} sizes): its comparison with other kinds holds at those sizes." for (method, init), found in sizes.items()
+            if len(found) < most]
 
 
 def mixed_precisions(models: pd.DataFrame, evaluations: pd.DataFrame) -> list[str]:

@@ -88,3 +88,12 @@ ARTIFACTS ?= ./mlartifacts
 ## server: a shared tracking server on $(HOST):$(PORT) (BACKEND=postgresql://user@host:5432/db, ARTIFACTS=dir); then export MLFLOW_TRACKING_URI=http://$(HOST):$(PORT)
 server: setup
 	$(BIN)/mlflow server --host $(HOST) --port $(PORT) --backend-store-uri $(BACKEND) --artifacts-destination $(ARTIFACTS) --serve-artifacts
+
+.PHONY: results
+DATASET ?= digits
+RESULTS_NAME ?= $(notdir $(patsubst folder:%,%,$(DATASET)))
+## results: the full study on DATASET (digits, mnist5k or folder:PATH) in experiment study-<name>, then results/<name>/
+## (report, tables, STUDY.md) and the README's Results block from it; reruns reuse the finished stages
+results: setup
+	MLFLOW_EXPERIMENT_NAME=study-$(RESULTS_NAME) $(BIN)/dmat pipeline --preset full --dataset $(DATASET) $(ARGS)
+	MLFLOW_EXPERIMENT_NAME=study-$(RESULTS_NAME) $(BIN)/dmat results --out results/$(RESULTS_NAME)

@@ -274,5 +274,23 @@ def sweep(create_only, worker_of, worker_index, experiment, **options):
         click.echo(f"best FID {study.best_value:.3f}: {study.best_params}")
 
 
+@cli.command()
+@click.option("--out", "out", required=True, help="the results folder, e.g. results/digits (its name names the data set "
+                                                    "in the README's Results block)")
+@click.option("--readme", default="README.md", help="rewrite this README's Results block for the data set, where it "
+                                                    "has its markers")
+@click.option("--experiment", default=None, help="MLflow experiment of the study (default: $MLFLOW_EXPERIMENT_NAME)")
+@friendly_errors
+def results(out, readme, experiment):
+    """Publish a finished study: results/<name>/ (report, tables, STUDY.md, results.md) and the README's block."""
+    from pathlib import Path
+
+    from dmat.report.results import export_results
+
+    experiment = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "Default"
+    folder = export_results(experiment, Path(out), Path(readme) if readme else None)
+    click.echo(f"results {folder.resolve()}")
+
+
 def main():
     cli()

@@ -57,12 +57,23 @@ def test_the_results_table_has_eight_columns_with_units_and_marks_the_best_stude
     evaluations = _evaluations({**MAIN, ("scratch", "pruned", 0.5): [1.3, 1.35, 1.32]}, [1.0, 1.0, 1.0])
     table = results_table(summary_table(evaluations), evaluations)
     assert len(table.columns) <= 8 and {"params (M)", "FLOPs / step (M)", "KID ↓ (×10⁻³)", "FID ↓",
-                                       "latency (ms / image)", "epochs"} <= set(table.columns)
+                                       "latency (ms / image, in its evaluation)", "epochs"} <= set(table.columns)
     assert list(table.model)[0] == "teacher" and table["params (M)"].iloc[0] == "1.000"
     best = table[table["KID ↓ (×10⁻³)"].str.endswith("*")]
     assert list(best.model) == ["distill, pruned init, size 1"]  # the lowest student KID, marked once
     half = table.set_index("model").loc["distill, pruned init, size 0.5"]
     assert half["KID / teacher (95% interval)"].startswith("1.02 [") and "±" in half["KID ↓ (×10⁻³)"]
+
+
+def test_the_latency_is_the_side_by_side_forward_pass_times_the_steps_where_timed():
+    evaluations = _evaluations(MAIN, [1.0, 1.0, 1.0]).assign(steps=50)
+    timed = [dict(role=role, size_factor=z, image_size=16, batch_size=b, ms_per_forward=ms * (1 + (b > 1)),
+                  flops_per_forward=1.0) for role, z, ms in (("teacher", 1.0, 2.0), ("student", 1.0, 2.2),
+                                                             ("student", 0.5, 1.0), ("student", 0.2, 0.5))
+             for b in (1, 256)]
+    table = results_table(summary_table(evaluations), evaluations, timed).set_index("model")
+    column = "latency (ms / image, batch 1, 50 steps)"
+    assert table.loc["teacher", column] == "100.0" and table.loc["distill, pruned init, size 0.5", column] == "50.0"
 
 
 def test_the_figure_draws_both_spaces_with_the_threshold():

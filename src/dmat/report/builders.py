@@ -141,7 +141,7 @@ def _experiment_id(i: Inputs) -> str:
 def _answer(section: Section, i: Inputs) -> None:
     """The first screen: the answer in one sentence, the paper-style table, the figure it is read on."""
     section.notes.append(first_screen.headline(i.evals))
-    section.tables.append(first_screen.results_table(i.table, i.evals))
+    section.tables.append(first_screen.results_table(i.table, i.evals, speed.side_by_side_rows(_experiment_id(i))))
     section.figure("answer_ratio_vs_size", first_screen.ratio_figure(i.evals), "no student can be compared with "
                    "the teacher")
 

@@ -18,6 +18,7 @@ from matplotlib.ticker import LogLocator, NullFormatter, PercentFormatter
 from dmat.config.study import MAIN_LINE
 from dmat.config.training import PRUNED
 from dmat.report.answer import LABELS, WITHIN, Near, SizeRatio, near_teacher
+from dmat.report.speed import with_side_by_side_ms
 
 SPACES = {"kid": "random-CNN KID", "kid_classifier": "classifier KID"}  # the two feature spaces of a verdict
 
@@ -83,13 +84,29 @@ def _cell(mean: float, half: float, digits: int) -> str:
     return f"{mean:.{digits}f} ± {half:.{digits}f}" if np.isfinite(half) else f"{mean:.{digits}f}"
 
 
-def results_table(table: pd.DataFrame, evaluations: pd.DataFrame) -> pd.DataFrame:
+def _latency(table: pd.DataFrame, evaluations: pd.DataFrame, side_by_side: list[dict] | None):
+    """Per row, ms per image and the column's header: the side-by-side forward pass (`dmat cost`: every model timed
+    in one process, so comparable) times the sampling steps; else each evaluation's own batch-1 latency, measured at
+    whatever load the machine had, and said so."""
+    steps = evaluations["steps"].median() if "steps" in evaluations else np.nan
+    if side_by_side and np.isfinite(steps):
+        timed, (column, _) = with_side_by_side_ms(table, side_by_side)
+        batch = min(r["batch_size"] for r in side_by_side)
+        header = f"latency (ms / image, batch {batch}, {steps:g} steps)"
+        return timed[column] * steps, pd.Series(np.nan, index=timed.index), header
+    return table.latency_ms_per_image, table.latency_ms_per_image_ci95, "latency (ms / image, in its evaluation)"
+
+
+def results_table(table: pd.DataFrame, evaluations: pd.DataFrame,
+                  side_by_side: list[dict] | None = None) -> pd.DataFrame:
     """The paper-style table: teacher and each student row of the summary table at the teacher's resolution, eight
-    columns with units, mean ± 95% half-width over seeds, the ratio of KID to the teacher's with its interval; the
-    best student value of each quality column marked with *."""
+    columns with units, mean ± 95% half-width over seeds, the ratio of KID to the teacher's with its interval, the
+    latency per image from the side-by-side timings where there are some; the best student value of each quality
+    column marked with *."""
     ratios = {(n.kind, s.size): s.ratio for n in near_teacher(evaluations, "kid")[0] for s in n.sizes}
+    latency, latency_ci, latency_header = _latency(table, evaluations, side_by_side)
     rows = []
-    for row in table.itertuples():
+    for row, ms, ms_ci in zip(table.itertuples(), latency, latency_ci):
         kind = tuple(getattr(row, key) for key in ("method", "init"))
         found = [r for (k, size), r in ratios.items() if tuple(k[:2]) == kind and size == row.size_factor]
         ratio = found[0] if found else (1.0, np.nan, np.nan)
@@ -101,7 +118,7 @@ def results_table(table: pd.DataFrame, evaluations: pd.DataFrame) -> pd.DataFram
             "FID ↓": _cell(row.fid, row.fid_ci95, 1),
             "KID / teacher (95% interval)": "1 (reference)" if row.method == "teacher" else
             f"{ratio[0]:.2f}" + (f" [{ratio[1]:.2f}, {ratio[2]:.2f}]" if np.isfinite(ratio[1]) else ""),
-            "latency (ms / image)": _cell(row.latency_ms_per_image, row.latency_ms_per_image_ci95, 1),
+            latency_header: _cell(ms, ms_ci, 1),
             "epochs": _cell(getattr(row, "epochs_run", np.nan), np.nan, 0)})
     out = pd.DataFrame(rows)
     students = table.method != "teacher"

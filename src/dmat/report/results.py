@@ -25,6 +25,7 @@ from dmat.errors import DmatError
 from dmat.report.build import build_report
 from dmat.report.first_screen import headline, results_table
 from dmat.report.query import load_study
+from dmat.report.speed import side_by_side_rows
 from dmat.report.tables import summary_table
 from dmat.runtime import cpu_has_bf16
 
@@ -97,7 +98,9 @@ def export_results(experiment: str, out: Path, readme: Path | None = None) -> Pa
     out.mkdir(parents=True, exist_ok=True)
     build_report(experiment, out_dir=out, log_run=False)
     study = load_study(experiment)
-    sentence, table = headline(study.evaluations), results_table(summary_table(study.evaluations), study.evaluations)
+    timings = side_by_side_rows(found.experiment_id)
+    sentence = headline(study.evaluations)
+    table = results_table(summary_table(study.evaluations), study.evaluations, timings)
     table.to_csv(out / "results.csv", index=False)
     name = out.name
     block = f"**{name}**: {sentence}\n\n{markdown_table(table)}\n"

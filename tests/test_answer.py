@@ -69,3 +69,16 @@ def test_in_simulated_studies_the_named_size_is_truly_outside_10_percent_at_most
         biased += near.by_mean is not None and TRUE_RATIOS[near.by_mean.size] > 1.1
     assert named > 100  # it does name a size, most of the time
     assert wrong / 200 <= 0.10 < biased / 200
+
+
+def test_a_pruned_students_training_compute_counts_the_teachers_training_it_inherited():
+    from dmat.report.answer import compute_sentence
+
+    frame = _evaluations({1.0: [1.0, 1.0], 0.5: [1.02, 1.01]}, [1.0, 1.0]).assign(
+        train_flops=[100.0, 100.0, 20.0, 20.0, 10.0, 10.0], epochs_run=[100.0, 100.0, 30.0, 30.0, 30.0, 30.0])
+    pruned = frame.assign(init=["random", "random", "pruned", "pruned", "pruned", "pruned"])
+    near = min(near_teacher(pruned, "kid")[0], key=lambda n: n.named.size)
+    text = compute_sentence(near, None)
+    assert "10% of the teacher's 100 over 100" in text and "inherited by its pruned start, 110%" in text
+    random_start = min(near_teacher(frame, "kid")[0], key=lambda n: n.named.size)
+    assert "inherited" not in compute_sentence(random_start, None)

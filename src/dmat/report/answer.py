@@ -297,9 +297,12 @@ def compute_sentence(near: Near | None, histories: pd.DataFrame | None) -> str:
     if not (np.isfinite(s_flops) and np.isfinite(t_flops) and t_flops > 0 and t_epochs > 0):
         return "Training compute: not logged for both the student and the teacher, so no comparison at equal compute."
     note = " (the teacher's forward passes of distillation not counted)" if "distill" in near.name else ""
+    pruned = (student.get("init", pd.Series(dtype=object)) == "pruned").all() and len(student)
+    inherited = (f"; with the teacher's training it inherited by its pruned start, {(s_flops + t_flops) / t_flops:.0%}"
+                 if pruned else "")
     text = (f"Training compute: size {near.named.size:g} {near.name} used "
             f"{s_flops:.3g} training FLOPs{note} over {s_epochs:g} epochs, {s_flops / t_flops:.0%} of the teacher's "
-            f"{t_flops:.3g} over {t_epochs:g}.")
+            f"{t_flops:.3g} over {t_epochs:g}{inherited}.")
     if histories is None or "model_run_id" not in student:
         return text
     at_compute = s_flops / (t_flops / t_epochs)  # the teacher's epochs with the student's compute

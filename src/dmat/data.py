@@ -64,17 +64,19 @@ def _resized(images: torch.Tensor, image_size: int) -> torch.Tensor:
     return resize(images, image_size).clamp(0, 1) * 2 - 1
 
 
-DIGITS_HELD_OUT_PER_CLASS, DIGITS_HELD_OUT_SEED = 40, 0  # 400 of the 1,797 digits held out, 1,397 to train on
+DIGITS_HELD_OUT_PER_CLASS = 40  # 400 of the 1,797 digits held out, 1,397 to train on
+HELD_OUT_SEED = 0  # fixed, never a run's setting: every model and extractor of a data set leaves out the same images
 
 
-def digits_held_out_mask(labels: torch.Tensor) -> torch.Tensor:
-    """digits' fixed held-out split: DIGITS_HELD_OUT_PER_CLASS digits of each class, chosen by a generator seeded
-    with DIGITS_HELD_OUT_SEED (fixed, never a run's setting), so that every model and extractor leaves out the same."""
-    generator = torch.Generator().manual_seed(DIGITS_HELD_OUT_SEED)
+def held_out_mask(labels: torch.Tensor, per_class: int) -> torch.Tensor:
+    """A data set's fixed held-out split: `per_class` images of each class drawn at random (HELD_OUT_SEED), so that
+    held-out images are drawn like the training images (a file's tail may not be: mnist5k's last 100 of each class
+    scored a copy rate of 0.098 for unseen images against the 0.05 of chance, issue 32)."""
+    generator = torch.Generator().manual_seed(HELD_OUT_SEED)
     mask = torch.zeros(len(labels), dtype=torch.bool)
     for label in labels.unique():
         members = torch.nonzero(labels == label).flatten()
-        mask[members[torch.randperm(len(members), generator=generator)[:DIGITS_HELD_OUT_PER_CLASS]]] = True
+        mask[members[torch.randperm(len(members), generator=generator)[:per_class]]] = True
     return mask
 
 
@@ -86,7 +88,7 @@ def _digits(image_size: int, held_out: bool | None) -> TensorDataset:
     bundled = load_digits()
     images = torch.tensor(bundled.images, dtype=torch.float32).unsqueeze(1) / 16.0
     labels = torch.as_tensor(bundled.target).long()
-    chosen = torch.ones(len(labels), dtype=torch.bool) if held_out is None else digits_held_out_mask(labels) == held_out
+    chosen = torch.ones(len(labels), dtype=torch.bool) if held_out is None else held_out_mask(labels, DIGITS_HELD_OUT_PER_CLASS) == held_out
     return TensorDataset(_resized(images[chosen], image_size), labels[chosen])
 
 
@@ -115,18 +117,10 @@ def _mnist5k_arrays() -> tuple[torch.Tensor, torch.Tensor]:
     return table[:, :-1].reshape(-1, 1, 28, 28).to(torch.uint8), table[:, -1].long()
 
 
-def mnist5k_held_out_mask(labels: torch.Tensor) -> torch.Tensor:
-    """The fixed held-out split: the last MNIST5K_HELD_OUT_PER_CLASS digits of each class in the file's order."""
-    mask = torch.zeros(len(labels), dtype=torch.bool)
-    for label in labels.unique():
-        mask[torch.nonzero(labels == label).flatten()[-MNIST5K_HELD_OUT_PER_CLASS:]] = True
-    return mask
-
-
 def _mnist5k(image_size: int, held_out: bool) -> TensorDataset:
     """mnist5k's training part (4,000 digits) or its held-out part (1,000), as (image, label) pairs."""
     pixels, labels = _mnist5k_arrays()
-    chosen = mnist5k_held_out_mask(labels) == held_out
+    chosen = held_out_mask(labels, MNIST5K_HELD_OUT_PER_CLASS) == held_out
     return TensorDataset(_resized(pixels[chosen].float() / 255, image_size), labels[chosen])
 
 

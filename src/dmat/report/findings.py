@@ -21,7 +21,7 @@ from dmat.report.tables import GROUP, kind_of, namer, with_keys
 
 FLOOR_SPREAD = 2.0  # "inside the floor's spread" = KID within 2 sd (over draws) of the real-vs-real floor
 COPY_ALARM = 0.05  # a raw copy rate of 5x chance (1%, memorisation.COPY_PERCENTILE) flags memorisation
-# the copy test's own alarm (memorisation.copy_test: copy_rate >= 2 x chance, binomial p < 0.01), logged as 1/0
+# the copy test's own alarm (memorisation.copy_test: beta-binomial p < 0.01 against chance), logged as 1/0
 COPY_TEST = ("copy_alarm", "copy_rate", "copy_rate_chance", "copy_p_value")
 SPLIT_KIDS = tuple(per_reference(m, r) for m in ("kid", "kid_sd") for r in REFERENCES)  # kid_train, kid_heldout, ...
 

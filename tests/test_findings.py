@@ -59,10 +59,11 @@ def test_the_smallest_size_near_the_teacher_comes_with_its_interval(store):
     study, _ = _study(improving=False)
     lines = smallest_near_teacher(study.evaluations)
     fid = next(line for line in lines if "teacher's FID" in line)
-    # 0.95 is within by its mean (1.07x) but not shown: 3 seeds of sd 0.3 give an interval up to 1.21x
+    # 0.95 is within by its mean (1.07x) but not shown: 3 seeds of sd 0.3 give an interval up to ~1.22x (the teacher,
+    # trained once, carries the students' seed-to-draws spread)
     assert fid.startswith("distill: no size is shown within 10% of the teacher's FID 5 (by its mean alone size 0.95 "
                           "comes within: 1.07x the teacher's, but its 95% interval, ")
-    assert re.search(r"95% interval, \d\.\d\dx to 1\.21x over 3 seeds, does not show it\)\.$", fid)
+    assert re.search(r"95% interval, \d\.\d\dx to 1\.2\dx over 3 seeds, does not show it\)\.$", fid)
     assert "at most" not in fid and "still improving" not in fid
 
 
@@ -92,9 +93,9 @@ def test_the_answer_paragraph_states_size_interval_method_cost_and_equal_compute
     assert text.startswith("The answer: Only the random-CNN features scored these models, so no size is said to be "
                            "within 10% of the teacher in both feature spaces")
     for label in ("KID", "FID"):  # 3 seeds, sd 0.3: within by the mean, not shown
-        assert (f"By {label}, no student size is shown within 10% of the teacher; by its mean alone size 0.95 "
-                "(distill) comes within: 1.07x the teacher's, but its 95% interval, 0.94x to 1.21x over 3 seeds, does "
-                "not show it.") in text
+        assert re.search(f"By {label}, no student size is shown within 10% of the teacher; by its mean alone size 0.95 "
+                         r"\(distill\) comes within: 1.07x the teacher's, but its 95% interval, 0.9\dx to 1.2\dx over 3 "
+                         r"seeds, does not show it.", text)
     share = (2_000_000 * 0.95 ** 2 + 10_000) / (2_000_000 + 10_000)
     tight = study.evaluations.assign(fid_sd=0.01, fid=lambda f: np.where(  # seeds 0.01 apart: 0.95 shown within
         f.method == "teacher", 5.0, 5.0 + 30 * (1 - f.size_factor) ** 2 + 0.01 * f.model_seed.astype(float)))
@@ -132,3 +133,23 @@ def test_the_seeds_statement_says_whether_evaluations_shared_their_seed():
     assert "every evaluation samples with the same evaluation seed" in seeds_statement(rows, models)[0]
     other = seeds_statement(rows.assign(seed=["0", "3"]), models)[0]
     assert "evaluations sample with 2 evaluation seeds (0, 3)" in other and "same evaluation seed" not in other
+
+
+def test_inside_the_floor_needs_both_feature_spaces_and_says_which_sees_what():
+    """Issue 32: a generator of half the classes is inside the random CNN's floor but far outside the classifier's;
+    it is not called inside the floor, and the report says which space sees it."""
+    from dmat.report.findings import floor_comparison
+
+    def row(size, kid, kid_classifier):
+        return dict(method="distill", init="pruned", size_factor=size, quality_n=200, kid=kid, kid_floor=0.0,
+                    kid_floor_sd=0.01, kid_classifier=kid_classifier, kid_classifier_floor=0.0,
+                    kid_classifier_floor_sd=0.01)
+
+    lines = floor_comparison(pd.DataFrame([row(1.0, 0.005, 0.004), row(0.5, 0.005, 0.24), row(0.2, 0.05, 0.004)]))
+    assert lines[0].endswith("a side): size 1 distill, pruned init.")
+    assert "KID inside the random CNN's floor but not the classifier's (it sees which classes are drawn: a class " \
+           "missing or over-drawn): size 0.5 distill, pruned init." in lines
+    assert any(line.startswith("KID inside the classifier's floor but not the random CNN's") and "size 0.2" in line
+               for line in lines)
+    unscored = floor_comparison(pd.DataFrame([row(1.0, 0.005, np.nan)]))
+    assert unscored[0].endswith("a side): none.") and "not scored by the classifier" in unscored[1]

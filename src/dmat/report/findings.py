@@ -172,22 +172,47 @@ def _name(row, name) -> str:
             else f"size {row.size_factor:g} {name(*kind_of(row))}")
 
 
+def _inside(rows: pd.DataFrame, kid: str) -> pd.Series:
+    """Rows whose `kid` is within FLOOR_SPREAD floor sd of its real-vs-real floor (False where not measured)."""
+    gap = (rows[kid] - rows[f"{kid}_floor"]).abs()
+    return (gap <= FLOOR_SPREAD * rows[f"{kid}_floor_sd"]).fillna(False)
+
+
 def floor_comparison(evaluations: pd.DataFrame) -> list[str]:
-    """Which models' KID (matched N, the headline comparison) is inside the real-vs-real floor's spread; a model whose
-    evaluation raised a copy alarm is never called inside it (a copier's KID is at the floor by copying)."""
-    needed = ["kid", "kid_floor", "kid_floor_sd"]
+    """Which models' KID (matched N) is inside the real-vs-real floor's spread in both feature spaces -- a verdict
+    needs both (the random CNN misses dropped classes, the classifier noise and blur) -- and, where they disagree,
+    which space sees what. A model whose evaluation raised a copy alarm is never called inside it (a copier's KID is
+    at the floor by copying)."""
+    spaces = ("kid", "kid_classifier")
+    columns = [f"{k}{part}" for k in spaces for part in ("", "_floor", "_floor_sd")]
     name = namer(evaluations)
-    rows = with_keys(evaluations).reindex(columns=[*GROUP, "quality_n", "copy_alarm", *needed]).dropna(subset=needed)
+    rows = with_keys(evaluations).reindex(columns=[*GROUP, "quality_n", "copy_alarm", *columns]).dropna(
+        subset=columns[:3])
     if rows.empty:
         return ["No evaluation has a matched-N KID and floor."]
-    near = (rows.kid - rows.kid_floor).abs() <= FLOOR_SPREAD * rows.kid_floor_sd
-    alarmed = {_name(r, name) for r in rows[rows.copy_alarm == 1].itertuples()}
-    names = ", ".join(sorted({_name(r, name) for r in rows[near].itertuples()} - alarmed)) or "none"
-    copies = sorted({_name(r, name) for r in rows[near].itertuples()} & alarmed)
+    randcnn, classifier = _inside(rows, "kid"), _inside(rows, "kid_classifier")
+    scored = rows[columns[3:]].notna().all(axis=1)
+
+    def names(mask) -> set[str]:
+        return {_name(r, name) for r in rows[mask].itertuples()}
+
+    alarmed = names(rows.copy_alarm == 1)
+    both = names(randcnn & classifier) - alarmed
+    copies = sorted(names(randcnn & (classifier | ~scored)) & alarmed)
     copying = (f"; not counted, since their copy test raised an alarm (their samples reproduce training images, so "
                f"their KID is no sign of quality): {', '.join(copies)}" if copies else "")
-    return [f"KID inside the spread of the real-vs-real floor (within {FLOOR_SPREAD:g} sd over draws, N = "
-            f"{', '.join(f'{n:g}' for n in sorted(rows.quality_n.unique()))} a side): {names}{copying}."]
+    out = [f"KID inside the spread of the real-vs-real floor in both feature spaces (within {FLOOR_SPREAD:g} sd over "
+           f"draws, N = {', '.join(f'{n:g}' for n in sorted(rows.quality_n.unique()))} a side): "
+           f"{', '.join(sorted(both)) or 'none'}{copying}."]
+    for mask, text in ((randcnn & scored & ~classifier, "inside the random CNN's floor but not the classifier's (it sees "
+                        "which classes are drawn: a class missing or over-drawn)"),
+                       (classifier & ~randcnn, "inside the classifier's floor but not the random CNN's (it sees noise, "
+                        "blur and stroke texture)"),
+                       (randcnn & ~scored, "inside the random CNN's floor, not scored by the classifier: not said to "
+                        "be inside")):
+        if found := sorted(names(mask) - alarmed - both):
+            out.append(f"KID {text}: {', '.join(found)}.")
+    return out
 
 
 def memorisation_signs(evaluations: pd.DataFrame) -> list[str]:

@@ -109,6 +109,11 @@ def test_student_evaluation_logs_the_contract(in_store, tmp_path):
     assert metrics["kid"] > metrics["kid_floor"] + 2 * metrics["kid_floor_sd"]
     assert 0 <= metrics["copy_rate_pixel"] <= 1 and metrics["nn_distance_pixel"] > 0
     assert metrics["final_mse"] > 0 and metrics["num_parameters"] < 44969
+    # its headline scores are on the model's own run too, beside its size: one row per model in the MLflow UI
+    model = mlflow.get_run(in_store["student"]).data
+    assert model.tags[tracking.EVALUATION_RUN_ID] == run_id
+    assert {k: model.metrics[f"eval_{k}"] for k in ("kid", "fid", "kid_classifier", "latency_ms_per_image")} == {
+        k: metrics[k] for k in ("kid", "fid", "kid_classifier", "latency_ms_per_image")}
 
     traj_mse = _history(run_id, "traj_mse")
     assert sorted(traj_mse) == [0, 1, 2, 3, 4] and traj_mse[0] == 0.0 and traj_mse[4] == metrics["final_mse"]

@@ -21,7 +21,7 @@ from dmat.study.sweep import _worker_command
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = {name: spec.entry_point for name, spec in COMMANDS.items() if spec.entry_point}
 # options that make no sense as MLproject parameters (each entry point is a new MLflow run of its own)
-CLI_ONLY = {"teacher": {"resume"}, "distill": {"resume"}, "students": {"shared_teacher"}, "evaluate": {"all_runs"}, "pipeline": set(), "cost": set(),
+CLI_ONLY = {"teacher": {"resume"}, "distill": {"resume"}, "students": {"shared_teacher"}, "evaluate": {"all_runs"}, "pipeline": {"verbose"}, "cost": set(),
             "sweep": {"create_only", "worker_of", "worker_index"},
             "report": {"mse", "denoising", "time_", "trajectory", "all_sections", "full_mse", "out_dir", "verbose",
                        "tracking_uri"}}

@@ -128,7 +128,7 @@ def report(mse, denoising, time_, trajectory, all_sections, full_mse, out_dir, v
     import mlflow
 
     from dmat.report import build_report, choose_sections
-    from dmat.tracking import check_writable
+    from dmat.tracking import check_writable, tag_report_path
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
@@ -138,7 +138,7 @@ def report(mse, denoising, time_, trajectory, all_sections, full_mse, out_dir, v
     else:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     path = build_report(experiment, choose_sections(mse, denoising, time_, trajectory, all_sections), full_mse, out_dir)
-    click.echo(f"report {path}")
+    click.echo(f"report {tag_report_path(path)}")  # absolute; on the report run too, for the pipeline's last lines
 
 
 @cli.command()
@@ -188,9 +188,11 @@ def evaluate(run_id, all_runs, feature_extractor_run_id, inception_weights, expe
 
 @cli.command()
 @command_options("pipeline")
+@click.option("--verbose", is_flag=True, help="show MLflow's INFO lines, here and in every stage")
 @friendly_errors
-def pipeline(preset, sizes, methods, inits, experiment, **options):
+def pipeline(preset, sizes, methods, inits, experiment, verbose, **options):
     """The whole study (--preset quick or full): teacher, students, evaluations, report; reuses finished stages."""
+    from dmat.study.ending import closing_lines
     from dmat.study.pipeline import run_pipeline
 
     fields = {f.name for f in dataclasses.fields(PipelineConfig)}
@@ -198,11 +200,11 @@ def pipeline(preset, sizes, methods, inits, experiment, **options):
         preset or PipelineConfig.preset, sizes=tuple(parse_sizes(sizes)) if sizes else None,
         methods=tuple(methods.split()) if methods else None, inits=tuple(inits.split()) if inits else None,
         **{k: v for k, v in options.items() if k in fields})
-    result = run_pipeline(cfg, experiment)
+    result = run_pipeline(cfg, experiment, verbose)
     for stage in result.stages:
         how = "FAILED " + stage.error if stage.error else "reused" if stage.reused else f"{stage.seconds:7.1f} s"
         click.echo(f"{stage.label:<32} {how:<12} run {stage.run_id}")
-    click.echo(f"pipeline run {result.run_id}")
+    click.echo("\n".join([f"pipeline run {result.run_id}", *closing_lines(result)]))
     if result.failed:
         raise DmatError(f"{len(result.failed)} stage(s) failed: rerun the same command to retry them")
 

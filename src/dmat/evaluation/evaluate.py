@@ -29,7 +29,7 @@ from dmat.config.evaluation import EvalConfig
 from dmat.config.metrics import GRID_COSTS, GRID_SCORES, HEADLINE_SPACE_PARAM, grid_key
 from dmat.errors import DmatError
 from dmat.evaluation import features, quality, spaces, timing, trajectories
-from dmat.evaluation.logged import log_denoising, log_history, log_npz
+from dmat.evaluation.logged import log_denoising, log_history, log_npz, on_model_run
 from dmat.evaluation.pending import SETTINGS, settings_of, still_to_evaluate, wanted_settings
 from dmat.evaluation.real_data import model_data, quality_n
 from dmat.evaluation.scoring import GridPoint, score
@@ -246,6 +246,7 @@ def evaluate_run(model_run_id: str, config: EvalConfig | None = None, feature_ex
         _behaviour(loaded, compared, cfg, steps, data.val, device)
         mlflow.log_metric("peak_memory_mb", timing.peak_memory_mb(device))
     registry.record_evaluation(loaded.run_id, run.info.run_id, SETTINGS)  # once the run is finished: the claim held
+    on_model_run(loaded.run_id, run.info.run_id)  # its scores beside the model's size, one row per model in the UI
     return run.info.run_id
 
 

@@ -19,6 +19,7 @@ import mlflow
 import torch
 
 from dmat.errors import DmatError
+from dmat.tracking.chatter import LEVEL_VARIABLE
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # torch sizes its CPU thread pool from these
 WORKER = "DMAT_WORKER"  # the slot a stage runs in, tagged on its run (dmat runs shows it)
@@ -109,7 +110,8 @@ class RayExecutor:
         self._ray = ray
         address = address or os.environ.get("RAY_ADDRESS") or None
         env = {"MLFLOW_TRACKING_URI": _absolute(mlflow.get_tracking_uri()), "TQDM_DISABLE": "1",
-               "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+               "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+               **{k: os.environ[k] for k in (LEVEL_VARIABLE,) if k in os.environ}}  # MLflow's chatter, as here
         if not ray.is_initialized():
             ray.init(address=address, runtime_env={"env_vars": env}, include_dashboard=False,
                      log_to_driver=True, **({} if address else {"num_cpus": os.cpu_count()}))

@@ -23,6 +23,7 @@ import dataclasses
 import os
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import mlflow
@@ -61,12 +62,20 @@ def this_python_first():
         os.environ["PATH"] = saved
 
 
-def run_pipeline(config: PipelineConfig, experiment: str | None = None) -> PipelineResult:
-    """Run (or resume) the whole study; returns the pipeline run and what each stage did.
+def run_pipeline(config: PipelineConfig, experiment: str | None = None, verbose: bool = False) -> PipelineResult:
+    """Run (or resume) the whole study; returns the pipeline run, what each stage did and the wall time.
 
     One teacher (trained with the first seed); then every student once per seed, size, method and init (the seed
     sets the student's initial weights and its data order), then one evaluation per model, the side-by-side
-    timings and the report."""
+    timings and the report. MLflow's INFO lines are off, here and in every stage, unless `verbose`."""
+    start = time.perf_counter()
+    with tracking.mlflow_chatter(verbose):
+        result = _run_study(config, experiment)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _run_study(config: PipelineConfig, experiment: str | None) -> PipelineResult:
     cfg = one_precision(config.validate())
     tracking.check_tracking_reachable()
     source = lineage.Source.of(PROJECT_DIR, cfg.reuse_any_commit)  # stages are reused at this commit only
@@ -222,7 +231,7 @@ def walk(study: _Study) -> None:
                                                  "base_channels": cfg.base_channels, "timesteps": cfg.timesteps})
     if teacher.error:
         raise DmatError(f"the teacher stage failed ({teacher.error}): see run {teacher.run_id} in the MLflow UI")
-    groups = [(m, i, s) for s in cfg.seeds for m in cfg.methods for i in cfg.inits]
+    groups = [(m, i, s) for s in cfg.seeds for m in cfg.methods for i in cfg.inits if cfg.arm_sizes(m, i)]
     with ThreadPoolExecutor(max_workers=len(groups) * (1 + len(cfg.sizes)) + 1) as pool:
         try:
             teacher_evaluation = pool.submit(study.evaluate, teacher)

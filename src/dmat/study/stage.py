@@ -52,6 +52,7 @@ class Stage:
 class PipelineResult:
     run_id: str
     stages: list[Stage] = field(default_factory=list)
+    seconds: float = 0.0  # the pipeline's wall time
 
     @property
     def failed(self) -> list[Stage]:

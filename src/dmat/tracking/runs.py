@@ -9,6 +9,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import mlflow
 import psutil
@@ -39,6 +40,8 @@ from dmat.tracking.vocabulary import (
     OWNER_STARTED,
     OWNER_WORKER,
     PARENT_RUN_ID,
+    REPORT,
+    REPORT_PATH,
     ROLE,
     RUN_NAME,
     STOPPED_BY_SIGNAL,
@@ -227,3 +230,12 @@ class _Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def tag_report_path(path: Path) -> Path:
+    """The report file's absolute path, also tagged (REPORT_PATH) on the report run this process logged last: how a
+    pipeline, whose report stage ran in another process and folder, finds and prints it."""
+    path, logged = Path(path).resolve(), mlflow.last_active_run()
+    if logged is not None and logged.data.tags.get(ROLE) == REPORT:
+        MlflowClient().set_tag(logged.info.run_id, REPORT_PATH, str(path))
+    return path

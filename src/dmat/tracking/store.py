@@ -37,7 +37,7 @@ def check_tracking_reachable() -> None:
                 "or point MLFLOW_TRACKING_URI at a running one"
             ) from None
     else:
-        path = _sqlite_path(uri)
+        path = sqlite_path(uri)
         if path and not os.path.exists(path) and not _writable_folder(os.path.dirname(path)):
             raise DmatError(f"tracking store {uri} cannot be created: folder {os.path.dirname(path)} is not writable: "
                             "run dmat in a writable folder or point MLFLOW_TRACKING_URI at another store")
@@ -54,7 +54,7 @@ def check_writable(experiment: str | None = None, run_id: str | None = None) -> 
     """Fail with one line, before a run exists, if a new run of `experiment` (or run `run_id`, resumed)
     could not be written: a read-only sqlite store, a deleted experiment, a read-only artifact folder."""
     check_tracking_reachable()
-    path = _sqlite_path(tracking_uri())
+    path = sqlite_path(tracking_uri())
     if path:
         try:
             with contextlib.closing(sqlite3.connect(path, timeout=60, isolation_level=None)) as db:
@@ -84,7 +84,7 @@ def _deleted(experiment) -> DmatError:
                      f"restore --experiment-id {experiment.experiment_id}) or choose another with --experiment")
 
 
-def _sqlite_path(uri: str) -> str | None:
+def sqlite_path(uri: str) -> str | None:
     """The database file of a sqlite:/// tracking URI, else None."""
     if urlparse(uri).scheme != "sqlite":
         return None
@@ -125,7 +125,7 @@ def _first_open_lock(uri: str):
     """Processes opening one new sqlite store at once race creating its tables: let them in one at a time. The
     lock file lies beside the database (part of the store, nothing left in the temp folder); a store whose folder
     cannot be written needs no lock (no tables can be created there)."""
-    path = _sqlite_path(uri)
+    path = sqlite_path(uri)
     if path is None or not _writable_folder(os.path.dirname(path)):
         yield
         return

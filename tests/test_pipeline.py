@@ -196,6 +196,7 @@ def test_the_ablations_train_at_the_ablation_sizes_and_the_main_line_at_every_si
     assert cfg.arm_sizes("distill", "pruned") == cfg.sizes
     assert cfg.arm_sizes("scratch", "pruned") == cfg.arm_sizes("distill", "random") == cfg.ablation_sizes
     assert PipelineConfig.from_preset("full", inits=("random",)).validate().main_line == ("distill", "random")
+    assert cfg.arm_sizes("scratch", "random") == ()  # changes both: no question needs it
     assert PipelineConfig.from_preset("full", ablation_sizes=()).validate().arm_sizes("scratch", "random") == cfg.sizes
     with pytest.raises(DmatError, match="ablation-sizes must be among the sizes"):
         PipelineConfig.from_preset("full", ablation_sizes=(0.3,)).validate()

@@ -33,9 +33,9 @@ EXECUTORS = ("local", "ray")  # local: `workers` processes on this machine; ray:
 #   still improving (one seed, one student init and method, fixed short budgets): it shows what the study
 #   measures, not the answer; its report says so on its first screen.
 # full: the converged study on a laptop CPU (issue 28). The main line (distilled from the pruned teacher,
-#   MAIN_LINE) at every size with three seeds and the steps grid; the ablations (from scratch, from a random
-#   start) at a small, a middle and the full size (`ablation_sizes`), three seeds, so each says with an interval
-#   whether distillation and a pruned start help there. Every model trains under a cosine learning-rate decay
+#   MAIN_LINE) at every size with three seeds and the steps grid; the two ablations (from scratch with the pruned
+#   start; distilled from a random start) at a small, a middle and the full size (`ablation_sizes`), three seeds, so
+#   each says with an interval whether distillation and a pruned start help there. Every model trains under a cosine learning-rate decay
 #   over its epoch cap and stops when the slope test finds its validation loss converged (or early stopping
 #   fires); one that reaches its cap still improving is named by the report. The teacher is 16 channels wide (0.41
 #   M parameters: ample for 16 px digits, 4x cheaper than the 32-wide default), and every evaluation generates
@@ -135,8 +135,13 @@ class PipelineConfig:
         return method, MAIN_LINE[1] if MAIN_LINE[1] in self.inits else self.inits[-1]
 
     def arm_sizes(self, method: str, init: str) -> tuple[float, ...]:
-        """The sizes an arm trains: every size on the main line, `ablation_sizes` (where given) elsewhere."""
-        return self.sizes if (method, init) == self.main_line or not self.ablation_sizes else self.ablation_sizes
+        """The sizes an arm trains: every size on the main line; with `ablation_sizes`, those for an arm that changes
+        one thing of the main line (its method or its init: each answers one question, whether distillation or the
+        pruned start helps) and none for an arm that changes both (no question of the study needs it); without
+        them, every size for every arm (the full factorial)."""
+        if (method, init) == self.main_line or not self.ablation_sizes:
+            return self.sizes
+        return self.ablation_sizes if method == self.main_line[0] or init == self.main_line[1] else ()
 
     def recipe(self) -> dict[str, object]:
         """The training recipe every model of the study (teacher and students) trains with."""

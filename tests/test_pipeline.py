@@ -175,7 +175,7 @@ def test_a_preset_resolves_to_its_documented_values_and_each_option_overrides_it
 def test_the_cli_applies_the_preset_then_the_options_given(monkeypatch):
     seen = {}
 
-    def run_pipeline(cfg, experiment, **_):
+    def run_pipeline(cfg, experiment, *_, **__):
         seen["cfg"] = cfg
         raise SystemExit(0)
 

@@ -22,8 +22,10 @@ from dmat.study.stage import PROJECT_DIR, Stage
 
 ANSWER = "No smaller student came within 10% of the teacher's KID (quick study: models still improving)."
 RUNNING_COMMAND = "=== Running command 'dmat teacher --epochs 12' in run with ID 'abc' ==="
-# a stage process: imports MLflow (which reads MLFLOW_LOGGING_LEVEL then) and logs as `mlflow run` does
-STAGE = f"import logging, mlflow; logging.getLogger('mlflow.projects').info({RUNNING_COMMAND!r})"
+# a stage process: imports MLflow (which reads MLFLOW_LOGGING_LEVEL then), logs as `mlflow run` does, and runs a
+# dmat command that prints its result line on standard output
+STAGE = (f"import logging, mlflow; logging.getLogger('mlflow.projects').info({RUNNING_COMMAND!r}); "
+         "from dmat.cli.main import cli; cli(['runs'])")
 
 
 def _fake_study(tmp_path: Path, answer: str | None, seen: dict):
@@ -63,11 +65,13 @@ def test_the_pipeline_ends_with_time_answer_report_and_ui_and_no_mlflow_info_unl
     result = CliRunner().invoke(cli, ["pipeline", "--preset", "quick", *(["--verbose"] if verbose else [])])
     assert result.exit_code == 0, result.output + repr(result.exception)
     stage_said = seen["stage"].stdout + seen["stage"].stderr
+    assert seen["stage"].returncode == 0, stage_said
     if verbose:  # the same lines are there to be silenced: the test would see them
         assert "Running command" in result.output and "INFO mlflow.projects" in stage_said
+        assert "pipeline-quick-digits" in seen["stage"].stdout  # `dmat runs` lists the running pipeline run
         return
     assert "INFO" not in result.output and "Running command" not in result.output, result.output
-    assert stage_said == "", stage_said  # nor in the processes it starts
+    assert stage_said == "", stage_said  # nor in the processes it starts, whose result line the pipeline prints
     assert "Warning" not in result.output
     experiment_id = mlflow.get_experiment_by_name("dmat-test").experiment_id
     lines = result.stdout.splitlines()  # stdout: the progress bar's own last newline goes to stderr

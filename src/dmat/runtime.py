@@ -17,6 +17,7 @@ from dmat import distributed
 from dmat.errors import DmatError
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; what kill, timeout, schedulers and container stops send
+QUIET_STAGE = "DMAT_QUIET_STAGE"  # "1" in the processes a quiet study starts (dmat.tracking.chatter)
 STOP_WITH = "DMAT_STOP_WITH"  # pid:start time of the process that started this one (a stage's pipeline)
 STARTER_POLL_SECONDS = 2.0
 
@@ -206,3 +207,10 @@ def hold_signals():
         if not _Stopping.held and _Stopping.pending and not _Stopping.stopping:
             signum, _Stopping.pending, _Stopping.stopping = _Stopping.pending, None, True
             raise Interrupted(signum)
+
+
+def quiet_stage_output() -> None:
+    """In a stage process of a quiet study (QUIET_STAGE "1"): standard output goes nowhere, standard error still
+    shows. The pipeline prints each stage's result line itself; the processes this one starts print as usual."""
+    if os.environ.pop(QUIET_STAGE, None) == "1":
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process

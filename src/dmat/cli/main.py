@@ -41,6 +41,7 @@ def cli():
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
     runtime.stop_with_starter()
+    runtime.quiet_stage_output()  # a stage of a quiet pipeline: the pipeline prints its result line
 
 
 @cli.command()

@@ -17,7 +17,7 @@ from matplotlib.ticker import LogLocator, NullFormatter, PercentFormatter
 
 from dmat.config.study import MAIN_LINE
 from dmat.config.training import PRUNED
-from dmat.report.answer import LABELS, WITHIN, Near, SizeRatio, near_teacher
+from dmat.report.answer import WITHIN, Near, SizeRatio, near_teacher
 from dmat.report.speed import with_side_by_side_ms
 
 SPACES = {"kid": "random-CNN KID", "kid_classifier": "classifier KID"}  # the two feature spaces of a verdict
@@ -65,9 +65,9 @@ def headline(evaluations: pd.DataFrame) -> str:
     if None in shown.values():
         blind = [SPACES[m] for m, s in shown.items() if s is None]
         closest = min((s for s in near.sizes if not is_teacher_again(s)), key=lambda s: s.ratio[0], default=None)
-        detail = f" (closest by the random-CNN KID: size {closest.size:g}, {_ratio(closest)})" if closest else ""
-        return (f"No smaller student came within {WITHIN:.0%} of the teacher ({near.name}, "
-                f"{' and '.join(blind)}){detail}.")
+        detail = f"; closest by the random-CNN KID: size {closest.size:g}, {_ratio(closest)}" if closest else ""
+        return (f"No smaller student of the main line ({near.name}) came within {WITHIN:.0%} of the teacher in both "
+                f"feature spaces (not shown by the {' nor the '.join(blind)}){detail}.")
     size = max(shown.values(), key=lambda s: s.size)
     pair = {m: next(s for s in n.sizes if s.size == size.size) for m, n in nears.items()}
     share = near.shares(size).get("num_parameters", np.nan)
@@ -119,7 +119,7 @@ def results_table(table: pd.DataFrame, evaluations: pd.DataFrame,
             "KID / teacher (95% interval)": "1 (reference)" if row.method == "teacher" else
             f"{ratio[0]:.2f}" + (f" [{ratio[1]:.2f}, {ratio[2]:.2f}]" if np.isfinite(ratio[1]) else ""),
             latency_header: _cell(ms, ms_ci, 1),
-            "epochs": _cell(getattr(row, "epochs_run", np.nan), np.nan, 0)})
+            "epochs run": _cell(getattr(row, "epochs_run", np.nan), np.nan, 0)})
     out = pd.DataFrame(rows)
     students = table.method != "teacher"
     for column, metric in (("KID ↓ (×10⁻³)", "kid"), ("FID ↓", "fid")):
@@ -146,7 +146,7 @@ def ratio_figure(evaluations: pd.DataFrame):
                         label=near.name, lw=2 if tuple(near.kind[:2]) == MAIN_LINE else 1)
         ax.axhline(1.0, color="black", lw=1, label="teacher")
         ax.axhline(1 + WITHIN, color="black", ls="--", lw=1, label=f"teacher + {WITHIN:.0%}")
-        ax.set(xscale="log", xlabel="share of the teacher's parameters", title=f"{LABELS[metric]} / teacher's",
+        ax.set(xscale="log", xlabel="share of the teacher's parameters", title=f"{SPACES[metric]} / the teacher's",
                ylabel="ratio to the teacher (lower is better)" if metric == "kid" else None)
         ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))

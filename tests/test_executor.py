@@ -33,6 +33,31 @@ def test_a_stage_starts_with_its_slots_threads_and_the_environment_is_restored()
     assert os.environ.get("OMP_NUM_THREADS") == before
 
 
+def test_a_stage_that_runs_alone_gets_every_thread_and_waits_for_the_others():
+    """The teacher, the timings and the report run with nothing beside them: they take every slot, so every thread
+    (the teacher trained on one of two threads before); a stage started meanwhile waits for a slot."""
+    import threading
+    import time
+
+    runner, started = LocalExecutor(2), threading.Event()
+    per_slot = max(1, (os.cpu_count() or 1) // 2)
+
+    def long_stage(env):
+        started.set()
+        time.sleep(0.3)
+        return env
+
+    alone = threading.Thread(target=lambda: seen.update(runner.run(long_stage, alone=True)))
+    seen: dict = {}
+    alone.start()
+    started.wait()
+    start = time.perf_counter()
+    runner.run(lambda env: env)  # waits until the lone stage gives its slots back
+    assert time.perf_counter() - start > 0.15
+    alone.join()
+    assert seen["OMP_NUM_THREADS"] == str(2 * per_slot)
+
+
 def _models_once(runs):
     finished = runs[runs["status"] == "FINISHED"]
     counts = finished["tags.dmat.role"].value_counts().to_dict()

@@ -87,12 +87,18 @@ class LocalExecutor:
         for slot in slots(workers):
             self._free.put(slot)
 
-    def run(self, fn, *args):
-        slot = self._free.get()
+    def run(self, fn, *args, alone: bool = False):
+        """`alone`: a stage that nothing runs beside (the teacher, the timings, the report) takes every slot, so
+        that it gets every thread rather than its one slot's share of the cores."""
+        taken = [self._free.get() for _ in range(self.workers if alone else 1)]
+        env = taken[0].environment()
+        if alone:
+            env |= {name: str(sum(s.threads for s in taken)) for name in THREAD_VARIABLES}
         try:
-            return fn(*args, env=slot.environment())
+            return fn(*args, env=env)
         finally:
-            self._free.put(slot)
+            for slot in taken:
+                self._free.put(slot)
 
     def close(self) -> None:
         pass
@@ -120,7 +126,8 @@ class RayExecutor:
         self._options = dict(num_cpus=cpus, num_gpus=1 if gpus else 0, max_retries=retries, retry_exceptions=True)
         self._threads = {name: str(cpus) for name in THREAD_VARIABLES}
 
-    def run(self, fn, *args):
+    def run(self, fn, *args, alone: bool = False):
+        """`alone` changes nothing here: a Ray task has the CPUs it declared, whatever else runs."""
         task = self._ray.remote(_in_ray_task).options(**self._options)
         return self._ray.get(task.remote(fn, args, self._threads))
 

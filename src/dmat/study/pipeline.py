@@ -130,17 +130,19 @@ class _Study:
         self.progress = tqdm(total=2 * (1 + students) + 2, desc=f"{cfg.preset} study", unit="stage")
         self._lock = threading.Lock()
 
-    def stage(self, entry_point: str, label: str, parameters: dict, reuse: bool = True) -> Stage:
-        """Run (or reuse) one stage and count it among the pipeline's stages."""
-        done = self._run(entry_point, label, parameters, reuse)
+    def stage(self, entry_point: str, label: str, parameters: dict, reuse: bool = True, alone: bool = False) -> Stage:
+        """Run (or reuse) one stage and count it among the pipeline's stages; `alone`: nothing runs beside it, so it
+        gets every thread of the executor (LocalExecutor.run)."""
+        done = self._run(entry_point, label, parameters, reuse, alone=alone)
         self._record(done)
         return done
 
-    def _run(self, entry_point: str, label: str, parameters: dict, reuse: bool, note: str = "") -> Stage:
+    def _run(self, entry_point: str, label: str, parameters: dict, reuse: bool, note: str = "",
+             alone: bool = False) -> Stage:
         """Run (or reuse) an entry point where the executor has room; its line and `seconds_<label>` metric."""
         with tqdm(desc=f"  {label}", bar_format="{desc}: running", leave=False):  # one line per running stage
             done = self.runner.run(run_stage, Stage(entry_point, label), parameters, self.experiment_id,
-                                   self.result.run_id, reuse, self.source)
+                                   self.result.run_id, reuse, self.source, alone=alone)
         how = "failed" if done.error else "reused" if done.reused else f"{done.seconds:.0f} s"
         tqdm.write(f"{label}: {how} (run {done.run_id}{note})")
         MlflowClient().log_metric(self.result.run_id, f"seconds_{label}", done.seconds)
@@ -228,7 +230,8 @@ def walk(study: _Study) -> None:
     students loop; each student's evaluation once its loop is done; the timings alone; the report."""
     cfg = study.cfg
     teacher = study.stage("teacher", "teacher", {**study.common(cfg.seeds[0]), "epochs": cfg.teacher_epochs,
-                                                 "base_channels": cfg.base_channels, "timesteps": cfg.timesteps})
+                                                 "base_channels": cfg.base_channels, "timesteps": cfg.timesteps},
+                          alone=True)
     if teacher.error:
         raise DmatError(f"the teacher stage failed ({teacher.error}): see run {teacher.run_id} in the MLflow UI")
     groups = [(m, i, s) for s in cfg.seeds for m in cfg.methods for i in cfg.inits if cfg.arm_sizes(m, i)]
@@ -249,5 +252,5 @@ def walk(study: _Study) -> None:
     # reads the store: both are done every time, to include every model
     experiment = mlflow.get_experiment(study.experiment_id).name
     study.stage("cost", "cost", {"experiment": experiment, "device": cfg.device, "precision": cfg.precision},
-                reuse=False)
-    study.stage("report", "report", {"experiment": experiment}, reuse=False)
+                reuse=False, alone=True)
+    study.stage("report", "report", {"experiment": experiment}, reuse=False, alone=True)

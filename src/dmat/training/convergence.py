@@ -9,9 +9,10 @@ validation losses by least squares, and call the model still improving when both
 - the fall matters: the fitted gain per tenth of the epochs run, -slope x max(1, epochs / 10), is more than
   MIN_GAIN of the window's mean loss, so a converged curve that still creeps down (0.2% per tenth) is not flagged.
 
-The constants were chosen on simulated curves (tests/test_convergence.py): flat and exponential plateaus falling
-0-0.2% over the last tenth are flagged at most ~4% of the time with 0.5% noise per epoch (~9% with 1%), curves still
-falling 1.5-5% per tenth are missed at most ~1% of the time with 0.5% noise (~8% with 1%), for 10 to 100 epochs.
+The constants were chosen on simulated curves (tests/test_convergence.py, 200 curves per cell, 10 to 100 epochs):
+flat and exponential plateaus falling 0-0.2% over the last tenth are flagged at most 7% of the time with 0.5% noise
+per epoch and at most 10.5% with 1% (both worst at 10 epochs; at most 8% from 20 epochs on), curves still falling
+1.5-5% per tenth are missed at most 0.5% of the time with 0.5% noise and at most 8.5% with 1%.
 
 With fewer than MIN_WINDOW epochs there is no slope to test: a model is then still improving when its best loss came
 at the last epoch. Pure numpy; training/loop.py calls it at the end of each run.

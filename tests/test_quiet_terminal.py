@@ -81,9 +81,9 @@ def test_the_pipeline_ends_with_time_answer_report_and_ui_and_no_mlflow_info_unl
     # the store of this test is not the checkout's mlflow.db, which `make ui` serves: the command names it
     assert lines[-2] == (f"runs:   mlflow ui --backend-store-uri sqlite:///{tmp_path.resolve()}/mlflow.db --host "
                          f"127.0.0.1 --port 5000, then open "
-                         f"http://127.0.0.1:5000/#/experiments/{experiment_id}?workflowType=machine_learning")
-    assert lines[-1].strip() == ("and filter tags.`dmat.evaluation_run_id` IS NOT NULL (teacher and students, one "
-                                 "row each)")
+                         f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+                         "&searchFilter=tags.%60dmat.evaluation_run_id%60%20IS%20NOT%20NULL")
+    assert lines[-1].strip().startswith("(filtered by tags.`dmat.evaluation_run_id` IS NOT NULL: teacher and students")
 
 
 def test_without_an_answer_tag_the_answer_line_is_left_out(store, tmp_path, monkeypatch, mlflow_logger_kept):
@@ -112,12 +112,12 @@ def test_the_ui_line_says_make_ui_for_the_checkouts_store_and_the_server_for_a_s
     monkeypatch.setattr(tracking, "tracking_uri", lambda: f"sqlite:///{PROJECT_DIR}/mlflow.db")
     monkeypatch.chdir(PROJECT_DIR)
     assert ending.ui_command() == "make ui"
-    assert ending.runs_view("3") == "http://127.0.0.1:5000/#/experiments/3?workflowType=machine_learning"
+    assert ending.runs_view("3").startswith("http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning&")
     monkeypatch.chdir(PROJECT_DIR / "src")
     assert ending.ui_command() == f"make -C {PROJECT_DIR} ui"
     monkeypatch.setattr(tracking, "tracking_uri", lambda: "http://mlflow.example:8080/")
     assert ending.ui_command() == "the tracking server's UI (http://mlflow.example:8080/)"
-    assert ending.runs_view("3") == "http://mlflow.example:8080/#/experiments/3?workflowType=machine_learning"
+    assert ending.runs_view("3").startswith("http://mlflow.example:8080/#/experiments/3/runs?workflowType=")
     assert ending.duration(3725) == "1 h 02 min" and ending.duration(845) == "14 min 05 s"
 
 

@@ -5,6 +5,7 @@ model (teacher and students, their size beside their evaluation's scores: dmat.e
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 from dmat import tracking
 from dmat.study.stage import PROJECT_DIR, PipelineResult
@@ -30,7 +31,8 @@ def closing_lines(result: PipelineResult) -> list[str]:
         lines.append(f"report: {Path(tags[tracking.REPORT_PATH]).as_uri()}")
     experiment_id = tracking.get_run(result.run_id).info.experiment_id
     return lines + [f"runs:   {ui_command()}, then open {runs_view(experiment_id)}",
-                    f"        and filter {MODELS_FILTER} (teacher and students, one row each)"]
+                    f"        (filtered by {MODELS_FILTER}: teacher and students with their scores; click + on the "
+                    "pipeline row and its students row to list them)"]
 
 
 def duration(seconds: float) -> str:
@@ -53,7 +55,9 @@ def ui_command() -> str:
 
 
 def runs_view(experiment_id: str) -> str:
-    """The experiment's runs in the MLflow UI's model-training view (MLflow 3.17 opens its GenAI view otherwise)."""
+    """The experiment's runs in the MLflow UI's model-training view (MLflow 3.17 opens its GenAI view otherwise),
+    filtered to the evaluated models (checked in headless Chromium against MLflow 3.17.2)."""
     uri = tracking.tracking_uri()
     base = uri.rstrip("/") if uri.startswith(("http:", "https:")) else UI_ADDRESS
-    return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
+    return (f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&searchFilter={quote(MODELS_FILTER, safe='')}")

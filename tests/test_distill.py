@@ -166,6 +166,10 @@ def test_extra_tags_and_an_epoch_callback_that_stops_training(study, teacher_run
     run = mlflow.get_run(run_id)
     assert [epoch for epoch, _ in seen] == [1] and run.data.metrics["epochs_run"] == 1
     assert run.data.tags["sweep.trial"] == "7" and run.data.tags[tracking.TEACHER_RUN_ID] == teacher_run_id
+    # a version of its own kind's registered model: size factor, method and init in the name
+    [version] = mlflow.MlflowClient().search_model_versions(f"run_id = '{run_id}'")
+    assert version.name == "dmat-digits-8px-student-0.3-distill-random"
+    assert f"models:/{version.name}/{version.version}" in run.data.tags[tracking.NOTE]
 
 
 def _history(run_id: str) -> dict[str, list[tuple[int, float]]]:

@@ -1,5 +1,6 @@
-"""The Model Registry: a registered model per data set, resolution and role; `models:/` URIs wherever a model's
-run id is taken; evaluations move the `best-*` aliases, comparing like scores only."""
+"""The Model Registry: a registered model per teacher (data set, resolution) and per student kind (also size factor,
+method, init), whose versions are successive trainings; `models:/` URIs wherever a model's run id is taken;
+evaluations move the `best` alias, comparing like scores only (and an older store's `best-*` aliases)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ TEACHERS = "dmat-digits-8px-teacher"
 def test_registered_names_say_data_set_resolution_and_role():
     assert registry.registered_name("digits", 16, "teacher") == "dmat-digits-16px-teacher"
     assert registry.registered_name("folder:/data/my faces", 32, "student") == "dmat-folder-data-my-faces-32px-student"
+    student = {tracking.ROLE: "student", tracking.DATASET: "digits", tracking.IMAGE_SIZE: "16",
+               tracking.SIZE_FACTOR: "0.4", tracking.METHOD: "distill", tracking.INIT: "pruned"}
+    assert registry.name_of(student) == "dmat-digits-16px-student-0.4-distill-pruned"
+    assert registry.name_of({**student, tracking.ROLE: "teacher"}) == "dmat-digits-16px-teacher"
 
 
 def test_models_uris_resolve_to_the_run_behind_them(study, teacher_run_id):
@@ -97,3 +102,31 @@ def test_an_unregistered_model_is_left_alone(store):
     assert registry.record_evaluation(run.info.run_id, _evaluation(client, 5.0, 10), ("num_samples",)) == []
     with pytest.raises(DmatError, match="no registered model"):
         registry.run_id_of("models:/dmat-digits-8px-student@best-0_4")
+
+
+def _version_of_its_kind(client, size: str, method: str, seed: int) -> tuple[str, str]:
+    """A student registered as publish() registers it: under its kind's name (no training: the registry reads tags)."""
+    tags = {tracking.ROLE: "student", tracking.DATASET: "digits", tracking.IMAGE_SIZE: "8", tracking.SIZE_FACTOR: size,
+            tracking.METHOD: method, tracking.INIT: "random"}
+    run = client.create_run(client.get_experiment_by_name("dmat-test").experiment_id, tags={**tags, "seed": str(seed)})
+    client.set_terminated(run.info.run_id)
+    name = registry.name_of(tags)
+    if not client.search_registered_models(f"name = '{name}'"):
+        client.create_registered_model(name)
+    client.create_model_version(name, f"{run.info.artifact_uri}/sampler", run.info.run_id, tags=tags)
+    return name, run.info.run_id
+
+
+def test_a_students_versions_are_its_trainings_and_best_is_the_lowest_fid_of_them(store):
+    mlflow.set_experiment("dmat-test")
+    client = MlflowClient()
+    (name, a), (_, b), (other, c) = (_version_of_its_kind(client, "0.4", "distill", 0),
+                                     _version_of_its_kind(client, "0.4", "distill", 1),
+                                     _version_of_its_kind(client, "0.6", "distill", 0))
+    assert name == "dmat-digits-8px-student-0.4-distill-random" and other == "dmat-digits-8px-student-0.6-distill-random"
+    assert sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'")) == [1, 2]
+    assert registry.record_evaluation(a, _evaluation(client, 30.0, 500), ("num_samples",)) == ["best"]
+    registry.record_evaluation(b, _evaluation(client, 20.0, 500), ("num_samples",))
+    registry.record_evaluation(c, _evaluation(client, 10.0, 500), ("num_samples",))  # another model: not a rival
+    assert registry.run_id_of(f"models:/{name}@best") == b and registry.run_id_of(f"models:/{other}@best") == c
+    assert registry.run_id_of(f"models:/{name}@latest") == b  # the newest training

@@ -135,7 +135,7 @@ def test_teacher_student_evaluation_round_trip_through_a_postgres_backed_server(
     student = train_student(tiny_train(epochs=1), 0.5, "models:/dmat-digits-8px-teacher@latest", experiment,
                             student_steps=4)
     extractor = train_feature_extractor("digits", 8, epochs=1, device="cpu", experiment=experiment)
-    evaluation = evaluate_run("models:/dmat-digits-8px-student/1", feature_extractor_run_id=extractor,
+    evaluation = evaluate_run("models:/dmat-digits-8px-student-0.5-distill-random/1", feature_extractor_run_id=extractor,
                               experiment=experiment, num_samples=96, steps="4", batch_size=96, num_trajectories=4,
                               eps_timesteps=5, device="cpu")
 
@@ -148,9 +148,9 @@ def test_teacher_student_evaluation_round_trip_through_a_postgres_backed_server(
     assert list(study.evaluations.run_id) == [evaluation]
     assert MlflowClient().get_run(evaluation).data.metrics["fid"] > 0
     # the MLflow Model comes back through the server's artifact proxy; lineage and scores are there
-    sampler = mlflow.pyfunc.load_model("models:/dmat-digits-8px-student@best-0_5-distill")
+    sampler = mlflow.pyfunc.load_model("models:/dmat-digits-8px-student-0.5-distill-random@best")
     assert sampler.predict(pd.DataFrame([{"num_images": 2, "steps": 4}])).shape == (2, 1, 8, 8)
-    assert float(MlflowClient().get_model_version("dmat-digits-8px-student", "1").tags["fid"]) > 0
+    assert float(MlflowClient().get_model_version("dmat-digits-8px-student-0.5-distill-random", "1").tags["fid"]) > 0
     inputs = {i.dataset.name for i in MlflowClient().get_run(student).inputs.dataset_inputs}
     assert inputs == {"digits-8px-train", "digits-8px-validation"}
 

@@ -1,17 +1,21 @@
 """The Model Registry: every finished teacher and student is a version of a registered model, and every
 option that takes a model's run id also takes `models:/NAME@ALIAS` or `models:/NAME/VERSION`.
 
-One registered model per data set, resolution and role, `dmat-<dataset>-<size>px-<role>` (e.g.
-`dmat-digits-16px-teacher`, `dmat-digits-16px-student`): the models that can stand in for each other
-(same data, same resolution, same job) share a name, so its version list is the history of that job.
-A version's tags are its run's lineage (size factor, method, init, teacher run, ...) and, once evaluated,
-its scores (fid, kid, ...) with the settings they were measured under. Aliases:
+One registered model per kind of model: the teacher of a data set and resolution, `dmat-digits-16px-teacher`, and
+each student kind (size factor, method, init), `dmat-digits-16px-student-0.4-distill-pruned`. A version is one
+finished training of that model (another seed, a rerun at a new commit, a sweep trial), so "v3" means "the third
+training", and a model's version list is the history of that one job. A version's tags are its run's lineage
+(size factor, method, init, teacher run, ...) and, once evaluated, its scores (fid, kid, ...) with the settings
+they were measured under. Aliases:
 
-- `best` (teachers), `best-0_4` and `best-0_4-distill` (students of size factor 0.4, of any method and
-  of that method; aliases cannot hold a dot): moved by every evaluation to the version with the lowest
-  FID among those evaluated with the same settings (a score is compared with like scores only).
+- `best`: moved by every evaluation to the version with the lowest FID among those evaluated with the same
+  settings (a score is compared with like scores only).
 - `@latest` (or `/latest`) is MLflow's own: the newest version, i.e. the newest model to have finished
   training. MLflow reserves the name (no alias can be called that) and resolves it itself, as dmat does.
+
+A store from before (one `dmat-<dataset>-<size>px-student` for every student, a size being a version) keeps its
+versions and their aliases `best-0_4`, `best-0_4-distill` (students of size factor 0.4, of any method and of that
+method; an alias cannot hold a dot); new students register under their own kind's name.
 """
 
 from __future__ import annotations
@@ -34,12 +38,31 @@ LATEST = "latest"
 LINEAGE_TAGS = (tracking.ROLE, tracking.DATASET, tracking.IMAGE_SIZE, tracking.SIZE_FACTOR, tracking.METHOD,
                 tracking.INIT, tracking.TEACHER_RUN_ID, tracking.STUDY_NAME, tracking.TRIAL)
 SCORES = HEADLINE  # an evaluation's headline metrics, as version tags
-RANKED_BY = "fid"  # the score the best-* aliases follow (dmat.config.metrics says which way is better)
+RANKED_BY = "fid"  # the score the best aliases follow (dmat.config.metrics says which way is better)
 
 
-def registered_name(dataset: str, image_size: int | str, role: str) -> str:
-    """`dmat-digits-16px-teacher`; a folder data set's path becomes dashes (names hold no / or :)."""
-    return "-".join(["dmat", re.sub(r"[^\w.]+", "-", dataset).strip("-"), f"{image_size}px", role])
+def registered_name(dataset: str, image_size: int | str, role: str, *kind: str) -> str:
+    """`dmat-digits-16px-teacher`, `dmat-digits-16px-student-0.4-distill-pruned` (`kind`: a student's size factor,
+    method and init); a folder data set's path becomes dashes (names hold no / or :)."""
+    return "-".join(["dmat", re.sub(r"[^\w.]+", "-", dataset).strip("-"), f"{image_size}px", role,
+                     *(str(k) for k in kind if k)])
+
+
+def name_of(tags: dict[str, str]) -> str:
+    """The registered model a run's model is a version of, from its tags: its data set, resolution, role and, for a
+    student, its kind (size factor, method, init)."""
+    kind = (tags.get(tracking.SIZE_FACTOR), tags.get(tracking.METHOD), tags.get(tracking.INIT))
+    return registered_name(tags[tracking.DATASET], tags[tracking.IMAGE_SIZE], tags[tracking.ROLE],
+                           *(kind if tags[tracking.ROLE] == tracking.STUDENT else ()))
+
+
+def _description(tags: dict[str, str]) -> str:
+    what = f"dmat {tags[tracking.ROLE]}s"
+    if tags[tracking.ROLE] == tracking.STUDENT:
+        kind = ", ".join(f"{k.split('.')[-1]} {tags[k]}" for k in (tracking.METHOD, tracking.INIT) if k in tags)
+        what = f"dmat students of size factor {tags.get(tracking.SIZE_FACTOR)}" + (f" ({kind})" if kind else "")
+    return (f"{what} trained on {tags[tracking.DATASET]} at {tags[tracking.IMAGE_SIZE]}px: one version per finished "
+            "training (a seed, a rerun)")
 
 
 def publish(run_id: str, sampler: str, steps: int) -> ModelVersion:
@@ -52,12 +75,11 @@ def publish(run_id: str, sampler: str, steps: int) -> ModelVersion:
         raise
     run = tracking.get_run(run_id)
     tags = run.data.tags
-    name = registered_name(tags[tracking.DATASET], tags[tracking.IMAGE_SIZE], tags[tracking.ROLE])
+    name = name_of(tags)
     client = MlflowClient()
     try:
-        client.create_registered_model(name, tags={k: tags[k] for k in (tracking.ROLE, tracking.DATASET, tracking.IMAGE_SIZE)},
-                                       description=f"dmat {tags[tracking.ROLE]}s trained on {tags[tracking.DATASET]} at "
-                                                   f"{tags[tracking.IMAGE_SIZE]}px: one version per finished run")
+        kind = (tracking.ROLE, tracking.DATASET, tracking.IMAGE_SIZE, tracking.SIZE_FACTOR, tracking.METHOD, tracking.INIT)
+        client.create_registered_model(name, tags={k: tags[k] for k in kind if k in tags}, description=_description(tags))
     except MlflowException as exc:
         if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):  # another process was first: fine
             raise
@@ -131,9 +153,10 @@ def _unknown(client: MlflowClient, ref: str, name: str) -> DmatError:
                      f"(registered models: {known})")
 
 
-def best_aliases(tags: dict[str, str]) -> list[str]:
-    """The aliases a version competes for: `best` for a teacher; `best-0_4` and `best-0_4-METHOD` for a student."""
-    if tags.get(tracking.ROLE) != tracking.STUDENT:
+def best_aliases(name: str, tags: dict[str, str]) -> list[str]:
+    """The aliases a version of registered model `name` competes for: `best`; in an older store's one registered
+    model for every student (its name ends in -student), `best-0_4` and `best-0_4-METHOD`."""
+    if tags.get(tracking.ROLE) != tracking.STUDENT or not name.endswith(f"-{tracking.STUDENT}"):
         return ["best"]
     size = "best-" + tags.get(tracking.SIZE_FACTOR, "").replace(".", "_")
     return [size, f"{size}-{tags[tracking.METHOD]}"] if tracking.METHOD in tags else [size]
@@ -141,7 +164,7 @@ def best_aliases(tags: dict[str, str]) -> list[str]:
 
 def record_evaluation(model_run_id: str, evaluation_run_id: str, setting_names: tuple[str, ...]) -> list[str]:
     """Tag the model's versions with an evaluation's scores and the settings they were measured with (its params
-    `setting_names`), and move their `best-*` aliases to the lowest FID among versions evaluated with the same
+    `setting_names`), and move their `best` alias(es) to the lowest FID among versions evaluated with the same
     settings; returns the aliases set. A model never registered (an older store) is left alone."""
     client = MlflowClient()
     evaluation = client.get_run(evaluation_run_id).data
@@ -163,7 +186,7 @@ def _move_best(client: MlflowClient, name: str, tags: dict[str, str]) -> list[st
     rivals = [v for v in client.search_model_versions(f"name = '{name}'")
               if v.tags.get(tracking.EVAL_SETTINGS) == settings and RANKED_BY in v.tags]
     pick = min if METRICS[RANKED_BY].lower_is_better else max
-    for alias in best_aliases(tags):
-        best = pick((v for v in rivals if alias in best_aliases(v.tags)), key=lambda v: float(v.tags[RANKED_BY]))
+    for alias in best_aliases(name, tags):
+        best = pick((v for v in rivals if alias in best_aliases(name, v.tags)), key=lambda v: float(v.tags[RANKED_BY]))
         client.set_registered_model_alias(name, alias, best.version)
-    return best_aliases(tags)
+    return best_aliases(name, tags)

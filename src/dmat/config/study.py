@@ -32,15 +32,15 @@ EXECUTORS = ("local", "ray")  # local: `workers` processes on this machine; ray:
 # quick: ends with the full report in about 15 minutes on a 2-core laptop CPU without bf16, from models that are
 #   still improving (one seed, one student init and method, fixed short budgets): it shows what the study
 #   measures, not the answer; its report says so on its first screen.
-# full: the converged study on a laptop CPU (issue 28). The main line (distilled from the pruned teacher,
-#   MAIN_LINE) at every size with three seeds and the steps grid; the two ablations (from scratch with the pruned
-#   start; distilled from a random start) at a small, a middle and the full size (`ablation_sizes`), three seeds, so
-#   each says with an interval whether distillation and a pruned start help there. Every model trains under a cosine learning-rate decay
-#   over its epoch cap and stops when the slope test finds its validation loss converged (or early stopping
-#   fires); one that reaches its cap still improving is named by the report. The teacher is 16 channels wide (0.41
-#   M parameters: ample for 16 px digits, 4x cheaper than the 32-wide default), and every evaluation generates
-#   1,000 images: N is capped by the held-out reference (200 a side on digits, 500 on mnist5k), and 1,000 leaves
-#   each of the K draws mostly its own images.
+# full: the converged study on a laptop CPU (issue 28). The main line (distilled from the pruned teacher, MAIN_LINE)
+#   at every size with three seeds and the steps grid; the two ablations (from scratch with the pruned start;
+#   distilled from a random start) at a small, a middle and the full size (`ablation_sizes`), three seeds, so each
+#   says with an interval whether distillation and a pruned start help there. Every model trains under a cosine
+#   learning-rate decay over its epoch cap and stops when the slope test finds its validation loss converged (or
+#   early stopping fires); one that reaches its cap still improving is named by the report. The teacher is 16
+#   channels wide (0.41 M parameters: ample for 16 px digits, 4x cheaper than the 32-wide default), and every
+#   evaluation generates 1,000 images: N is capped by the held-out reference (200 a side on digits, 500 on mnist5k),
+#   and 1,000 leaves each of the K draws mostly its own images.
 QUICK: dict[str, object] = {
     "sizes": (0.25, 0.5, 1.0), "methods": ("distill",), "inits": ("pruned",), "seeds": (0,),
     "teacher_epochs": 12, "student_epochs": 6, "student_budget": "fixed", "base_channels": 16,
@@ -98,7 +98,8 @@ class PipelineConfig:
     def validate(self) -> "PipelineConfig":
         check_precision(self.precision)
         self.dataset = absolute_dataset(self.dataset)  # stages start in the project folder, not this one
-        for name, choices in (("preset", PRESETS), ("executor", EXECUTORS), ("student_budget", STUDENT_BUDGETS)):
+        for name, choices in (("preset", PRESETS), ("executor", EXECUTORS), ("student_budget", STUDENT_BUDGETS),
+                              ("lr_schedule", LR_SCHEDULES)):
             if getattr(self, name) not in choices:
                 raise DmatError(f"{name.replace('_', '-')} must be one of {', '.join(choices)}, "
                                 f"got {getattr(self, name)!r}")
@@ -113,8 +114,6 @@ class PipelineConfig:
         if outside := [s for s in self.ablation_sizes if s not in self.sizes]:
             raise DmatError(f"ablation-sizes must be among the sizes ({', '.join(map(str, self.sizes))}), got "
                             f"{', '.join(map(str, outside))}: add them to --sizes or give 'none' (every size)")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise DmatError(f"lr-schedule must be {' or '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise DmatError(f"methods must be among {', '.join(METHODS)}, got {' '.join(self.methods) or 'nothing'}")
@@ -142,6 +141,10 @@ class PipelineConfig:
         if (method, init) == self.main_line or not self.ablation_sizes:
             return self.sizes
         return self.ablation_sizes if method == self.main_line[0] or init == self.main_line[1] else ()
+
+    @property
+    def num_students(self) -> int:
+        return len(self.seeds) * sum(len(self.arm_sizes(m, i)) for m in self.methods for i in self.inits)
 
     def recipe(self) -> dict[str, object]:
         """The training recipe every model of the study (teacher and students) trains with."""

@@ -4,10 +4,9 @@ and title in `sections`."""
 
 from __future__ import annotations
 
-import mlflow
 import pandas as pd
 
-from dmat.report import curves, figures, first_screen, frontier, scaling, sensitivity, speed, study_kind
+from dmat.report import curves, figures, first_screen, frontier, scaling, sensitivity, speed
 from dmat.report.answer import answer
 from dmat.report.findings import findings, seeds_statement
 from dmat.report.query import Study, load_npz
@@ -134,25 +133,6 @@ def sweep_section(section: Section, trials: pd.DataFrame) -> None:
                                                      "run_id"]))
 
 
-def _experiment_id(i: Inputs) -> str:
-    return mlflow.get_experiment_by_name(i.study.experiment).experiment_id
-
-
-def _answer(section: Section, i: Inputs) -> None:
-    """The first screen: the answer in one sentence, the paper-style table, the figure it is read on."""
-    section.notes.append(first_screen.headline(i.evals))
-    section.tables.append(first_screen.results_table(i.table, i.evals, speed.side_by_side_rows(_experiment_id(i))))
-    section.figure("answer_ratio_vs_size", first_screen.ratio_figure(i.evals), "no student can be compared with "
-                   "the teacher")
-
-
-def _caveats(section: Section, i: Inputs) -> None:
-    """The study's kind and what it cannot conclude (the quick study says so)."""
-    section.items = study_kind.banner(study_kind.preset_of(_experiment_id(i)), i.study.models, i.study.evaluations)
-    if not section.items:
-        section.notes.append("Nothing found: every model converged, with several seeds, both inits and methods.")
-
-
 def _summary(section: Section, i: Inputs) -> None:
     # the answer in one paragraph, every kind and metric (the first screen has the main line in one sentence)
     section.notes.append(answer(i.evals, i.histories))
@@ -261,7 +241,7 @@ def _problems(section: Section, i: Inputs) -> None:
 
 def _efficiency(section: Section, i: Inputs) -> None:
     """Quality against cost, and what the side-by-side timings (`dmat cost`) say of speed against size."""
-    rows = speed.side_by_side_rows(_experiment_id(i))
+    rows = speed.side_by_side_rows(i.experiment_id)
     if rows is None:
         section.figure("efficiency", figures.efficiency_figure(i.table), "no evaluation has FID")
         section.notes.append("Speed against size: no side-by-side timings yet (`dmat cost`, which the pipeline "
@@ -283,7 +263,7 @@ SENSITIVITY_NOTE = ("The headline kid, fid, precision and recall (and the steps 
 
 def _sensitivity(section: Section, i: Inputs) -> None:
     section.notes.append(SENSITIVITY_NOTE)
-    sensitivity.add_to(section, [_experiment_id(i)])
+    sensitivity.add_to(section, [i.experiment_id])
 
 
 def _findings(section: Section, i: Inputs) -> None:
@@ -294,7 +274,8 @@ def _findings(section: Section, i: Inputs) -> None:
 
 
 BUILDERS = {
-    "answer": _answer, "caveats": _caveats, "summary": _summary, "quality": _quality, "mse": _mse, "trajectory": _trajectory, "problems": _problems,
+    "answer": first_screen.answer_section, "caveats": first_screen.caveats_section,
+    "summary": _summary, "quality": _quality, "mse": _mse, "trajectory": _trajectory, "problems": _problems,
     "findings": _findings, "scaling": _scaling, "frontier": _frontier, "time": _time, "training": _training,
     "memorisation": lambda section, i: memorisation_section(section, i.study, i.subset),
     "efficiency": _efficiency, "sensitivity": _sensitivity,

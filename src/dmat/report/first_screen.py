@@ -17,8 +17,10 @@ from matplotlib.ticker import LogLocator, NullFormatter, PercentFormatter
 
 from dmat.config.study import MAIN_LINE
 from dmat.config.training import PRUNED
+from dmat.report import study_kind
 from dmat.report.answer import WITHIN, Near, SizeRatio, near_teacher
-from dmat.report.speed import with_side_by_side_ms
+from dmat.report.sections import Inputs, Section
+from dmat.report.speed import side_by_side_rows, with_side_by_side_ms
 
 SPACES = {"kid": "random-CNN KID", "kid_classifier": "classifier KID"}  # the two feature spaces of a verdict
 
@@ -156,3 +158,17 @@ def ratio_figure(evaluations: pd.DataFrame):
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def answer_section(section: Section, i: Inputs) -> None:
+    """The first screen: the answer in one sentence, the paper-style table, the figure it is read on."""
+    section.notes.append(headline(i.evals))
+    section.tables.append(results_table(i.table, i.evals, side_by_side_rows(i.experiment_id)))
+    section.figure("answer_ratio_vs_size", ratio_figure(i.evals), "no student can be compared with the teacher")
+
+
+def caveats_section(section: Section, i: Inputs) -> None:
+    """The study's kind and what it cannot conclude (the quick study says so), right below the answer."""
+    section.items = study_kind.banner(study_kind.preset_of(i.experiment_id), i.study.models, i.study.evaluations)
+    if not section.items:
+        section.notes.append("Nothing found: every model converged, with several seeds, both inits and methods.")

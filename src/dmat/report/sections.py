@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 
+import mlflow
 import pandas as pd
 
 from dmat.report import curves, frontier, scaling
@@ -73,6 +74,10 @@ class Inputs:
     @property
     def evals(self) -> pd.DataFrame:
         return self.study.evaluations
+
+    @cached_property
+    def experiment_id(self) -> str:
+        return mlflow.get_experiment_by_name(self.study.experiment).experiment_id
 
     @cached_property
     def scaling(self) -> scaling.Scaling:

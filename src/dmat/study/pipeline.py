@@ -123,22 +123,18 @@ def logged_params(cfg: PipelineConfig) -> dict[str, object]:
 class _Study:
     """The stages of one pipeline run and the order they wait for each other in (see the module docstring)."""
 
-    def __init__(self, cfg: PipelineConfig, result: PipelineResult, experiment_id: str, source: lineage.Source,
-                 runner):
+    def __init__(self, cfg: PipelineConfig, result: PipelineResult, experiment_id: str, source: lineage.Source, runner):
         self.cfg, self.result, self.experiment_id, self.source, self.runner = cfg, result, experiment_id, source, runner
-        students = len(cfg.seeds) * sum(len(cfg.arm_sizes(m, i)) for m in cfg.methods for i in cfg.inits)
-        self.progress = tqdm(total=2 * (1 + students) + 2, desc=f"{cfg.preset} study", unit="stage")
+        self.progress = tqdm(total=2 * (1 + cfg.num_students) + 2, desc=f"{cfg.preset} study", unit="stage")
         self._lock = threading.Lock()
 
     def stage(self, entry_point: str, label: str, parameters: dict, reuse: bool = True, alone: bool = False) -> Stage:
-        """Run (or reuse) one stage and count it among the pipeline's stages; `alone`: nothing runs beside it, so it
-        gets every thread of the executor (LocalExecutor.run)."""
+        """Run (or reuse) one stage, counted among the pipeline's; `alone`: with every thread (LocalExecutor.run)."""
         done = self._run(entry_point, label, parameters, reuse, alone=alone)
         self._record(done)
         return done
 
-    def _run(self, entry_point: str, label: str, parameters: dict, reuse: bool, note: str = "",
-             alone: bool = False) -> Stage:
+    def _run(self, entry_point: str, label: str, parameters: dict, reuse: bool, note="", alone=False) -> Stage:
         """Run (or reuse) an entry point where the executor has room; its line and `seconds_<label>` metric."""
         with tqdm(desc=f"  {label}", bar_format="{desc}: running", leave=False):  # one line per running stage
             done = self.runner.run(run_stage, Stage(entry_point, label), parameters, self.experiment_id,

@@ -19,6 +19,7 @@ from scipy import stats
 from synthetic_study import _evaluation_run, _model_run, log_synthetic_study
 
 from dmat.cli.main import cli
+from dmat.config.metrics import format_value
 from dmat.errors import DmatError
 from dmat.evaluation.evaluate import evaluate_run
 from dmat.evaluation.features import train_feature_extractor
@@ -134,10 +135,12 @@ def test_quality_table_has_matched_n_scores_beside_the_floor_and_memorisation(st
     assert len(table) == 3 and set(table.N) == {32} and set(table.draws) == {10} and set(table.reference) == {"train"}
     row = table[table.method == "distill"].iloc[0]
     logged = client.get_run(ids["evaluations"][1]).data.metrics
-    assert row.kid == f"{logged['kid']:.4g} ± {logged['kid_sd']:.2g}"
-    assert row.kid_floor == f"{logged['kid_floor']:.4g} ± {logged['kid_floor_sd']:.2g}"
-    assert float(row.kid_z) == pytest.approx((logged["kid"] - logged["kid_floor"]) / logged["kid_floor_sd"], abs=0.05)
-    assert row.kid_heldout == "n/a" and row.kid_train == row.kid
+    # the CSV: numbers, each score's sd over draws beside it; the page: "mean ± sd", as the registry formats it
+    assert (row.kid, row.kid_sd, row.kid_floor, row.kid_floor_sd) == pytest.approx(
+        (logged["kid"], logged["kid_sd"], logged["kid_floor"], logged["kid_floor_sd"]))
+    assert f"<td>{format_value('kid', logged['kid'], logged['kid_sd'])}</td>" in html
+    assert float(row.kid_z) == pytest.approx((logged["kid"] - logged["kid_floor"]) / logged["kid_floor_sd"])
+    assert row.kid_heldout == "" and row.kid_train == row.kid  # not logged: empty, never 0
     assert "Every KID and FID is N generated vs N real images" in html
     assert "size 0.5 scratch: raw copy rate 0.90 (chance 0.01)" in html
     assert "size 0.5 scratch: copy alarm: copy rate 0.40 against 0.05 by chance (binomial p=1e-09)" in html

@@ -256,13 +256,14 @@ def is_plain_score(name: str) -> bool:
 # which way is better as the header ("Latency per image (ms) ↓"), values to SIGNIFICANT figures without exponents;
 # counts of parameters and FLOPs in millions and up ("0.409 M", "45.3 M", "1.20 G": the unit is then in the value),
 # whole counts (epochs, images, steps, a 0/1 flag) as integers; a value with a spread (a 95% interval, an sd) to the
-# spread's two significant figures ("0.244 ± 0.019").
+# spread's two significant figures ("0.244 ± 0.019"; a spread of 0, every seed alike, is not shown).
 ARROWS = {LOWER: "↓", HIGHER: "↑", NEITHER: ""}
 SCALED_UNITS = ("parameters", "FLOPs")
 WHOLE_UNITS = ("images", "epochs", "steps", "draws")
 WHOLE_NAMES = ("copy_alarm", "still_improving")  # 0/1 flags (and, in the summary, how many models said 1)
 SIGNIFICANT = 3
 MAX_DECIMALS = 8
+NOISE = 1e-3  # a value below this share of its column's typical magnitude is shown at the column's precision
 _PREFIXES = ((1e12, "T"), (1e9, "G"), (1e6, "M"))
 INTERVAL_SUFFIX = "_ci95"  # a table's `<metric>_ci95`: the half-width of the metric's 95% interval
 _VARIANTS = (("_legacy", "legacy"), *((f"_{r}", f"{r.replace('heldout', 'held-out')} ref.") for r in REFERENCES))
@@ -320,15 +321,16 @@ def metric_header(name: str) -> str:
 
 def format_value(name: str, value, spread=None) -> str:
     """One value of a metric as tables show it: format_value("num_parameters", 408641) == "0.409 M",
-    format_value("kid", 0.2435, 0.019) == "0.244 ± 0.019", format_value("epochs_run", 12.0) == "12",
+    format_value("kid", 0.24351, 0.019) == "0.244 ± 0.019", format_value("epochs_run", 12.0) == "12",
     format_value("fid", float("nan")) == "n/a". A column of values: format_values."""
     return format_values(name, [value], None if spread is None else [spread])[0]
 
 
 def format_values(name: str, values, spreads=None) -> list[str]:
     """A column of one metric's values (and their spreads, NaN where none) as format_value shows each, alike: counts
-    in one prefix (the largest value's: "0.026 M" beside "45.3 M"), and no value with more decimals than the column's
-    typical value needs (a KID floor of -1.046e-05 beside KIDs of 0.05 shows "0.0000", not "-1.046e-05")."""
+    in one prefix (the largest value's: "0.0260 M" beside "45.3 M"), and a value at noise level (below NOISE times
+    the column's median magnitude) to the column's precision (a KID floor of -1.046e-05 beside KIDs of 0.05 shows
+    "0.0000", not "-1.046e-05")."""
     values = [_number(v) for v in values]
     spreads = [_number(s) for s in spreads] if spreads is not None else [math.nan] * len(values)
     metric = metric_of(name)
@@ -340,7 +342,8 @@ def format_values(name: str, values, spreads=None) -> list[str]:
         scale, prefix = next(((f, p) for f, p in _PREFIXES if max(finite, default=0) >= f), _PREFIXES[-1])
         suffix = f" {prefix}"
     nonzero = sorted(v / scale for v in finite if v)
-    cap = _decimals(nonzero[(len(nonzero) - 1) // 2], SIGNIFICANT, limit=None) if nonzero else SIGNIFICANT - 1
+    typical = nonzero[len(nonzero) // 2] if nonzero else 0.0  # the (upper) median magnitude
+    column = _decimals(typical, SIGNIFICANT, limit=None) if typical else SIGNIFICANT - 1
     shown = []
     for value, spread in zip(values, spreads):
         value, spread = value / scale, spread / scale
@@ -352,11 +355,12 @@ def format_values(name: str, values, spreads=None) -> list[str]:
         elif whole and value == round(value) and scale == 1.0:
             shown.append(f"{value:,.0f}")
         else:
-            own = _decimals(value, SIGNIFICANT, limit=None) if value else cap
-            text = (f"{value:.{SIGNIFICANT - 1}e}" if min(own, cap) > MAX_DECIMALS  # a p of 1e-9, alone
-                    else _fixed(value, min(own, cap, MAX_DECIMALS))) + suffix
-            counted = unit in (*SCALED_UNITS, *WHOLE_UNITS) or whole  # a count's zero spread: nothing to say
-            shown.append(f"{text} ± 0" if spread == 0 and not counted else text)
+            # a value at noise level beside the column's (a KID floor of 1e-5 beside KIDs of 0.05): its precision
+            noise = abs(value) < NOISE * typical
+            decimals = column if noise or not value else _decimals(value, SIGNIFICANT, limit=None)
+            text = (f"{value:.{SIGNIFICANT - 1}e}" if decimals > MAX_DECIMALS  # a p of 1e-9, alone
+                    else _fixed(value, decimals)) + suffix
+            shown.append(text)  # a zero spread (every seed alike) is not shown: n says how many there were
     return shown
 
 

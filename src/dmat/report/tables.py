@@ -16,6 +16,7 @@ import pandas as pd
 from scipy import stats
 
 from dmat.config import metrics
+from dmat.config.metrics import OTHER, format_values, metric_header, metric_of
 from dmat.config.training import RANDOM
 
 SUMMARY_METRICS = metrics.SUMMARY
@@ -88,8 +89,15 @@ def with_keys(frame: pd.DataFrame) -> pd.DataFrame:
     """GROUP's keys filled where a frame (an older store, a hand-made one) has none: `init` random, NAMED keys
     UNKNOWN. A value, not NaN: groupby and pivot_table drop NaN keys and == never matches them."""
     missing = pd.Series(np.nan, index=frame.index)
-    return frame.assign(init=frame.get("init", missing).fillna(RANDOM),
-                        **{key: frame.get(key, missing).fillna(named.missing) for key, named in NAMED.items()})
+    # a copy first: a store's many metric columns come in as many blocks, and inserting into them fragments the
+    # frame further (pandas' PerformanceWarning)
+    return frame.copy().assign(init=_filled(frame.get("init", missing), RANDOM),
+                               **{key: _filled(frame.get(key, missing), named.missing) for key, named in NAMED.items()})
+
+
+def _filled(values: pd.Series, value) -> pd.Series:
+    """NaN filled with `value`; a text value into a column of objects (pandas will not fill a float column with it)."""
+    return (values.astype(object) if isinstance(value, str) and values.dtype != object else values).fillna(value)
 
 
 def several(frame: pd.DataFrame, key: str) -> bool:
@@ -151,7 +159,7 @@ def summary_table(evaluations: pd.DataFrame) -> pd.DataFrame:
 
 
 def _mean_sd_column(frame: pd.DataFrame, name: str) -> list[str]:
-    return [_format(m, sd) for m, sd in zip(_get(frame, name), _get(frame, _sd_name(name)))]
+    return format_values(name, _get(frame, name), _get(frame, _sd_name(name)))
 
 
 def _sd_name(name: str) -> str:
@@ -165,25 +173,29 @@ def _sd_name(name: str) -> str:
 QUALITY_SCORES = (*metrics.QUALITY, *metrics.BY_REFERENCE)  # kid, kid_floor, fid, fid_floor, kid_train, ...
 
 
-def quality_table(evaluations: pd.DataFrame) -> pd.DataFrame:
+def quality_table(evaluations: pd.DataFrame, formatted: bool = True) -> pd.DataFrame:
     """One row per evaluation: N, draws and reference; KID and FID (N generated vs N real) and their floors
     (N real vs N other real) as "mean ± sd over draws"; `kid_z` = (KID - floor) / floor sd (within about 2:
-    inside the floor's spread); train- and held-out-reference scores side by side; the copy rates."""
+    inside the floor's spread); train- and held-out-reference scores side by side; the copy rates. Not `formatted`
+    (the CSV): numbers, each score's sd over draws its own column (kid_sd, kid_sd_train)."""
     order = _by_model(evaluations)
     shown = key_columns(order).assign(model_seed=order.get("model_seed"), seed=order.seed,
-                                      reference=order.get("reference"), N=_plain(order, "quality_n", ".0f"),
-                                      draws=_plain(order, "quality_draws", ".0f"))
+                                      reference=order.get("reference"))
     z = (_get(order, "kid") - _get(order, "kid_floor")) / _get(order, "kid_floor_sd")
-    scores = {}
+    numbers = {"N": _get(order, "quality_n"), "draws": _get(order, "quality_draws")}
+    shows = {"N": _plain(order, "quality_n"), "draws": _plain(order, "quality_draws")}
     for name in QUALITY_SCORES:
         if name == "fid":  # kid_z just before the FIDs
-            scores["kid_z"] = [f"{v:.1f}" if np.isfinite(v) else "n/a" for v in z]
-        scores[name] = _mean_sd_column(order, name)
-    scores.update({name: _plain(order, name, ".3f")  # the copy rates
-                   for name in (m for m in metrics.MEMORISATION if m in metrics.SUMMARY)})
+            numbers["kid_z"], shows["kid_z"] = z, [f"{v:.1f}" if np.isfinite(v) else "n/a" for v in z]
+        numbers[name], numbers[_sd_name(name)] = _get(order, name), _get(order, _sd_name(name))
+        shows[name] = _mean_sd_column(order, name)
+    for name in (m for m in metrics.MEMORISATION if m in metrics.SUMMARY):  # the copy rates
+        numbers[name], shows[name] = _get(order, name), _plain(order, name)
     # the columns in one go: inserted one by one they fragment the frame (pandas' PerformanceWarning)
-    shown = pd.concat([shown, pd.DataFrame(scores, index=shown.index)], axis=1)
-    return shown.reset_index(drop=True)
+    shown = pd.concat([shown, pd.DataFrame(shows if formatted else numbers, index=shown.index)], axis=1)
+    shown = shown.reset_index(drop=True)
+    shown.attrs["title"] = "KID and FID of every evaluation beside the real-vs-real floor (mean ± sd over draws)"
+    return shown
 
 
 def _by_model(evaluations: pd.DataFrame) -> pd.DataFrame:
@@ -194,8 +206,9 @@ def _by_model(evaluations: pd.DataFrame) -> pd.DataFrame:
                              ascending=[True, True, False, True, False, True])
 
 
-def _plain(frame: pd.DataFrame, column: str, spec: str) -> list[str]:
-    return [format(v, spec) if np.isfinite(v) else "n/a" for v in _get(frame, column)]
+def _plain(frame: pd.DataFrame, column: str) -> list[str]:
+    """A column of `frame` as format_values shows it ("n/a" where absent)."""
+    return format_values(column, _get(frame, column))
 
 
 MEMORISATION_COLUMNS = metrics.MEMORISATION
@@ -206,9 +219,11 @@ def memorisation_table(evaluations: pd.DataFrame) -> pd.DataFrame:
     samples beside that of held-out real images (evaluation/memorisation.py)."""
     order = _by_model(evaluations)
     shown = key_columns(order).assign(model_seed=order.get("model_seed"), seed=order.seed)
-    for name in MEMORISATION_COLUMNS:
-        shown[name] = _plain(order, name, ".3f" if name.startswith("copy") else ".4g")
-    return shown.reset_index(drop=True)
+    # the columns in one go: inserted one by one they fragment the frame (pandas' PerformanceWarning)
+    scores = pd.DataFrame({name: _plain(order, name) for name in MEMORISATION_COLUMNS}, index=shown.index)
+    shown = pd.concat([shown, scores], axis=1).reset_index(drop=True)
+    shown.attrs["title"] = "Copy rates and nearest-training-image distances of every evaluation"
+    return shown
 
 
 def pareto_mask(cost, loss) -> np.ndarray:
@@ -223,20 +238,29 @@ def pareto_mask(cost, loss) -> np.ndarray:
 
 
 def format_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Display form: "mean ± ci" per metric, "n/a" for missing values, still improving as "k of n"."""
+    """Display form of the summary: "mean ± ci" per metric (format_values: counts in M, alike significant figures),
+    "n/a" for missing values, still improving as "k of n". A floor (kid_floor, fid_floor) that is one value in every
+    row is said once in the table's caption (attrs), not repeated per row."""
     shown = key_columns(table).join(table[["n", "seeds"]])
     shown["still_improving"] = [f"{k:.0f} of {n}" if np.isfinite(k) else "unknown"
                                 for k, n in zip(table.still_improving.astype(float), table.n)]
+    columns, caption = {}, []
     for metric in SUMMARY_METRICS:
-        shown[metric] = [_format(m, c) for m, c in zip(table[metric], table[f"{metric}_ci95"])]
+        values = format_values(metric, table[metric], table[f"{metric}_ci95"])
+        spread = FLOOR_SD.get(metric)
+        if spread and len(table) > 1 and table[metric].notna().all() and table[metric].nunique() == 1:
+            sd = _get(table, spread).mean()
+            caption.append(f"{metrics.metric_label(metric)} (N real vs N other real images): "
+                           f"{format_values(metric, [table[metric].iloc[0]], [sd])[0]} (sd over draws) in every row")
+            continue
+        columns[metric] = values
+    shown = pd.concat([shown, pd.DataFrame(columns, index=shown.index)], axis=1)
+    shown.attrs.update(title="Every summary metric per size and method (mean ± 95% interval over evaluations)",
+                       caption="; ".join(caption))
     return shown
 
 
-def _format(mean: float, ci: float) -> str:
-    if not np.isfinite(mean):
-        return "n/a"
-    text = f"{mean:,.0f}" if abs(mean) >= 1e4 else f"{mean:.4g}"  # parameter and FLOP counts in full
-    return f"{text} ± {ci:.2g}" if np.isfinite(ci) else text
+FLOOR_SD = {"kid_floor": "kid_floor_sd", "fid_floor": "fid_floor_sd"}  # a floor and its sd over draws (FLOOR_SPREADS)
 
 
 def mean_curves(histories: pd.DataFrame, runs: pd.DataFrame, key: str) -> pd.DataFrame:
@@ -269,25 +293,94 @@ def interval_table(table: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFram
     """The summary's rows with only `metrics`, each "mean ± 95% interval over seeds" (n/a where not logged)."""
     shown = key_columns(table).join(table[["n", "seeds"]])
     for metric in metrics:
-        shown[metric] = [_format(m, c) for m, c in zip(_get(table, metric), _get(table, f"{metric}_ci95"))]
+        shown[metric] = format_values(metric, _get(table, metric), _get(table, f"{metric}_ci95"))
     return shown
 
 
 def curve_interval_table(summary: pd.DataFrame, label: str) -> pd.DataFrame:
-    """`per_run_means` output as a display table: "mean ± 95% interval over seeds" under `label`."""
+    """`per_run_means` output as a display table: "mean ± 95% interval over seeds" under `label`; a label that begins
+    with a metric's name ("eps_mse_true (mean over t) ...") has its header there instead ("ε MSE to the noise ↓ (mean
+    over t) ...") and its values formatted as that metric's."""
     shown = key_columns(summary).join(summary[["n"]])
-    shown[label] = [_format(m, c) for m, c in zip(summary.value, summary.ci95)]
+    metric, _, rest = label.partition(" ")
+    if metric_of(metric) is not None:
+        label = f"{metric_header(metric)} {rest}".strip()
+    shown[label] = format_values(metric, summary.value, summary.ci95)
     return shown
 
 
-def budget_table(models: pd.DataFrame) -> pd.DataFrame:
+def budget_table(models: pd.DataFrame, formatted: bool = True) -> pd.DataFrame:
     """One row per finished model run: its seed, init and training budget (query.with_budget), best epoch and
-    whether it was still improving when it stopped (yes / no / unknown)."""
+    whether it was still improving when it stopped (yes / no / unknown); not `formatted` (the CSV): numbers."""
     order = _by_model(models[models.status == "FINISHED"])
     shown = key_columns(order).assign(seed=order.seed)
-    for name in ("epochs_run", "best_epoch", "optimizer_steps", "train_images"):  # of metrics.BUDGET
-        shown[name] = _plain(order, name, ".0f")
-    shown["train_flops"] = _plain(order, "train_flops", ".3g")
+    for name in ("epochs_run", "best_epoch", "optimizer_steps", "train_images", "train_flops"):  # of metrics.BUDGET
+        shown[name] = _plain(order, name) if formatted else _get(order, name)
     shown["still_improving"] = [{1.0: "yes", 0.0: "no"}.get(v, "unknown") for v in _get(order, "still_improving")]
     shown["run_id"] = order.run_id
-    return shown.reset_index(drop=True)
+    shown = shown.reset_index(drop=True)
+    shown.attrs["title"] = "Training budget of every finished model run"
+    return shown
+
+
+# The columns that say which model or run a row is (metrics.CATEGORIES' "identity"), in this order, and their headers.
+# A table's other columns are metrics (metric_header: "KID ↓"); a column of neither keeps its name.
+IDENTITY = {"run_id": "Run", "run_name": "Run name", "study_name": "Study", "trial": "Trial", "role": "Role",
+            "model_role": "Model role", "method": "Method", "init": "Init", "image_size": "Resolution (px)",
+            "epochs": "Epochs (max)", "train_precision": "Trained in", "sampling_precision": "Sampled in",
+            "size_factor": "Size", "dataset": "Data set", "seed": "Seed", "model_seed": "Training seed",
+            "n": "n", "seeds": "Seeds", "status": "Status", "problem": "Problem", "steps": "Sampling steps",
+            "reference": "Reference", "N": "N", "draws": "Draws", "headline_space": "Feature space",
+            "features": "Features", "teacher_run_id": "Teacher run", "model_run_id": "Model run",
+            "start_time": "Started"}
+BELONGS_TO = {"still_improving_tag": "still_improving"}  # a column of no metric shown beside one
+SYSTEM_PREFIXES = ("system/", "autotune.", "legacy")  # MLflow's system metrics, autotuning, an older dmat's scores
+
+
+def column_header(name: str) -> str:
+    """A table column's header: "Size", "Training seed", "KID ↓", "Latency per image (ms) ↓", "± 95% CI"."""
+    return IDENTITY.get(name) or metric_header(name)
+
+
+def column_group(name: str) -> str:
+    """The group of metrics.CATEGORIES a column belongs to (OTHER for a column of none; "system" for system/*,
+    autotune.*, legacy* and *_legacy)."""
+    if name in IDENTITY:
+        return "identity"
+    if name.startswith(SYSTEM_PREFIXES) or name.endswith("_legacy"):
+        return "system"
+    metric = metric_of(BELONGS_TO.get(name, name))
+    return metric.category if metric else OTHER
+
+
+_POSITION = {name: i for i, name in enumerate(metrics.METRICS)}
+_GROUPS = (*metrics.CATEGORIES, OTHER, "system")
+
+
+def _column_key(name: str) -> tuple:
+    group = column_group(name)
+    if group == "identity":
+        return 0, list(IDENTITY).index(name), 0, name
+    metric = metric_of(BELONGS_TO.get(name, name)) if group != "system" else None
+    if metric is None:
+        return _GROUPS.index(group), len(_POSITION), 0, name
+    variant = 0 if name == metric.name else 1 if name == f"{metric.name}{metrics.INTERVAL_SUFFIX}" else 2
+    return _GROUPS.index(group), _POSITION[metric.name], variant, name
+
+
+def column_order(columns) -> list[str]:
+    """Columns grouped (identity, budget, quality, cost, diagnostics, then columns of no metric, then system/*,
+    autotune.* and legacy ones) and, within a group, in the registry's order, each metric's interval and variants
+    (kid_ci95, kid_train) right after it: the same order whatever order a store gave them in."""
+    return sorted(columns, key=_column_key)
+
+
+def drop_empty(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` without the columns that hold nothing (every value NaN, None, "" or "n/a")."""
+    if frame.empty:
+        return frame  # no rows: every column is as empty as every other, and says what the table would hold
+    return frame.drop(columns=[c for c in frame.columns if all(_nothing(v) for v in frame[c])])
+
+
+def _nothing(value) -> bool:
+    return value in ("", "n/a") if isinstance(value, str) else bool(np.all(pd.isna(value)))

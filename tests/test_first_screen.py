@@ -94,3 +94,17 @@ def test_ablations_at_fewer_sizes_are_said_to_hold_at_those_sizes_only():
     said = caveats("full", students)
     assert said[-1:] == ["scratch, pruned init was trained at sizes 0.2, 1 only (the main line at 4 sizes): its "
                     "comparison with other kinds holds at those sizes."]
+
+
+def test_the_report_run_carries_the_first_screens_sentence_for_the_pipeline_to_print(store, tmp_path):
+    from mlflow.tracking import MlflowClient
+    from synthetic_study import log_synthetic_study
+
+    from dmat import tracking
+    from dmat.report import build_report
+
+    log_synthetic_study("syn", sizes=(0.5,), methods=("distill",), artifacts=False, problems=False)
+    html = build_report("syn", sections=("answer",), out_dir=tmp_path / "out").read_text()
+    run = tracking.find_runs(tracking.REPORT, max_results=1)[0]
+    said = MlflowClient().get_run(run.info.run_id).data.tags[tracking.ANSWER]
+    assert said.startswith("Only the random-CNN features scored these models") and said in html

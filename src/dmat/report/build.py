@@ -25,9 +25,7 @@ from dmat.report.preflight import nothing_evaluated, writable_folder
 from dmat.report.query import load_study
 from dmat.report.sections import SECTIONS, choose_sections
 
-__all__ = ["ANSWER_TAG", "SECTIONS", "build_report", "choose_sections"]
-
-ANSWER_TAG = "dmat.answer"  # the report run's tag: the first screen's one-sentence answer
+__all__ = ["SECTIONS", "build_report", "choose_sections"]
 log = logging.getLogger(__name__)
 
 
@@ -62,7 +60,7 @@ def build_report(experiment: str | None = None, sections: tuple[str, ...] = SECT
             tracking.log_params({"experiment": study.experiment, "sections": ",".join(s.key for s in built),
                                  "full_mse": full_mse})
             answer = next((s.notes[0] for s in built if s.key == "answer" and s.notes), "")
-            mlflow.set_tag(ANSWER_TAG, answer)  # the pipeline prints it as its last word
+            mlflow.set_tag(tracking.ANSWER, answer)  # the pipeline prints it among its last lines
             mlflow.log_metrics({"model_runs": len(study.models), "evaluations": len(study.evaluations),
                                 "problems": len(study.problems)})
             mlflow.log_artifacts(str(out), artifact_path="report")

@@ -54,6 +54,7 @@ def write_html(path: Path, study: Study, sections: list[Section]) -> None:
 .scroll{{overflow-x:auto;max-width:100%}} table{{border-collapse:collapse;font-size:13px;margin:.5em 0}}
 td,th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}}
 th{{vertical-align:bottom;white-space:normal;max-width:9em}} th[title]{{cursor:help}}
+td:first-child,th:first-child{{text-align:left}}
 caption{{caption-side:bottom;text-align:left;color:#555;font-size:12px;padding-top:4px}}
 details{{margin:.5em 0}} summary{{cursor:pointer;color:#333}} .note{{color:#555}}</style></head><body>
 <h1>How model size changes a diffusion model: {html.escape(study.experiment)}</h1>

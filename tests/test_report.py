@@ -146,8 +146,8 @@ def test_quality_table_has_matched_n_scores_beside_the_floor_and_memorisation(st
     assert "size 0.5 scratch: copy alarm: copy rate 0.40 against 0.05 by chance (binomial p=1e-09)" in html
     assert "size 0.5 scratch: KID against held-out images 0.5 vs" in html and "memorisation sign" in html
     # its KID is at the floor, by copying: never called inside the floor's spread
-    assert ("KID inside the spread of the real-vs-real floor (within 2 sd over draws, N = 32 a side): none; not "
-            "counted, since their copy test raised an alarm") in html and html.count("raised an alarm") == 1
+    assert ("KID inside the spread of the real-vs-real floor in both feature spaces (within 2 sd over draws, N = 32 a "
+            "side): none; not counted, since their copy test raised an alarm") in html and html.count("raised an alarm") == 1
     assert "copy test raised an alarm (their samples reproduce training images, so their KID is no sign of quality): " \
            "size 0.5 scratch." in html
 
@@ -349,7 +349,7 @@ def test_report_of_seeds_inits_and_a_steps_grid(store, tmp_path):
     answer = html.index("<p class=note>The answer: Only the random-CNN features scored these models, so no size is "
                         "said to be within 10% of the teacher in both feature spaces")
     assert ("By KID, no student size measured comes within 10% of the teacher (closest: size 0.8 distill, pruned init, "
-            "1.22x the teacher&#x27;s, 95% interval 1.08x to 1.36x") in html
+            "1.22x the teacher&#x27;s, 95% interval 1.07x to 1.38x") in html
     summary = html.index('<h2 id="summary">')
     assert answer < html.index("<table", summary) and "At equal training compute the teacher" in html
     assert "one teacher run is shared by every student" in html

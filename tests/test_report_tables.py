@@ -58,10 +58,9 @@ import pandas as pd  # noqa: E402
 
 from dmat.report.csvs import tidy_csv  # noqa: E402
 from dmat.report.html import FOLD_COLUMNS, table_html  # noqa: E402
+from dmat.report.columns import column_group, column_order  # noqa: E402
 from dmat.report.tables import (  # noqa: E402
     budget_table,
-    column_group,
-    column_order,
     format_table,
     memorisation_table,
     quality_table,
@@ -159,7 +158,7 @@ def test_csvs_group_their_columns_in_a_stable_order_without_empty_columns():
 
 
 def test_a_curve_table_labelled_by_a_metric_gets_its_header():
-    from dmat.report.tables import curve_interval_table
+    from dmat.report.curves import curve_interval_table
 
     means = pd.DataFrame({"method": ["distill"], "init": ["random"], "size_factor": [0.5], "value": [0.012345],
                           "ci95": [0.001], "n": [2]})

@@ -12,6 +12,9 @@ memorisation, grid and grid_cost (logged per step count as `grid_<name>`, step =
 when FID/KID moved to matched N: older values are kept apart), budget (a model run's training budget), training
 (per-epoch training curves), report (computed by the report from other metrics), floor_spread (the figures' floor
 bands).
+
+Longer than 300 lines: the registry is one table, every metric of dmat declared once and read top to bottom, with
+the few functions that name and format a metric from it.
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ from dmat.report.sections import (
 from dmat.report.tables import (
     GROUP,
     budget_table,
-    curve_interval_table,
     format_table,
     interval_table,
     key_columns,
@@ -29,7 +28,6 @@ from dmat.report.tables import (
     memorisation_table,
     namer,
     pareto_mask,
-    per_run_means,
     quality_table,
     with_keys,
 )
@@ -165,9 +163,9 @@ def _mse(section: Section, i: Inputs) -> None:
 
 def _curve_intervals(section: Section, i: Inputs, runs: pd.DataFrame, key: str) -> None:
     """Per size: each run's mean of a per-timestep series, then mean ± 95% interval over the runs (seeds)."""
-    means = per_run_means(i.histories, runs, key)
+    means = curves.per_run_means(i.histories, runs, key)
     if not means.empty:
-        section.tables.append(curve_interval_table(means, f"{key} (mean over t) ± 95% CI over seeds"))
+        section.tables.append(curves.curve_interval_table(means, f"{key} (mean over t) ± 95% CI over seeds"))
 
 
 def _time(section: Section, i: Inputs) -> None:

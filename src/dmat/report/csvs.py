@@ -1,7 +1,7 @@
 """The report's tables as CSV files (tables/<name>.csv): the summary, quality and budget tables, the raw
 evaluations, models and problems, and the tables a section adds (Section.csvs).
 
-Every CSV alike: columns in their groups (tables.column_order: identity, budget, quality, cost, diagnostics, then
+Every CSV alike: columns in their groups (columns.column_order: identity, budget, quality, cost, diagnostics, then
 columns of no metric, then system/*, autotune.* and legacy ones), none empty, counts that are whole written as
 integers (2010000, not 2010000.0)."""
 
@@ -15,7 +15,8 @@ import pandas as pd
 from dmat.config.metrics import SCALED_UNITS, WHOLE_NAMES, WHOLE_UNITS, metric_of
 from dmat.report.query import Study
 from dmat.report.sections import Section
-from dmat.report.tables import budget_table, column_order, drop_empty, quality_table, summary_table
+from dmat.report.columns import column_order, drop_empty
+from dmat.report.tables import budget_table, quality_table, summary_table
 
 # columns of no metric that count (the summary's n and seeds, a run's resolution, budget, trial and steps)
 COUNTS = ("n", "seeds", "image_size", "epochs", "trial", "steps", "N", "draws")

@@ -12,7 +12,8 @@ from matplotlib.colors import LogNorm
 
 from dmat.config.metrics import TRAINING
 from dmat.report.figures import LINESTYLE, STUDENT_METHODS, errorbar_by_method, hollow, size_color, teacher_value
-from dmat.report.tables import GROUP, mean_curves, namer
+from dmat.config.metrics import format_values, metric_header, metric_of
+from dmat.report.tables import GROUP, key_columns, mean_ci, namer, with_keys
 
 
 def most_copied_figure(panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, float]]):
@@ -196,3 +197,33 @@ def training_figure(histories: pd.DataFrame, models: pd.DataFrame):
         plt.close(fig)
         return None
     return fig
+
+
+def mean_curves(histories: pd.DataFrame, runs: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Mean of a metric history per GROUP and step over the given runs (its seeds), with the
+    half-width `ci95` of its 95% t-interval and `n` runs (one run: NaN, no band)."""
+    series = histories[(histories.key == key) & histories.run_id.isin(runs.run_id)]
+    merged = series.merge(with_keys(runs)[["run_id", *GROUP]], on="run_id")
+    rows = [(*keys, *mean_ci(group.value), len(group)) for keys, group in merged.groupby([*GROUP, "step"])]
+    return pd.DataFrame(rows, columns=[*GROUP, "step", "value", "ci95", "n"])
+
+
+def per_run_means(histories: pd.DataFrame, runs: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Per GROUP (method, init, image_size, epochs, size_factor): each run's mean of a metric history over its steps,
+    then their mean and 95% interval over the runs (seeds), as columns value, ci95 and n."""
+    series = histories[(histories.key == key) & histories.run_id.isin(runs.run_id)]
+    per_run = series.groupby("run_id", as_index=False)["value"].mean().merge(with_keys(runs)[["run_id", *GROUP]])
+    rows = [(*keys, *mean_ci(group.value), len(group)) for keys, group in per_run.groupby(GROUP)]
+    return pd.DataFrame(rows, columns=[*GROUP, "value", "ci95", "n"])
+
+
+def curve_interval_table(summary: pd.DataFrame, label: str) -> pd.DataFrame:
+    """`per_run_means` output as a display table: "mean ± 95% interval over seeds" under `label`; a label that begins
+    with a metric's name ("eps_mse_true (mean over t) ...") has its header there instead ("ε MSE to the noise ↓ (mean
+    over t) ...") and its values formatted as that metric's."""
+    shown = key_columns(summary).join(summary[["n"]])
+    metric, _, rest = label.partition(" ")
+    if metric_of(metric) is not None:
+        label = f"{metric_header(metric)} {rest}".strip()
+    shown[label] = format_values(metric, summary.value, summary.ci95)
+    return shown

@@ -1,7 +1,7 @@
 """The report as one self-contained HTML page: its template, with every figure embedded as a base64 PNG (so the one
 file opens anywhere, including the MLflow UI's artifact viewer) and also written to figures/<name>.png.
 
-Every table the same way (table_html): headers from the metric registry (tables.column_header: "KID ↓",
+Every table the same way (table_html): headers from the metric registry (columns.column_header: "KID ↓",
 "Latency per image (ms) ↓", the metric's description as a tooltip), numbers as metrics.format_values shows them
 (a `<metric>_ci95` column beside its metric joined into "mean ± interval"), no empty column, and a table wider than
 FOLD_COLUMNS behind a fold (<details>) that names it."""
@@ -21,7 +21,7 @@ from dmat import tracking
 from dmat.config.metrics import INTERVAL_SUFFIX, format_values, metric_of
 from dmat.report.query import Study
 from dmat.report.sections import TITLES, Section
-from dmat.report.tables import column_header, drop_empty
+from dmat.report.columns import column_header, drop_empty
 
 FOLD_COLUMNS = 9  # a table of more columns is a detail table: folded, a click away
 

@@ -16,7 +16,7 @@ import pandas as pd
 from scipy import stats
 
 from dmat.config import metrics
-from dmat.config.metrics import OTHER, format_values, metric_header, metric_of
+from dmat.config.metrics import format_values
 from dmat.config.training import RANDOM
 
 SUMMARY_METRICS = metrics.SUMMARY
@@ -263,24 +263,6 @@ def format_table(table: pd.DataFrame) -> pd.DataFrame:
 FLOOR_SD = {"kid_floor": "kid_floor_sd", "fid_floor": "fid_floor_sd"}  # a floor and its sd over draws (FLOOR_SPREADS)
 
 
-def mean_curves(histories: pd.DataFrame, runs: pd.DataFrame, key: str) -> pd.DataFrame:
-    """Mean of a metric history per GROUP and step over the given runs (its seeds), with the
-    half-width `ci95` of its 95% t-interval and `n` runs (one run: NaN, no band)."""
-    series = histories[(histories.key == key) & histories.run_id.isin(runs.run_id)]
-    merged = series.merge(with_keys(runs)[["run_id", *GROUP]], on="run_id")
-    rows = [(*keys, *mean_ci(group.value), len(group)) for keys, group in merged.groupby([*GROUP, "step"])]
-    return pd.DataFrame(rows, columns=[*GROUP, "step", "value", "ci95", "n"])
-
-
-def per_run_means(histories: pd.DataFrame, runs: pd.DataFrame, key: str) -> pd.DataFrame:
-    """Per GROUP (method, init, image_size, epochs, size_factor): each run's mean of a metric history over its steps,
-    then their mean and 95% interval over the runs (seeds), as columns value, ci95 and n."""
-    series = histories[(histories.key == key) & histories.run_id.isin(runs.run_id)]
-    per_run = series.groupby("run_id", as_index=False)["value"].mean().merge(with_keys(runs)[["run_id", *GROUP]])
-    rows = [(*keys, *mean_ci(group.value), len(group)) for keys, group in per_run.groupby(GROUP)]
-    return pd.DataFrame(rows, columns=[*GROUP, "value", "ci95", "n"])
-
-
 def readable_subset(sizes, k: int = 6) -> list[float]:
     """At most k size factors spread evenly over the sorted sizes, smallest and largest included."""
     sizes = sorted(set(float(s) for s in sizes if np.isfinite(s)))
@@ -297,18 +279,6 @@ def interval_table(table: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFram
     return shown
 
 
-def curve_interval_table(summary: pd.DataFrame, label: str) -> pd.DataFrame:
-    """`per_run_means` output as a display table: "mean ± 95% interval over seeds" under `label`; a label that begins
-    with a metric's name ("eps_mse_true (mean over t) ...") has its header there instead ("ε MSE to the noise ↓ (mean
-    over t) ...") and its values formatted as that metric's."""
-    shown = key_columns(summary).join(summary[["n"]])
-    metric, _, rest = label.partition(" ")
-    if metric_of(metric) is not None:
-        label = f"{metric_header(metric)} {rest}".strip()
-    shown[label] = format_values(metric, summary.value, summary.ci95)
-    return shown
-
-
 def budget_table(models: pd.DataFrame, formatted: bool = True) -> pd.DataFrame:
     """One row per finished model run: its seed, init and training budget (query.with_budget), best epoch and
     whether it was still improving when it stopped (yes / no / unknown); not `formatted` (the CSV): numbers."""
@@ -321,66 +291,3 @@ def budget_table(models: pd.DataFrame, formatted: bool = True) -> pd.DataFrame:
     shown = shown.reset_index(drop=True)
     shown.attrs["title"] = "Training budget of every finished model run"
     return shown
-
-
-# The columns that say which model or run a row is (metrics.CATEGORIES' "identity"), in this order, and their headers.
-# A table's other columns are metrics (metric_header: "KID ↓"); a column of neither keeps its name.
-IDENTITY = {"run_id": "Run", "run_name": "Run name", "study_name": "Study", "trial": "Trial", "role": "Role",
-            "model_role": "Model role", "method": "Method", "init": "Init", "image_size": "Resolution (px)",
-            "epochs": "Epochs (max)", "train_precision": "Trained in", "sampling_precision": "Sampled in",
-            "size_factor": "Size", "dataset": "Data set", "seed": "Seed", "model_seed": "Training seed",
-            "n": "n", "seeds": "Seeds", "status": "Status", "problem": "Problem", "steps": "Sampling steps",
-            "reference": "Reference", "N": "N", "draws": "Draws", "headline_space": "Feature space",
-            "features": "Features", "teacher_run_id": "Teacher run", "model_run_id": "Model run",
-            "start_time": "Started"}
-BELONGS_TO = {"still_improving_tag": "still_improving"}  # a column of no metric shown beside one
-SYSTEM_PREFIXES = ("system/", "autotune.", "legacy")  # MLflow's system metrics, autotuning, an older dmat's scores
-
-
-def column_header(name: str) -> str:
-    """A table column's header: "Size", "Training seed", "KID ↓", "Latency per image (ms) ↓", "± 95% CI"."""
-    return IDENTITY.get(name) or metric_header(name)
-
-
-def column_group(name: str) -> str:
-    """The group of metrics.CATEGORIES a column belongs to (OTHER for a column of none; "system" for system/*,
-    autotune.*, legacy* and *_legacy)."""
-    if name in IDENTITY:
-        return "identity"
-    if name.startswith(SYSTEM_PREFIXES) or name.endswith("_legacy"):
-        return "system"
-    metric = metric_of(BELONGS_TO.get(name, name))
-    return metric.category if metric else OTHER
-
-
-_POSITION = {name: i for i, name in enumerate(metrics.METRICS)}
-_GROUPS = (*metrics.CATEGORIES, OTHER, "system")
-
-
-def _column_key(name: str) -> tuple:
-    group = column_group(name)
-    if group == "identity":
-        return 0, list(IDENTITY).index(name), 0, name
-    metric = metric_of(BELONGS_TO.get(name, name)) if group != "system" else None
-    if metric is None:
-        return _GROUPS.index(group), len(_POSITION), 0, name
-    variant = 0 if name == metric.name else 1 if name == f"{metric.name}{metrics.INTERVAL_SUFFIX}" else 2
-    return _GROUPS.index(group), _POSITION[metric.name], variant, name
-
-
-def column_order(columns) -> list[str]:
-    """Columns grouped (identity, budget, quality, cost, diagnostics, then columns of no metric, then system/*,
-    autotune.* and legacy ones) and, within a group, in the registry's order, each metric's interval and variants
-    (kid_ci95, kid_train) right after it: the same order whatever order a store gave them in."""
-    return sorted(columns, key=_column_key)
-
-
-def drop_empty(frame: pd.DataFrame) -> pd.DataFrame:
-    """`frame` without the columns that hold nothing (every value NaN, None, "" or "n/a")."""
-    if frame.empty:
-        return frame  # no rows: every column is as empty as every other, and says what the table would hold
-    return frame.drop(columns=[c for c in frame.columns if all(_nothing(v) for v in frame[c])])
-
-
-def _nothing(value) -> bool:
-    return value in ("", "n/a") if isinstance(value, str) else bool(np.all(pd.isna(value)))

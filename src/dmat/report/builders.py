@@ -169,7 +169,7 @@ def _curve_intervals(section: Section, i: Inputs, runs: pd.DataFrame, key: str) 
 
 
 def _time(section: Section, i: Inputs) -> None:
-    section.figures.append(("time_analysis", curves.time_figure(i.histories, i.evals, i.table, i.subset)))
+    section.figure("time_analysis", curves.time_figure(i.histories, i.evals, i.table, i.subset), "no evaluation")
     section.notes.append("Curves: mean over runs (seeds), band: 95% t-interval where a size has several runs.")
     _curve_intervals(section, i, i.evals[i.evals.size_factor.isin(i.subset)], "eps_mse_true")
     section.tables.append(interval_table(i.table, ("latency_ms_per_image",)))

@@ -131,7 +131,8 @@ def time_figure(histories: pd.DataFrame, evaluations: pd.DataFrame, table: pd.Da
     if np.isfinite(teacher):
         axes[2].scatter([1.0], [teacher], marker="*", s=150, color="black", label="teacher", zorder=3)
     axes[2].set(xlabel="size factor", ylabel="latency (ms / image)", title="latency vs size")
-    axes[2].legend(fontsize=8)
+    if axes[2].get_legend_handles_labels()[0]:  # a study without evaluations has no line to name
+        axes[2].legend(fontsize=8)
     fig.tight_layout()
     return fig
 

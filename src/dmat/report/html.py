@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from datetime import datetime
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from dmat import tracking
@@ -24,13 +22,6 @@ from dmat.report.sections import TITLES, Section
 from dmat.report.columns import column_header, drop_empty
 
 FOLD_COLUMNS = 9  # a table of more columns is a detail table: folded, a click away
-
-
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def write_html(path: Path, study: Study, sections: list[Section]) -> None:
@@ -43,8 +34,7 @@ def write_html(path: Path, study: Study, sections: list[Section]) -> None:
         if section.items:
             body.append("<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in section.items) + "</ul>")
         body += [table_html(t) for t in section.tables]
-        for name, fig in section.figures:
-            png = _png(fig)
+        for name, png in section.figures:
             (path.parent / "figures" / f"{name}.png").write_bytes(png)
             body.append(f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">')
     toc = " · ".join(f'<a href="#{s.key}">{html.escape(TITLES[s.key])}</a>' for s in sections)

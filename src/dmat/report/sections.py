@@ -4,11 +4,13 @@ figures need, fetched once). The builders are `dmat.report.builders`; the HTML p
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
 
+import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
 
@@ -46,17 +48,25 @@ def choose_sections(mse=False, denoising=False, time=False, trajectory=False, al
 @dataclass
 class Section:
     key: str
-    figures: list[tuple[str, object]] = field(default_factory=list)
+    figures: list[tuple[str, bytes]] = field(default_factory=list)  # (name, PNG)
     notes: list[str] = field(default_factory=list)
     tables: list[pd.DataFrame] = field(default_factory=list)
     items: list[str] = field(default_factory=list)
     csvs: dict[str, pd.DataFrame] = field(default_factory=dict)  # written to tables/<name>.csv
 
     def figure(self, name: str, fig, missing: str) -> None:
+        """The figure as PNG bytes, and closed: a report draws some 25, and open ones would all stay in memory."""
         if fig is None:
             self.notes.append(f"n/a: {missing}")
         else:
-            self.figures.append((name, fig))
+            self.figures.append((name, png_of(fig)))
+
+
+def png_of(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 @dataclass

@@ -43,7 +43,7 @@ def test_a_finished_study_is_published_with_its_report_tables_study_card_and_rea
     assert {"report.html", "results.csv", "results.md", "STUDY.md"} <= {p.name for p in out.iterdir()}
     assert (out / "tables" / "summary.csv").exists() and list((out / "figures").glob("*.png"))
     study = (out / "STUDY.md").read_text()
-    assert run_id in study and "abc123" in study and "| students_distill | 900 |" in study
+    assert run_id in study and "abc123 (1 runs)" in study and "| students_distill | 900 |" in study
     assert "cores" in study and "bf16" in study  # the machine, in words
     block = readme_block(readme.read_text(), "digits")
     assert block == (out / "results.md").read_text() and readme.read_text().endswith("after\n")

@@ -13,8 +13,9 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import LogLocator, NullFormatter, PercentFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, PercentFormatter
 
+from dmat.config.metrics import format_value
 from dmat.config.study import MAIN_LINE
 from dmat.config.training import PRUNED
 from dmat.report import study_kind
@@ -117,7 +118,7 @@ def results_table(table: pd.DataFrame, evaluations: pd.DataFrame,
             "params (M)": f"{row.num_parameters / 1e6:.3f}",
             "FLOPs / step (M)": f"{row.flops_per_forward / 1e6:.1f}",
             "KID ↓ (×10⁻³)": _cell(1e3 * row.kid, 1e3 * row.kid_ci95, 2),
-            "FID ↓": _cell(row.fid, row.fid_ci95, 1),
+            "FID ↓": format_value("fid", row.fid, row.fid_ci95),
             "KID / teacher (95% interval)": "1 (reference)" if row.method == "teacher" else
             f"{ratio[0]:.2f}" + (f" [{ratio[1]:.2f}, {ratio[2]:.2f}]" if np.isfinite(ratio[1]) else ""),
             latency_header: _cell(ms, ms_ci, 1),
@@ -143,16 +144,20 @@ def ratio_figure(evaluations: pd.DataFrame):
             sizes = sorted(near.sizes, key=lambda s: s.size)
             x = [near.shares(s).get("num_parameters", s.size) for s in sizes]
             y = np.array([s.ratio for s in sizes])
-            err = np.abs(y[:, 1:] - y[:, :1]).T if np.isfinite(y[:, 1:]).all() else None
+            # a log axis: an interval reaching below 0 is drawn down to a tenth of its ratio
+            low = np.clip(y[:, 0] - y[:, 1], 0, 0.9 * y[:, 0])
+            err = np.stack([low, y[:, 2] - y[:, 0]]) if np.isfinite(y[:, 1:]).all() else None
             ax.errorbar(x, y[:, 0], yerr=err, marker="o" if tuple(near.kind[:2]) == MAIN_LINE else "s", capsize=3,
                         label=near.name, lw=2 if tuple(near.kind[:2]) == MAIN_LINE else 1)
         ax.axhline(1.0, color="black", lw=1, label="teacher")
         ax.axhline(1 + WITHIN, color="black", ls="--", lw=1, label=f"teacher + {WITHIN:.0%}")
-        ax.set(xscale="log", xlabel="share of the teacher's parameters", title=f"{SPACES[metric]} / the teacher's",
+        ax.set(xscale="log", yscale="log", xlabel="share of the teacher's parameters",
+               title=f"{SPACES[metric]} / the teacher's",
                ylabel="ratio to the teacher (lower is better)" if metric == "kid" else None)
         ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
         ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
         if not nears:
             ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center")
     axes[0].legend(fontsize=8)

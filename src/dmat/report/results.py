@@ -61,6 +61,13 @@ def _machine(pipeline) -> str:
     return f"{model}, {cores} cores, {'native bf16 (AVX512-BF16/AMX)' if cpu_has_bf16() else 'no native bf16'}; {gpu}"
 
 
+def _commits(pipeline) -> str:
+    """The git commits the study's stages ran at (MLflow's tag on each project run), most runs first."""
+    runs = MlflowClient().search_runs([pipeline.info.experiment_id], max_results=5000)
+    found = pd.Series([r.data.tags.get(tracking.GIT_COMMIT) for r in runs]).dropna().value_counts()
+    return ", ".join(f"{commit} ({n} runs)" for commit, n in found.items()) or "unknown (no stage ran as a project run)"
+
+
 def _study_md(name: str, pipeline, headline_text: str) -> str:
     info, params = pipeline.info, pipeline.data.params
     stages = sorted(((k[len("seconds_"):], v) for k, v in pipeline.data.metrics.items() if k.startswith("seconds_")),
@@ -72,7 +79,7 @@ def _study_md(name: str, pipeline, headline_text: str) -> str:
     lines = [f"# The {name} study", "", headline_text, "",
              f"- command: `make results DATASET={params.get('dataset', name).rsplit('/', 1)[-1]}` "
              f"(the study: `dmat pipeline {options} --dataset {params.get('dataset', '?')}`)",
-             f"- commit: {pipeline.data.tags.get(tracking.GIT_COMMIT, 'unknown')}",
+             f"- commit: {_commits(pipeline)}",
              f"- machine: {_machine(pipeline)}",
              f"- started {started}; wall time {total / 60:.1f} min in total (status {info.status})",
              f"- pipeline run: {info.run_id} (experiment {pipeline.info.experiment_id})", "",

@@ -153,3 +153,12 @@ def test_inside_the_floor_needs_both_feature_spaces_and_says_which_sees_what():
                for line in lines)
     unscored = floor_comparison(pd.DataFrame([row(1.0, 0.005, np.nan)]))
     assert unscored[0].endswith("a side): none.") and "not scored by the classifier" in unscored[1]
+
+
+def test_distillation_is_compared_with_scratch_from_the_same_pruned_start():
+    """The full preset's ablation trains scratch from the pruned start only: it is compared with distillation from
+    the pruned start, not reported as missing."""
+    rows = [dict(method=m, init="pruned", size_factor=0.5, model_seed=s, fid=f + 0.01 * s, image_size=16, epochs=30)
+            for m, f in (("distill", 1.0), ("scratch", 2.0)) for s in range(3)]
+    lines = distill_vs_scratch(summary_table(pd.DataFrame(rows)), pd.DataFrame(rows))
+    assert len(lines) == 1 and lines[0].startswith("size 0.5, pruned init: distilled FID 1.01 vs scratch 2.01")

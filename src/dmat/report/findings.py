@@ -97,9 +97,13 @@ def _family(found: list[tuple], names: tuple[str, str], wording: str) -> list[st
 
 
 def distill_vs_scratch(table: pd.DataFrame, evaluations: pd.DataFrame) -> list[str]:
-    """Per size (and resolution and budget) with both methods (from random weights): the FID difference, with a
-    Welch t-test over seeds, Holm-corrected over the sizes."""
-    found = _tests(evaluations, "method", ("distill", "scratch"), {"init": RANDOM})
+    """Per init and size (and resolution and budget) with both methods from one start: the FID difference, with a
+    Welch t-test over seeds, Holm-corrected over every init and size (a study whose ablation trains scratch only from
+    the pruned start compares it with distillation from the pruned start)."""
+    rows = with_keys(evaluations)
+    found = [test for init in sorted(set(rows[rows.method == "scratch"].init))
+             for test in _tests(rows, "method", ("distill", "scratch"), {"init": init},
+                                "" if init == RANDOM else f", {init} init")]
     lines = _family(found, ("distillation", "scratch"), "{where}: distilled FID {a:.3g} vs scratch {b:.3g}: {verdict}.")
     return lines or ["No size has both distilled and scratch students with evaluations."]
 

@@ -122,7 +122,9 @@ def test_a_failed_student_stage_is_reported_while_the_rest_runs(store, tmp_path,
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: 4 stage(s) failed: rerun the same command to retry them"], result.stderr
     assert "Traceback" not in result.stderr
-    *lines, last = result.stdout.splitlines()
+    out = result.stdout.splitlines()  # the stages, then "pipeline run ID" and the closing lines (study.ending)
+    at = next(i for i, line in enumerate(out) if line.startswith("pipeline run "))
+    lines, last = out[:at], out[at]
     table = {words[0]: words for words in map(str.split, lines) if words[-2:-1] == ["run"]}  # label ... run ID
     assert list(table)[0] == "teacher" and list(table)[-2:] == ["cost", "report"]
     assert sorted(list(table)[1:-2]) == ["evaluate_teacher", "student_distill_0.3", "student_distill_0.3_pruned",

@@ -22,6 +22,7 @@ from dmat.report import study_kind
 from dmat.report.answer import WITHIN, Near, SizeRatio, near_teacher
 from dmat.report.sections import Inputs, Section
 from dmat.report.speed import side_by_side_rows, with_side_by_side_ms
+from dmat.report.tables import kind_of
 
 SPACES = {"kid": "random-CNN KID", "kid_classifier": "classifier KID"}  # the two feature spaces of a verdict
 
@@ -110,9 +111,7 @@ def results_table(table: pd.DataFrame, evaluations: pd.DataFrame,
     latency, latency_ci, latency_header = _latency(table, evaluations, side_by_side)
     rows = []
     for row, ms, ms_ci in zip(table.itertuples(), latency, latency_ci):
-        kind = tuple(getattr(row, key) for key in ("method", "init"))
-        found = [r for (k, size), r in ratios.items() if tuple(k[:2]) == kind and size == row.size_factor]
-        ratio = found[0] if found else (1.0, np.nan, np.nan)
+        ratio = ratios.get((kind_of(row), row.size_factor), (1.0, np.nan, np.nan))  # like with like: every key
         rows.append({
             "model": "teacher" if row.method == "teacher" else f"{row.method}, {row.init} init, size {row.size_factor:g}",
             "params (M)": f"{row.num_parameters / 1e6:.3f}",

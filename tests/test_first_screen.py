@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from dmat.report.first_screen import headline, ratio_figure, results_table
+from dmat.report.speed import OWN_LATENCY, one_latency
 from dmat.report.tables import summary_table
 
 
@@ -56,9 +57,9 @@ def test_a_pruned_size_one_student_is_never_the_answer_but_a_random_start_of_siz
 
 def test_the_results_table_has_eight_columns_with_units_and_marks_the_best_student():
     evaluations = _evaluations({**MAIN, ("scratch", "pruned", 0.5): [1.3, 1.35, 1.32]}, [1.0, 1.0, 1.0])
-    table = results_table(summary_table(evaluations), evaluations)
+    table = results_table(summary_table(evaluations), evaluations, OWN_LATENCY)
     assert len(table.columns) <= 8 and {"params (M)", "FLOPs / step (M)", "KID ↓ (×10⁻³)", "FID ↓",
-                                       "latency (ms / image, in its evaluation)", "epochs run"} <= set(table.columns)
+                                       f"latency ({OWN_LATENCY})", "epochs run"} <= set(table.columns)
     assert list(table.model)[0] == "teacher" and table["params (M)"].iloc[0] == "1.000"
     best = table[table["KID ↓ (×10⁻³)"].str.endswith("*")]
     assert list(best.model) == ["distill, pruned init, size 1"]  # the lowest student KID, marked once
@@ -67,14 +68,22 @@ def test_the_results_table_has_eight_columns_with_units_and_marks_the_best_stude
 
 
 def test_the_latency_is_the_side_by_side_forward_pass_times_the_steps_where_timed():
+    """Each model run's own side-by-side forward pass (at the smallest batch) times its evaluation's steps: the seeds'
+    timings give the interval; a model the cost run did not time is n/a, not its evaluation's own latency."""
     evaluations = _evaluations(MAIN, [1.0, 1.0, 1.0]).assign(steps=50)
-    timed = [dict(role=role, size_factor=z, image_size=16, batch_size=b, ms_per_forward=ms * (1 + (b > 1)),
-                  flops_per_forward=1.0) for role, z, ms in (("teacher", 1.0, 2.0), ("student", 1.0, 2.2),
-                                                             ("student", 0.5, 1.0), ("student", 0.2, 0.5))
+    evaluations = evaluations.assign(run_id=[f"eval{i}" for i in range(len(evaluations))],
+                                     model_run_id=[f"model{i}" for i in range(len(evaluations))])
+    forward = {0: 2.0, 1: 2.0, 2: 2.0, 3: 2.2, 4: 2.2, 5: 2.2, 6: 1.0, 7: 1.1, 8: 1.2}  # model 9 onwards: not timed
+    timed = [dict(run_id=f"model{i}", batch_size=b, ms_per_forward=ms * (1 + (b > 1))) for i, ms in forward.items()
              for b in (1, 256)]
-    table = results_table(summary_table(evaluations), evaluations, timed).set_index("model")
-    column = "latency (ms / image, batch 1, 50 steps)"
-    assert table.loc["teacher", column] == "100.0" and table.loc["distill, pruned init, size 0.5", column] == "50.0"
+    evaluations, _, label = one_latency(evaluations, pd.DataFrame(columns=["run_id", "key", "step", "value"]), timed)
+    assert label == "ms / image, batch 1, 50 steps, timed side by side"
+    table = results_table(summary_table(evaluations), evaluations, label).set_index("model")
+    column = f"latency ({label})"
+    assert table.loc["teacher", column] == "100.0 ± 0.0"  # three evaluations, each its own model run
+    assert table.loc["distill, pruned init, size 1", column] == "110.0 ± 0.0"
+    assert table.loc["distill, pruned init, size 0.5", column] == "55.0 ± 12.4"  # 50, 55, 60 over its seeds
+    assert table.loc["distill, pruned init, size 0.2", column] == "n/a"
 
 
 def test_the_figure_draws_both_spaces_with_the_threshold():

@@ -342,7 +342,7 @@ def test_report_of_seeds_inits_and_a_steps_grid(store, tmp_path):
     assert (students.train_flops == 3 * 1e6 * students.size_factor * 1000 * 4).all()
     smallest = students[students.size_factor == 0.2]
     assert list(smallest.still_improving) == [1, 1]  # seed 0 of each init said so, seed 1 said no
-    assert "Seeds: 2 to 2 runs per size and method (student seeds 0, 1)" in html
+    assert "Seeds: 2 to 2 runs per size and method (training seeds 0, 1)" in html
     first = html.index('<h2 id="answer">')
     assert html.index("<p class=note>Only the random-CNN features scored these models, so no size is said to be "
                       "within 10% of the teacher (a verdict needs both feature spaces)", first) < html.index("<table")
@@ -680,20 +680,22 @@ def test_the_sensitivity_section_says_which_space_the_headline_is_in_and_shows_t
     assert "<td>kid_classifier</td> <td>&gt; 0.1</td> <td>1</td>" in cells
 
 
-def test_the_speed_axis_is_the_side_by_side_timing_shared_by_every_model_of_one_architecture():
+def test_every_latency_is_its_models_side_by_side_forward_pass_times_the_steps():
     """Evaluations may run beside other stages, so their own latencies are not comparable; `dmat cost` times every
-    model in one process. A forward pass depends on the architecture only: pruned or random, distilled or not,
-    one size shares its timing (median over seeds); the teacher keeps its own."""
-    from dmat.report.speed import SIDE_BY_SIDE_MS, with_side_by_side_ms
+    model run in one process. An evaluation's latency, and each point of its steps grid, is its model's forward pass
+    at the smallest batch timed times the sampling steps; without a cost run, the evaluations' own, said so."""
+    from dmat.report.speed import OWN_LATENCY, one_latency
 
-    def row(role, size, ms, batch=1, image_size=16):
-        return {"role": role, "size_factor": size, "image_size": image_size, "batch_size": batch, "ms_per_forward": ms}
-
-    rows = [row("teacher", 1.0, 12.0), row("student", 1.0, 13.0), row("student", 1.0, 15.0), row("student", 1.0, 14.0),
-            row("student", 0.5, 5.0), row("student", 0.5, 900.0, batch=256)]
-    table = pd.DataFrame({"method": ["teacher", "distill", "scratch", "distill", "distill"],
-                          "size_factor": [1.0, 1.0, 1.0, 0.5, 0.25], "image_size": [16.0] * 5})
-    timed, (column, label) = with_side_by_side_ms(table, rows)
-    assert column == SIDE_BY_SIDE_MS and label == "ms per forward pass, batch 1 (timed side by side)"
-    assert timed[SIDE_BY_SIDE_MS].tolist()[:4] == [12.0, 14.0, 14.0, 5.0]
-    assert np.isnan(timed[SIDE_BY_SIDE_MS].iloc[4])  # never timed side by side
+    evaluations = pd.DataFrame({"run_id": ["e0", "e1", "e2"], "model_run_id": ["m0", "m1", "m2"],
+                                "steps": [10.0, 10.0, 20.0], "latency_ms_per_image": [90.0, 95.0, 99.0]})
+    grid = "grid_latency_ms_per_image"
+    histories = pd.DataFrame([("e0", grid, 5, 44.0), ("e0", grid, 10, 90.0), ("e0", "grid_kid", 5, 0.5),
+                              ("e2", grid, 5, 30.0)], columns=["run_id", "key", "step", "value"])
+    rows = [{"run_id": "m0", "batch_size": 1, "ms_per_forward": 4.0}, {"run_id": "m1", "batch_size": 1,
+            "ms_per_forward": 4.5}, {"run_id": "m0", "batch_size": 256, "ms_per_forward": 300.0}]
+    timed, points, label = one_latency(evaluations, histories, rows)
+    assert label == "ms / image, batch 1, each evaluation's steps, timed side by side"
+    assert timed.latency_ms_per_image.tolist()[:2] == [40.0, 45.0] and np.isnan(timed.latency_ms_per_image.iloc[2])
+    assert points.value.tolist()[:3] == [20.0, 40.0, 0.5] and np.isnan(points.value.iloc[3])  # m2 was not timed
+    own = one_latency(evaluations, histories, None)
+    assert own[0] is evaluations and own[1] is histories and own[2] == OWN_LATENCY

@@ -35,7 +35,7 @@ def test_every_model_is_timed_at_every_batch_size_in_one_cost_run(study, teacher
         assert r["flops_per_forward"] == mlflow.get_run(r["run_id"]).data.metrics["flops_per_forward"]
     # the report's efficiency section says what these timings show
     html = build_report(out_dir=tmp_path / "report", sections=("efficiency",)).read_text()
-    assert "speed axis), from the newest `dmat cost` run" in html and "At batch 1, against the teacher" in html
+    assert "Speed against size, from the newest `dmat cost` run" in html and "At batch 1, against the teacher" in html
 
 
 def test_no_models_is_one_clear_error(store):
@@ -50,5 +50,5 @@ def test_the_sentences_say_how_much_faster_each_size_is_and_where_smaller_stops_
             _row("student", 0.5, 25.0, 10.0, batch=64), _row("student", 0.2, 4.0, 2.0, batch=64)]
     assert speed_sentences(rows) == [
         "At batch 1, against the teacher: 0.5: 4.0x fewer FLOPs, 2.4x faster; 0.2: 25.0x fewer FLOPs, 2.6x faster. "
-        "Below size 0.5 a smaller student is no longer faster (within 10%): fixed costs dominate.",
+        "Below size 0.5 no smaller student is more than 10% faster than size 0.5: fixed costs dominate.",
         "At batch 64, against the teacher: 0.5: 4.0x fewer FLOPs, 4.0x faster; 0.2: 25.0x fewer FLOPs, 20.0x faster."]

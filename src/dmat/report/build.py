@@ -23,7 +23,7 @@ from dmat.report.csvs import write_csvs, write_section_csvs
 from dmat.report.html import write_html
 from dmat.report.preflight import nothing_evaluated, writable_folder
 from dmat.report.query import load_study
-from dmat.report.sections import SECTIONS, choose_sections
+from dmat.report.sections import SECTIONS, choose_sections, gather_inputs
 
 __all__ = ["SECTIONS", "build_report", "choose_sections"]
 log = logging.getLogger(__name__)
@@ -46,11 +46,13 @@ def build_report(experiment: str | None = None, sections: tuple[str, ...] = SECT
              time.perf_counter() - start)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = writable_folder(Path(out_dir) if out_dir else Path("reports") / stamp)
-    built = build_sections(study, tuple(s for s in SECTIONS if s in sections), full_mse)
+    chosen = tuple(s for s in SECTIONS if s in sections)
+    inputs = gather_inputs(study, chosen, full_mse)
+    built = build_sections(inputs, chosen)
     if (why_empty := nothing_evaluated(study)) and built:
         log.warning(why_empty)
         built[0].notes.insert(0, why_empty)  # at the top of the page
-    write_csvs(out / "tables", study)
+    write_csvs(out / "tables", inputs.study)  # with the one latency the sections show
     write_section_csvs(out / "tables", built)
     report = out / "report.html"
     write_html(report, study, built)

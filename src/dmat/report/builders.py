@@ -16,7 +16,6 @@ from dmat.report.sections import (
     TRAJECTORIES_NPZ,
     Inputs,
     Section,
-    gather_inputs,
 )
 from dmat.report.tables import (
     GROUP,
@@ -138,7 +137,8 @@ def _summary(section: Section, i: Inputs) -> None:
     section.notes += seeds_statement(i.evals, i.study.models)
     section.notes.append("Mean ± half-width of the 95% t-interval over evaluations (n; seeds: distinct training "
                          "seeds); n/a = not logged or not defined. kid, fid and their floors are at matched N (see the "
-                         "quality table). quality_per_mparam and quality_per_ms are (1/FID) per million parameters "
+                         "quality table). Latency per image: " + i.latency + ", as everywhere in this report. "
+                         "quality_per_mparam and quality_per_ms are (1/FID) per million parameters "
                          "and per millisecond of latency. Training budget: epochs (the configured maximum; students of "
                          "different epochs are different rows, and the column is shown only where they differ), "
                          "epochs_run, best_epoch (the evaluated checkpoint), optimizer_steps, train_flops ~ 3 x "
@@ -172,6 +172,7 @@ def _time(section: Section, i: Inputs) -> None:
     section.figure("time_analysis", curves.time_figure(i.histories, i.evals, i.table, i.subset), "no evaluation")
     section.notes.append("Curves: mean over runs (seeds), band: 95% t-interval where a size has several runs.")
     _curve_intervals(section, i, i.evals[i.evals.size_factor.isin(i.subset)], "eps_mse_true")
+    section.notes.append(f"Latency per image: {i.latency}.")
     section.tables.append(interval_table(i.table, ("latency_ms_per_image",)))
 
 
@@ -201,10 +202,10 @@ def _scaling(section: Section, i: Inputs) -> None:
 
 FRONTIER_NOTE = ("Each point is one (method, init, resolution, training budget, size, sampling steps): KID/FID at the "
                  "same matched N as the headline scores (mean over seeds, 95% interval in tables/frontier.csv), "
-                 "against the cost of sampling one image: steps x FLOPs per forward, and the measured batch-1 latency "
-                 "of the evaluation. Red: the Pareto frontier (one per resolution), drawn as the best quality a budget "
-                 "buys. Steps come from `dmat evaluate --steps-grid` (the pipeline's default); an evaluation without a "
-                 "grid gives its own steps only.")
+                 "against the cost of sampling one image: steps x FLOPs per forward, and the latency per image as in "
+                 "the summary (at the point's steps). Red: the Pareto frontier (one per resolution), drawn as the best "
+                 "quality a budget buys. Steps come from `dmat evaluate --steps-grid` (the pipeline's default); an "
+                 "evaluation without a grid gives its own steps only.")
 
 
 def _frontier(section: Section, i: Inputs) -> None:
@@ -239,16 +240,15 @@ def _problems(section: Section, i: Inputs) -> None:
 
 def _efficiency(section: Section, i: Inputs) -> None:
     """Quality against cost, and what the side-by-side timings (`dmat cost`) say of speed against size."""
-    rows = speed.side_by_side_rows(i.experiment_id)
-    if rows is None:
-        section.figure("efficiency", figures.efficiency_figure(i.table), "no evaluation has FID")
+    section.figure("efficiency", figures.efficiency_figure(i.table), "no evaluation has FID")
+    if i.side_by_side is None:
         section.notes.append("Speed against size: no side-by-side timings yet (`dmat cost`, which the pipeline "
                              "runs); each evaluation's own latency was measured at whatever load the machine had.")
         return
-    section.figure("efficiency", figures.efficiency_figure(*speed.with_side_by_side_ms(i.table, rows)), "no evaluation has FID")
-    section.notes.append("Speed against size (and the figure's speed axis), from the newest `dmat cost` run: every "
-                         "model timed in one process, interleaved, one forward pass each, median of its rounds.")
-    section.items = speed.speed_sentences(rows)
+    section.notes.append("Speed against size, from the newest `dmat cost` run: every model timed in one process, "
+                         "interleaved, one forward pass each, median of its rounds; the figure's latency: "
+                         f"{i.latency}.")
+    section.items = speed.speed_sentences(i.side_by_side)
 
 
 SENSITIVITY_NOTE = ("The headline kid, fid, precision and recall (and the steps grid) are in a random CNN's features "
@@ -282,8 +282,7 @@ BUILDERS = {
 }
 
 
-def build_sections(study: Study, sections: tuple[str, ...], full_mse: bool) -> list[Section]:
-    inputs = gather_inputs(study, sections, full_mse)
+def build_sections(inputs: Inputs, sections: tuple[str, ...]) -> list[Section]:
     built = []
     for key in sections:
         section = Section(key)

@@ -113,14 +113,15 @@ def quality_figure(table: pd.DataFrame):
     return fig
 
 
-def efficiency_figure(table: pd.DataFrame, speed: tuple[str, str] = ("latency_ms_per_image", "latency (ms / image)")):
-    """FID against parameters and against speed (`speed`: a column and its label); Pareto-optimal sizes (of each
-    resolution) ringed and labelled."""
+def efficiency_figure(table: pd.DataFrame):
+    """FID against parameters and against the latency per image; Pareto-optimal sizes (of each resolution) ringed and
+    labelled."""
     if not table.fid.notna().any():
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     name = namer(table)
-    for ax, cost, label, scale in ((axes[0], "num_parameters", "parameters", "log"), (axes[1], *speed, "linear")):
+    for ax, cost, label, scale in ((axes[0], "num_parameters", "parameters", "log"),
+                                   (axes[1], "latency_ms_per_image", "latency (ms / image)", "linear")):
         errorbar_by_method(ax, table, cost, "fid")
         teacher = table[table.method == "teacher"].dropna(subset=[cost, "fid"])
         ax.scatter(teacher[cost], teacher.fid, marker="*", s=150, color="black", label="teacher", zorder=3)

@@ -20,7 +20,8 @@ from dmat.report.frontier import frontier
 from dmat.report.tables import GROUP, kind_of, namer, with_keys
 
 FLOOR_SPREAD = 2.0  # "inside the floor's spread" = KID within 2 sd (over draws) of the real-vs-real floor
-COPY_ALARM = 0.05  # a raw copy rate of 5x chance (1%, memorisation.COPY_PERCENTILE) flags memorisation
+RAW_CHANCE = 0.01  # a raw nearest-distance copy rate's chance (memorisation.COPY_PERCENTILE, 1%)
+COPY_ALARM = 5 * RAW_CHANCE  # a raw copy rate of 5x chance flags memorisation
 # the copy test's own alarm (memorisation.copy_test: beta-binomial p < 0.01 against chance), logged as 1/0
 COPY_TEST = ("copy_alarm", "copy_rate", "copy_rate_chance", "copy_p_value")
 SPLIT_KIDS = tuple(per_reference(m, r) for m in ("kid", "kid_sd") for r in REFERENCES)  # kid_train, kid_heldout, ...
@@ -120,22 +121,29 @@ def pruned_vs_random(evaluations: pd.DataFrame) -> list[str]:
 
 def seeds_statement(evaluations: pd.DataFrame, models: pd.DataFrame) -> list[str]:
     """What the repeats of one model (GROUP: method, init, resolution, budget, size) vary, read from the runs."""
-    students = with_keys(evaluations[evaluations.method != "teacher"])
-    seeds = sorted(students.get("model_seed", pd.Series(dtype=object)).dropna().unique(), key=str)
-    repeats = students.groupby(GROUP).size()
+    students = with_keys(evaluations[evaluations.method != "teacher"]).reindex(columns=[*GROUP, "model_seed"])
+    seeds = sorted(students.model_seed.dropna().unique(), key=str)
+    # training runs, as the summary's `seeds` column counts them: two evaluations of one model are not two runs
+    repeats = students.groupby(GROUP).model_seed.nunique()
     teachers = models[(models.role == "teacher") & (models.status == "FINISHED")]
     teacher = ("one teacher run is shared by every student, so no interval includes the teacher's own seed"
                if len(teachers) <= 1 else f"{len(teachers)} teacher runs")
     if repeats.empty or repeats.max() < 2:
-        return [f"One run per size and method (student seeds: {', '.join(map(str, seeds)) or 'n/a'}): no interval "
-                f"over seeds; {teacher}."]
+        return [f"One run per size and method ({_seeds_text(seeds)}): no interval over seeds; {teacher}."]
     sampling = sorted(evaluations.get("seed", pd.Series(dtype=object)).dropna().unique(), key=str)
     same = ("every evaluation samples with the same evaluation seed" if len(sampling) == 1 else
             f"evaluations sample with {len(sampling)} evaluation seeds ({', '.join(map(str, sampling))})"
             if sampling else "the evaluation seeds are not logged")
-    return [f"Seeds: {repeats.min()} to {repeats.max()} runs per size and method (student seeds "
-            f"{', '.join(map(str, seeds))}); a student's seed sets its initial weights (random init) and the order "
-            f"of its training data; {teacher}; {same}. Intervals are 95% t-intervals over these runs."]
+    return [f"Seeds: {repeats.min()} to {repeats.max()} runs per size and method ({_seeds_text(seeds)}); a student's "
+            f"seed sets its initial weights (random init) and the order of its training data; {teacher}; {same}. "
+            "Intervals are 95% t-intervals over these runs."]
+
+
+def _seeds_text(seeds: list) -> str:
+    """The students' training seeds as values, never to be read as a count beside the summary's `seeds` column."""
+    if not seeds:
+        return "training seeds not logged"
+    return f"training seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
 
 
 def still_improving(evaluations: pd.DataFrame) -> list[str]:
@@ -231,17 +239,27 @@ def memorisation_signs(evaluations: pd.DataFrame) -> list[str]:
                          "reproduce training images.")
         rate = np.nanmax([row.copy_rate_pixel, row.copy_rate_feature, -1.0])
         if rate > COPY_ALARM:
-            lines.append(f"{_name(row, name)}: raw copy rate {rate:.2f} (chance 0.01): its samples are as close to "
-                         "training images as copies.")
+            lines.append(f"{_name(row, name)}: raw copy rate {rate:.2f} (chance {RAW_CHANCE:g}): its samples are as "
+                         "close to training images as copies.")
         gap = row.kid_heldout - row.kid_train
         if gap > FLOOR_SPREAD * np.hypot(row.kid_sd_train, row.kid_sd_heldout):
             lines.append(f"{_name(row, name)}: KID against held-out images {row.kid_heldout:.3g} vs "
                          f"{row.kid_train:.3g} against its train split: a memorisation sign.")
     measured = evaluations.reindex(columns=["copy_rate_pixel", "copy_rate"]).notna().any().any()
     if not lines and measured:
-        lines.append(f"No evaluation shows memorisation: no copy alarm, raw copy rates at most {COPY_ALARM:g} (chance "
-                     "0.01) and no held-out KID clearly above the train-split KID.")
+        lines.append(f"No evaluation shows memorisation: no copy alarm{_chance_text(evaluations)}, raw "
+                     f"nearest-distance copy rates at most {COPY_ALARM:g} ({RAW_CHANCE:g} by chance for these) and no "
+                     "held-out KID clearly above the train-split KID.")
     return lines
+
+
+def _chance_text(evaluations: pd.DataFrame) -> str:
+    """The copy test's chance as each evaluation logged it (copy_rate_chance: about 0.05), not the raw rates' 0.01."""
+    chances = sorted(evaluations.reindex(columns=["copy_rate_chance"]).copy_rate_chance.dropna().unique())
+    if not chances:
+        return ""
+    said = f"{chances[0]:.2g}" if len(chances) == 1 else f"{chances[0]:.2g} to {chances[-1]:.2g}"
+    return f" (the copy test's rate by chance: {said})"
 
 
 def findings(table: pd.DataFrame, evaluations: pd.DataFrame, problems: pd.DataFrame, models: pd.DataFrame,

@@ -21,7 +21,6 @@ from dmat.config.training import PRUNED
 from dmat.report import study_kind
 from dmat.report.answer import WITHIN, Near, SizeRatio, near_teacher
 from dmat.report.sections import Inputs, Section
-from dmat.report.speed import side_by_side_rows, with_side_by_side_ms
 from dmat.report.tables import kind_of
 
 SPACES = {"kid": "random-CNN KID", "kid_classifier": "classifier KID"}  # the two feature spaces of a verdict
@@ -88,29 +87,14 @@ def _cell(mean: float, half: float, digits: int) -> str:
     return f"{mean:.{digits}f} ± {half:.{digits}f}" if np.isfinite(half) else f"{mean:.{digits}f}"
 
 
-def _latency(table: pd.DataFrame, evaluations: pd.DataFrame, side_by_side: list[dict] | None):
-    """Per row, ms per image and the column's header: the side-by-side forward pass (`dmat cost`: every model timed
-    in one process, so comparable) times the sampling steps; else each evaluation's own batch-1 latency, measured at
-    whatever load the machine had, and said so."""
-    steps = evaluations["steps"].median() if "steps" in evaluations else np.nan
-    if side_by_side and np.isfinite(steps):
-        timed, (column, _) = with_side_by_side_ms(table, side_by_side)
-        batch = min(r["batch_size"] for r in side_by_side)
-        header = f"latency (ms / image, batch {batch}, {steps:g} steps)"
-        return timed[column] * steps, pd.Series(np.nan, index=timed.index), header
-    return table.latency_ms_per_image, table.latency_ms_per_image_ci95, "latency (ms / image, in its evaluation)"
-
-
-def results_table(table: pd.DataFrame, evaluations: pd.DataFrame,
-                  side_by_side: list[dict] | None = None) -> pd.DataFrame:
+def results_table(table: pd.DataFrame, evaluations: pd.DataFrame, latency: str) -> pd.DataFrame:
     """The paper-style table: teacher and each student row of the summary table at the teacher's resolution, eight
     columns with units, mean ± 95% half-width over seeds, the ratio of KID to the teacher's with its interval, the
-    latency per image from the side-by-side timings where there are some; the best student value of each quality
+    report's one latency per image (`latency`: its label, speed.one_latency); the best student value of each quality
     column marked with *."""
     ratios = {(n.kind, s.size): s.ratio for n in near_teacher(evaluations, "kid")[0] for s in n.sizes}
-    latency, latency_ci, latency_header = _latency(table, evaluations, side_by_side)
     rows = []
-    for row, ms, ms_ci in zip(table.itertuples(), latency, latency_ci):
+    for row in table.itertuples():
         ratio = ratios.get((kind_of(row), row.size_factor), (1.0, np.nan, np.nan))  # like with like: every key
         rows.append({
             "model": "teacher" if row.method == "teacher" else f"{row.method}, {row.init} init, size {row.size_factor:g}",
@@ -120,7 +104,7 @@ def results_table(table: pd.DataFrame, evaluations: pd.DataFrame,
             "FID ↓": format_value("fid", row.fid, row.fid_ci95),
             "KID / teacher (95% interval)": "1 (reference)" if row.method == "teacher" else
             f"{ratio[0]:.2f}" + (f" [{ratio[1]:.2f}, {ratio[2]:.2f}]" if np.isfinite(ratio[1]) else ""),
-            latency_header: _cell(ms, ms_ci, 1),
+            f"latency ({latency})": _cell(row.latency_ms_per_image, row.latency_ms_per_image_ci95, 1),
             "epochs run": _cell(getattr(row, "epochs_run", np.nan), np.nan, 0)})
     out = pd.DataFrame(rows)
     students = table.method != "teacher"
@@ -167,7 +151,7 @@ def ratio_figure(evaluations: pd.DataFrame):
 def answer_section(section: Section, i: Inputs) -> None:
     """The first screen: the answer in one sentence, the paper-style table, the figure it is read on."""
     section.notes.append(headline(i.evals))
-    section.tables.append(results_table(i.table, i.evals, side_by_side_rows(i.experiment_id)))
+    section.tables.append(results_table(i.table, i.evals, i.latency))
     section.figure("answer_ratio_vs_size", ratio_figure(i.evals), "no student can be compared with the teacher")
 
 

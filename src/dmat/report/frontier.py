@@ -3,8 +3,9 @@ sampling cost of one image, and the Pareto frontier over them.
 
 A point is a (method, init, resolution, budget, size, steps) group: its KID and FID are the mean over the group's
 evaluations (seeds) with their 95% interval; its cost is steps x FLOPs per forward (`grid_flops_per_image`, what the
-evaluation counted) or the measured batch-1 latency. Points come from the evaluations' steps grids
-(`grid_*` metric series, step = sampling steps), and from an evaluation's own steps where it has no grid.
+evaluation counted) or the report's one latency per image (speed.one_latency, applied where the report gathers its
+inputs). Points come from the evaluations' steps grids (`grid_*` metric series, step = sampling steps), and from an
+evaluation's own steps where it has no grid.
 A budget band is the range of costs between two neighbouring frontier points: within it the cheaper one
 is the best quality that fits the budget, since the next better one costs more than the band allows. Each
 resolution has its own frontier: its KID and FID are against real images of its own size, in other features.
@@ -19,7 +20,7 @@ from dmat.config.metrics import GRID_COSTS, GRID_QUALITIES, grid_key
 from dmat.report.tables import GROUP, key_text, mean_ci, namer, pareto_mask, several, with_keys
 
 QUALITIES = GRID_QUALITIES  # kid, fid
-COSTS = {"flops_per_image": "sampling FLOPs per image", "latency_ms_per_image": "latency per image (batch 1, ms)"}
+COSTS = {"flops_per_image": "sampling FLOPs per image", "latency_ms_per_image": "latency per image, ms"}
 assert set(COSTS) <= set(GRID_COSTS), "each cost is a grid metric of dmat.config.metrics"
 GRID_KEYS = tuple(grid_key(name) for name in (*QUALITIES, *COSTS))  # grid_kid, grid_fid, grid_flops_per_image, ...
 

@@ -25,8 +25,7 @@ from dmat.errors import DmatError
 from dmat.report.build import build_report
 from dmat.report.first_screen import headline, results_table
 from dmat.report.query import load_study
-from dmat.report.speed import side_by_side_rows
-from dmat.report.tables import summary_table
+from dmat.report.sections import gather_inputs
 from dmat.runtime import cpu_has_bf16
 
 MARKERS = ("<!-- results:{} -->", "<!-- /results:{} -->")
@@ -104,10 +103,9 @@ def export_results(experiment: str, out: Path, readme: Path | None = None) -> Pa
         raise DmatError(f"experiment {experiment!r} has no finished pipeline run: run or resume the study first")
     out.mkdir(parents=True, exist_ok=True)
     build_report(experiment, out_dir=out, log_run=False)
-    study = load_study(experiment)
-    timings = side_by_side_rows(found.experiment_id)
-    sentence = headline(study.evaluations)
-    table = results_table(summary_table(study.evaluations), study.evaluations, timings)
+    first_screen = gather_inputs(load_study(experiment), ("answer",), full_mse=False)  # with the report's one latency
+    sentence = headline(first_screen.evals)
+    table = results_table(first_screen.table, first_screen.evals, first_screen.latency)
     table.to_csv(out / "results.csv", index=False)
     name = out.name
     block = f"**{name}**: {sentence}\n\n{markdown_table(table)}\n"

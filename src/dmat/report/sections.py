@@ -7,14 +7,14 @@ from __future__ import annotations
 import io
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
 
-from dmat.report import curves, frontier, scaling
+from dmat.report import curves, frontier, scaling, speed
 from dmat.report.query import Study, metric_histories
 from dmat.report.tables import readable_subset, summary_table
 
@@ -71,8 +71,9 @@ def png_of(fig) -> bytes:
 
 @dataclass
 class Inputs:
-    """What the sections are built from: the study, its summary table, the readable subset of sizes and
-    the runs and metric histories the figures show."""
+    """What the sections are built from: the study, its summary table, the readable subset of sizes, the runs and
+    metric histories the figures show, and the side-by-side timings (None: no cost run) with the label of the one
+    latency they give (speed.one_latency)."""
 
     study: Study
     table: pd.DataFrame
@@ -80,14 +81,13 @@ class Inputs:
     shown_models: pd.DataFrame
     histories: pd.DataFrame
     full_mse: bool
+    experiment_id: str
+    side_by_side: list[dict] | None
+    latency: str
 
     @property
     def evals(self) -> pd.DataFrame:
         return self.study.evaluations
-
-    @cached_property
-    def experiment_id(self) -> str:
-        return mlflow.get_experiment_by_name(self.study.experiment).experiment_id
 
     @cached_property
     def scaling(self) -> scaling.Scaling:
@@ -102,7 +102,8 @@ class Inputs:
 
 def gather_inputs(study: Study, sections: tuple[str, ...], full_mse: bool) -> Inputs:
     """The sections' inputs: the summary table, the readable subset of sizes and the histories the asked-for
-    sections draw (each fetched once)."""
+    sections draw (each fetched once); every latency in them, of the evaluations and of their steps grids, made the
+    one latency here, so that no two sections show two kinds of it."""
     evals = study.evaluations
     subset = readable_subset(evals[evals.method != "teacher"].size_factor)
     shown_evals = evals[evals.size_factor.isin(subset) | (evals.method == "teacher")]
@@ -123,4 +124,8 @@ def gather_inputs(study: Study, sections: tuple[str, ...], full_mse: bool) -> In
                            if key in needed] or [pd.DataFrame(columns=["run_id", "key", "step", "value"])])
     histories = histories.drop_duplicates(["run_id", "key", "step"])  # a run and key two sections both asked for
     log.info("fetched %d history points in %.1f s", len(histories), time.perf_counter() - start)
-    return Inputs(study, summary_table(evals), subset, shown_models, histories, full_mse)
+    experiment_id = mlflow.get_experiment_by_name(study.experiment).experiment_id
+    rows = speed.side_by_side_rows(experiment_id)
+    evals, histories, latency = speed.one_latency(evals, histories, rows)
+    return Inputs(replace(study, evaluations=evals), summary_table(evals), subset, shown_models, histories, full_mse,
+                  experiment_id, rows, latency)

@@ -59,7 +59,7 @@ def test_old_models_load_and_count_as_evaluated(old_store):
     assert old and all(dict(zip(pending.SETTINGS, s))["headline_space"] == "classifier" for s in old)
     # and their floor was the evaluation's own 10 draws, not today's cached 100
     assert all(dict(zip(pending.SETTINGS, s))["floor_estimate"] == "the evaluation's floor_draws" for s in old)
-    today = pending.settings_of(pending.wanted_settings(EvalConfig(**{**settings, "precision": "fp32"}), 4))
+    today = pending.settings_of(pending.wanted_settings(EvalConfig(**{**settings, "precision": "fp32"}), 4, {}))
     others = [i for i, k in enumerate(pending.SETTINGS) if k not in ("headline_space", "floor_estimate")]
     # the same in every other setting, precision fp32
     assert [[s[i] for i in others] for s in old] == [[today[i] for i in others]] * len(old)

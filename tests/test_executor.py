@@ -78,7 +78,8 @@ def test_two_local_workers_run_the_study_with_every_model_once(store):
     _models_once(runs)
     [pipeline] = runs[runs["tags.dmat.role"] == "pipeline"]["run_id"]
     assert mlflow.get_run(pipeline).data.params["workers"] == "2"
-    workers = runs[runs["tags.mlflow.parentRunId"] == pipeline]["tags.dmat.worker"].dropna()
+    stages = runs[(runs["tags.mlflow.parentRunId"] == pipeline) | (runs["tags.dmat.launched_by"] == pipeline)]
+    workers = stages["tags.dmat.worker"].dropna()
     assert set(workers) <= {"0", "1"} and len(workers) >= 3  # every stage ran in a slot and says which
 
 
@@ -146,7 +147,7 @@ def test_a_stage_whose_ray_worker_is_killed_is_retried_and_continues_its_runs(ra
     assert list(finished[finished["tags.dmat.role"] == "teacher"]["run_id"]) == [teacher]  # the same runs, continued
     assert sorted(finished[finished["tags.dmat.role"] == "student"]["run_id"]) == sorted(students)
     [loop] = finished[finished["tags.dmat.role"] == "students-loop"]["run_id"]
-    assert set(runs[runs["run_id"].isin(students)]["tags.mlflow.parentRunId"]) == {loop}  # under the loop that ended them
+    assert set(runs[runs["run_id"].isin(students)]["tags.dmat.launched_by"]) == {loop}  # by the loop that ended them
     for run_id in [teacher, *students]:
         epochs = [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "val_loss")]
         assert len(epochs) == len(set(epochs)) == 12, epochs

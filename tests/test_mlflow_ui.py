@@ -12,8 +12,9 @@ from mlflow.tracking import MlflowClient
 
 from dmat import tracking
 from dmat.evaluation.logged import on_model_run
+from dmat.study import stage
 from dmat.study.ending import MODELS_FILTER
-from dmat.tracking import notes
+from dmat.tracking import lineage, notes
 
 
 def _run(client, tags: dict, metrics: dict | None = None, params: dict | None = None, parent: str | None = None) -> str:
@@ -35,12 +36,14 @@ def _evaluation(client, model: str, kid: float, parent: str) -> str:
 def test_teacher_and_students_are_one_row_each_with_size_and_scores_on_the_same_run(store):
     mlflow.set_experiment("dmat-test")
     client = MlflowClient()
-    # as a pipeline nests them: the teacher and evaluations under the pipeline run, the students one level further
+    # as a pipeline lays them out: its loop and the evaluations nested under the pipeline run, the models top-level
+    # runs launched by the pipeline (the teacher) and the loop (the students)
     pipeline = _run(client, {tracking.ROLE: tracking.PIPELINE})
     loop = _run(client, {tracking.ROLE: tracking.STUDENTS_LOOP}, parent=pipeline)
-    models = {size: _run(client, {tracking.ROLE: role, tracking.SIZE_FACTOR: str(size)},
+    models = {size: _run(client, {tracking.ROLE: role, tracking.SIZE_FACTOR: str(size),
+                                  tracking.LAUNCHED_BY: pipeline if role == tracking.TEACHER else loop},
                          {"num_parameters": 40000 * size ** 2, "flops_per_forward": 1e7 * size ** 2},
-                         {"size_factor": size}, parent=pipeline if role == tracking.TEACHER else loop)
+                         {"size_factor": size})
               for size, role in ((1.0, tracking.TEACHER), (0.5, tracking.STUDENT), (0.25, tracking.STUDENT))}
     evaluations = {size: _evaluation(client, run_id, 0.01 / size, pipeline) for size, run_id in models.items()}
     for size, run_id in models.items():
@@ -93,3 +96,27 @@ def test_the_reproduce_command_pastes_into_a_shell_as_mlflow_run_stored_the_para
     assert given["--dataset"] == "folder:/data/my faces" and given["--size-factor"] == "0.5"
     assert given["--epochs"] == "3" and given["--teacher-run-id"] == teacher
     client.log_batch(student, tags=[RunTag("checked", "yes")])  # the run is still writable afterwards
+
+
+def test_a_pipeline_nests_its_bookkeeping_runs_and_launches_its_models_as_top_level_runs(store, monkeypatch):
+    """The MLflow UI shows a nested run only under its expanded parent, search filter or not: a study's models must
+    be top-level runs to be rows of its runs table and points of its chart view."""
+    mlflow.set_experiment("dmat-test")
+    client = MlflowClient()
+    pipeline = _run(client, {tracking.ROLE: tracking.PIPELINE})
+    # as `mlflow run` starts a stage's run from within the pipeline's: nested under it
+    started = {entry: _run(client, {}, parent=pipeline) for entry in ("teacher", "distill", "students", "evaluate")}
+    for entry, run_id in started.items():
+        stage._tag_started(stage.Stage(entry, entry, run_id=run_id), pipeline, lineage.Source(None))
+    tags = {entry: client.get_run(run_id).data.tags for entry, run_id in started.items()}
+    for model in ("teacher", "distill"):
+        assert tags[model][tracking.LAUNCHED_BY] == pipeline and tracking.PARENT_RUN_ID not in tags[model]
+    for bookkeeping in ("students", "evaluate"):
+        assert tags[bookkeeping][tracking.PARENT_RUN_ID] == pipeline and tracking.LAUNCHED_BY not in tags[bookkeeping]
+
+    monkeypatch.setenv("MLFLOW_RUN_ID", started["students"])  # a students loop's process trains its students
+    with tracking.tracked_run("student", {tracking.ROLE: tracking.STUDENT}, experiment="dmat-test",
+                              active=False) as student:
+        pass
+    tags = client.get_run(student.info.run_id).data.tags
+    assert tags[tracking.LAUNCHED_BY] == started["students"] and tracking.PARENT_RUN_ID not in tags

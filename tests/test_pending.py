@@ -40,6 +40,16 @@ def test_an_older_evaluation_counts_as_fp32_with_the_classifier_headline():
 @pytest.mark.parametrize("cpu_bf16, expected", [("0", "fp32"), ("1", "bf16")])
 def test_the_wanted_settings_resolve_precision_as_the_evaluation_logs_it(monkeypatch, cpu_bf16, expected):
     monkeypatch.setenv(runtime.CPU_BF16, cpu_bf16)
-    wanted = pending.wanted_settings(EvalConfig(device="cpu"), 50)
+    wanted = pending.wanted_settings(EvalConfig(device="cpu"), 50, {})  # a model that logged no precision
     assert wanted["precision"] == expected and wanted["headline_space"] == spaces.HEADLINE_SPACE
     assert pending.settings_of(wanted) == pending.settings_of(_params(precision=expected))
+
+
+@pytest.mark.parametrize("cpu_bf16", ["0", "1"])
+@pytest.mark.parametrize("trained", ["fp32", "bf16"])
+def test_auto_samples_a_model_at_the_precision_it_trained_at_on_any_cpu(monkeypatch, cpu_bf16, trained):
+    monkeypatch.setenv(runtime.CPU_BF16, cpu_bf16)
+    model = {"precision": "auto", "resolved.precision": trained}  # as a run logs `auto` it settled on
+    assert pending.wanted_settings(EvalConfig(device="cpu"), 50, model)["precision"] == trained
+    assert pending.wanted_settings(EvalConfig(device="cpu", precision="fp32"), 50, model)["precision"] == "fp32"
+    assert pending.wanted_settings(EvalConfig(device="cpu", precision="bf16"), 50, model)["precision"] == "bf16"

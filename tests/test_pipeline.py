@@ -67,17 +67,22 @@ def test_pipeline_runs_every_stage_then_reuses_them(store, project_env, tmp_path
     first_pipeline = pipelines.iloc[0]["run_id"]
     nested = runs[runs["tags.mlflow.parentRunId"] == first_pipeline]
     # the two students were trained in one loop sharing the teacher's pass: the `students` stage, nested under the
-    # pipeline, with the students' own runs nested under it
+    # pipeline; the models are top-level runs (rows of the MLflow UI's runs table), each tagged with the run that
+    # launched it: the teacher with the pipeline, the students with their loop
     [loop] = nested[nested["tags.mlflow.project.entryPoint"] == "students"]["run_id"]
-    assert set(nested["tags.dmat.role"].dropna()) == {"teacher", "evaluation", "cost", "report", "students-loop"}
+    assert set(nested["tags.dmat.role"].dropna()) == {"evaluation", "cost", "report", "students-loop"}
     assert all(nested["status"] == "FINISHED")
+    models = runs[runs["tags.dmat.role"].isin(["teacher", "student"])]
+    assert models["tags.mlflow.parentRunId"].isna().all()
+    [teacher_launcher] = runs[runs["tags.dmat.role"] == "teacher"]["tags.dmat.launched_by"]
+    assert teacher_launcher == first_pipeline
     students = runs[runs["tags.dmat.role"] == "student"]
-    assert set(students["tags.mlflow.parentRunId"]) == {loop}
+    assert set(students["tags.dmat.launched_by"]) == {loop}
     assert students["tags.dmat.stage_key"].nunique() == 2  # each stands for its own distill stage: reused above
     assert set(students["tags.dmat.teacher_run_id"]) == {runs[runs["tags.dmat.role"] == "teacher"].iloc[0]["run_id"]}
     assert sorted(students["tags.dmat.size_factor"]) == ["0.3", "0.5"]
     # stages carry the commit they ran at, and dmat's names, not MLflow's random ones
-    for stage_runs in (nested, students):
+    for stage_runs in (nested, models):
         assert set(stage_runs["tags.mlflow.source.git.commit"]) == {source.commit}
         assert set(stage_runs["tags.dmat.source_dirty"]) == {str(source.dirty).lower()}
     assert sorted(students["tags.mlflow.runName"]) == ["student-0.3-distill-digits-8px", "student-0.5-distill-digits-8px"]
@@ -251,10 +256,10 @@ def test_a_pipeline_stopped_by_sigterm_is_killed_as_a_whole_and_a_rerun_continue
     [loop] = under.index[under["tags.mlflow.project.entryPoint"] == "students"]
     assert (runs.loc[loop, "status"], runs.loc[loop, "tags.dmat.role"]) == ("KILLED", "students-loop")
     assert runs.loc[loop, "tags.mlflow.runName"] == "students-distill"
-    assert set(runs[runs["tags.mlflow.parentRunId"] == loop]["status"]) == {"KILLED"}
+    assert set(runs[runs["tags.dmat.launched_by"] == loop]["status"]) == {"KILLED"}
     assert not (runs["status"] == "RUNNING").any()
 
-    stopped = set(runs[runs["tags.mlflow.parentRunId"] == loop].index)
+    stopped = set(runs[runs["tags.dmat.launched_by"] == loop].index)
     rerun = subprocess.run(args, env=project_env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "teacher" in [line.split()[0] for line in rerun.stdout.splitlines() if "reused" in line.split()[1:2]]

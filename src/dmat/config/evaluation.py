@@ -29,7 +29,7 @@ class EvalConfig:
     eps_timesteps: int = 20  # timesteps of the per-timestep epsilon errors
     floor_draws: int = 10  # K random draws of N real and N generated that FID/KID average over (floor: floor.py)
     device: str = "auto"
-    precision: str = "auto"  # sampling: "fp32", "bf16" autocast, or "auto" (bf16 where native); features stay fp32
+    precision: str = "auto"  # sampling: "fp32", "bf16" autocast, or "auto" (the model's training precision); features fp32
 
     def validate(self) -> "EvalConfig":
         for name in ("num_samples", "batch_size", "num_trajectories", "eps_timesteps"):

@@ -30,12 +30,12 @@ from dmat.config.metrics import GRID_COSTS, GRID_SCORES, HEADLINE_SPACE_PARAM, g
 from dmat.errors import DmatError
 from dmat.evaluation import features, quality, spaces, timing, trajectories
 from dmat.evaluation.logged import log_denoising, log_history, log_npz, on_model_run
-from dmat.evaluation.pending import SETTINGS, settings_of, still_to_evaluate, wanted_settings
+from dmat.evaluation.pending import SETTINGS, sampling_precision, settings_of, still_to_evaluate, wanted_settings
 from dmat.evaluation.real_data import model_data, quality_n
 from dmat.evaluation.scoring import GridPoint, score
 from dmat.model.diffusion import sample
 from dmat.model.flops import flops_per_forward
-from dmat.runtime import resolve_device, resolve_precision
+from dmat.runtime import resolve_device
 from dmat.tracking import claims, lineage, notes, registry
 
 SAVED_TRAJECTORIES = 4
@@ -206,9 +206,9 @@ def evaluate_run(model_run_id: str, config: EvalConfig | None = None, feature_ex
     """
     cfg = with_overrides(config or EvalConfig(), **overrides).validate()
     device = resolve_device(cfg.device)
-    cfg = with_overrides(cfg, precision=resolve_precision(cfg.precision, device))  # logged as run: fp32 or bf16
     tracking.check_tracking_reachable()
     loaded = tracking.load_model(registry.run_id_of(model_run_id), device=device)  # a run id or models:/ URI
+    cfg = with_overrides(cfg, precision=sampling_precision(cfg.precision, loaded.params, device))  # fp32 or bf16
     steps = _checked(loaded, cfg, feature_extractor_run_id)
     teacher = _teacher_of(loaded, device)
     compared, comparison = _compared(loaded, teacher)
@@ -225,7 +225,7 @@ def evaluate_run(model_run_id: str, config: EvalConfig | None = None, feature_ex
     if extractor_run_id:
         tags[tracking.FEATURE_EXTRACTOR_RUN_ID] = extractor_run_id
     name = f"eval-{loaded.tags.get(tracking.RUN_NAME) or loaded.role}-{loaded.run_id[:8]}"  # names the model
-    work = claims.claim_key(tracking.EVALUATION, loaded.run_id, settings_of(wanted_settings(cfg, steps)), cfg.steps_grid)
+    work = claims.claim_key(tracking.EVALUATION, loaded.run_id, settings_of(wanted_settings(cfg, steps, loaded.params)), cfg.steps_grid)
     with tracking.tracked_run(name, tags, experiment, claim=work if claim else None) as run:
         tracking.log_params({**{k: getattr(cfg, k) for k in ("sampler", "num_samples", "features", "seed", "batch_size",
                                                             "num_trajectories", "eps_timesteps", "floor_draws", "precision")},

@@ -43,9 +43,19 @@ def settings_of(params: dict) -> tuple:
     return tuple(_comparable(logged(k)) for k in SETTINGS)
 
 
-def wanted_settings(cfg: EvalConfig, steps: int) -> dict:
-    """The settings an evaluation with `cfg` logs, for a model sampled with `steps` steps."""
-    precision = resolve_precision(cfg.precision, resolve_device(cfg.device))
+def sampling_precision(requested: str, model_params: dict, device) -> str:
+    """The precision a model is sampled at: the one asked for, and under `auto` the one it trained at (as its run
+    logged it), so that a study's models are evaluated alike on any machine and an evaluation never mixes a bf16
+    sample with fp32 training unasked; the hardware's choice only for a model whose run did not log its own."""
+    trained = tracking.param_value(model_params, "precision")
+    if requested == "auto" and trained in ("fp32", "bf16"):
+        return trained
+    return resolve_precision(requested, device)
+
+
+def wanted_settings(cfg: EvalConfig, steps: int, model_params: dict) -> dict:
+    """The settings an evaluation with `cfg` logs, for a model (its run's params) sampled with `steps` steps."""
+    precision = sampling_precision(cfg.precision, model_params, resolve_device(cfg.device))
     return {**{k: getattr(cfg, k) for k in SETTINGS if hasattr(cfg, k)}, "steps": steps, "precision": precision,
             HEADLINE_SPACE_PARAM: HEADLINE_SPACE, ESTIMATE_PARAM: ESTIMATE}
 
@@ -72,7 +82,7 @@ def still_to_evaluate(config: EvalConfig | None = None, **overrides) -> list[str
         done.setdefault(key, set()).update(grid_of(r.data.params))
     todo = []
     for role, run in models:
-        wanted = wanted_settings(cfg, cfg.resolved_steps(role, run.data.params))
+        wanted = wanted_settings(cfg, cfg.resolved_steps(role, run.data.params), run.data.params)
         key = (run.info.run_id, settings_of(wanted))
         if key not in done or not set(cfg.steps_grid) <= done[key] | {int(wanted["steps"])}:
             todo.append(run.info.run_id)

@@ -31,8 +31,7 @@ def closing_lines(result: PipelineResult) -> list[str]:
         lines.append(f"report: {Path(tags[tracking.REPORT_PATH]).as_uri()}")
     experiment_id = tracking.get_run(result.run_id).info.experiment_id
     return lines + [f"runs:   {ui_command()}, then open {runs_view(experiment_id)}",
-                    f"        (filtered by {MODELS_FILTER}: teacher and students with their scores; click + on the "
-                    "pipeline row and its students row to list them)"]
+                    f"        (filtered by {MODELS_FILTER}: teacher and students, one row each with their scores)"]
 
 
 def duration(seconds: float) -> str:

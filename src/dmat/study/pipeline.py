@@ -180,7 +180,7 @@ class _Study:
         """Train these students in one `students` stage; per size, the distill stage its run stands for."""
         loop = self._run("students", label, {**common, "sizes": " ".join(map(tracking.encode_param, stages))},
                          reuse=False, note=f", {len(stages)} students in one loop")
-        children = tracking.find_runs(tracking.STUDENT, {tracking.PARENT_RUN_ID: loop.run_id}, status=None,
+        children = tracking.find_runs(tracking.STUDENT, {tracking.LAUNCHED_BY: loop.run_id}, status=None,
                                       experiment_ids=[self.experiment_id]) if loop.run_id else []
         by_size = {float(run.data.tags[tracking.SIZE_FACTOR]): run for run in children}
         out = {}

@@ -113,7 +113,7 @@ def run_stage(stage: Stage, parameters: dict, experiment_id: str, parent_run_id:
                                                     parameters=parameters, experiment_id=experiment_id,
                                                     env_manager="local", synchronous=False, storage_dir=storage)
                 stage.run_id = submitted.run_id
-                _tag_started(stage, parent_run_id, source)  # now: a stage stopped half-way is nested and named too
+                _tag_started(stage, parent_run_id, source)  # now: a stage stopped half-way is tied to the pipeline and named too
                 stage.error = _wait(submitted)
         except ExecutionException as exc:
             stage.error = str(exc).splitlines()[0]
@@ -132,13 +132,18 @@ def _storage_folder() -> tempfile.TemporaryDirectory:
 
 
 def _tag_started(stage: Stage, parent_run_id: str, source: lineage.Source) -> None:
-    """Nest a started stage's run under the pipeline run, with the code it runs; a students loop (whose run its
-    process does not name) gets its label as name and its role."""
-    tags = {tracking.PARENT_RUN_ID: parent_run_id, **source.run_tags}
+    """Tie a started stage's run to the pipeline run, with the code it runs: nested under it, but for a model's run
+    (the teacher, a student), which is launched by it (tracking.LAUNCHED_BY) and stays a row of its own in the MLflow
+    UI; a students loop (whose run its process does not name) gets its label as name and its role."""
+    client = MlflowClient()
+    model = stage.entry_point in TRAINS
+    tags = {tracking.LAUNCHED_BY if model else tracking.PARENT_RUN_ID: parent_run_id, **source.run_tags}
     if stage.entry_point == "students":
         tags |= {tracking.RUN_NAME: stage.label.replace("_", "-"), tracking.ROLE: tracking.STUDENTS_LOOP}
     for key, value in tags.items():
-        MlflowClient().set_tag(stage.run_id, key, value)
+        client.set_tag(stage.run_id, key, value)
+    if model and tracking.PARENT_RUN_ID in client.get_run(stage.run_id).data.tags:  # `mlflow run` nests it
+        client.delete_tag(stage.run_id, tracking.PARENT_RUN_ID)
 
 
 TRAINS = {"teacher": tracking.TEACHER, "distill": tracking.STUDENT}  # entry point -> the role of the run it trains

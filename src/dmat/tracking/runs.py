@@ -39,7 +39,7 @@ from dmat.tracking.vocabulary import (
     OWNER_PID,
     OWNER_STARTED,
     OWNER_WORKER,
-    PARENT_RUN_ID,
+    LAUNCHED_BY,
     REPORT,
     REPORT_PATH,
     ROLE,
@@ -147,10 +147,11 @@ def _start_run(run_name: str, experiment: str | None, run_id: str | None, system
 
 def _create_run(run_name: str, experiment: str | None, run_id: str | None, system_metrics: bool | None):
     """A new run (or `run_id` reopened) that is not MLflow's active run, and its system metrics monitor (None when
-    they are off). Inside `mlflow run` (an entry point that trains several models) it is nested under the entry
-    point's run: a reopened run moves under the loop that continues it."""
+    they are off). Inside `mlflow run` (an entry point that trains several models) it is tagged with the entry
+    point's run as the one that launched it (LAUNCHED_BY; a model run is not nested): a reopened run with the loop
+    that continues it."""
     client = MlflowClient()
-    parent = {PARENT_RUN_ID: os.environ["MLFLOW_RUN_ID"]} if "MLFLOW_RUN_ID" in os.environ else {}
+    parent = {LAUNCHED_BY: os.environ["MLFLOW_RUN_ID"]} if "MLFLOW_RUN_ID" in os.environ else {}
     try:
         if run_id:
             client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))

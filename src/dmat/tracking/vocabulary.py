@@ -56,6 +56,10 @@ HEARTBEAT_SECONDS = 60
 # MLflow's own tags
 RUN_NAME = "mlflow.runName"
 PARENT_RUN_ID = "mlflow.parentRunId"
+# On a teacher or student a pipeline trained: the run that launched it (the pipeline, or its students loop). Models
+# are top-level runs, not nested ones: the MLflow UI lists a nested run only under its expanded parent, search filter
+# or not, so a study's models would not be rows of its runs table and chart view (bookkeeping runs stay nested)
+LAUNCHED_BY = "dmat.launched_by"
 ENTRY_POINT = "mlflow.project.entryPoint"
 # MLflow-native models and lineage (dmat.tracking.serving, dmat.tracking.registry, dmat.tracking.lineage, dmat.tracking.notes)
 GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's: the commit a project run (a pipeline stage) ran at

@@ -78,10 +78,12 @@ def key_text(key: str, value) -> str:
     return NAMED[key].unknown if value == NAMED[key].missing else NAMED[key].label.format(value)
 
 
-def variant(method: str, init=None, **keys) -> str:
-    """A model kind as the report names it: "distill", "distill, pruned init" for a non-random start, and with the
-    NAMED keys given (only those a study has several of, see namer) "distill, pruned init, 16px, 60 epochs"."""
-    parts = [method] + ([] if init in (RANDOM, None) or init != init else [f"{init} init"])
+def variant(method: str, init=None, random_named: bool = False, **keys) -> str:
+    """A model kind as the report names it: "distill", "distill, pruned init" for a non-random start ("distill,
+    random init" with `random_named`: in a study that has both), and with the NAMED keys given (only those a study
+    has several of, see namer) "distill, pruned init, 16px, 60 epochs"."""
+    named = init is not None and init == init and (init != RANDOM or random_named)
+    parts = [method] + ([f"{init} init"] if named else [])
     return ", ".join(parts + [key_text(key, value) for key, value in keys.items() if value is not None])
 
 
@@ -112,9 +114,11 @@ def namer(frame: pd.DataFrame):
     """name(method, init, *values of the NAMED keys in their order) for the models of `frame`: variant() with the
     keys they span several of, else as plain as before (no clutter in a one-resolution, one-budget study)."""
     shown = [key for key in NAMED if several(frame, key)]
+    students = with_keys(frame)
+    both_inits = students[students.method != "teacher"].init.nunique() > 1
 
     def name(method: str, init=None, *values) -> str:
-        return variant(method, init, **{key: value for key, value in zip(NAMED, values) if key in shown})
+        return variant(method, init, both_inits, **{key: value for key, value in zip(NAMED, values) if key in shown})
 
     return name
 

@@ -108,6 +108,12 @@ def test_student_evaluation_logs_the_contract(in_store, tmp_path):
     assert metrics["fid"] > metrics["fid_floor"] + 2 * metrics["fid_floor_sd"] > 0  # random weights: far off
     assert metrics["kid"] > metrics["kid_floor"] + 2 * metrics["kid_floor_sd"]
     assert 0 <= metrics["copy_rate_pixel"] <= 1 and metrics["nn_distance_pixel"] > 0
+    # which classes its samples are, by the classifier, against the held-out mix (random weights: not the real mix)
+    assert 0 <= metrics["class_tv_floor"] < metrics["class_tv"] <= 1 and metrics["class_tv_floor_sd"] > 0
+    missing = [int(c) for c in tags[tracking.MISSING_CLASSES].split(",") if c]
+    assert metrics["classes_missing"] == len(missing) and all(0 <= c < 10 for c in missing)
+    shares = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/coverage/class_shares.json")
+    assert len(shares["generated"]) == len(shares["real"]) == 10 and abs(sum(shares["real"]) - 1) < 1e-9
     assert metrics["final_mse"] > 0 and metrics["num_parameters"] < 44969
     # its headline scores are on the model's own run too, beside its size: one row per model in the MLflow UI
     model = mlflow.get_run(in_store["student"]).data

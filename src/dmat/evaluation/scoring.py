@@ -14,7 +14,7 @@ from torch import nn
 from dmat.config.evaluation import EvalConfig
 from dmat.config.metrics import GRID_SCORES  # the headline's, at matched N (floor: kid_floor, ...)
 from dmat import tracking
-from dmat.evaluation import floor, memorisation, quality, spaces
+from dmat.evaluation import coverage, floor, memorisation, quality, spaces
 from dmat.evaluation.logged import log_grid, log_npz
 from dmat.evaluation.real_data import RealData
 from dmat.tracking import vocabulary
@@ -78,6 +78,9 @@ def score(extractors: dict[str, nn.Module], fake: torch.Tensor, data: RealData, 
             headline = GridPoint({k: scores[k] for k in GRID_SCORES}, feats["headline"])
         else:
             semantic = feats
+    classifier = extractors.get(cfg.features)
+    if hasattr(classifier, "classify"):  # a digit classifier (not Inception): which classes the model makes
+        _log_coverage(classifier, fake, data.references[data.headline], n, cfg)
     found = memorisation.memorisation({"generated": fake, "train": data.train, "held_out": data.unseen}, semantic)
     mlflow.log_metrics(found.metrics)
     copied = found.most_copied
@@ -85,3 +88,16 @@ def score(extractors: dict[str, nn.Module], fake: torch.Tensor, data: RealData, 
     pairs = torch.from_numpy(np.concatenate([copied["samples"], copied["neighbours"]]))  # samples above neighbours
     log_grid("memorisation/most_copied.png", pairs, nrow=len(copied["samples"]))
     return headline
+
+
+def _log_coverage(classifier: nn.Module, fake: torch.Tensor, real: torch.Tensor, n: int, cfg: EvalConfig) -> None:
+    """The class-coverage score (coverage.py) against the headline reference, its missing classes as a tag and
+    both class mixes as an artifact."""
+    num_classes = classifier.head.out_features
+    made = coverage.predicted_classes(classifier, fake, cfg.batch_size)
+    truth = coverage.predicted_classes(classifier, real, cfg.batch_size)
+    scores, missing = coverage.class_coverage(made, truth, num_classes, n, cfg.seed)
+    mlflow.log_metrics(scores)
+    mlflow.set_tag(vocabulary.MISSING_CLASSES, ",".join(map(str, missing)))
+    mlflow.log_dict({"generated": coverage.shares(made, num_classes).tolist(),
+                     "real": coverage.shares(truth, num_classes).tolist()}, "coverage/class_shares.json")

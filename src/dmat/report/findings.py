@@ -198,8 +198,8 @@ def floor_comparison(evaluations: pd.DataFrame) -> list[str]:
     spaces = ("kid", "kid_classifier")
     columns = [f"{k}{part}" for k in spaces for part in ("", "_floor", "_floor_sd")]
     name = namer(evaluations)
-    rows = with_keys(evaluations).reindex(columns=[*GROUP, "quality_n", "copy_alarm", *columns]).dropna(
-        subset=columns[:3])
+    rows = with_keys(evaluations).reindex(columns=[*GROUP, "quality_n", "copy_alarm", "classes_missing",
+                                                   *columns]).dropna(subset=columns[:3])
     if rows.empty:
         return ["No evaluation has a matched-N KID and floor."]
     randcnn, classifier = _inside(rows, "kid"), _inside(rows, "kid_classifier")
@@ -209,7 +209,8 @@ def floor_comparison(evaluations: pd.DataFrame) -> list[str]:
         return {_name(r, name) for r in rows[mask].itertuples()}
 
     alarmed = names(rows.copy_alarm == 1)
-    both = names(randcnn & classifier) - alarmed
+    lacking = names(rows.classes_missing > 0)  # a class missing: not real-like, whatever its KID
+    both = names(randcnn & classifier) - alarmed - lacking
     copies = sorted(names(randcnn & (classifier | ~scored)) & alarmed)
     copying = (f"; not counted, since their copy test raised an alarm (their samples reproduce training images, so "
                f"their KID is no sign of quality): {', '.join(copies)}" if copies else "")
@@ -222,8 +223,46 @@ def floor_comparison(evaluations: pd.DataFrame) -> list[str]:
                         "blur and stroke texture)"),
                        (randcnn & ~scored, "inside the random CNN's floor, not scored by the classifier: not said to "
                         "be inside")):
-        if found := sorted(names(mask) - alarmed - both):
+        if found := sorted(names(mask) - alarmed - both - lacking):
             out.append(f"KID {text}: {', '.join(found)}.")
+    if found := sorted(names(randcnn & classifier) & lacking - alarmed):
+        out.append(f"KID inside both floors, but classes missing from its samples (see the class mix): "
+                   f"{', '.join(found)}.")
+    return out
+
+
+def class_mix(evaluations: pd.DataFrame) -> list[str]:
+    """Which models draw the classes in another mix than the real data's (the classifier's classes of the samples
+    against the held-out images'; evaluation/coverage.py): a class-mix distance beyond FLOOR_SPREAD floor sd of its
+    real-vs-real floor, and the classes hardly drawn at all, with how many of the model's evaluations miss each."""
+    columns = ["class_tv", "class_tv_floor", "class_tv_floor_sd"]
+    rows = with_keys(evaluations).reindex(columns=[*GROUP, "missing_classes", "classes_missing", *columns])
+    rows = rows.dropna(subset=columns)
+    if rows.empty:
+        return []
+    name = namer(evaluations)
+    outside, missing = [], []
+    for _, group in rows.groupby(GROUP, dropna=False, sort=False):
+        row = group.iloc[0]
+        who = _name(row, name)
+        z = ((group.class_tv - group.class_tv_floor) / group.class_tv_floor_sd).mean()
+        if z > FLOOR_SPREAD:
+            outside.append(f"{who} ({group.class_tv.mean():.2f} against {group.class_tv_floor.mean():.2f} "
+                           f"± {group.class_tv_floor_sd.mean():.2f})")
+        lists = [text.split(",") for text in group.missing_classes.fillna("") if text]
+        if counts := pd.Series([c for found in lists for c in found]).value_counts().to_dict():
+            classes = ", ".join(f"{c} ({k} of {len(group)})" for c, k in sorted(counts.items(), key=lambda x: int(x[0])))
+            missing.append(f"{who}: {classes}")
+    if not outside and not missing:
+        return [f"Class mix: every model draws the classes as the real images do (class-mix distance within "
+                f"{FLOOR_SPREAD:g} sd of its real-vs-real floor, no class missing)."]
+    out = []
+    if outside:
+        out.append(f"Class mix other than the real one (class-mix distance beyond {FLOOR_SPREAD:g} floor sd; "
+                   f"mean over seeds, against the floor ± its sd): {'; '.join(outside)}.")
+    if missing:
+        out.append("Classes missing from the samples (drawn at under a quarter of their real share; in how many of "
+                   f"the model's evaluations): {'; '.join(missing)}.")
     return out
 
 
@@ -271,5 +310,6 @@ def findings(table: pd.DataFrame, evaluations: pd.DataFrame, problems: pd.DataFr
     return (seeds_statement(evaluations, models) + smallest_near_teacher(evaluations)
             + distill_vs_scratch(table, evaluations)
             + pruned_vs_random(evaluations) + still_improving(evaluations) + computed
-            + floor_comparison(evaluations) + memorisation_signs(evaluations) + pareto_sizes(table)
+            + floor_comparison(evaluations) + class_mix(evaluations) + memorisation_signs(evaluations)
+            + pareto_sizes(table)
             + problem_summary(problems))

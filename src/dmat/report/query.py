@@ -122,6 +122,7 @@ def tidy_runs(runs: pd.DataFrame) -> pd.DataFrame:
         "teacher_run_id": _column(runs, f"tags.{tracking.TEACHER_RUN_ID}"),
         "model_run_id": _column(runs, f"tags.{tracking.MODEL_RUN_ID}"),
         "model_role": _column(runs, f"tags.{tracking.MODEL_ROLE}"),
+        "missing_classes": _column(runs, f"tags.{tracking.MISSING_CLASSES}"),
         "seed": _column(runs, "params.seed"),
         # an evaluation's sampling steps (a resolved --steps student is logged beside the user's "student")
         "steps": pd.to_numeric(_column(runs, "params.resolved.steps").fillna(_column(runs, "params.steps")),

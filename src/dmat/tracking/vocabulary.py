@@ -44,6 +44,7 @@ FEATURE_EXTRACTOR_RUN_ID = "dmat.feature_extractor_run_id"
 FLOOR_KEY = "dmat.floor_key"  # on a floor run: the digest of what its floor is a function of
 FLOOR_RUN_ID = "dmat.floor_run_id"  # on an evaluation: `<prefix>.<space>.<reference>` names the floor run it used
 BEST_STUDENT_RUN_ID = "dmat.best_student_run_id"  # on a sweep run
+MISSING_CLASSES = "dmat.missing_classes"  # on an evaluation: the classes its model hardly makes ("3,5"; "": none)
 ANSWER = "dmat.answer"  # on a report run: the study's answer in one sentence (its first screen's)
 REPORT_PATH = "dmat.report_path"  # on a report run: the absolute path of the report.html it wrote
 # Who runs a run, for `dmat runs --stale` (a run left RUNNING by a process that is gone)

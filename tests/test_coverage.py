@@ -52,7 +52,7 @@ def test_too_few_real_labels_for_two_halves_are_refused(real_labels):
 def test_the_report_never_calls_a_model_missing_classes_inside_the_floor_and_names_its_classes(real_labels):
     """Through the report's verdicts: two models whose KID is inside both floors; the one that draws digits 0-4 only
     (its coverage scored from real labels) is not called inside the floor, and the class mix names what it misses."""
-    from dmat.report.findings import class_mix, floor_comparison
+    from dmat.report.realness import class_mix, floor_comparison
 
     rng = np.random.default_rng(1)
 

@@ -138,7 +138,7 @@ def test_the_seeds_statement_says_whether_evaluations_shared_their_seed():
 def test_inside_the_floor_needs_both_feature_spaces_and_says_which_sees_what():
     """Issue 32: a generator of half the classes is inside the random CNN's floor but far outside the classifier's;
     it is not called inside the floor, and the report says which space sees it."""
-    from dmat.report.findings import floor_comparison
+    from dmat.report.realness import floor_comparison
 
     def row(size, kid, kid_classifier):
         return dict(method="distill", init="pruned", size_factor=size, quality_n=200, kid=kid, kid_floor=0.0,

@@ -354,15 +354,15 @@ def test_report_of_seeds_inits_and_a_steps_grid(store, tmp_path):
     assert answer < html.index("<table", summary) and "At equal training compute the teacher" in html
     assert "one teacher run is shared by every student" in html
     assert "size 0.2 distill: pruned-init FID" in html and "Welch t-test over seeds, n=2 vs 2" in html
-    assert "2 of 16 models were still improving when they stopped: size 0.2 distill (seed 0), size 0.2 distill, " \
-           "pruned init (seed 0)" in html
+    assert "2 of 16 models were still improving when they stopped: size 0.2 distill, pruned init (seed 0), size " \
+           "0.2 distill, random init (seed 0)" in html  # a study of both inits names the random one too
     assert "size 0.2 distill: pruned-init FID 20.5 vs random-init 24.4: pruned init better (Welch" in html
     # the grid: every size at 2, 5 and 10 steps, 2 seeds each; the frontier's bands are findings
     frontier_points = pd.read_csv(out / "tables" / "frontier.csv")
     assert len(frontier_points) == 2 * 4 * 3 + 3 and set(frontier_points.steps) == {2, 5, 10}
     assert html.count("Budget from ") >= 4 and "(sampling FLOPs per image): best is" in html
     assert "FID vs FLOPs per forward, distill, pruned init" in html  # the law says it is of runs still improving:
-    assert ("KID vs parameters, distill: at these training budgets (1 of 8 runs still improving when they stopped, so "
+    assert ("KID vs parameters, distill, random init: at these training budgets (1 of 8 runs still improving when they stopped, so "
             "not the law of converged models), L = ") in html
     budget = pd.read_csv(out / "tables" / "budget.csv")
     assert len(budget) == 17 and budget.still_improving.value_counts().to_dict() == {"no": 14, "yes": 2, "unknown": 1}
@@ -518,8 +518,8 @@ def test_two_budgets_of_one_size_are_two_models_everywhere():
     assert distill.fid.tolist() == [10.5, 6.5]  # each the mean of its own seeds, not 8.5 over all four
     assert list(format_table(table).columns[:4]) == ["method", "init", "epochs", "size_factor"]
     legend = _legend(figures.quality_figure(table).axes[0])
-    assert {"distill, 20 epochs", "distill, 60 epochs", "scratch, 20 epochs", "distill, pruned init, 60 epochs",
-            "teacher (0.03)"} <= set(legend)
+    assert {"distill, random init, 20 epochs", "distill, random init, 60 epochs", "scratch, random init, 20 epochs",
+            "distill, pruned init, 60 epochs", "teacher (0.03)"} <= set(legend)
 
     # Welch-tested within each budget: n=2 vs 2, not 4 vs 4
     lines = distill_vs_scratch(table, evaluations) + pruned_vs_random(evaluations)
@@ -541,7 +541,8 @@ def test_two_budgets_of_one_size_are_two_models_everywhere():
                              columns=["run_id", "key", "step", "value"])
     ax = curves.trajectory_divergence_figure(histories, evaluations, [0.5]).axes[0]
     assert {line.get_label(): line.get_ydata()[0] for line in ax.get_lines()} == {
-        f"0.5 {kind}, {epochs} epochs": epochs + 0.5 for kind in ("distill", "scratch", "distill, pruned init")
+        f"0.5 {kind}, {epochs} epochs": epochs + 0.5
+        for kind in ("distill, random init", "scratch, random init", "distill, pruned init")
         for epochs in (20, 60)}
 
     # the budget frontier: a point per budget (the mean of its own 2 seeds), its best said with its epochs

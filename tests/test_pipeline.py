@@ -90,6 +90,8 @@ def test_pipeline_runs_every_stage_then_reuses_them(store, project_env, tmp_path
 
 @pytest.mark.parametrize("args,message", [
     (["--sizes", "0 0.5"], "size factor must be between"),
+    (["--lr", "2"], "lr must be in (0, 1)"),
+    (["--lr-warmup-epochs", "12"], "lr-warmup-epochs must be in [0, epochs)"),
     (["--methods", "magic"], "methods must be among distill, scratch"),
     (["--inits", "random magic"], "inits must be among random, pruned"),
     (["--teacher-epochs", "0"], "teacher-epochs must be a positive integer"),
@@ -171,10 +173,13 @@ def test_a_preset_resolves_to_its_documented_values_and_each_option_overrides_it
     assert full.seeds == (0, 1, 2) and set(full.inits) == {"random", "pruned"} and set(full.methods) == {
         "distill", "scratch"}
     assert full.steps_grid == (5, 10, 20, 50) and (full.lr_schedule, full.stop_when_converged) == ("cosine", True)
+    # every model of the full study (teacher and students alike) trains with one recipe
+    assert full.recipe() == {"lr": 1e-3, "lr_warmup_epochs": 2, "lr_schedule": "cosine", "stop_when_converged": True}
+    assert (quick.lr, quick.lr_warmup_epochs) == (TrainConfig.lr, 0)
     assert set(full.ablation_sizes) < set(full.sizes) and full.main_line == ("distill", "pruned")
     for name, value in {"sizes": (0.3,), "seeds": (4, 5), "teacher_epochs": 7, "num_samples": 99,
                         "student_budget": "teacher", "steps_grid": (3,), "ablation_sizes": (),
-                        "stop_when_converged": False}.items():
+                        "stop_when_converged": False, "lr": 5e-4, "lr_warmup_epochs": 0}.items():
         assert getattr(PipelineConfig.from_preset("full", **{name: value}), name) == value
         assert getattr(PipelineConfig.from_preset("full", **{name: None}), name) == getattr(full, name)
 

@@ -11,7 +11,6 @@ from dmat.config.evaluation import EvalConfig
 from dmat.config.training import (
     DEFAULT_SIZE_FACTORS,
     INITS,
-    LR_SCHEDULES,
     METHODS,
     STUDENT_TRAIN,
     TrainConfig,
@@ -35,8 +34,10 @@ EXECUTORS = ("local", "ray")  # local: `workers` processes on this machine; ray:
 # full: the converged study on a laptop CPU (issue 28). The main line (distilled from the pruned teacher, MAIN_LINE)
 #   at every size with three seeds and the steps grid; the two ablations (from scratch with the pruned start;
 #   distilled from a random start) at a small, a middle and the full size (`ablation_sizes`), three seeds, so each
-#   says with an interval whether distillation and a pruned start help there. Every model trains under a cosine
-#   learning-rate decay over its epoch cap and stops when the slope test finds its validation loss converged (or
+#   says with an interval whether distillation and a pruned start help there. Every model trains at a peak
+#   learning rate of 1e-3 (2 epochs of warm-up, then a cosine decay over its epoch cap: at 2e-4 the teacher's KID
+#   still fell 45% with 50% more epochs, bench/bench_convergence_check.py) and stops when the slope test finds its
+#   validation loss converged (or
 #   early stopping fires); one that reaches its cap still improving is named by the report. The teacher is 16
 #   channels wide (0.41 M parameters: ample for 16 px digits, 4x cheaper than the 32-wide default), and every
 #   evaluation generates 1,000 images: N is capped by the held-out reference (200 a side on digits, 500 on mnist5k),
@@ -44,13 +45,15 @@ EXECUTORS = ("local", "ray")  # local: `workers` processes on this machine; ray:
 QUICK: dict[str, object] = {
     "sizes": (0.25, 0.5, 1.0), "methods": ("distill",), "inits": ("pruned",), "seeds": (0,),
     "teacher_epochs": 12, "student_epochs": 6, "student_budget": "fixed", "base_channels": 16,
-    "num_samples": 400, "steps": 20, "steps_grid": (), "ablation_sizes": (), "lr_schedule": "constant",
-    "stop_when_converged": False}
+    "num_samples": 400, "steps": 20, "steps_grid": (), "ablation_sizes": (), "lr": TrainConfig.lr,
+    "lr_warmup_epochs": 0, "lr_schedule": "constant", "stop_when_converged": False}
 FULL: dict[str, object] = {
     "sizes": DEFAULT_SIZE_FACTORS, "methods": METHODS, "inits": ("random", "pruned"), "seeds": (0, 1, 2),
     "teacher_epochs": 100, "student_epochs": 30, "student_budget": "fixed", "base_channels": 16,
     "num_samples": 1000, "steps": int(EvalConfig.steps), "steps_grid": (5, 10, 20, 50),
-    "ablation_sizes": (0.2, 0.5, 1.0), "lr_schedule": "cosine", "stop_when_converged": True}
+    "ablation_sizes": (0.2, 0.5, 1.0), "lr": 1e-3, "lr_warmup_epochs": 2, "lr_schedule": "cosine",
+    "stop_when_converged": True}
+RECIPE = ("lr", "lr_warmup_epochs", "lr_schedule", "stop_when_converged")  # how every model of a study trains
 MAIN_LINE = ("distill", "pruned")  # (method, init) of the study's answer; the other arms are its ablations
 PRESETS = {"quick": QUICK, "full": FULL}
 PRESET_FIELDS = tuple(PRESETS["full"])  # the fields a preset sets: their options default to the preset's value
@@ -58,9 +61,8 @@ PRESET_FIELDS = tuple(PRESETS["full"])  # the fields a preset sets: their option
 
 @dataclass
 class PipelineConfig:
-    """What the study varies and how long each stage trains; every other setting keeps its default.
-
-    The class defaults are the quick preset's values; `from_preset` builds either preset with overrides."""
+    """What the study varies and how long each stage trains; every other setting keeps its default. The class
+    defaults are the quick preset's values; `from_preset` builds either preset with overrides."""
 
     preset: str = "quick"  # see PRESETS
     dataset: str = TrainConfig.dataset
@@ -78,6 +80,8 @@ class PipelineConfig:
     seeds: tuple[int, ...] = QUICK["seeds"]  # every student once per seed; the teacher with the first
     student_budget: str = QUICK["student_budget"]  # how long students train: see STUDENT_BUDGETS
     ablation_sizes: tuple[float, ...] = QUICK["ablation_sizes"]  # where arms other than MAIN_LINE run; (): every size
+    lr: float = QUICK["lr"]  # every model's peak learning rate (TrainConfig.lr)
+    lr_warmup_epochs: int = QUICK["lr_warmup_epochs"]  # every model's (TrainConfig.lr_warmup_epochs)
     lr_schedule: str = QUICK["lr_schedule"]  # every model's (TrainConfig.lr_schedule), over its epoch cap
     stop_when_converged: bool = QUICK["stop_when_converged"]  # every model's (TrainConfig.stop_when_converged)
     device: str = TrainConfig.device
@@ -98,8 +102,7 @@ class PipelineConfig:
     def validate(self) -> "PipelineConfig":
         check_precision(self.precision)
         self.dataset = absolute_dataset(self.dataset)  # stages start in the project folder, not this one
-        for name, choices in (("preset", PRESETS), ("executor", EXECUTORS), ("student_budget", STUDENT_BUDGETS),
-                              ("lr_schedule", LR_SCHEDULES)):
+        for name, choices in (("preset", PRESETS), ("executor", EXECUTORS), ("student_budget", STUDENT_BUDGETS)):
             if getattr(self, name) not in choices:
                 raise DmatError(f"{name.replace('_', '-')} must be one of {', '.join(choices)}, "
                                 f"got {getattr(self, name)!r}")
@@ -114,14 +117,14 @@ class PipelineConfig:
         if outside := [s for s in self.ablation_sizes if s not in self.sizes]:
             raise DmatError(f"ablation-sizes must be among the sizes ({', '.join(map(str, self.sizes))}), got "
                             f"{', '.join(map(str, outside))}: add them to --sizes or give 'none' (every size)")
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown or not self.methods:
-            raise DmatError(f"methods must be among {', '.join(METHODS)}, got {' '.join(self.methods) or 'nothing'}")
-        if not self.inits or any(i not in INITS for i in self.inits):
-            raise DmatError(f"inits must be among {', '.join(INITS)}, got {' '.join(self.inits) or 'nothing'}")
+        for name, known in (("methods", METHODS), ("inits", INITS)):
+            if not (given := getattr(self, name)) or any(value not in known for value in given):
+                raise DmatError(f"{name} must be among {', '.join(known)}, got {' '.join(given) or 'nothing'}")
         for name in ("teacher_epochs", "student_epochs", "num_samples", "steps", "timesteps", "base_channels"):
             if getattr(self, name) <= 0:
                 raise DmatError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        # the recipe as the model with the fewest epochs trains it: a bad lr or warm-up fails here, not stages later
+        TrainConfig(**self.recipe(), epochs=min(self.teacher_epochs, self.student_training()["epochs"])).validate()
         if any(s <= 0 or s > self.timesteps for s in self.steps_grid):
             raise DmatError(f"steps-grid must be step counts from 1 to timesteps={self.timesteps}, "
                             f"got {','.join(map(str, self.steps_grid))}")
@@ -148,7 +151,7 @@ class PipelineConfig:
 
     def recipe(self) -> dict[str, object]:
         """The training recipe every model of the study (teacher and students) trains with."""
-        return {"lr_schedule": self.lr_schedule, "stop_when_converged": self.stop_when_converged}
+        return {name: getattr(self, name) for name in RECIPE}
 
     def student_training(self) -> dict[str, int]:
         """The students' epochs and early-stopping patience under `student_budget`."""

@@ -117,3 +117,27 @@ def test_the_report_run_carries_the_first_screens_sentence_for_the_pipeline_to_p
     run = tracking.find_runs(tracking.REPORT, max_results=1)[0]
     said = MlflowClient().get_run(run.info.run_id).data.tags[tracking.ANSWER]
     assert said.startswith("Only the random-CNN features scored these models") and said in html
+
+
+def _at_classifier_floor(classifier: dict[tuple[str, str, float], float], teacher: float) -> pd.DataFrame:
+    """MAIN's random-CNN KIDs; in the classifier's space the teacher at `teacher` and each size at its value, beside a
+    floor of 0 with sd 0.01 (the teacher inside it when its KID is at most 0.02)."""
+    frame = _evaluations(MAIN, [1.0, 1.0, 1.0])
+    keys = zip(frame.method, frame.init, frame.size_factor)
+    values = [teacher if m == "teacher" else classifier[(m, i, z)] for m, i, z in keys]
+    return frame.assign(kid_classifier=values, kid_classifier_floor=0.0, kid_classifier_floor_sd=0.01)
+
+
+def test_where_the_teacher_is_inside_the_floor_a_student_matches_it_by_being_inside_it_too():
+    """A converged teacher's classifier KID is inside the real-vs-real floor (even below 0: KID is unbiased); a ratio
+    to it is noise over noise, so there a student comes within 10% of it by being inside the floor as well."""
+    inside = {("distill", "pruned", 1.0): 0.01, ("distill", "pruned", 0.5): 0.015, ("distill", "pruned", 0.2): 0.3}
+    text = headline(_at_classifier_floor(inside, teacher=-0.03))
+    assert text.startswith("A student with 25% of the teacher's parameters (size 0.5, distill, pruned init) comes "
+                           "within 10% of the teacher's KID in both feature spaces: random-CNN KID 1.02x the teacher's")
+    assert "classifier KID inside the real-vs-real floor, like the teacher's" in text and "nan" not in text
+    outside = {**inside, ("distill", "pruned", 0.5): 0.3}
+    text = headline(_at_classifier_floor(outside, teacher=0.005))
+    assert text.startswith("No smaller student of the main line (distill, pruned init) came within 10% of the teacher "
+                           "in both feature spaces (not shown by the classifier KID) (the teacher's classifier KID is "
+                           "inside the real-vs-real floor: there a student matches it by being inside the floor too)")

@@ -3,7 +3,9 @@ what the study cannot conclude.
 
 The answer is read on the study's main line (MAIN_LINE: distilled from the pruned teacher, or the kind with the most
 sizes), in both feature spaces: the smallest size each KID shows within 10% of the teacher by the fixed sequence of
-`answer.shown_within`, and the larger of the two (a verdict needs both spaces). A pruned student of size 1 is the
+`answer.shown_within`, and the larger of the two (a verdict needs both spaces). In a space where the teacher is inside
+the real-vs-real floor (a converged teacher's classifier KID is), a ratio to it is noise over noise: there a size
+comes within 10% by being inside the floor too, by the same fixed sequence. A pruned student of size 1 is the
 teacher's own weights trained on: it is never the answer, and the sentence then says plainly that no smaller student
 came within 10%.
 """
@@ -20,6 +22,7 @@ from dmat.config.study import MAIN_LINE
 from dmat.config.training import PRUNED
 from dmat.report import study_kind
 from dmat.report.answer import WITHIN, Near, SizeRatio, near_teacher
+from dmat.report.realness import FLOOR_SPREAD
 from dmat.report.sections import Inputs, Section
 from dmat.report.tables import kind_of
 
@@ -55,30 +58,65 @@ def _spread(near: Near) -> str:
     return f"over {seeds} seeds per size" if seeds > 1 else "one seed per size: intervals over evaluation draws only"
 
 
+def teacher_at_floor(evaluations: pd.DataFrame, metric: str) -> bool:
+    """Whether the teacher's `metric` is inside its real-vs-real floor's spread (within FLOOR_SPREAD floor sd, or not
+    positive): as good as real images by that score, so a ratio to it is noise over noise, no measure."""
+    teacher = evaluations[evaluations.method == "teacher"].reindex(
+        columns=[metric, f"{metric}_floor", f"{metric}_floor_sd"]).mean()
+    if not np.isfinite(teacher[metric]):
+        return False
+    return bool(teacher[metric] <= 0 or teacher[metric] - teacher[f"{metric}_floor"]
+                <= FLOOR_SPREAD * teacher[f"{metric}_floor_sd"])
+
+
+def inside_floor(size: SizeRatio, metric: str) -> bool:
+    """Whether a size's mean `metric` over its seeds is inside the floor's spread, as the teacher's is."""
+    runs = size.runs.reindex(columns=[metric, f"{metric}_floor", f"{metric}_floor_sd"]).mean()
+    return bool(runs[metric] - runs[f"{metric}_floor"] <= FLOOR_SPREAD * runs[f"{metric}_floor_sd"])
+
+
+def _at_floor_candidate(near: Near, metric: str) -> SizeRatio | None:
+    """Where the teacher is at the floor: the smallest size of the fixed sequence from the largest down in which
+    every size is inside the floor too, unless it is the teacher under another name."""
+    passed = None
+    for size in sorted(near.sizes, key=lambda s: -s.size):
+        if not inside_floor(size, metric):
+            break
+        passed = size
+    return None if passed is None or is_teacher_again(passed) else passed
+
+
 def headline(evaluations: pd.DataFrame) -> str:
-    """The study's answer in one sentence (both feature spaces, the main line), or why there is none."""
+    """The study's answer in one sentence (both feature spaces, the main line), or why there is none. In a space
+    where the teacher is inside the real-vs-real floor, a student comes within 10% of it by being inside it too."""
     nears = {metric: main_line(near_teacher(evaluations, metric)[0]) for metric in SPACES}
+    floors = {metric: teacher_at_floor(evaluations, metric) for metric in SPACES}
     near = nears["kid"]
     if near is None:
         return "No student could be compared with the teacher: there is no answer yet."
-    if nears["kid_classifier"] is None:
+    if nears["kid_classifier"] is None and not floors["kid_classifier"]:
         return (f"Only the random-CNN features scored these models, so no size is said to be within {WITHIN:.0%} of "
                 "the teacher (a verdict needs both feature spaces).")
-    shown = {metric: _candidate(n) for metric, n in nears.items()}
+    shown = {metric: _at_floor_candidate(near, metric) if floors[metric] else _candidate(nears[metric])
+             for metric in SPACES}
+    at_floor = [SPACES[m] for m in SPACES if floors[m]]
+    floor_note = (f" (the teacher's {' and '.join(at_floor)} is inside the real-vs-real floor: there a student "
+                  "matches it by being inside the floor too)") if at_floor else ""
     if None in shown.values():
         blind = [SPACES[m] for m, s in shown.items() if s is None]
         closest = min((s for s in near.sizes if not is_teacher_again(s)), key=lambda s: s.ratio[0], default=None)
         detail = f"; closest by the random-CNN KID: size {closest.size:g}, {_ratio(closest)}" if closest else ""
         return (f"No smaller student of the main line ({near.name}) came within {WITHIN:.0%} of the teacher in both "
-                f"feature spaces (not shown by the {' nor the '.join(blind)}){detail}.")
+                f"feature spaces (not shown by the {' nor the '.join(blind)}){floor_note}{detail}.")
     size = max(shown.values(), key=lambda s: s.size)
-    pair = {m: next(s for s in n.sizes if s.size == size.size) for m, n in nears.items()}
+    pair = {m: next(s for s in (nears[m] or near).sizes if s.size == size.size) for m in SPACES}
     share = near.shares(size).get("num_parameters", np.nan)
     who = f"A student with {share:.0%} of the teacher's parameters" if np.isfinite(share) else "A student"
     bound = " at most" if near.improving[0] else ""
+    said = {m: "inside the real-vs-real floor, like the teacher's" if floors[m] else _ratio(pair[m]) for m in SPACES}
     return (f"{who} (size{bound} {size.size:g}, {near.name}) comes within {WITHIN:.0%} of the teacher's KID in both "
-            f"feature spaces: {SPACES['kid']} {_ratio(pair['kid'])}; {SPACES['kid_classifier']} "
-            f"{_ratio(pair['kid_classifier'])} ({_spread(near)}).")
+            f"feature spaces: {SPACES['kid']} {said['kid']}; {SPACES['kid_classifier']} {said['kid_classifier']} "
+            f"({_spread(near)}).")
 
 
 def _cell(mean: float, half: float, digits: int) -> str:

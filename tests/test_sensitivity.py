@@ -50,6 +50,21 @@ def test_corruptions_keep_the_range_and_level_zero_changes_nothing(digits):
     assert set(mixed_labels.flatten().long().tolist()) == {0, 1, 2, 3, 4}  # the upper half of the classes is gone
 
 
+def test_class_mix_draws_its_replacements_from_the_train_images_never_from_the_held_out_set_scored_against(digits):
+    """The check scores the corrupted held-out half A against the other half B: a replacement copied from B would be
+    an exact real image of the reference, and the mix would look better than it is (issue 32)."""
+    x, y = digits["held_out"], digits["labels"]
+    donors = sensitivity.train_with_labels("digits", 16)
+    assert len(donors[0]) == len(donors[1]) == 1397
+    mixed = corruptions.corrupt("class_mix", x, y, 1.0, donors=donors)
+    replaced = torch.isin(y, torch.arange(5, 10))
+    assert replaced.sum() > 150 and torch.equal(mixed[~replaced], x[~replaced])
+    flat_held_out = x.flatten(1)
+    assert not any(torch.all(flat_held_out == image, dim=1).any() for image in mixed[replaced].flatten(1))
+    flat_train = donors[0].flatten(1)
+    assert all(torch.all(flat_train == image, dim=1).any() for image in mixed[replaced].flatten(1))
+
+
 def test_on_digits_the_headline_detects_sigma_0_1_noise_outside_the_floor_spread(digits, randcnn):
     n = quality.matched_n(EvalN := 2000, [len(digits["held_out"]), len(digits["train"])])  # the evaluation's N
     assert n == 200 and EvalN == 2000

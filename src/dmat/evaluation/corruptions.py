@@ -7,7 +7,8 @@ images, still in [-1, 1]:
 * blur: Gaussian blur of sd `level` px (a soft generator)
 * shift: every image moved by `level` px in a random direction, edge pixels repeated (a misplaced generator)
 * class_mix: a share `level` of the images of the upper half of the classes replaced by images of the lower half
-  (a generator that favours some classes; 1 = the upper half never drawn)
+  (a generator that favours some classes; 1 = the upper half never drawn), drawn from `donors` where given: other
+  real images (the train split), never ones the corrupted set is scored against
 """
 
 from __future__ import annotations
@@ -40,20 +41,26 @@ def shift(images: torch.Tensor, labels: torch.Tensor, level: float, seed: int) -
                         for i, (dy, dx) in enumerate(chosen.tolist())])
 
 
-def class_mix(images: torch.Tensor, labels: torch.Tensor, level: float, seed: int) -> torch.Tensor:
+def class_mix(images: torch.Tensor, labels: torch.Tensor, level: float, seed: int,
+              donors: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    pool, pool_labels = donors if donors is not None else (images, labels)
     classes = labels.unique()
     upper = torch.isin(labels, classes[len(classes) // 2 :])
     generator = torch.Generator().manual_seed(seed)
-    replaced, lower = torch.nonzero(upper).flatten(), torch.nonzero(~upper).flatten()
+    replaced = torch.nonzero(upper).flatten()
+    lower = torch.nonzero(~torch.isin(pool_labels, classes[len(classes) // 2 :])).flatten()
     replaced = replaced[torch.randperm(len(replaced), generator=generator)[: int(round(level * len(replaced)))]]
     out = images.clone()
-    out[replaced] = images[lower[torch.randint(len(lower), (len(replaced),), generator=generator)]]
+    out[replaced] = pool[lower[torch.randint(len(lower), (len(replaced),), generator=generator)]]
     return out
 
 
 CORRUPTIONS = {"noise": noise, "blur": blur, "shift": shift, "class_mix": class_mix}
 
 
-def corrupt(kind: str, images: torch.Tensor, labels: torch.Tensor, level: float, seed: int = 0) -> torch.Tensor:
-    """`images` under corruption `kind` at `level` (see the module docstring)."""
+def corrupt(kind: str, images: torch.Tensor, labels: torch.Tensor, level: float, seed: int = 0,
+            donors: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """`images` under corruption `kind` at `level` (see the module docstring); `donors`: class_mix's pool."""
+    if kind == "class_mix":
+        return class_mix(images, labels, level, seed, donors)
     return CORRUPTIONS[kind](images, labels, level, seed)

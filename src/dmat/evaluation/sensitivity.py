@@ -22,7 +22,7 @@ import torch
 from dmat import tracking
 from dmat.config import TrainConfig
 from dmat.config.metrics import HEADLINE_SPACE_PARAM
-from dmat.data import load_held_out
+from dmat.data import load_dataset, load_held_out
 from dmat.errors import DmatError
 from dmat.evaluation import corruptions, features, quality, spaces
 from dmat.runtime import resolve_device
@@ -36,9 +36,18 @@ def held_out_with_labels(dataset: str, image_size: int) -> tuple[torch.Tensor, t
     held_out = load_held_out(dataset, image_size)
     if held_out is None:
         raise DmatError(f"dataset {dataset} has no held-out split: the sensitivity check scores unseen real images")
-    base = held_out.base
-    labels = base.tensors[1] if hasattr(base, "tensors") else torch.as_tensor(base.targets)
-    return torch.stack([held_out[i] for i in range(len(held_out))]), labels
+    return torch.stack([held_out[i] for i in range(len(held_out))]), _labels(held_out.base)
+
+
+def train_with_labels(dataset: str, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The data set's train images (its held-out split left out) and labels: class mix's replacements, so that no
+    replacement is an image of the held-out half it is scored against."""
+    train = load_dataset(dataset, image_size)
+    return torch.stack([train[i] for i in range(len(train))]), _labels(train.base)
+
+
+def _labels(base) -> torch.Tensor:
+    return base.tensors[1] if hasattr(base, "tensors") else torch.as_tensor(base.targets)
 
 
 def _row(metric: str, kind: str, level: float, score: float, floor: float, sd: float) -> dict:
@@ -47,16 +56,18 @@ def _row(metric: str, kind: str, level: float, score: float, floor: float, sd: f
 
 
 def measure(images: torch.Tensor, labels: torch.Tensor, extractors: dict, n: int, k: int, seed: int,
-            levels: dict | None = None, batch_size: int = 500) -> list[dict]:
+            levels: dict | None = None, batch_size: int = 500,
+            donors: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[dict]:
     """One row per metric, corruption and level (see _row), scored as the module docstring says; `extractors`:
-    space name -> extractor, the headline space's metrics under the plain names (fid, kid)."""
+    space name -> extractor, the headline space's metrics under the plain names (fid, kid); `donors`: the images
+    (and labels) class mix draws its replacements from, none of them in the set scored against."""
     levels = levels or corruptions.LEVELS
     reference = {space: quality.extract(e, images, batch_size) for space, e in extractors.items()}
     floors = {space: quality.matched_scores(f, f, n, k, seed, paired=True) for space, f in reference.items()}
     rows = []
     for kind, kind_levels in levels.items():
         for level in kind_levels:
-            changed = corruptions.corrupt(kind, images, labels, level, seed)
+            changed = corruptions.corrupt(kind, images, labels, level, seed, donors)
             for space, extractor in extractors.items():
                 scores = quality.matched_scores(quality.extract(extractor, changed, batch_size), reference[space], n, k,
                                                 seed, floor=False, paired=True)
@@ -108,7 +119,7 @@ def run_sensitivity(dataset: str = "digits", image_size: int | None = None, num_
     with tracking.tracked_run(f"sensitivity-{dataset}-{size}px", tags, experiment) as run:
         mlflow.log_params({"num_samples": num_samples, "floor_draws": floor_draws, "seed": seed, "quality_n": n,
                            HEADLINE_SPACE_PARAM: spaces.HEADLINE_SPACE, "reference": "heldout", "z_detect": Z_DETECT})
-        rows = measure(images, labels, extractors, n, floor_draws, seed)
+        rows = measure(images, labels, extractors, n, floor_draws, seed, donors=train_with_labels(dataset, size))
         smallest = smallest_detected(rows)
         mlflow.log_metrics({f"detect_{metric}_{kind}": level for metric, cells in smallest.items()
                             for kind, level in cells.items() if level is not None})
